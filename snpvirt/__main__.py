@@ -1,0 +1,3 @@
+from snpvirt.cli.app import main
+
+main()

@@ -1,0 +1,114 @@
+"""`snpvirt render`: a TOML spec -> checked SEV-SNP domain XML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+EPILOG = """\b
+Examples:
+  snpvirt render examples/web-01.toml
+  snpvirt render examples/db-01.toml --host-caps domcaps.xml -o db-01.xml
+  snpvirt render examples/web-01.toml --set vcpus=8 --set snp.policy.smt=false --json
+  snpvirt render spec.toml --connect qemu:///system -o vm.xml && virsh define vm.xml
+"""
+
+
+def render(
+    spec: Path = typer.Argument(..., metavar="SPEC", help="The VM spec (TOML)."),
+    output_file: Optional[Path] = typer.Option(None, "-o", "--output", metavar="FILE",
+                                               help="Write the XML to FILE (atomically) instead of stdout."),
+    overrides: List[str] = typer.Option([], "--set", metavar="KEY=VALUE",
+                                        help="Override a spec key, dotted: --set snp.policy.smt=false. Repeatable."),
+    host_caps: Optional[Path] = typer.Option(None, "--host-caps", metavar="FILE",
+                                             help="A saved `virsh domcapabilities` document: source of cbitpos/reducedPhysBits."),
+    connect: Optional[str] = typer.Option(None, "--connect", "-c", metavar="URI",
+                                          help="Ask this libvirt host for cbitpos/reducedPhysBits when the spec lacks them."),
+    allow_debug: bool = typer.Option(False, "--allow-debug", help="Permit a policy with DEBUG set (test guests only)."),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON document."),
+) -> None:
+    """Render SPEC to libvirt domain XML, checked by libvirt's schema and snpvirt's SNP rules."""
+    from snpvirt import output, policy, render as renderer, sevparams, spec as specs
+
+    vm = specs.load_spec(spec, overrides, allow_debug)
+    sources = []
+    if host_caps is not None:
+        sources.append(sevparams.HostCapsSource(_read_host_caps(host_caps), f"--host-caps {host_caps}"))
+    if connect is not None and (vm.snp.cbitpos is None or vm.snp.reduced_phys_bits is None) and not _complete(sources):
+        sources.append(sevparams.HostCapsSource(_connected_host_caps(connect), f"host {connect}"))
+    result = renderer.render(vm, sevparams.resolve(vm, sources), allow_debug)
+
+    changed = False
+    if output_file is not None:
+        changed = _write_atomically(output_file, result.xml)
+    for warning in result.warnings:
+        output.print_warning(warning.message, warning.hint)
+    if json_output:
+        item = {
+            "name": result.name,
+            "spec": str(spec),
+            "output": str(output_file) if output_file else None,
+            "policy": policy.to_hex(result.policy),
+            "policy_flags": policy.set_flag_names(result.policy),
+            "kernel_hashes": vm.snp.kernel_hashes,
+            "cbitpos": result.cbitpos,
+            "reduced_phys_bits": result.reduced_phys_bits,
+            "sev_params_source": result.sev_params_source,
+            "warnings": [w.as_dict() for w in result.warnings],
+        }
+        if output_file is None:
+            item["xml"] = result.xml
+        output.print_json(output.envelope(True, changed, [item]))
+    elif output_file is None:
+        typer.echo(result.xml, nl=False)
+    else:
+        typer.echo(f"{'wrote' if changed else 'unchanged'} {output_file} ({result.name}, policy {policy.to_hex(result.policy)})")
+
+
+def _complete(sources: list) -> bool:
+    return any(s.caps.cbitpos is not None and s.caps.reduced_phys_bits is not None for s in sources)
+
+
+def _read_host_caps(path: Path):
+    from snpvirt import domcaps
+    from snpvirt.errors import BadInputError
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BadInputError(f"cannot read --host-caps {path}: {exc.strerror}",
+                            "save it on the host with: virsh domcapabilities > domcaps.xml") from None
+    return domcaps.parse_domcaps(data, f"--host-caps {path}")
+
+
+def _connected_host_caps(uri: str):
+    from snpvirt import domcaps
+    from snpvirt.connection import Connection
+
+    with Connection(uri, readonly=True) as conn:
+        return domcaps.parse_domcaps(conn.domain_capabilities(), f"host {uri}")
+
+
+def _write_atomically(path: Path, text: str) -> bool:
+    """Write via a temporary file and rename, so FILE is either the old or the new document."""
+    import os
+    import tempfile
+
+    from snpvirt.errors import BadInputError
+
+    try:
+        if path.is_file() and path.read_text(encoding="utf-8") == text:
+            return False
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError as exc:
+        raise BadInputError(f"cannot write {path}: {exc.strerror}", "choose a writable location for -o") from None
+    return True

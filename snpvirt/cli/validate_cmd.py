@@ -1,0 +1,53 @@
+"""`snpvirt validate`: check existing domain XML (e.g. exported from virt-manager) for SEV-SNP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List
+
+import typer
+
+EPILOG = """\b
+Examples:
+  snpvirt validate web-01.xml
+  virsh dumpxml web-01 > web-01.xml && snpvirt validate web-01.xml --json
+  snpvirt validate /etc/libvirt/qemu/*.xml
+"""
+
+
+def validate(
+    xmlfile: List[Path] = typer.Argument(..., metavar="XMLFILE", help="Domain XML files to check."),
+    allow_debug: bool = typer.Option(False, "--allow-debug", help="Accept a policy with DEBUG set."),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON document."),
+) -> int:
+    """Check domain XML against libvirt's schema and snpvirt's SEV-SNP rules.
+
+    Exit 0 when every file is valid (warnings allowed), 2 otherwise; every failing rule is listed.
+    """
+    from snpvirt import domxml, output
+    from snpvirt.errors import ExitCode
+    from snpvirt.models import Finding
+
+    results = []
+    for path in xmlfile:
+        try:
+            findings = domxml.check(path.read_bytes(), allow_debug)
+        except OSError as exc:
+            findings = [Finding("file.read", "error", f"cannot read: {exc.strerror}", "check the path and permissions")]
+        valid = not any(f.severity == "error" for f in findings)
+        results.append({"file": str(path), "valid": valid, "findings": [f.as_dict() for f in findings]})
+
+    all_valid = all(r["valid"] for r in results)
+    if json_output:
+        output.print_json(output.envelope(all_valid, False, results))
+    else:
+        for r in results:
+            typer.echo(f"{'valid  ' if r['valid'] else 'INVALID'}  {r['file']}")
+            for f in r["findings"]:
+                typer.echo(f"  {f['severity']:<7}  {f['id']}: {f['message']}")
+                typer.echo(f"  {'':<7}  hint: {f['hint']}")
+    if not all_valid:
+        bad = sum(not r["valid"] for r in results)
+        output.print_error(f"{bad} of {len(results)} file(s) are not valid SEV-SNP domains", "fix the rules listed above")
+        return int(ExitCode.BAD_INPUT)
+    return 0

@@ -1,0 +1,69 @@
+"""The libvirt boundary: opening connections, typed calls, and libvirt errors translated by code."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+import libvirt
+
+from snpvirt.errors import ConnectionFailedError, HostNotReadyError, NotFoundError, SnpvirtError
+
+# libvirt prints every error to stderr by default; snpvirt reports them itself.
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+_CONNECTION_CODES = {
+    libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_AUTH_FAILED,
+    libvirt.VIR_ERR_AUTH_CANCELLED, libvirt.VIR_ERR_AUTH_UNAVAILABLE, libvirt.VIR_ERR_RPC,
+    libvirt.VIR_ERR_INVALID_CONN, libvirt.VIR_ERR_NO_SUPPORT,
+}
+_NOT_FOUND_CODES = {libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_NETWORK, libvirt.VIR_ERR_NO_STORAGE_POOL}
+_HOST_CODES = {libvirt.VIR_ERR_CONFIG_UNSUPPORTED, libvirt.VIR_ERR_OPERATION_UNSUPPORTED, libvirt.VIR_ERR_INVALID_ARG}
+
+
+def translate(exc: libvirt.libvirtError, action: str, uri: str | None) -> SnpvirtError:
+    """One place that turns a libvirt error into snpvirt's error classes, by error code."""
+    code = exc.get_error_code()
+    detail = (exc.get_error_message() or str(exc)).strip()
+    where = uri or "libvirt's default URI"
+    if code in _CONNECTION_CODES:
+        return ConnectionFailedError(f"{action}: cannot talk to {where}: {detail}",
+                                     "check the URI and that libvirtd (or virtqemud) runs: systemctl status libvirtd")
+    if code in _NOT_FOUND_CODES:
+        return NotFoundError(f"{action}: {detail}", "list what exists with: virsh list --all")
+    if code in _HOST_CODES:
+        return HostNotReadyError(f"{action}: {detail}", "run on a KVM host with SEV-SNP enabled")
+    return SnpvirtError(f"{action}: {detail}", f"libvirt error code {code}; see the libvirt log for more")
+
+
+class Connection:
+    """A libvirt connection; use as a context manager so it is always closed."""
+
+    def __init__(self, uri: str | None, readonly: bool = False) -> None:
+        self.uri = uri
+        try:
+            self._conn = libvirt.openReadOnly(uri) if readonly else libvirt.open(uri)
+        except libvirt.libvirtError as exc:
+            raise translate(exc, "connect", uri) from None
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self._conn.close()
+        except libvirt.libvirtError:
+            pass  # closing a dead connection is not worth an error
+
+    @property
+    def actual_uri(self) -> str:
+        return self._conn.getURI()
+
+    def domain_capabilities(self) -> str:
+        """`virsh domcapabilities` for a q35 KVM guest, the only kind SEV-SNP allows."""
+        try:
+            return self._conn.getDomainCapabilities(None, "x86_64", "q35", "kvm", 0)
+        except libvirt.libvirtError as exc:
+            raise translate(exc, "read domain capabilities", self.uri) from None

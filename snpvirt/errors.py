@@ -1,0 +1,51 @@
+"""Exit codes and the error classes every layer raises (DESIGN.md "Exit codes")."""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    FAILURE = 1
+    BAD_INPUT = 2
+    NOT_READY = 3
+    NOT_FOUND = 4
+    CONFLICT = 5
+    CONNECTION = 6
+    TIMEOUT = 7
+    PARTIAL = 9
+
+
+class SnpvirtError(Exception):
+    """An error the user can act on: one message line, one hint line, an exit code."""
+
+    kind = "failure"
+    exit_code = ExitCode.FAILURE
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class BadInputError(SnpvirtError):
+    """The spec, an option or a file given by the user is wrong (exit 2)."""
+
+    kind = "bad_input"
+    exit_code = ExitCode.BAD_INPUT
+
+
+class NotFoundError(SnpvirtError):
+    kind = "not_found"
+    exit_code = ExitCode.NOT_FOUND
+
+
+class ConnectionFailedError(SnpvirtError):
+    kind = "connection"
+    exit_code = ExitCode.CONNECTION
+
+
+class HostNotReadyError(SnpvirtError):
+    kind = "not_ready"
+    exit_code = ExitCode.NOT_READY

@@ -1,0 +1,169 @@
+"""SEV-SNP rules for a libvirt domain document, as data: id, severity, hint, and a check.
+
+A check gets the parsed <domain> element and yields one message per problem (or a
+(message, hint) pair when the hint depends on what was found). Sources for each rule are in
+reference/snp-landscape.md §2-§4.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+from lxml import etree
+
+from snpvirt import policy as snp_policy
+from snpvirt.errors import BadInputError
+from snpvirt.models import Finding
+
+Problem = str | tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Rule:
+    rule_id: str
+    severity: str
+    hint: str
+    check: Callable[[etree._Element, bool], Iterable[Problem]]
+
+
+def _snp(root: etree._Element) -> etree._Element | None:
+    return root.find("launchSecurity[@type='sev-snp']")
+
+
+def _launch_security(root: etree._Element, allow_debug: bool) -> Iterator[Problem]:
+    if _snp(root) is None:
+        other = root.find("launchSecurity")
+        if other is not None:
+            yield f"<launchSecurity type='{other.get('type')}'> is not SEV-SNP"
+        else:
+            yield "no <launchSecurity type='sev-snp'>: this domain would run without SEV-SNP"
+
+
+def _domain_kvm(root: etree._Element, allow_debug: bool) -> Iterator[Problem]:
+    if root.get("type") != "kvm":
+        yield f"<domain type='{root.get('type')}'>: SEV-SNP needs KVM"
+
+
+def _machine_q35(root: etree._Element, allow_debug: bool) -> Iterator[Problem]:
+    os_type = root.find("os/type")
+    machine = os_type.get("machine", "") if os_type is not None else ""
+    if machine != "q35" and not machine.startswith("pc-q35-"):
+        yield f"machine type {machine or '(default: i440fx pc)'} is not q35"
+    arch = os_type.get("arch") if os_type is not None else None
+    if arch not in (None, "x86_64"):
+        yield f"architecture {arch} is not x86_64"
+
+
+def _firmware(root: etree._Element, allow_debug: bool) -> Iterator[Problem]:
+    os_el = root.find("os")
+    loader = os_el.find("loader") if os_el is not None else None
+    efi = os_el is not None and os_el.get("firmware") == "efi"
+    if loader is None and not efi:
+        yield "no UEFI firmware (neither <os firmware='efi'> nor <loader>): SEV-SNP needs OVMF"
+        return
+    rom = loader is not None and loader.get("type") == "rom"
+    stateless = loader is not None and loader.get("stateless") == "yes"
+    if not (rom or stateless):
+        yield "firmware is loaded as pflash with NVRAM; SEV-SNP launches fail with it (SNP_LAUNCH_START ret=-22)"
+
+
+def _no_nvram(root: etree._Element, allow_debug: bool) -> Iterator[Problem]:
+    if root.find("os/nvram") is not None:
+        yield "<nvram> is set: SEV-SNP firmware is stateless and has no variable store"
+
+
+def _no_smm(root: etree._Element, allow_debug: bool) -> Iterator[Problem]:
+    smm = root.find("features/smm")
+    if smm is not None and smm.get("state", "on") == "on":
+        yield "SMM is on: SEV-SNP guests run without SMM"
+
+
+def _policy(root: etree._Element, allow_debug: bool, rule_id: str) -> Iterator[Problem]:
+    snp = _snp(root)
+    text = snp.findtext("policy") if snp is not None else None
+    if text is None:
+        return  # QEMU's default, 0x30000, is valid
+    try:
+        value = snp_policy.parse_hex(text)
+    except BadInputError:
+        if rule_id == "snp.policy_bit17":
+            yield (f"policy {text.strip()!r} is not a hexadecimal number", "write it as 0x30000")
+        return
+    for problem in snp_policy.problems(value, allow_debug):
+        if problem.rule_id == rule_id:
+            yield (problem.message, problem.hint)
+
+
+def _kernel_hashes(root: etree._Element, allow_debug: bool) -> Iterator[Problem]:
+    snp = _snp(root)
+    if snp is not None and snp.get("kernelHashes") == "yes" and root.find("os/kernel") is None:
+        yield "kernelHashes='yes' without <kernel>: there is nothing to hash"
+
+
+def _blob(element: str, size: int) -> Callable[[etree._Element, bool], Iterator[Problem]]:
+    def check(root: etree._Element, allow_debug: bool) -> Iterator[Problem]:
+        snp = _snp(root)
+        text = snp.findtext(element) if snp is not None else None
+        if text is None:
+            return
+        try:
+            decoded = base64.b64decode(text.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            yield f"<{element}> is not valid base64"
+            return
+        if len(decoded) != size:
+            yield f"<{element}> decodes to {len(decoded)} bytes, SEV-SNP needs exactly {size}"
+    return check
+
+
+def _author_key(root: etree._Element, allow_debug: bool) -> Iterator[Problem]:
+    snp = _snp(root)
+    if snp is None:
+        return
+    if snp.get("authorKey") == "yes" and snp.find("idAuth") is None:
+        yield "authorKey='yes' without <idAuth>: the author key is carried in idAuth"
+    if snp.find("idAuth") is not None and snp.find("idBlock") is None:
+        yield "<idAuth> without <idBlock>: the ID authentication signs an ID block"
+
+
+def _virtio_iommu(root: etree._Element, allow_debug: bool) -> Iterator[Problem]:
+    for disk in root.iterfind("devices/disk"):
+        target = disk.find("target")
+        if target is not None and target.get("bus") == "virtio" and disk.find("driver[@iommu='on']") is None:
+            yield f"virtio disk {target.get('dev')} lacks <driver iommu='on'/>"
+    for nic in root.iterfind("devices/interface"):
+        model = nic.find("model")
+        if model is not None and model.get("type") == "virtio" and nic.find("driver[@iommu='on']") is None:
+            yield "virtio interface lacks <driver iommu='on'/>"
+
+
+BLOBS = {"hostData": 32, "guestVisibleWorkarounds": 16, "idBlock": 96, "idAuth": 4096}
+
+RULES: tuple[Rule, ...] = (
+    Rule("snp.launch_security", "error", "add <launchSecurity type='sev-snp'> (snpvirt import --fix does it)", _launch_security),
+    Rule("snp.domain_kvm", "error", "use <domain type='kvm'>", _domain_kvm),
+    Rule("snp.machine_q35", "error", "use <type arch='x86_64' machine='q35'>hvm</type>", _machine_q35),
+    Rule("snp.firmware_stateless", "error",
+         "load OVMF.amdsev.fd as <loader type='rom' stateless='yes'>/usr/share/ovmf/OVMF.amdsev.fd</loader>", _firmware),
+    Rule("snp.no_nvram", "error", "remove <nvram> from <os>", _no_nvram),
+    Rule("snp.no_smm", "error", "use <smm state='off'/> or remove <smm>", _no_smm),
+    *(Rule(rule_id, "error", "", lambda root, debug, rule_id=rule_id: _policy(root, debug, rule_id))
+      for rule_id in ("snp.policy_bit17", "snp.policy_reserved", "snp.policy_debug")),
+    Rule("snp.kernel_hashes", "error", "add <kernel> for direct kernel boot, or drop kernelHashes='yes'", _kernel_hashes),
+    *(Rule(f"snp.blob.{element}", "error", f"give the base64 of exactly {size} bytes (base64 -w0 FILE)", _blob(element, size))
+      for element, size in BLOBS.items()),
+    Rule("snp.id_auth", "error", "give <idBlock> and <idAuth> together (snpvirt idblock makes both)", _author_key),
+    Rule("snp.virtio_iommu", "warning", "add <driver iommu='on'/> to the device (QEMU >= 6.0 usually sets it itself)", _virtio_iommu),
+)
+
+
+def check_rules(root: etree._Element, allow_debug: bool = False) -> list[Finding]:
+    findings: list[Finding] = []
+    for rule in RULES:
+        for problem in rule.check(root, allow_debug):
+            message, hint = problem if isinstance(problem, tuple) else (problem, rule.hint)
+            findings.append(Finding(rule.rule_id, rule.severity, message, hint))
+    return findings
