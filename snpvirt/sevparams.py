@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from snpvirt.errors import BadInputError
+from snpvirt.errors import BadInputError, HostNotReadyError
 from snpvirt.models import Finding, HostSevCaps, VmSpec
 
 
@@ -37,7 +37,7 @@ def resolve(spec: VmSpec, sources: list[HostCapsSource]) -> SevParams:
             break
         caps = source.caps
         if not caps.sev_supported:
-            raise BadInputError(
+            raise HostNotReadyError(
                 f"{source.label}: the domain capabilities say SEV is not supported, so cbitpos is unknown",
                 "run snpvirt on an SEV-SNP host (BIOS: SEV-SNP and SMEE on; kvm_amd sev_snp=1), "
                 "or set snp.cbitpos and snp.reduced_phys_bits in the spec",

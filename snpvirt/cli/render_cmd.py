@@ -87,7 +87,7 @@ def _connected_host_caps(uri: str):
     from snpvirt import domcaps
     from snpvirt.connection import Connection
 
-    with Connection(uri, readonly=True) as conn:
+    with Connection(uri) as conn:  # libvirt refuses domcapabilities to read-only connections
         return domcaps.parse_domcaps(conn.domain_capabilities(), f"host {uri}")
 
 

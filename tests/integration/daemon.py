@@ -19,19 +19,12 @@ from pathlib import Path
 
 import libvirt
 
-# Private directory name under tmp_dir -> path it is bind-mounted over.
-_BINDS = {
-    "run": "/run/libvirt",
-    "lib": "/var/lib/libvirt",
-    "cache": "/var/cache/libvirt",
-    "log": "/var/log/libvirt",
-    "etc": "/etc/libvirt",
-}
-
 # Runs inside `unshare --mount --propagation private`, so none of these mounts
-# is visible outside.  /run gets an empty tmpfs first because /run/libvirt may
-# not exist on the host and we must not create it there (a bind mount needs an
-# existing mount point).  $1 is tmp_dir.
+# is visible outside.  Private dirs under tmp_dir ($1) replace the libvirt
+# state dirs and /etc/libvirt (a copy); tmp_dir itself is not overmounted, so
+# the sockets in it are reachable from outside.  /run gets an empty tmpfs first
+# because /run/libvirt may not exist on the host and must not be created there
+# (a bind mount needs an existing mount point).
 _WRAPPER = """\
 set -eu
 T="$1"
@@ -82,7 +75,7 @@ def libvirtd_available() -> str | None:
             return f"{tool} not found"
     try:  # unshare exists but may be forbidden (e.g. container without CAP_SYS_ADMIN)
         subprocess.run(
-            ["unshare", "--mount", "--propagation", "private", "true"],
+            [_which("unshare"), "--mount", "--propagation", "private", "true"],
             check=True, capture_output=True, timeout=10,
         )
     except (OSError, subprocess.SubprocessError) as exc:
@@ -225,14 +218,16 @@ class IsolatedLibvirtd:
         if proc is None:
             return
         if proc.poll() is None:
-            self._destroy_domains()
-            # Collect namespace members while libvirtd still pins the namespace
-            # (a freed namespace id could be reused by someone else's).
-            others = [
-                int(p) for p in os.listdir("/proc")
-                if p.isdigit() and int(p) != proc.pid and self._ns
-                and _mnt_ns(int(p)) == self._ns
-            ]
+            others = []
+            if self._ns is not None:  # i.e. startup got as far as a connection
+                self._destroy_domains()
+                # Collect namespace members while libvirtd still pins the
+                # namespace (a freed namespace id could be reused by another).
+                others = [
+                    int(p) for p in os.listdir("/proc")
+                    if p.isdigit() and int(p) != proc.pid
+                    and _mnt_ns(int(p)) == self._ns
+                ]
             proc.terminate()
             try:
                 proc.wait(_STOP_TIMEOUT)

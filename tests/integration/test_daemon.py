@@ -10,10 +10,7 @@ import xml.etree.ElementTree as ET
 import libvirt
 import pytest
 
-try:  # works whether or not tests/integration is made a package later
-    from .daemon import IsolatedLibvirtd, libvirtd_available
-except ImportError:
-    from daemon import IsolatedLibvirtd, libvirtd_available
+from tests.integration.daemon import IsolatedLibvirtd, libvirtd_available
 
 _UNAVAILABLE = libvirtd_available()
 pytestmark = [

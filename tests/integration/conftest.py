@@ -1,0 +1,44 @@
+"""Real libvirt for the integration tests: the in-process test driver and isolated libvirtd daemons."""
+
+from __future__ import annotations
+
+import libvirt
+import pytest
+
+from tests.integration.daemon import IsolatedLibvirtd, libvirtd_available
+
+
+@pytest.fixture(scope="session")
+def test_driver():
+    """libvirt's in-process test driver; its state lives while this connection stays open."""
+    conn = libvirt.open("test:///default")
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def clean_test_driver(test_driver):
+    """The test driver, with every domain a test defines destroyed and undefined afterwards."""
+    before = {d.name() for d in test_driver.listAllDomains()}
+    yield test_driver
+    for dom in test_driver.listAllDomains():
+        if dom.name() not in before:
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+
+
+@pytest.fixture(scope="session")
+def qemu_caps_cache(tmp_path_factory):
+    """One QEMU capability cache for every daemon: only the first pays for probing QEMU (~8 s)."""
+    return tmp_path_factory.mktemp("qemu-caps")
+
+
+@pytest.fixture(scope="module")
+def libvirtd(tmp_path_factory, qemu_caps_cache):
+    """A real libvirtd in its own mount namespace, with its own socket: a separate 'host'."""
+    reason = libvirtd_available()
+    if reason:
+        pytest.skip(reason)
+    with IsolatedLibvirtd(tmp_path_factory.mktemp("libvirtd"), qemu_caps_cache) as daemon:
+        yield daemon

@@ -1,0 +1,120 @@
+"""Rendering: golden documents, libvirt's schema, host-capability sources, escaping."""
+
+import os
+from pathlib import Path
+
+import pytest
+from lxml import etree
+
+from snpvirt import domcaps, domxml, render, sevparams
+from snpvirt import spec as specs
+from snpvirt.errors import BadInputError, HostNotReadyError
+from tests.conftest import EXAMPLES, GENOA_DOMCAPS, GOLDEN, vector
+
+MINIMAL = {"name": "vm1", "memory_mib": 2048, "vcpus": 2, "firmware": "/usr/share/ovmf/OVMF.amdsev.fd",
+           "snp": {"cbitpos": 51, "reduced_phys_bits": 1}}
+
+
+def render_raw(raw, sources=()):
+    vm = specs.parse_spec(raw)
+    return render.render(vm, sevparams.resolve(vm, list(sources)))
+
+
+def golden_cases():
+    """(example, golden file, host caps source or None): db-01 takes its cbitpos from the Genoa domcaps."""
+    return [("web-01.toml", "web-01.xml", None), ("db-01.toml", "db-01.xml", GENOA_DOMCAPS)]
+
+
+def render_example(example, caps_vector):
+    vm = specs.load_spec(EXAMPLES / example)
+    sources = []
+    if caps_vector:
+        caps = domcaps.parse_domcaps(vector(caps_vector).read_bytes())
+        sources.append(sevparams.HostCapsSource(caps, "genoa domcaps"))
+    return render.render(vm, sevparams.resolve(vm, sources))
+
+
+@pytest.mark.parametrize("example,golden,caps", golden_cases())
+def test_examples_match_their_goldens(example, golden, caps):
+    result = render_example(example, caps)
+    path = GOLDEN / golden
+    if os.environ.get("SNPVIRT_UPDATE_GOLDEN"):
+        path.write_text(result.xml)
+    assert result.xml == path.read_text(), f"re-run with SNPVIRT_UPDATE_GOLDEN=1 if the change to {golden} is intended"
+    assert [f for f in domxml.check(result.xml) if f.severity == "error"] == []
+
+
+def test_web01_golden_carries_every_snp_element():
+    root = etree.fromstring((GOLDEN / "web-01.xml").read_bytes())
+    assert root.get("type") == "kvm"
+    assert root.find("os/type").get("machine") == "q35"
+    loader = root.find("os/loader")
+    assert (loader.get("type"), loader.get("stateless"), loader.text) == ("rom", "yes", "/usr/share/ovmf/OVMF.amdsev.fd")
+    assert root.find("os/nvram") is None and root.find("features/smm").get("state") == "off"
+    assert root.find("memoryBacking/source").get("type") == "memfd"
+    assert root.find("memoryBacking/access").get("mode") == "shared"
+    snp = root.find("launchSecurity")
+    assert (snp.get("type"), snp.get("kernelHashes")) == ("sev-snp", "yes")
+    assert (snp.findtext("cbitpos"), snp.findtext("reducedPhysBits"), snp.findtext("policy")) == ("51", "1", "0x30000")
+    assert all(d.get("iommu") == "on" for d in root.iterfind("devices/*/driver"))
+    meta = root.find(f"metadata/{{{domxml.METADATA_NS}}}domain")
+    spec_el = meta.find(f"{{{domxml.METADATA_NS}}}spec")
+    import hashlib
+    assert spec_el.get("digest") == "sha256:" + hashlib.sha256(spec_el.text.encode()).hexdigest()
+
+
+def test_host_caps_from_the_genoa_domcaps_vector():
+    caps = domcaps.parse_domcaps(vector(GENOA_DOMCAPS).read_bytes())
+    assert (caps.sev_supported, caps.snp_advertised, caps.cbitpos, caps.reduced_phys_bits,
+            caps.max_guests, caps.max_es_guests) == (True, True, 51, 1, 59, 450)
+
+
+def test_old_domcaps_without_snp_enum_render_with_a_warning():
+    caps = domcaps.parse_domcaps(vector("virt-manager/kvm-x86_64-domcaps-amd-sev.xml").read_bytes())
+    assert caps.sev_supported and not caps.snp_advertised
+    raw = {k: v for k, v in MINIMAL.items() if k != "snp"}
+    result = render_raw(raw, [sevparams.HostCapsSource(caps, "old host")])
+    assert result.cbitpos == 51 and [w.rule_id for w in result.warnings] == ["host.snp_not_advertised"]
+
+
+def test_host_without_sev_is_an_error_not_a_guess():
+    caps = domcaps.parse_domcaps(vector("virt-manager/kvm-x86_64-domcaps-latest.xml").read_bytes())
+    assert not caps.sev_supported
+    raw = {k: v for k, v in MINIMAL.items() if k != "snp"}
+    with pytest.raises(HostNotReadyError, match="SEV is not supported"):
+        render_raw(raw, [sevparams.HostCapsSource(caps, "plain host")])
+
+
+def test_missing_cbitpos_source_says_how_to_get_it():
+    with pytest.raises(BadInputError, match="snp.cbitpos is not known") as info:
+        render_raw({k: v for k, v in MINIMAL.items() if k != "snp"})
+    assert "--host-caps" in info.value.hint and "--connect" in info.value.hint
+
+
+def test_spec_values_win_over_host_caps():
+    caps = domcaps.parse_domcaps(vector(GENOA_DOMCAPS).read_bytes())
+    raw = {**MINIMAL, "snp": {"cbitpos": 47}}
+    result = render_raw(raw, [sevparams.HostCapsSource(caps, "genoa")])
+    assert (result.cbitpos, result.reduced_phys_bits, result.sev_params_source) == (47, 1, "genoa + spec")
+
+
+def test_domcaps_errors():
+    with pytest.raises(BadInputError, match="not well-formed"):
+        domcaps.parse_domcaps(b"<domainCapabilities>")
+    with pytest.raises(BadInputError, match="expected <domainCapabilities>"):
+        domcaps.parse_domcaps(b"<capabilities/>")
+
+
+def test_values_are_escaped_never_break_the_xml():
+    raw = {**MINIMAL, "description": "a <b> & \"c\" ]]> 'd'",
+           "boot": {"kernel": "/k<&>'\"", "cmdline": "x=<y> & z='1' \"q\""}}
+    result = render_raw(raw)
+    root = etree.fromstring(result.xml.encode())
+    assert root.findtext("description") == raw["description"]
+    assert root.findtext("os/cmdline") == raw["boot"]["cmdline"]
+    assert root.findtext("os/kernel") == raw["boot"]["kernel"]
+
+
+def test_templates_are_found_from_the_checkout():
+    assert (render.template_dir() / render.DOMAIN_TEMPLATE).is_file()
+    assert render.template_dir() == Path(__file__).resolve().parents[2] / "templates"
