@@ -21,34 +21,50 @@ from snpvirt.models import Finding
 Problem = str | tuple[str, str]
 
 
+class Domain:
+    """The parts of a <domain> the rules look at, found once (the rules run on every render)."""
+
+    __slots__ = ("root", "os", "snp", "launch_security", "policy_text", "policy")
+
+    def __init__(self, root: etree._Element) -> None:
+        self.root = root
+        self.os = root.find("os")
+        self.launch_security = root.find("launchSecurity")
+        ls = self.launch_security
+        self.snp = ls if ls is not None and ls.get("type") == "sev-snp" else None
+        self.policy_text = self.snp.findtext("policy") if self.snp is not None else None
+        self.policy: int | None = None  # None: absent (QEMU's default 0x30000 is valid) or not hex
+        if self.policy_text is not None:
+            try:
+                self.policy = snp_policy.parse_hex(self.policy_text)
+            except BadInputError:
+                pass
+
+
 @dataclass(frozen=True)
 class Rule:
     rule_id: str
     severity: str
     hint: str
-    check: Callable[[etree._Element, bool], Iterable[Problem]]
+    check: Callable[[Domain, bool], Iterable[Problem]]
 
 
-def _snp(root: etree._Element) -> etree._Element | None:
-    return root.find("launchSecurity[@type='sev-snp']")
-
-
-def _launch_security(root: etree._Element, allow_debug: bool) -> Iterator[Problem]:
-    if _snp(root) is None:
-        other = root.find("launchSecurity")
+def _launch_security(dom: Domain, allow_debug: bool) -> Iterator[Problem]:
+    if dom.snp is None:
+        other = dom.launch_security
         if other is not None:
             yield f"<launchSecurity type='{other.get('type')}'> is not SEV-SNP"
         else:
             yield "no <launchSecurity type='sev-snp'>: this domain would run without SEV-SNP"
 
 
-def _domain_kvm(root: etree._Element, allow_debug: bool) -> Iterator[Problem]:
-    if root.get("type") != "kvm":
-        yield f"<domain type='{root.get('type')}'>: SEV-SNP needs KVM"
+def _domain_kvm(dom: Domain, allow_debug: bool) -> Iterator[Problem]:
+    if dom.root.get("type") != "kvm":
+        yield f"<domain type='{dom.root.get('type')}'>: SEV-SNP needs KVM"
 
 
-def _machine_q35(root: etree._Element, allow_debug: bool) -> Iterator[Problem]:
-    os_type = root.find("os/type")
+def _machine_q35(dom: Domain, allow_debug: bool) -> Iterator[Problem]:
+    os_type = dom.os.find("type") if dom.os is not None else None
     machine = os_type.get("machine", "") if os_type is not None else ""
     if machine != "q35" and not machine.startswith("pc-q35-"):
         yield f"machine type {machine or '(default: i440fx pc)'} is not q35"
@@ -57,8 +73,8 @@ def _machine_q35(root: etree._Element, allow_debug: bool) -> Iterator[Problem]:
         yield f"architecture {arch} is not x86_64"
 
 
-def _firmware(root: etree._Element, allow_debug: bool) -> Iterator[Problem]:
-    os_el = root.find("os")
+def _firmware(dom: Domain, allow_debug: bool) -> Iterator[Problem]:
+    os_el = dom.os
     loader = os_el.find("loader") if os_el is not None else None
     efi = os_el is not None and os_el.get("firmware") == "efi"
     if loader is None and not efi:
@@ -70,43 +86,36 @@ def _firmware(root: etree._Element, allow_debug: bool) -> Iterator[Problem]:
         yield "firmware is loaded as pflash with NVRAM; SEV-SNP launches fail with it (SNP_LAUNCH_START ret=-22)"
 
 
-def _no_nvram(root: etree._Element, allow_debug: bool) -> Iterator[Problem]:
-    if root.find("os/nvram") is not None:
+def _no_nvram(dom: Domain, allow_debug: bool) -> Iterator[Problem]:
+    if dom.os is not None and dom.os.find("nvram") is not None:
         yield "<nvram> is set: SEV-SNP firmware is stateless and has no variable store"
 
 
-def _no_smm(root: etree._Element, allow_debug: bool) -> Iterator[Problem]:
-    smm = root.find("features/smm")
+def _no_smm(dom: Domain, allow_debug: bool) -> Iterator[Problem]:
+    smm = dom.root.find("features/smm")
     if smm is not None and smm.get("state", "on") == "on":
         yield "SMM is on: SEV-SNP guests run without SMM"
 
 
-def _policy(root: etree._Element, allow_debug: bool, rule_id: str) -> Iterator[Problem]:
-    snp = _snp(root)
-    text = snp.findtext("policy") if snp is not None else None
-    if text is None:
-        return  # QEMU's default, 0x30000, is valid
-    try:
-        value = snp_policy.parse_hex(text)
-    except BadInputError:
-        if rule_id == "snp.policy_bit17":
-            yield (f"policy {text.strip()!r} is not a hexadecimal number", "write it as 0x30000")
+def _policy(dom: Domain, allow_debug: bool, rule_id: str) -> Iterator[Problem]:
+    if dom.policy is None:
+        if dom.policy_text is not None and rule_id == "snp.policy_bit17":
+            yield (f"policy {dom.policy_text.strip()!r} is not a hexadecimal number", "write it as 0x30000")
         return
-    for problem in snp_policy.problems(value, allow_debug):
+    for problem in snp_policy.problems(dom.policy, allow_debug):
         if problem.rule_id == rule_id:
             yield (problem.message, problem.hint)
 
 
-def _kernel_hashes(root: etree._Element, allow_debug: bool) -> Iterator[Problem]:
-    snp = _snp(root)
-    if snp is not None and snp.get("kernelHashes") == "yes" and root.find("os/kernel") is None:
+def _kernel_hashes(dom: Domain, allow_debug: bool) -> Iterator[Problem]:
+    snp, os_el = dom.snp, dom.os
+    if snp is not None and snp.get("kernelHashes") == "yes" and (os_el is None or os_el.find("kernel") is None):
         yield "kernelHashes='yes' without <kernel>: there is nothing to hash"
 
 
-def _blob(element: str, size: int) -> Callable[[etree._Element, bool], Iterator[Problem]]:
-    def check(root: etree._Element, allow_debug: bool) -> Iterator[Problem]:
-        snp = _snp(root)
-        text = snp.findtext(element) if snp is not None else None
+def _blob(element: str, size: int) -> Callable[[Domain, bool], Iterator[Problem]]:
+    def check(dom: Domain, allow_debug: bool) -> Iterator[Problem]:
+        text = dom.snp.findtext(element) if dom.snp is not None else None
         if text is None:
             return
         try:
@@ -119,8 +128,8 @@ def _blob(element: str, size: int) -> Callable[[etree._Element, bool], Iterator[
     return check
 
 
-def _author_key(root: etree._Element, allow_debug: bool) -> Iterator[Problem]:
-    snp = _snp(root)
+def _author_key(dom: Domain, allow_debug: bool) -> Iterator[Problem]:
+    snp = dom.snp
     if snp is None:
         return
     if snp.get("authorKey") == "yes" and snp.find("idAuth") is None:
@@ -129,15 +138,21 @@ def _author_key(root: etree._Element, allow_debug: bool) -> Iterator[Problem]:
         yield "<idAuth> without <idBlock>: the ID authentication signs an ID block"
 
 
-def _virtio_iommu(root: etree._Element, allow_debug: bool) -> Iterator[Problem]:
-    for disk in root.iterfind("devices/disk"):
-        target = disk.find("target")
-        if target is not None and target.get("bus") == "virtio" and disk.find("driver[@iommu='on']") is None:
-            yield f"virtio disk {target.get('dev')} lacks <driver iommu='on'/>"
-    for nic in root.iterfind("devices/interface"):
-        model = nic.find("model")
-        if model is not None and model.get("type") == "virtio" and nic.find("driver[@iommu='on']") is None:
-            yield "virtio interface lacks <driver iommu='on'/>"
+def _virtio_iommu(dom: Domain, allow_debug: bool) -> Iterator[Problem]:
+    devices = dom.root.find("devices")
+    for device in devices if devices is not None else ():
+        if device.tag == "disk":
+            target = device.find("target")
+            virtio = target is not None and target.get("bus") == "virtio"
+            label = f"virtio disk {target.get('dev') if target is not None else ''}"
+        elif device.tag == "interface":
+            model = device.find("model")
+            virtio, label = model is not None and model.get("type") == "virtio", "virtio interface"
+        else:
+            continue
+        driver = device.find("driver")
+        if virtio and (driver is None or driver.get("iommu") != "on"):
+            yield f"{label} lacks <driver iommu='on'/>"
 
 
 BLOBS = {"hostData": 32, "guestVisibleWorkarounds": 16, "idBlock": 96, "idAuth": 4096}
@@ -150,7 +165,7 @@ RULES: tuple[Rule, ...] = (
          "load OVMF.amdsev.fd as <loader type='rom' stateless='yes'>/usr/share/ovmf/OVMF.amdsev.fd</loader>", _firmware),
     Rule("snp.no_nvram", "error", "remove <nvram> from <os>", _no_nvram),
     Rule("snp.no_smm", "error", "use <smm state='off'/> or remove <smm>", _no_smm),
-    *(Rule(rule_id, "error", "", lambda root, debug, rule_id=rule_id: _policy(root, debug, rule_id))
+    *(Rule(rule_id, "error", "", lambda dom, debug, rule_id=rule_id: _policy(dom, debug, rule_id))
       for rule_id in ("snp.policy_bit17", "snp.policy_reserved", "snp.policy_debug")),
     Rule("snp.kernel_hashes", "error", "add <kernel> for direct kernel boot, or drop kernelHashes='yes'", _kernel_hashes),
     *(Rule(f"snp.blob.{element}", "error", f"give the base64 of exactly {size} bytes (base64 -w0 FILE)", _blob(element, size))
@@ -162,8 +177,9 @@ RULES: tuple[Rule, ...] = (
 
 def check_rules(root: etree._Element, allow_debug: bool = False) -> list[Finding]:
     findings: list[Finding] = []
+    dom = Domain(root)
     for rule in RULES:
-        for problem in rule.check(root, allow_debug):
+        for problem in rule.check(dom, allow_debug):
             message, hint = problem if isinstance(problem, tuple) else (problem, rule.hint)
             findings.append(Finding(rule.rule_id, rule.severity, message, hint))
     return findings
