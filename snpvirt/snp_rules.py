@@ -83,7 +83,8 @@ def _firmware(dom: Domain, allow_debug: bool) -> Iterator[Problem]:
     rom = loader is not None and loader.get("type") == "rom"
     stateless = loader is not None and loader.get("stateless") == "yes"
     if not (rom or stateless):
-        yield "firmware is loaded as pflash with NVRAM; SEV-SNP launches fail with it (SNP_LAUNCH_START ret=-22)"
+        yield ("firmware is not stateless: libvirt loads it as pflash with an NVRAM store, "
+               "which SEV-SNP cannot launch (SNP_LAUNCH_START ret=-22)")
 
 
 def _no_nvram(dom: Domain, allow_debug: bool) -> Iterator[Problem]:
