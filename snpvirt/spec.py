@@ -119,8 +119,6 @@ def _policy(path: str, value: Any) -> int:
     return value  # an int
 
 
-POLICY_TYPES = (dict, str, int)
-
 SCHEMA: dict[str, Any] = {
     "name": Key(str, True, _matches(NAME_RE, "a valid domain name",
                                     "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")),
@@ -138,7 +136,7 @@ SCHEMA: dict[str, Any] = {
         "cmdline": Key(str, check=_text),
     },
     "snp": {
-        "policy": Key(POLICY_TYPES, check=_policy),
+        "policy": Key((dict, str, int), check=_policy),
         "kernel_hashes": Key(bool),
         "cbitpos": Key(int, check=_in_range(1, 63)),
         "reduced_phys_bits": Key(int, check=_in_range(0, 63)),

@@ -1,7 +1,7 @@
 """The `snpvirt` command: root options, command registration, and the one place errors are printed.
 
-Startup imports only typer: each command imports what it needs (libvirt, lxml, jinja2) itself,
-so `snpvirt --help` stays as fast as `import typer`.
+Startup imports only typer and snpvirt's light modules; each command imports what it needs
+(libvirt, lxml, jinja2) itself, so `snpvirt --help` stays as fast as `import typer`.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import sys
 
 import typer
 
-from snpvirt import __version__
+from snpvirt import __version__, output
 from snpvirt.cli import render_cmd, validate_cmd
+from snpvirt.errors import ExitCode, SnpvirtError
 
 app = typer.Typer(
     name="snpvirt",
@@ -49,9 +50,6 @@ def main(argv: list[str] | None = None) -> None:
 
 def run(argv: list[str]) -> int:
     """Run the CLI and return its exit code; every failure becomes `snpvirt: error:` + `hint:`."""
-    from snpvirt import output
-    from snpvirt.errors import ExitCode, SnpvirtError
-
     json_mode = "--json" in argv
     try:
         code = typer.main.get_command(app).main(args=argv, prog_name="snpvirt", standalone_mode=False)
@@ -77,9 +75,7 @@ def run(argv: list[str]) -> int:
         return _fail(err, json_mode)
 
 
-def _fail(err: "SnpvirtError", json_mode: bool) -> int:  # noqa: F821 - imported lazily above
-    from snpvirt import output
-
+def _fail(err: SnpvirtError, json_mode: bool) -> int:
     if json_mode:
         output.print_json(output.envelope(False, error=err))
     output.print_error(err.message, err.hint)
