@@ -7,6 +7,7 @@ from types import TracebackType
 import libvirt
 
 from snpvirt.errors import ConnectionFailedError, HostNotReadyError, NotFoundError, SnpvirtError
+from snpvirt.models import LibvirtFacts
 
 # libvirt prints every error to stderr by default; snpvirt reports them itself.
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
@@ -67,3 +68,44 @@ class Connection:
             return self._conn.getDomainCapabilities(None, "x86_64", "q35", "kvm", 0)
         except libvirt.libvirtError as exc:
             raise translate(exc, "read domain capabilities", self.uri) from None
+
+    def libvirt_facts(self) -> LibvirtFacts:
+        """Versions, domain capabilities and SEV-ES/SNP guests in use, each tolerated missing."""
+        conn = self._conn
+        try:
+            driver, lib_version, uri = conn.getType(), conn.getLibVersion(), conn.getURI()
+        except libvirt.libvirtError as exc:
+            raise translate(exc, "read host facts", self.uri) from None
+        hypervisor_version = _optional(conn.getVersion)
+        hostname = _optional(conn.getHostname)
+        try:
+            domcaps_xml, domcaps_error = self.domain_capabilities(), None
+        except SnpvirtError as exc:
+            domcaps_xml, domcaps_error = None, exc.message
+        return LibvirtFacts(uri, driver, hostname, lib_version, hypervisor_version, domcaps_xml, domcaps_error,
+                            self._running_es_snp_guests())
+
+    def _running_es_snp_guests(self) -> int | None:
+        """SEV-ES and SEV-SNP guests share one ASID pool, so both count."""
+        from lxml import etree
+
+        try:
+            domains = self._conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+            count = 0
+            for dom in domains:
+                ls = etree.fromstring(dom.XMLDesc(0).encode()).find("launchSecurity")
+                if ls is None:
+                    continue
+                policy = ls.findtext("policy") or "0"
+                if ls.get("type") == "sev-snp" or (ls.get("type") == "sev" and int(policy, 16) & 0x4):
+                    count += 1
+            return count
+        except (libvirt.libvirtError, etree.XMLSyntaxError, ValueError):
+            return None
+
+
+def _optional(call):
+    try:
+        return call()
+    except libvirt.libvirtError:
+        return None

@@ -94,3 +94,46 @@ class RenderResult:
     reduced_phys_bits: int
     sev_params_source: str  # where cbitpos/reducedPhysBits came from
     warnings: tuple[Finding, ...] = ()
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One host readiness check. Its id is a stable interface for automation."""
+
+    check_id: str
+    status: str  # "pass" | "warn" | "fail" | "skip"
+    message: str
+    hint: str = ""
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.check_id, "status": self.status, "message": self.message, "hint": self.hint,
+                "facts": self.facts}
+
+
+@dataclass(frozen=True)
+class HostReport:
+    ready: bool
+    host: dict[str, Any]
+    checks: tuple[CheckResult, ...]
+    summary: str
+
+    def by_id(self, check_id: str) -> CheckResult:
+        return next(c for c in self.checks if c.check_id == check_id)
+
+    def failed(self) -> list[str]:
+        return [c.check_id for c in self.checks if c.status == "fail"]
+
+
+@dataclass(frozen=True)
+class LibvirtFacts:
+    """What a libvirt connection reports about its host."""
+
+    uri: str
+    driver: str  # libvirt's driver type: "QEMU", "Test", ...
+    hostname: str | None
+    lib_version: int | None  # major * 1_000_000 + minor * 1_000 + release
+    hypervisor_version: int | None
+    domcaps_xml: str | None
+    domcaps_error: str | None = None
+    running_es_snp_guests: int | None = None  # they share one ASID pool

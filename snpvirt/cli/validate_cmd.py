@@ -19,7 +19,7 @@ def validate(
     xmlfile: List[Path] = typer.Argument(..., metavar="XMLFILE", help="Domain XML files to check."),
     allow_debug: bool = typer.Option(False, "--allow-debug", help="Accept a policy with DEBUG set."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON document."),
-) -> int:
+) -> None:
     """Check domain XML against libvirt's schema and snpvirt's SEV-SNP rules.
 
     Exit 0 when every file is valid (warnings allowed), 2 otherwise; every failing rule is listed.
@@ -49,5 +49,4 @@ def validate(
     if not all_valid:
         bad = sum(not r["valid"] for r in results)
         output.print_error(f"{bad} of {len(results)} file(s) are not valid SEV-SNP domains", "fix the rules listed above")
-        return int(ExitCode.BAD_INPUT)
-    return 0
+        raise typer.Exit(int(ExitCode.BAD_INPUT))

@@ -1,0 +1,76 @@
+"""Gather a host's facts (local files, libvirt, a saved domcaps) and run the readiness checks.
+
+This is the library entry point for `snpvirt host check` and for the lifecycle gate. The libvirt
+connection is passed in (anything with `libvirt_facts()`), so this module never imports libvirt.
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Protocol
+
+from snpvirt import domcaps as domcaps_parser
+from snpvirt import host, hostfacts
+from snpvirt.errors import BadInputError
+from snpvirt.models import HostReport, HostSevCaps, LibvirtFacts
+
+
+class FactSource(Protocol):
+    def libvirt_facts(self) -> LibvirtFacts: ...
+
+
+def assess(
+    connection: FactSource | None,
+    *,
+    uri: str | None = None,
+    connection_error: str | None = None,
+    sysroot: str = "/",
+    domcaps_file: Path | None = None,
+    policy: int | None = None,
+    spec_firmware: str | None = None,
+) -> HostReport:
+    libvirt = connection.libvirt_facts() if connection is not None else None
+    actual_uri = libvirt.uri if libvirt else uri
+    remote = host.is_remote_uri(actual_uri)
+    # The connection error itself is reported once, with the host (host.libvirt_error).
+    libvirt_skip = "no libvirt connection" + (" (--sysroot without --connect)" if sysroot != "/" and not connection_error else "")
+
+    caps: HostSevCaps | None = None
+    caps_source, caps_skip = "", "no domain capabilities: give --connect URI or --domcaps FILE"
+    if domcaps_file is not None:
+        try:
+            data = domcaps_file.read_bytes()
+        except OSError as exc:
+            raise BadInputError(f"cannot read --domcaps {domcaps_file}: {exc.strerror}",
+                                "save it on the host with: virsh domcapabilities > domcaps.xml") from None
+        caps, caps_source = domcaps_parser.parse_domcaps(data, f"--domcaps {domcaps_file}"), f"--domcaps {domcaps_file}"
+    elif libvirt is not None and libvirt.domcaps_xml is not None:
+        caps, caps_source = domcaps_parser.parse_domcaps(libvirt.domcaps_xml, libvirt.uri), libvirt.uri
+    elif libvirt is not None:
+        caps_skip = f"domain capabilities unavailable: {libvirt.domcaps_error}"
+    elif connection_error:
+        caps_skip = libvirt_skip
+
+    local = None if remote else hostfacts.read_local_facts(sysroot, spec_firmware)
+    inputs = host.HostInputs(
+        local=local,
+        local_skip=f"remote host ({actual_uri}): only what libvirt reports is checked" if remote else "",
+        libvirt=libvirt,
+        libvirt_skip=libvirt_skip,
+        domcaps=caps,
+        domcaps_source=caps_source,
+        domcaps_skip=caps_skip,
+        policy=policy,
+        spec_firmware=spec_firmware,
+    )
+    about = {
+        "hostname": libvirt.hostname if libvirt and libvirt.hostname else (None if remote or sysroot != "/" else platform.node()),
+        "uri": actual_uri,
+        "libvirt_error": connection_error,
+        "remote": remote,
+        "sysroot": None if remote else sysroot,
+        "kernel": local.kernel_release if local else None,
+        "cpu": (local.cpuinfo_model if local else None),
+    }
+    return host.run_checks(inputs, about)
