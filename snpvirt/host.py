@@ -201,14 +201,17 @@ def kernel_iommu(h: HostInputs) -> CheckResult:
 
 # --- libvirt -------------------------------------------------------------------------------------
 
+def _at_least(check_id: str, product: str, version: int, minimum: int, hint: str) -> CheckResult:
+    ok = version >= minimum
+    return _result(check_id, _ok(ok), f"{product} {_version(version)}" + ("" if ok else f" (SEV-SNP needs >= {_version(minimum)})"),
+                   "" if ok else hint, version=_version(version))
+
+
 def libvirt_version(h: HostInputs) -> CheckResult:
     if h.libvirt is None or h.libvirt.lib_version is None:
         return _result("libvirt.version", "skip", h.libvirt_skip)
-    version = h.libvirt.lib_version
-    ok = version >= MIN_LIBVIRT
-    return _result("libvirt.version", _ok(ok), f"libvirt {_version(version)}" + ("" if ok else " (SEV-SNP needs >= 10.5.0)"),
-                   "" if ok else "install libvirt >= 10.5 (Debian 12: bookworm-backports; Ubuntu >= 25.04)",
-                   version=_version(version))
+    return _at_least("libvirt.version", "libvirt", h.libvirt.lib_version, MIN_LIBVIRT,
+                     "install libvirt >= 10.5 (Debian 12: bookworm-backports; Ubuntu >= 25.04)")
 
 
 def qemu_version(h: HostInputs) -> CheckResult:
@@ -216,11 +219,8 @@ def qemu_version(h: HostInputs) -> CheckResult:
         return _result("qemu.version", "skip", h.libvirt_skip)
     if h.libvirt.driver != "QEMU" or h.libvirt.hypervisor_version is None:
         return _result("qemu.version", "skip", f"the connection's driver is {h.libvirt.driver}, not QEMU")
-    version = h.libvirt.hypervisor_version
-    ok = version >= MIN_QEMU
-    return _result("qemu.version", _ok(ok), f"QEMU {_version(version)}" + ("" if ok else " (SEV-SNP needs >= 9.1.0)"),
-                   "" if ok else "install QEMU >= 9.1 (Debian 12: qemu-system-x86 from bookworm-backports)",
-                   version=_version(version))
+    return _at_least("qemu.version", "QEMU", h.libvirt.hypervisor_version, MIN_QEMU,
+                     "install QEMU >= 9.1 (Debian 12: qemu-system-x86 from bookworm-backports)")
 
 
 def domcaps_sev(h: HostInputs) -> CheckResult:

@@ -285,3 +285,13 @@ def test_cli_bad_arguments_exit_2(capsys, args, fragment):
     code = run(["host", "check", *args])
     err = capsys.readouterr().err
     assert code == ExitCode.BAD_INPUT and err.startswith("snpvirt: error: ") and fragment in err and "\nhint: " in err
+
+
+def test_old_libvirt_and_qemu_fail_with_the_minimum_named():
+    caps = HostSevCaps(True, True, 51, 1, 59, 450)
+    facts = LibvirtFacts("qemu:///system", "QEMU", "h", 9_000_000, 8_002_000, None, None, 0)
+    report = host.run_checks(host.HostInputs(local=None, local_skip="remote", libvirt=facts, domcaps=caps,
+                                             domcaps_source="test"))
+    assert report.failed() == ["libvirt.version", "qemu.version"]
+    assert report.by_id("libvirt.version").message == "libvirt 9.0.0 (SEV-SNP needs >= 10.5.0)"
+    assert report.by_id("qemu.version").message == "QEMU 8.2.0 (SEV-SNP needs >= 9.1.0)"
