@@ -263,6 +263,15 @@ def capacity(h: HostInputs) -> CheckResult:
 # --- firmware ------------------------------------------------------------------------------------
 
 def firmware_snp(h: HostInputs) -> CheckResult:
+    if h.spec_firmware:
+        # The domain loads exactly this file, whatever descriptors the host has.
+        file = h.local.firmware_files[h.spec_firmware]
+        if file.image is not None:
+            return _result("firmware.snp", "pass", f"{h.spec_firmware} (the spec's firmware; carries OVMF SEV metadata)",
+                           firmware=h.spec_firmware, kernel_hashes=file.image.has_kernel_hashes)
+        return _result("firmware.snp", "fail", f"the spec's firmware {h.spec_firmware}: {file.error}",
+                       "point the spec's firmware at an SEV-capable OVMF: the AmdSev build, e.g. OVMF.amdsev.fd",
+                       firmware=h.spec_firmware)
     snp = [d for d in h.local.descriptors if d.offers_snp]
     usable = [d for d in snp if d.snp_mapping_ok]
     for d in usable:
@@ -270,19 +279,10 @@ def firmware_snp(h: HostInputs) -> CheckResult:
         if file is not None and file.image is not None:
             return _result("firmware.snp", "pass", f"{d.executable} (descriptor {d.path})",
                            descriptor=d.path, firmware=d.executable, kernel_hashes=file.image.has_kernel_hashes)
-    if h.spec_firmware:
-        file = h.local.firmware_files.get(h.spec_firmware)
-        if file is not None and file.image is not None:
-            return _result("firmware.snp", "pass", f"{h.spec_firmware} (the spec's firmware; carries OVMF SEV metadata)",
-                           firmware=h.spec_firmware, kernel_hashes=file.image.has_kernel_hashes)
-        if file is not None:
-            return _result("firmware.snp", "fail", f"the spec's firmware {h.spec_firmware}: {file.error}",
-                           "point the spec's firmware at an SEV-capable OVMF: the AmdSev build, e.g. OVMF.amdsev.fd",
-                           firmware=h.spec_firmware)
-    found = ", ".join(d.path.rsplit("/", 1)[-1] for d in h.local.descriptors) or "none"
     if usable:
         d = usable[0]
-        error = h.local.firmware_files[d.executable].error if d.executable in h.local.firmware_files else "no file named"
+        file = h.local.firmware_files.get(d.executable or "")
+        error = file.error if file is not None else "the descriptor names no file"
         return _result("firmware.snp", "fail", f"descriptor {d.path} names {d.executable}: {error}",
                        "install the firmware package that provides it (Fedora: edk2-ovmf; Ubuntu: ovmf)",
                        descriptor=d.path, firmware=d.executable)
@@ -290,6 +290,7 @@ def firmware_snp(h: HostInputs) -> CheckResult:
         return _result("firmware.snp", "fail", f"{snp[0].path} offers amd-sev-snp but maps it as {snp[0].device} "
                        f"({snp[0].mode or 'no mode'}): SNP firmware must be ROM or stateless flash",
                        "use a descriptor with \"device\": \"memory\" or flash \"mode\": \"stateless\"", descriptor=snp[0].path)
+    found = ", ".join(d.path.rsplit("/", 1)[-1] for d in h.local.descriptors) or "none"
     return _result("firmware.snp", "fail", f"no QEMU firmware descriptor offers amd-sev-snp (descriptors: {found})",
                    "install an OVMF AmdSev build with its descriptor (Fedora: edk2-ovmf's OVMF.amdsev.fd; Ubuntu: ovmf), "
                    "or name an OVMF.amdsev.fd as the spec's firmware", descriptors=[d.path for d in h.local.descriptors])

@@ -196,6 +196,12 @@ def test_etc_descriptor_overrides_usr_share(milan):
     assert assess(milan).failed() == ["firmware.snp"]
 
 
+def test_the_specs_firmware_is_what_counts_when_given(milan):
+    report = assess(milan, spec_firmware="/usr/share/ovmf/OVMF.amdsev.fd")
+    assert report.failed() == ["firmware.snp"] and "does not exist" in report.by_id("firmware.snp").message
+    assert assess(milan, spec_firmware=milan.firmware).ready
+
+
 def test_spec_firmware_with_sev_metadata_passes_without_a_descriptor(milan):
     milan.remove("usr/share/qemu/firmware")
     milan.write("/srv/fw/OVMF.fd", vector("measurement/ovmf/ovmf_OvmfX64_suffix.bin").read_bytes())
