@@ -6,8 +6,9 @@ from types import TracebackType
 
 import libvirt
 
-from snpvirt.errors import ConnectionFailedError, HostNotReadyError, NotFoundError, SnpvirtError
-from snpvirt.models import LibvirtFacts
+from snpvirt import explain
+from snpvirt.errors import ConnectionFailedError, HostNotReadyError, NotFoundError, SnpvirtError, StartFailedError
+from snpvirt.models import DomainRecord, LibvirtFacts
 
 # libvirt prints every error to stderr by default; snpvirt reports them itself.
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
@@ -19,6 +20,11 @@ _CONNECTION_CODES = {
 }
 _NOT_FOUND_CODES = {libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_NETWORK, libvirt.VIR_ERR_NO_STORAGE_POOL}
 _HOST_CODES = {libvirt.VIR_ERR_CONFIG_UNSUPPORTED, libvirt.VIR_ERR_OPERATION_UNSUPPORTED, libvirt.VIR_ERR_INVALID_ARG}
+# libvirt's own state names (virDomainState), lowercased: the names `list` and `status` show.
+STATE_NAMES = {getattr(libvirt, f"VIR_DOMAIN_{name.upper()}"): name for name in (
+    "nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed", "pmsuspended")}
+ACTIVE_STATES = {"running", "blocked", "paused", "shutdown", "pmsuspended"}
+QEMU_LOG_DIR = "/var/log/libvirt/qemu"
 
 
 def translate(exc: libvirt.libvirtError, action: str, uri: str | None) -> SnpvirtError:
@@ -41,6 +47,8 @@ class Connection:
 
     def __init__(self, uri: str | None, readonly: bool = False) -> None:
         self.uri = uri
+        self._driver: str | None = None
+        self._handles: dict[str, libvirt.virDomain] = {}  # name -> handle, saves a lookup per call
         try:
             self._conn = libvirt.openReadOnly(uri) if readonly else libvirt.open(uri)
         except libvirt.libvirtError as exc:
@@ -102,6 +110,107 @@ class Connection:
             return count
         except (libvirt.libvirtError, etree.XMLSyntaxError, ValueError):
             return None
+
+
+    # --- domains: the hypervisor interface the manager uses ---------------------------------------
+
+    @property
+    def driver(self) -> str:
+        if self._driver is None:
+            self._driver = self._conn.getType()
+        return self._driver
+
+    @property
+    def simulated(self) -> bool:
+        """libvirt's test driver: a simulated hypervisor, where the SEV-SNP readiness gate means nothing."""
+        return self.driver == "TEST"
+
+    def _record(self, dom: libvirt.virDomain, state: int | None = None) -> DomainRecord:
+        self._handles[dom.name()] = dom
+        if state is None:
+            state = dom.state()[0]
+        return DomainRecord(dom.name(), dom.UUIDString(), STATE_NAMES.get(state, "nostate"),
+                            dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+
+    def domains(self) -> list[DomainRecord]:
+        """Every domain with its state and inactive XML: one stats call for all states, one XML call each."""
+        try:
+            return [self._record(dom, stats.get("state.state")) for dom, stats in
+                    self._conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE)]
+        except libvirt.libvirtError as exc:
+            raise translate(exc, "list domains", self.uri) from None
+
+    def domain_names(self) -> set[str]:
+        try:
+            return {dom.name() for dom in self._conn.listAllDomains()}
+        except libvirt.libvirtError as exc:
+            raise translate(exc, "list domains", self.uri) from None
+
+    def lookup(self, name: str) -> DomainRecord | None:
+        try:
+            return self._record(self._conn.lookupByName(name))
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise translate(exc, f"look up {name}", self.uri) from None
+
+    def _handle(self, name: str) -> libvirt.virDomain:
+        dom = self._handles.get(name)
+        if dom is None:
+            try:
+                dom = self._handles[name] = self._conn.lookupByName(name)
+            except libvirt.libvirtError as exc:
+                raise translate(exc, f"look up {name}", self.uri) from None
+        return dom
+
+    def define(self, xml: str) -> DomainRecord:
+        try:
+            return self._record(self._conn.defineXML(xml), libvirt.VIR_DOMAIN_SHUTOFF)
+        except libvirt.libvirtError as exc:
+            raise translate(exc, "define", self.uri) from None
+
+    def state(self, name: str) -> str:
+        try:
+            return STATE_NAMES.get(self._handle(name).state()[0], "nostate")
+        except libvirt.libvirtError as exc:
+            raise translate(exc, f"state of {name}", self.uri) from None
+
+    def start(self, name: str) -> None:
+        try:
+            self._handle(name).create()
+        except libvirt.libvirtError as exc:
+            detail = (exc.get_error_message() or str(exc)).strip()
+            log = self._qemu_log_tail(name)
+            hint = explain.explain(detail, log) or f"libvirt error code {exc.get_error_code()}; see the QEMU log of {name}"
+            raise StartFailedError(f"start {name}: {detail}", hint) from None
+
+    def shutdown(self, name: str) -> None:
+        self._call(name, "shut down", lambda dom: dom.shutdown())
+
+    def destroy(self, name: str) -> None:
+        self._call(name, "destroy", lambda dom: dom.destroy())
+
+    def undefine(self, name: str) -> None:
+        self._call(name, "undefine", lambda dom: dom.undefine())
+        self._handles.pop(name, None)
+
+    def _call(self, name: str, action: str, call) -> None:
+        try:
+            call(self._handle(name))
+        except libvirt.libvirtError as exc:
+            raise translate(exc, f"{action} {name}", self.uri) from None
+
+    def _qemu_log_tail(self, name: str, lines: int = 20) -> str:
+        """The end of QEMU's log, when the host is this machine (SNP causes often appear only there)."""
+        from urllib.parse import urlsplit
+
+        if self.driver != "QEMU" or urlsplit(self.actual_uri).netloc:
+            return ""
+        try:
+            with open(f"{QEMU_LOG_DIR}/{name}.log", encoding="utf-8", errors="replace") as handle:
+                return "".join(handle.readlines()[-lines:])
+        except OSError:
+            return ""
 
 
 def _optional(call):

@@ -49,3 +49,20 @@ class ConnectionFailedError(SnpvirtError):
 class HostNotReadyError(SnpvirtError):
     kind = "not_ready"
     exit_code = ExitCode.NOT_READY
+
+
+class ConflictError(SnpvirtError):
+    """A domain snpvirt must not touch: not managed by it, or another UUID (exit 5)."""
+
+    kind = "conflict"
+    exit_code = ExitCode.CONFLICT
+
+
+class StartFailedError(SnpvirtError):
+    kind = "start_failed"
+    exit_code = ExitCode.FAILURE
+
+
+class OperationTimeoutError(SnpvirtError):
+    kind = "timeout"
+    exit_code = ExitCode.TIMEOUT

@@ -86,6 +86,21 @@ class Finding:
 
 
 @dataclass(frozen=True)
+class FileDigest:
+    sha256: str | None
+    reason: str | None = None  # why the digest is unknown (file not readable here, e.g. a remote host)
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """What snpvirt records when it defines a domain, beyond the spec: input digests and times."""
+
+    defined_at: str
+    updated_at: str
+    digests: dict[str, FileDigest]  # "firmware", "kernel", "initrd"
+
+
+@dataclass(frozen=True)
 class RenderResult:
     name: str
     xml: str
@@ -137,3 +152,13 @@ class LibvirtFacts:
     domcaps_xml: str | None
     domcaps_error: str | None = None
     running_es_snp_guests: int | None = None  # they share one ASID pool
+
+
+@dataclass(frozen=True)
+class DomainRecord:
+    """A libvirt domain as the manager sees it."""
+
+    name: str
+    uuid: str
+    state: str  # libvirt's state name, lowercase: running, shutoff, paused, ...
+    xml: str  # the inactive (persistent) definition

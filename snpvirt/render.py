@@ -13,7 +13,7 @@ import markupsafe
 from snpvirt import __version__, domxml
 from snpvirt import policy as snp_policy
 from snpvirt.errors import BadInputError
-from snpvirt.models import RenderResult, VmSpec
+from snpvirt.models import RenderResult, Stamp, VmSpec
 from snpvirt.sevparams import SevParams
 
 DOMAIN_TEMPLATE = "domain.xml.j2"
@@ -53,7 +53,7 @@ def spec_json(spec: VmSpec) -> str:
     return json.dumps(spec.source, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def render_xml(spec: VmSpec, sev: SevParams) -> str:
+def render_xml(spec: VmSpec, sev: SevParams, stamp: Stamp | None = None) -> str:
     text = spec_json(spec)
     return _environment().get_template(DOMAIN_TEMPLATE).render(
         spec=spec,
@@ -65,12 +65,13 @@ def render_xml(spec: VmSpec, sev: SevParams) -> str:
         policy_hex=snp_policy.to_hex(spec.snp.policy),
         cbitpos=sev.cbitpos,
         reduced_phys_bits=sev.reduced_phys_bits,
+        stamp=stamp,
     )
 
 
-def render(spec: VmSpec, sev: SevParams, allow_debug: bool = False) -> RenderResult:
+def render(spec: VmSpec, sev: SevParams, allow_debug: bool = False, stamp: Stamp | None = None) -> RenderResult:
     """Render and check; a document that breaks the schema or an SNP rule is never returned."""
-    xml = render_xml(spec, sev)
+    xml = render_xml(spec, sev, stamp)
     findings = domxml.check(xml, allow_debug=allow_debug)
     errors = [f for f in findings if f.severity == "error"]
     if errors:

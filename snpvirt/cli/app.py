@@ -11,7 +11,7 @@ import sys
 import typer
 
 from snpvirt import __version__, output
-from snpvirt.cli import host_cmd, render_cmd, validate_cmd
+from snpvirt.cli import host_cmd, import_cmd, inventory_cmd, lifecycle_cmd, render_cmd, validate_cmd, watch_cmd
 from snpvirt.errors import ExitCode, SnpvirtError
 
 app = typer.Typer(
@@ -43,6 +43,10 @@ def root(
 app.command("render", epilog=render_cmd.EPILOG)(render_cmd.render)
 app.command("validate", epilog=validate_cmd.EPILOG)(validate_cmd.validate)
 app.add_typer(host_cmd.host_app, name="host")
+lifecycle_cmd.register(app)
+inventory_cmd.register(app)
+watch_cmd.register(app)
+import_cmd.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -31,11 +31,12 @@ def render(
 ) -> None:
     """Render SPEC to libvirt domain XML, checked by libvirt's schema and snpvirt's SNP rules."""
     from snpvirt import output, policy, render as renderer, sevparams, spec as specs
+    from snpvirt.cli.common import read_host_caps
 
     vm = specs.load_spec(spec, overrides, allow_debug)
     sources = []
     if host_caps is not None:
-        sources.append(sevparams.HostCapsSource(_read_host_caps(host_caps), f"--host-caps {host_caps}"))
+        sources.append(sevparams.HostCapsSource(read_host_caps(host_caps), f"--host-caps {host_caps}"))
     if connect is not None and (vm.snp.cbitpos is None or vm.snp.reduced_phys_bits is None) and not _complete(sources):
         sources.append(sevparams.HostCapsSource(_connected_host_caps(connect), f"host {connect}"))
     result = renderer.render(vm, sevparams.resolve(vm, sources), allow_debug)
@@ -69,18 +70,6 @@ def render(
 
 def _complete(sources: list) -> bool:
     return any(s.caps.cbitpos is not None and s.caps.reduced_phys_bits is not None for s in sources)
-
-
-def _read_host_caps(path: Path):
-    from snpvirt import domcaps
-    from snpvirt.errors import BadInputError
-
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise BadInputError(f"cannot read --host-caps {path}: {exc.strerror}",
-                            "save it on the host with: virsh domcapabilities > domcaps.xml") from None
-    return domcaps.parse_domcaps(data, f"--host-caps {path}")
 
 
 def _connected_host_caps(uri: str):

@@ -1,0 +1,106 @@
+"""What the lifecycle commands share: the connection and manager, and printing item results."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+import typer
+
+CONNECT_HELP = "libvirt URI (default: LIBVIRT_DEFAULT_URI, then libvirt's default, as virsh)."
+
+
+def connect_option() -> Optional[str]:
+    return typer.Option(None, "--connect", "-c", metavar="URI", help=CONNECT_HELP)
+
+
+def json_option() -> bool:
+    return typer.Option(False, "--json", help="Print one JSON document.")
+
+
+@contextmanager
+def manager(connect: Optional[str], host_caps: Optional[Path] = None, allow_debug: bool = False) -> Iterator:
+    """A Manager over a fresh connection, closed afterwards. cbitpos/reducedPhysBits come from the spec,
+    then --host-caps, then the connected host (the same order as render)."""
+    from snpvirt import domcaps, readiness, sevparams
+    from snpvirt.connection import Connection
+    from snpvirt.manager import Manager
+
+    conn = Connection(connect)
+    sources: list = []
+    if host_caps is not None:
+        sources.append(sevparams.HostCapsSource(read_host_caps(host_caps), f"--host-caps {host_caps}"))
+    connected: list = []
+
+    def resolve_sev(spec):
+        if (spec.snp.cbitpos is None or spec.snp.reduced_phys_bits is None) and not connected:
+            connected.append(sevparams.HostCapsSource(domcaps.parse_domcaps(conn.domain_capabilities()),
+                                                      f"host {conn.actual_uri}"))
+        return sevparams.resolve(spec, sources + connected)
+
+    try:
+        yield Manager(conn, gate=lambda: readiness.assess(conn, uri=conn.actual_uri), resolve_sev=resolve_sev,
+                      allow_debug=allow_debug)
+    finally:
+        conn.close()
+
+
+def exit_code(outcomes: list) -> int:
+    """One item: its own code. Several: 0, or 9 (partial) when any failed."""
+    from snpvirt.errors import ExitCode
+
+    failed = [o for o in outcomes if not o.ok]
+    if not failed:
+        return 0
+    if len(outcomes) == 1:
+        return int(failed[0].error.exit_code)
+    return int(ExitCode.PARTIAL)
+
+
+def report(outcomes: list, json_output: bool, warnings: list = ()) -> None:
+    """Print results (a table, or the JSON envelope), then exit with the right code."""
+    from snpvirt import output
+
+    code = exit_code(outcomes)
+    for warning in warnings:
+        output.print_warning(warning.message, warning.hint)
+    if json_output:
+        output.print_json(output.envelope(all(o.ok for o in outcomes), any(o.changed for o in outcomes),
+                                          [o.as_dict() for o in outcomes], warnings=[w.as_dict() for w in warnings]))
+    else:
+        rows = [(o.name, o.action, o.state or "-", _result_text(o)) for o in outcomes]
+        typer.echo(output.table(("NAME", "ACTION", "STATE", "RESULT"), rows))
+        for o in outcomes:
+            for change in o.details.get("diff", []):
+                typer.echo(f"  {o.name}: {change['key']}: {change['from']!r} -> {change['to']!r}")
+            if o.details.get("restart_required"):
+                typer.echo(f"  {o.name}: running with the old definition; restart it to apply: "
+                           f"snpvirt stop {o.name} && snpvirt start {o.name}")
+        failed = [o for o in outcomes if not o.ok]
+        for o in failed:
+            output.print_error(f"{o.name}: {o.error.message}", o.error.hint)
+    if code:
+        raise typer.Exit(code)
+
+
+def _result_text(outcome) -> str:
+    if not outcome.ok:
+        defined = outcome.details.get("defined")
+        return "FAILED" + (" (defined, not started)" if defined and outcome.details.get("started") is False else "")
+    if outcome.details.get("planned"):
+        return ("would " + outcome.action + (" and start" if outcome.details.get("will_start") else "")
+                if outcome.action != "unchanged" else "would start" if outcome.details.get("will_start") else "no change")
+    return "changed" if outcome.changed else "unchanged"
+
+
+def read_host_caps(path: Path):
+    from snpvirt import domcaps
+    from snpvirt.errors import BadInputError
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BadInputError(f"cannot read --host-caps {path}: {exc.strerror}",
+                            "save it on the host with: virsh domcapabilities > domcaps.xml") from None
+    return domcaps.parse_domcaps(data, f"--host-caps {path}")

@@ -1,0 +1,128 @@
+"""`snpvirt apply/define/start/stop/destroy/undefine`: desired state and single verbs, all idempotent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from snpvirt.cli.common import connect_option, json_option, manager, report
+
+APPLY_EPILOG = """\b
+Examples:
+  snpvirt apply examples/web-01.toml --connect qemu:///system
+  snpvirt apply specs/*.toml --check            # the plan: create / update / unchanged, with a diff
+  snpvirt apply specs/*.toml --json -c test:///default
+Exit 0 all applied · 3 host not ready (nothing changed) · 5 conflict · 9 some specs failed.
+"""
+DEFINE_EPILOG = """\b
+Examples:
+  snpvirt define examples/web-01.toml
+  snpvirt define web-01.xml --connect qemu:///system     # XML must pass snpvirt validate
+"""
+VERB_EPILOG = """\b
+Examples:
+  snpvirt {verb} web-01
+  snpvirt {verb} web-01 --connect qemu:///system --json
+"""
+STOP_EPILOG = """\b
+Examples:
+  snpvirt stop web-01                      # graceful shutdown, wait up to 60 s
+  snpvirt stop web-01 --timeout 20 --force # destroy if still running after 20 s
+Exit 7 when the guest did not shut down in time (without --force).
+"""
+
+
+def _load_specs(paths: List[Path], allow_debug: bool) -> list:
+    from snpvirt import spec as specs
+    from snpvirt.errors import SnpvirtError
+    from snpvirt.manager import SpecInput
+
+    loaded = []
+    for path in paths:
+        try:
+            loaded.append(SpecInput(str(path), specs.load_spec(path, allow_debug=allow_debug)))
+        except SnpvirtError as err:
+            loaded.append(SpecInput(str(path), error=err))
+    return loaded
+
+
+def apply(
+    spec_files: List[Path] = typer.Argument(..., metavar="SPEC", help="One or more VM specs (TOML)."),
+    check: bool = typer.Option(False, "--check", help="Print the plan, change nothing."),
+    host_caps: Optional[Path] = typer.Option(None, "--host-caps", metavar="FILE",
+                                             help="Saved domcapabilities: cbitpos/reducedPhysBits for specs without them."),
+    allow_debug: bool = typer.Option(False, "--allow-debug", help="Permit a policy with DEBUG set."),
+    connect: Optional[str] = connect_option(),
+    json_output: bool = json_option(),
+) -> None:
+    """Make each spec's domain exist as specified and run: define, redefine when changed, start.
+
+    A running domain whose spec changed is redefined and reported restart_required; nothing restarts by itself.
+    """
+    inputs = _load_specs(spec_files, allow_debug)
+    with manager(connect, host_caps, allow_debug) as m:
+        outcomes = m.apply(inputs, check=check)
+        report(outcomes, json_output, m.warnings)
+
+
+def define(
+    source: Path = typer.Argument(..., metavar="SPEC|XML", help="A VM spec (TOML) or domain XML."),
+    host_caps: Optional[Path] = typer.Option(None, "--host-caps", metavar="FILE", help="Saved domcapabilities."),
+    allow_debug: bool = typer.Option(False, "--allow-debug", help="Permit a policy with DEBUG set."),
+    connect: Optional[str] = connect_option(),
+    json_output: bool = json_option(),
+) -> None:
+    """Define (or redefine) a domain from a spec or XML, without starting it."""
+    from snpvirt.errors import BadInputError
+
+    try:
+        data = source.read_bytes()
+    except OSError as exc:
+        raise BadInputError(f"cannot read {source}: {exc.strerror}", "check the path") from None
+    with manager(connect, host_caps, allow_debug) as m:
+        if data.lstrip().startswith(b"<"):
+            outcomes = [m.define_xml(data, str(source))]
+        else:
+            outcomes = m.apply(_load_specs([source], allow_debug), start=False)
+        report(outcomes, json_output, m.warnings)
+
+
+def start(name: str = typer.Argument(..., help="Domain name."), connect: Optional[str] = connect_option(),
+          json_output: bool = json_option()) -> None:
+    """Start a managed domain (after the readiness gate); a running one is left as it is."""
+    with manager(connect) as m:
+        report([m.start(name)], json_output, m.warnings)
+
+
+def stop(name: str = typer.Argument(..., help="Domain name."),
+         timeout: float = typer.Option(60.0, "--timeout", metavar="S", help="Seconds to wait for the guest to shut down."),
+         force: bool = typer.Option(False, "--force", help="Destroy the domain if it is still running after the timeout."),
+         connect: Optional[str] = connect_option(), json_output: bool = json_option()) -> None:
+    """Shut a managed domain down gracefully; with --force, destroy it after the timeout."""
+    with manager(connect) as m:
+        report([m.stop(name, timeout, force)], json_output, m.warnings)
+
+
+def destroy(name: str = typer.Argument(..., help="Domain name."), connect: Optional[str] = connect_option(),
+            json_output: bool = json_option()) -> None:
+    """Power a managed domain off at once (like pulling the plug)."""
+    with manager(connect) as m:
+        report([m.destroy(name)], json_output, m.warnings)
+
+
+def undefine(name: str = typer.Argument(..., help="Domain name."), connect: Optional[str] = connect_option(),
+             json_output: bool = json_option()) -> None:
+    """Remove a stopped managed domain's definition; an absent one is already done."""
+    with manager(connect) as m:
+        report([m.undefine(name)], json_output, m.warnings)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("apply", epilog=APPLY_EPILOG)(apply)
+    app.command("define", epilog=DEFINE_EPILOG)(define)
+    app.command("start", epilog=VERB_EPILOG.format(verb="start"))(start)
+    app.command("stop", epilog=STOP_EPILOG)(stop)
+    app.command("destroy", epilog=VERB_EPILOG.format(verb="destroy"))(destroy)
+    app.command("undefine", epilog=VERB_EPILOG.format(verb="undefine"))(undefine)

@@ -1,0 +1,76 @@
+"""`snpvirt watch`: lifecycle events as they happen (NDJSON with --json)."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from snpvirt.cli.common import connect_option
+
+WATCH_EPILOG = """\b
+Examples:
+  snpvirt watch                          # every domain, until Ctrl-C
+  snpvirt watch web-01 db-01 --json      # one JSON object per line
+  snpvirt watch --json --count 2 --timeout 30 -c qemu:///system
+"""
+
+
+def watch(
+    names: Optional[List[str]] = typer.Argument(None, metavar="[NAME]...", help="Only these domains (default: all)."),
+    count: Optional[int] = typer.Option(None, "--count", min=1, metavar="N", help="Stop after N events."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", min=0, metavar="S", help="Stop after S seconds."),
+    connect: Optional[str] = connect_option(),
+    json_output: bool = typer.Option(False, "--json", help="One JSON object per event and line (NDJSON)."),
+) -> None:
+    """Print domain lifecycle events (defined, started, stopped, ...) as libvirt reports them."""
+    import json
+    import sys
+    import threading
+
+    from snpvirt import events
+    from snpvirt.connection import translate
+
+    stop = threading.Event()
+    seen = [0]
+
+    def on_event(event) -> None:
+        line = json.dumps(event.as_dict()) if json_output else \
+            f"{event.time}  {event.domain:<20} {event.event:<12} {event.detail}"
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+        seen[0] += 1
+        if count is not None and seen[0] >= count:
+            stop.set()
+
+    def on_status(message: str) -> None:
+        sys.stderr.write(f"snpvirt: {message}\n")
+
+    if timeout is not None:
+        timer = threading.Timer(timeout, stop.set)
+        timer.daemon = True
+        timer.start()
+    worker_error: list = []
+
+    def run() -> None:
+        try:
+            events.watch(connect, set(names or []), on_event, on_status, stop)
+        except events.libvirt.libvirtError as exc:
+            worker_error.append(translate(exc, "watch", connect))
+        finally:
+            stop.set()
+
+    thread = threading.Thread(target=run, name="snpvirt-watch", daemon=True)
+    thread.start()
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        stop.set()  # Ctrl-C ends the watch cleanly
+    thread.join(timeout=2)
+    if worker_error:
+        raise worker_error[0]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("watch", epilog=WATCH_EPILOG)(watch)

@@ -1,0 +1,115 @@
+"""libvirt lifecycle events, through libvirt's default event loop, with reconnection.
+
+The default event implementation must be registered before the connection is opened; the loop
+runs in a daemon thread; keepalive notices a dead daemon; after a loss, reconnect with backoff.
+"""
+
+from __future__ import annotations
+
+import datetime
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import libvirt
+
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+# virDomainEventType -> (name, {detail number -> name}), as libvirt's enums name them, lowercased.
+EVENTS: dict[int, tuple[str, dict[int, str]]] = {
+    0: ("defined", {0: "added", 1: "updated", 2: "renamed", 3: "from_snapshot"}),
+    1: ("undefined", {0: "removed", 1: "renamed"}),
+    2: ("started", {0: "booted", 1: "migrated", 2: "restored", 3: "from_snapshot", 4: "wakeup"}),
+    3: ("suspended", {0: "paused", 1: "migrated", 2: "ioerror", 3: "watchdog", 4: "restored", 5: "from_snapshot",
+                      6: "api_error", 7: "postcopy", 8: "postcopy_failed"}),
+    4: ("resumed", {0: "unpaused", 1: "migrated", 2: "from_snapshot", 3: "postcopy", 4: "postcopy_failed"}),
+    5: ("stopped", {0: "shutdown", 1: "destroyed", 2: "crashed", 3: "migrated", 4: "saved", 5: "failed",
+                    6: "from_snapshot"}),
+    6: ("shutdown", {0: "finished", 1: "guest", 2: "host"}),
+    7: ("pmsuspended", {0: "memory", 1: "disk"}),
+    8: ("crashed", {0: "panicked", 1: "crashloaded"}),
+}
+
+_loop_started = False
+_loop_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Event:
+    time: str
+    uri: str
+    domain: str
+    uuid: str
+    event: str
+    detail: str
+
+    def as_dict(self) -> dict[str, str]:
+        return dict(self.__dict__)
+
+
+def start_event_loop() -> None:
+    """Register libvirt's default event implementation once, and run it in a daemon thread."""
+    global _loop_started
+    with _loop_lock:
+        if _loop_started:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+        # A periodic timer so the loop wakes up even when nothing happens.
+        libvirt.virEventAddTimeout(250, lambda _timer, _opaque: None, None)
+        threading.Thread(target=_run_loop, name="libvirt-events", daemon=True).start()
+        _loop_started = True
+
+
+def _run_loop() -> None:
+    while True:
+        libvirt.virEventRunDefaultImpl()
+
+
+def watch(uri: str | None, names: set[str], on_event: Callable[[Event], None], on_status: Callable[[str], None],
+          stop: threading.Event, keepalive_s: int = 5, max_backoff_s: float = 30.0) -> None:
+    """Deliver lifecycle events until `stop` is set; reconnect with backoff when the connection is lost."""
+    start_event_loop()
+    backoff = 1.0
+    first = True
+    while not stop.is_set():
+        lost = threading.Event()
+        try:
+            conn = libvirt.open(uri)
+        except libvirt.libvirtError as exc:
+            if first:
+                raise
+            on_status(f"reconnect to {uri or 'the default URI'} failed ({exc.get_error_message()}); retrying in {backoff:.0f} s")
+            stop.wait(backoff)
+            backoff = min(backoff * 2, max_backoff_s)
+            continue
+        actual_uri = conn.getURI()
+        if not first:
+            on_status(f"reconnected to {actual_uri}")
+        first, backoff = False, 1.0
+
+        def lifecycle(_conn, dom, event, detail, _opaque):
+            if names and dom.name() not in names:
+                return
+            name, details = EVENTS.get(event, (f"event_{event}", {}))
+            on_event(Event(datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
+                           actual_uri, dom.name(), dom.UUIDString(), name, details.get(detail, str(detail))))
+
+        try:
+            conn.setKeepAlive(keepalive_s, 3)
+        except libvirt.libvirtError:
+            pass  # local drivers (test:///) have no keepalive; they cannot be lost either
+        conn.registerCloseCallback(lambda _conn, _reason, _opaque: lost.set(), None)
+        callback_id = conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, lifecycle, None)
+        while not stop.is_set() and not lost.is_set():
+            stop.wait(0.2)
+        if lost.is_set() and not stop.is_set():
+            on_status(f"connection to {actual_uri} lost; reconnecting")
+            time.sleep(0)  # let the close callback finish before the handle goes away
+            continue
+        try:
+            conn.domainEventDeregisterAny(callback_id)
+            conn.unregisterCloseCallback()
+            conn.close()
+        except libvirt.libvirtError:
+            pass

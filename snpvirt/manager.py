@@ -1,0 +1,382 @@
+"""Desired state for SEV-SNP domains, over any hypervisor object (never libvirt itself).
+
+Verbs are idempotent, a plan (`apply --check`) is computed by the same code that applies it, a
+domain snpvirt does not manage is never overwritten, nothing restarts implicitly, and the host's
+readiness is checked before the first change (not on libvirt's simulated test driver).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import difflib
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from lxml import etree
+
+from snpvirt import domxml, importer, launch_inputs, metadata, render, snp_rules
+from snpvirt.errors import (BadInputError, ConflictError, HostNotReadyError, NotFoundError,
+                            OperationTimeoutError, SnpvirtError)
+from snpvirt.models import DomainRecord, Finding, HostReport, Stamp, VmSpec
+from snpvirt.sevparams import SevParams
+
+ACTIVE_STATES = {"running", "blocked", "paused", "shutdown", "pmsuspended"}
+
+
+class Hypervisor(Protocol):
+    uri: str | None
+    simulated: bool
+
+    def domain_names(self) -> set[str]: ...
+    def domains(self) -> list[DomainRecord]: ...
+    def lookup(self, name: str) -> DomainRecord | None: ...
+    def define(self, xml: str) -> DomainRecord: ...
+    def state(self, name: str) -> str: ...
+    def start(self, name: str) -> None: ...
+    def shutdown(self, name: str) -> None: ...
+    def destroy(self, name: str) -> None: ...
+    def undefine(self, name: str) -> None: ...
+
+
+@dataclass
+class Outcome:
+    """The result of one item (spec, domain): what was done, and the error if it failed."""
+
+    name: str
+    action: str
+    ok: bool = True
+    changed: bool = False
+    state: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    error: SnpvirtError | None = None
+
+    def fail(self, error: SnpvirtError) -> Outcome:
+        self.ok, self.error = False, error
+        return self
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {"name": self.name, "ok": self.ok, "changed": self.changed, "action": self.action, "state": self.state,
+               **self.details}
+        if self.error is not None:
+            out["error"] = {"kind": self.error.kind, "message": self.error.message, "hint": self.error.hint}
+        return out
+
+
+@dataclass
+class SpecInput:
+    """A spec as given on the command line: parsed, or the error that parsing raised."""
+
+    label: str
+    spec: VmSpec | None = None
+    error: SnpvirtError | None = None
+
+
+@dataclass
+class _Plan:
+    spec: VmSpec
+    action: str  # create | update | unchanged
+    existing: DomainRecord | None
+    start: bool
+    diff: list[dict[str, Any]] = field(default_factory=list)
+    xml: str | None = None
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def is_active(state: str | None) -> bool:
+    return state in ACTIVE_STATES
+
+
+class Manager:
+    def __init__(self, hv: Hypervisor, *, gate: Callable[[], HostReport], resolve_sev: Callable[[VmSpec], SevParams],
+                 allow_debug: bool = False, clock: Callable[[], str] = utc_now) -> None:
+        self.hv = hv
+        self._gate = gate
+        self._resolve_sev = resolve_sev
+        self.allow_debug = allow_debug
+        self.clock = clock
+        self.warnings: list[Finding] = []
+        self._ready = False
+
+    # --- the readiness gate ----------------------------------------------------------------------
+
+    def ensure_ready(self) -> None:
+        """Fail closed before the first change; on the test driver say that the gate does not apply."""
+        if self._ready:
+            return
+        if self.hv.simulated:
+            self.warnings.append(Finding("gate.simulated", "warning",
+                                         "libvirt's test driver is a simulated hypervisor: the SEV-SNP readiness gate does not apply",
+                                         "use a qemu:// URI for real guests"))
+        else:
+            report = self._gate()
+            if not report.ready:
+                raise HostNotReadyError(f"host not ready for SEV-SNP, nothing was changed: {report.summary}",
+                                        f"see the fixes: snpvirt host check --connect {self.hv.uri or '<uri>'}")
+        self._ready = True
+
+    # --- managed domains -------------------------------------------------------------------------
+
+    def _managed(self, name: str) -> tuple[DomainRecord, metadata.ManagedInfo]:
+        record = self.hv.lookup(name)
+        if record is None:
+            raise NotFoundError(f"no domain named {name} on {self.hv.uri or 'the default URI'}", "list them with: snpvirt list --all")
+        info = metadata.read(domxml.parse(record.xml))
+        if info is None:
+            raise ConflictError(f"domain {name} is not managed by snpvirt", f"bring it under management first: snpvirt import {name}")
+        return record, info
+
+    def _define_checked(self, xml: str, previous: DomainRecord | None) -> DomainRecord:
+        """Define, then check libvirt's own view of it; roll back what a failed check left behind."""
+        record = self.hv.define(xml)
+        errors = [f for f in snp_rules.check_rules(domxml.parse(record.xml)) if f.severity == "error"]
+        if errors:
+            if previous is None:
+                self.hv.undefine(record.name)
+            else:
+                self.hv.define(previous.xml)
+            raise SnpvirtError(f"libvirt's definition of {record.name} breaks {errors[0].rule_id} "
+                               f"({errors[0].message}); the change was rolled back", errors[0].hint)
+        return record
+
+    # --- apply / define from specs -----------------------------------------------------------------
+
+    def _plan(self, spec: VmSpec, existing_names: set[str]) -> _Plan:
+        existing = self.hv.lookup(spec.name) if spec.name in existing_names else None
+        now = self.clock()
+        if existing is None:
+            action, defined_at, diff = "create", now, []
+        else:
+            info = metadata.read(domxml.parse(existing.xml))
+            if info is None:
+                raise ConflictError(f"a domain named {spec.name} exists and is not managed by snpvirt; it is left untouched",
+                                    f"choose another name, or bring it under management: snpvirt import {spec.name}")
+            if spec.uuid is not None and spec.uuid != existing.uuid:
+                raise ConflictError(f"domain {spec.name} exists with UUID {existing.uuid}, the spec says {spec.uuid}",
+                                    "remove uuid from the spec or fix it; snpvirt never replaces another domain")
+            same = info.digest == "sha256:" + hashlib.sha256(render.spec_json(spec).encode()).hexdigest()
+            action = "unchanged" if same else "update"
+            defined_at = info.defined_at or now
+            diff = [] if same else metadata.spec_diff(info.spec, spec.source)
+            spec = dataclasses.replace(spec, uuid=existing.uuid)  # a redefinition keeps the domain's identity
+        xml = None
+        if action != "unchanged":
+            stamp = Stamp(defined_at, now, launch_inputs.launch_digests(spec))
+            xml = render.render(spec, self._resolve_sev(spec), self.allow_debug, stamp).xml
+        return _Plan(spec, action, existing, existing is None or not is_active(existing.state), diff, xml)
+
+    def apply(self, inputs: list[SpecInput], check: bool = False, start: bool = True) -> list[Outcome]:
+        """Make each spec's domain exist as specified (and run, with start); `check` only plans."""
+        existing_names = self.hv.domain_names()
+        seen: set[str] = set()
+        planned: list[_Plan | Outcome] = []
+        for item in inputs:
+            if item.error is not None:
+                planned.append(Outcome(item.label, "invalid").fail(item.error))
+                continue
+            spec = item.spec
+            if spec.name in seen:
+                planned.append(Outcome(spec.name, "invalid").fail(BadInputError(
+                    f"{item.label}: domain {spec.name} is named by two specs in this call", "give each spec its own name")))
+                continue
+            seen.add(spec.name)
+            try:
+                planned.append(self._plan(spec, existing_names))
+            except SnpvirtError as err:
+                planned.append(Outcome(spec.name, "invalid").fail(err))
+        plans = [p for p in planned if isinstance(p, _Plan)]
+        if not check and any(p.action != "unchanged" or (start and p.start) for p in plans):
+            self.ensure_ready()
+        return [p if isinstance(p, Outcome) else self._execute(p, check, start) for p in planned]
+
+    def _execute(self, plan: _Plan, check: bool, start: bool) -> Outcome:
+        existing_state = plan.existing.state if plan.existing else None
+        will_start = start and plan.start
+        out = Outcome(plan.spec.name, plan.action, state=existing_state or "absent", details={
+            "diff": plan.diff, "restart_required": plan.action == "update" and is_active(existing_state),
+            "will_start": will_start})
+        if check:
+            out.changed = plan.action != "unchanged" or will_start
+            out.details["planned"] = True
+            return out
+        try:
+            if plan.xml is not None:
+                self._define_checked(plan.xml, plan.existing)
+                out.changed, out.state = True, existing_state or "shutoff"
+            if will_start:
+                self.hv.start(plan.spec.name)
+                out.changed, out.state = True, "running"
+                out.details["started"] = True
+        except SnpvirtError as err:
+            defined = plan.xml is None or out.changed
+            out.details.update(defined=defined, started=False)
+            return out.fail(err)
+        return out
+
+    # --- define an XML document ------------------------------------------------------------------
+
+    def define_xml(self, xml: bytes, label: str) -> Outcome:
+        errors = [f for f in domxml.check(xml, self.allow_debug) if f.severity == "error"]
+        if errors:
+            raise BadInputError(f"{label}: {errors[0].rule_id}: {errors[0].message}"
+                                + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""), errors[0].hint)
+        root = domxml.parse(xml)
+        if metadata.read(root) is None:
+            metadata.add_import_record(root, xml, self.clock())
+        return self._define_document(root, "define", metadata.read(root).digest)
+
+    def _define_document(self, root: etree._Element, action: str, digest: str | None) -> Outcome:
+        name = root.findtext("name")
+        existing = self.hv.lookup(name)
+        if existing is not None:
+            info = metadata.read(domxml.parse(existing.xml))
+            uuid = root.findtext("uuid")
+            if info is None or (uuid and uuid != existing.uuid):
+                raise ConflictError(f"a domain named {name} already exists" + (" and is not managed by snpvirt" if info is None
+                                    else f" with UUID {existing.uuid}"), f"bring it under management with: snpvirt import {name}")
+            if info.digest == digest:
+                return Outcome(name, "unchanged", state=existing.state)
+            if not uuid:
+                etree.SubElement(root, "uuid").text = existing.uuid
+        self.ensure_ready()
+        self._define_checked(etree.tostring(root, encoding="unicode"), existing)
+        return Outcome(name, action if existing is None else "update", changed=True,
+                       state=existing.state if existing else "shutoff")
+
+    # --- import ----------------------------------------------------------------------------------
+
+    def import_domain(self, xml: bytes, from_domain: DomainRecord | None, fix: bool, check: bool,
+                      sev: SevParams | None, firmware: str | None) -> Outcome:
+        root = domxml.parse(xml)
+        name = root.findtext("name") or "(unnamed)"
+        if from_domain is not None and metadata.read(root) is not None:
+            return Outcome(name, "unchanged", state=from_domain.state, details={"managed": True})
+        before = domxml.check(xml, self.allow_debug)
+        changes = importer.fix(root, sev, firmware) if fix else []
+        fixed = etree.tostring(root, encoding="unicode") + ("\n" if xml.endswith(b"\n") else "")
+        after = domxml.check(fixed, self.allow_debug)
+        diff = "".join(difflib.unified_diff(xml.decode(errors="replace").splitlines(True), fixed.splitlines(True),
+                                            "original", "fixed"))
+        out = Outcome(name, "import", state=from_domain.state if from_domain else None, details={
+            "broken_rules": [f.as_dict() for f in before if f.severity == "error"], "changes": changes,
+            "remaining": [f.as_dict() for f in after], "xml_diff": diff})
+        errors = [f for f in after if f.severity == "error"]
+        if errors:
+            hint = "run again with --fix" if not fix and changes == [] else errors[0].hint
+            return out.fail(BadInputError(f"{name} breaks {len(errors)} SEV-SNP rule(s): {', '.join(f.rule_id for f in errors)}", hint))
+        if check:
+            out.changed = True
+            out.details["planned"] = True
+            return out
+        metadata.add_import_record(root, xml, self.clock())
+        digest = metadata.read(root).digest
+        if from_domain is None:
+            existing = self.hv.lookup(name)
+            if existing is not None:
+                info = metadata.read(domxml.parse(existing.xml))
+                if info is not None and info.digest == digest:
+                    out.action, out.state = "unchanged", existing.state
+                    return out
+                return out.fail(ConflictError(f"a domain named {name} already exists", f"import it by name: snpvirt import {name}"))
+        self.ensure_ready()
+        self._define_checked(etree.tostring(root, encoding="unicode"), from_domain)
+        out.changed, out.state = True, from_domain.state if from_domain else "shutoff"
+        return out
+
+    # --- single-domain verbs ---------------------------------------------------------------------
+
+    def start(self, name: str) -> Outcome:
+        record, _ = self._managed(name)
+        if is_active(record.state):
+            return Outcome(name, "start", state=record.state)
+        self.ensure_ready()
+        self.hv.start(name)
+        return Outcome(name, "start", changed=True, state="running")
+
+    def stop(self, name: str, timeout_s: float, force: bool, poll_s: float = 0.2) -> Outcome:
+        record, _ = self._managed(name)
+        if not is_active(record.state):
+            return Outcome(name, "stop", state=record.state)
+        self.hv.shutdown(name)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            state = self.hv.state(name)
+            if not is_active(state):
+                return Outcome(name, "stop", changed=True, state=state)
+            time.sleep(poll_s)
+        if not force:
+            raise OperationTimeoutError(f"{name} did not shut down within {timeout_s:g} s (it is still {self.hv.state(name)})",
+                                        f"wait longer (--timeout), or add --force to destroy it after the timeout")
+        self.hv.destroy(name)
+        return Outcome(name, "stop", changed=True, state=self.hv.state(name), details={"forced": True})
+
+    def destroy(self, name: str) -> Outcome:
+        record, _ = self._managed(name)
+        if not is_active(record.state):
+            return Outcome(name, "destroy", state=record.state)
+        self.hv.destroy(name)
+        return Outcome(name, "destroy", changed=True, state="shutoff")
+
+    def undefine(self, name: str) -> Outcome:
+        if self.hv.lookup(name) is None:
+            return Outcome(name, "undefine", state="absent")
+        record, _ = self._managed(name)
+        if is_active(record.state):
+            raise SnpvirtError(f"{name} is {record.state}; snpvirt undefines only stopped domains",
+                               f"stop it first: snpvirt stop {name}")
+        self.hv.undefine(name)
+        return Outcome(name, "undefine", changed=True, state="absent")
+
+    # --- inventory -------------------------------------------------------------------------------
+
+    def list(self, include_inactive: bool = False) -> list[dict[str, Any]]:
+        rows = []
+        for record in self.hv.domains():
+            if not include_inactive and not is_active(record.state):
+                continue
+            root = domxml.parse(record.xml)
+            info = metadata.read(root)
+            if info is not None:
+                rows.append(summary(record, root, info))
+        return sorted(rows, key=lambda r: r["name"])
+
+    def status(self, name: str) -> dict[str, Any]:
+        record, info = self._managed(name)
+        root = domxml.parse(record.xml)
+        return {**summary(record, root, info), "origin": info.origin, "snpvirt_version": info.version,
+                "spec_digest": info.digest, "spec": info.spec, "launch": info.launch,
+                "defined_at": info.defined_at, "updated_at": info.updated_at}
+
+
+def summary(record: DomainRecord, root: etree._Element, info: metadata.ManagedInfo) -> dict[str, Any]:
+    from snpvirt import policy as snp_policy
+
+    ls = root.find("launchSecurity")
+    policy_text = ls.findtext("policy") if ls is not None else None
+    policy = snp_policy.parse_hex(policy_text) if policy_text else (snp_policy.DEFAULT_POLICY if ls is not None else None)
+    memory = root.find("memory")
+    return {
+        "name": record.name,
+        "uuid": record.uuid,
+        "state": record.state,
+        "vcpus": int(root.findtext("vcpu") or 0),
+        "memory_mib": _mib(memory) if memory is not None else None,
+        "policy": snp_policy.to_hex(policy) if policy is not None else None,
+        "policy_flags": snp_policy.set_flag_names(policy) if policy is not None else [],
+        "kernel_hashes": ls is not None and ls.get("kernelHashes") == "yes",
+        "expected_measurement": (info.launch.get("measurement") or {}).get("value") if isinstance(
+            info.launch.get("measurement"), dict) else None,
+    }
+
+
+_UNITS = {"b": 1, "bytes": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1024 ** 2, "mib": 1024 ** 2, "mb": 1000 ** 2,
+          "g": 1024 ** 3, "gib": 1024 ** 3, "gb": 1000 ** 3, "t": 1024 ** 4, "tib": 1024 ** 4, "tb": 1000 ** 4}
+
+
+def _mib(element: etree._Element) -> int:
+    return int(element.text) * _UNITS.get(element.get("unit", "KiB").lower(), 1024) // (1024 ** 2)

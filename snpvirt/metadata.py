@@ -1,0 +1,100 @@
+"""snpvirt's element under a domain's <metadata>: read it back, add it to imported XML, diff specs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from lxml import etree
+
+from snpvirt import __version__
+from snpvirt.domxml import METADATA_NS
+
+_NS = {"s": METADATA_NS}
+
+
+@dataclass(frozen=True)
+class ManagedInfo:
+    """What snpvirt recorded in a domain it manages."""
+
+    version: str
+    origin: str  # "spec" | "import"
+    spec: dict[str, Any] | None
+    digest: str | None  # "sha256:..." of the spec JSON (or of the imported XML)
+    launch: dict[str, Any] = field(default_factory=dict)
+    defined_at: str | None = None
+    updated_at: str | None = None
+
+
+def find(root: etree._Element) -> etree._Element | None:
+    return root.find(f"metadata/{{{METADATA_NS}}}domain")
+
+
+def read(root: etree._Element) -> ManagedInfo | None:
+    element = find(root)
+    if element is None:
+        return None
+    spec_el = element.find("s:spec", _NS)
+    spec = None
+    if spec_el is not None and spec_el.get("format") == "json" and spec_el.text:
+        try:
+            spec = json.loads(spec_el.text)
+        except ValueError:
+            spec = None
+    launch: dict[str, Any] = {}
+    launch_el = element.find("s:launch", _NS)
+    for child in launch_el if launch_el is not None else ():
+        tag = etree.QName(child).localname
+        launch[tag] = dict(child.attrib) if len(child.attrib) else child.text
+    times = element.find("s:timestamps", _NS)
+    return ManagedInfo(
+        version=element.get("version", ""),
+        origin=element.get("origin", "spec"),
+        spec=spec,
+        digest=spec_el.get("digest") if spec_el is not None else element.get("digest"),
+        launch=launch,
+        defined_at=times.get("defined") if times is not None else None,
+        updated_at=times.get("updated") if times is not None else None,
+    )
+
+
+def add_import_record(root: etree._Element, original_xml: bytes, now: str) -> None:
+    """Mark an imported domain as managed: its origin, the digest of the XML it came from, the time."""
+    metadata = root.find("metadata")
+    if metadata is None:
+        metadata = etree.Element("metadata")
+        name = root.find("name")
+        # libvirt accepts any order; after <name>/<uuid> is where it writes <metadata> itself.
+        anchor = root.find("uuid") if root.find("uuid") is not None else name
+        anchor.addnext(metadata) if anchor is not None else root.insert(0, metadata)
+    old = find(root)
+    if old is not None:
+        metadata.remove(old)
+    element = etree.SubElement(metadata, f"{{{METADATA_NS}}}domain", nsmap={"snpvirt": METADATA_NS})
+    element.set("version", __version__)
+    element.set("origin", "import")
+    element.set("digest", "sha256:" + hashlib.sha256(original_xml).hexdigest())
+    etree.SubElement(element, f"{{{METADATA_NS}}}timestamps", defined=now, updated=now)
+
+
+def spec_diff(old: dict[str, Any] | None, new: dict[str, Any]) -> list[dict[str, Any]]:
+    """Changed keys between two specs, dotted (`snp.policy.smt`), with their old and new values."""
+    before, after = _flatten(old or {}), _flatten(new)
+    return [{"key": k, "from": before.get(k), "to": after.get(k)}
+            for k in sorted(before.keys() | after.keys()) if before.get(k) != after.get(k)]
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}{key}."))
+        return out
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        out = {}
+        for i, item in enumerate(value):
+            out.update(_flatten(item, f"{prefix}{i}."))
+        return out
+    return {prefix[:-1]: value}
