@@ -153,12 +153,13 @@ class IsolatedLibvirtd:
         if len(str(t / "sock" / "libvirt-admin-sock")) > _SUN_PATH_MAX:
             raise ValueError(f"tmp_dir too long for a unix socket path: {t}")
         t.mkdir(parents=True, exist_ok=True)
-        shutil.copytree("/etc/libvirt", t / "etc", symlinks=True)
+        # A daemon may be started again in the same folder: the same "host" coming back, same socket.
+        shutil.copytree("/etc/libvirt", t / "etc", symlinks=True, dirs_exist_ok=True)
         (t / "etc" / "qemu.conf").write_text(_QEMU_CONF)
         for name in ("run", "lib", "cache", "log", "sock"):
-            (t / name).mkdir(mode=0o755)
+            (t / name).mkdir(mode=0o755, exist_ok=True)
         if self.caps_cache is not None:
-            self._caps_dir.mkdir(parents=True)
+            self._caps_dir.mkdir(parents=True, exist_ok=True)
             for f in self.caps_cache.glob("*.xml"):
                 shutil.copyfile(f, self._caps_dir / f.name)
         (t / "start.sh").write_text(_WRAPPER)

@@ -1,0 +1,240 @@
+"""The manager on libvirt's in-process test driver: the whole lifecycle, idempotency, conflicts, imports."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import libvirt
+import pytest
+
+from snpvirt import events, readiness, sevparams
+from snpvirt import spec as specs
+from snpvirt.connection import Connection
+from snpvirt.errors import (ConflictError, ExitCode, NotFoundError, OperationTimeoutError, SnpvirtError,
+                            StartFailedError)
+from snpvirt.manager import Manager, SpecInput
+from tests.conftest import GOLDEN, vector
+
+BASE = {"name": "mgr-01", "memory_mib": 2048, "vcpus": 2, "firmware": "/usr/share/ovmf/OVMF.amdsev.fd",
+        "boot": {"kernel": "/boot/vmlinuz", "cmdline": "console=ttyS0"},
+        "snp": {"cbitpos": 51, "reduced_phys_bits": 1}, "disks": [{"path": "/var/lib/libvirt/images/mgr-01.qcow2"}]}
+
+
+def spec(**changes):
+    raw = {**BASE, **changes}
+    return SpecInput(raw["name"], specs.parse_spec(raw))
+
+
+def make_manager(conn):
+    return Manager(conn, gate=lambda: readiness.assess(conn, uri=conn.actual_uri),
+                   resolve_sev=lambda s: sevparams.resolve(s, []))
+
+
+@pytest.fixture
+def conn(clean_test_driver):
+    with Connection("test:///default") as connection:
+        yield connection
+
+
+@pytest.fixture
+def mgr(conn):
+    return make_manager(conn)
+
+
+def test_idempotency_triple_and_the_simulated_gate_warning(mgr, conn):
+    plan = mgr.apply([spec()], check=True)[0]
+    assert (plan.action, plan.changed, plan.details["will_start"], plan.state) == ("create", True, True, "absent")
+    assert conn.lookup("mgr-01") is None, "--check changes nothing"
+    done = mgr.apply([spec()])[0]
+    assert (done.ok, done.action, done.changed, done.state) == (True, "create", True, "running")
+    assert [w.rule_id for w in mgr.warnings] == ["gate.simulated"]
+    again = mgr.apply([spec()], check=True)[0]
+    assert (again.action, again.changed) == ("unchanged", False)
+    assert mgr.apply([spec()])[0].changed is False
+
+
+def test_update_of_a_running_domain_reports_restart_required_and_keeps_identity(mgr, conn):
+    mgr.apply([spec()])
+    before = mgr.status("mgr-01")
+    plan = mgr.apply([spec(vcpus=4)], check=True)[0]
+    assert plan.action == "update" and plan.details["diff"] == [{"key": "vcpus", "from": 2, "to": 4}]
+    assert plan.details["restart_required"] is True
+    done = mgr.apply([spec(vcpus=4)])[0]
+    assert done.changed and done.state == "running" and done.details["restart_required"]
+    after = mgr.status("mgr-01")
+    assert after["uuid"] == before["uuid"] and after["defined_at"] == before["defined_at"]
+    assert after["spec"]["vcpus"] == 4 and conn.state("mgr-01") == "running", "nothing restarted by itself"
+
+
+def test_state_lives_in_the_domain(mgr):
+    mgr.apply([spec()])
+    status = mgr.status("mgr-01")
+    assert status["origin"] == "spec" and status["spec_digest"].startswith("sha256:")
+    assert status["launch"]["firmware"]["path"] == "/usr/share/ovmf/OVMF.amdsev.fd"
+    assert status["launch"]["firmware"]["sha256"] == "unknown"  # not on this machine: said, not invented
+    assert status["launch"]["firmware"]["reason"] == "not found on this machine"
+    assert status["launch"]["cmdline"] == "console=ttyS0" and status["launch"]["policy"] == "0x30000"
+    assert status["defined_at"] and status["updated_at"] and status["policy_flags"] == ["smt"]
+    # Another connection (as another tool would) sees the same truth.
+    with Connection("test:///default") as other:
+        assert make_manager(other).status("mgr-01")["spec_digest"] == status["spec_digest"]
+
+
+def test_launch_file_digests_are_recorded_when_readable(mgr, tmp_path):
+    firmware = tmp_path / "OVMF.amdsev.fd"
+    firmware.write_bytes(vector("measurement/ovmf/ovmf_AmdSev_suffix.bin").read_bytes())
+    mgr.apply([spec(firmware=str(firmware))])
+    assert mgr.status("mgr-01")["launch"]["firmware"]["sha256"] == \
+        "8f765dfabc127fc0a938a0744a3103ec15864d7d794eb4c398aa976b6d6ab16c"
+
+
+def test_unmanaged_same_name_domain_is_a_conflict_and_untouched(mgr, conn, clean_test_driver):
+    xml = (GOLDEN / "web-01.xml").read_text().replace("<name>web-01</name>", "<name>mgr-01</name>")
+    plain = xml[:xml.index("  <metadata>")] + xml[xml.index("</metadata>\n") + len("</metadata>\n"):]
+    clean_test_driver.defineXML(plain)
+    before = conn.lookup("mgr-01").xml
+    outcome = mgr.apply([spec()])[0]
+    assert not outcome.ok and isinstance(outcome.error, ConflictError) and outcome.error.exit_code == ExitCode.CONFLICT
+    assert conn.lookup("mgr-01").xml == before
+
+
+def test_other_uuid_is_a_conflict(mgr):
+    mgr.apply([spec()])
+    outcome = mgr.apply([spec(uuid="00000000-1111-2222-3333-444444444444")])[0]
+    assert isinstance(outcome.error, ConflictError) and "UUID" in outcome.error.message
+
+
+def test_partial_failure_reports_each_spec(mgr, conn):
+    bad = SpecInput("broken.toml", error=SnpvirtError("broken.toml: malformed TOML", "fix it"))
+    outcomes = mgr.apply([spec(name="mgr-02"), bad, spec(name="mgr-02")])
+    assert [o.ok for o in outcomes] == [True, False, False]
+    assert "named by two specs" in outcomes[2].error.message and conn.state("mgr-02") == "running"
+
+
+class FailingStart(Connection):
+    """The real test driver, with start failing as the real QEMU driver fails here."""
+
+    def start(self, name):
+        raise StartFailedError(f"start {name}: unsupported configuration: 'sev-snp' launch security is not supported "
+                               "with this QEMU binary", "run snpvirt host check")
+
+
+def test_a_domain_that_fails_to_start_stays_defined_and_says_so(clean_test_driver):
+    with FailingStart("test:///default") as conn:
+        outcome = make_manager(conn).apply([spec(name="mgr-03")])[0]
+        assert not outcome.ok and outcome.details["defined"] is True and outcome.details["started"] is False
+        assert conn.state("mgr-03") == "shutoff"
+
+
+class DroppingDefinition(Connection):
+    """libvirt returning a definition without launch security (as an SNP-unaware libvirt would)."""
+
+    def define(self, xml):
+        record = super().define(xml)
+        return type(record)(record.name, record.uuid, record.state, record.xml.replace("sev-snp", "sev"))
+
+
+def test_a_definition_that_fails_validation_is_rolled_back(clean_test_driver):
+    with DroppingDefinition("test:///default") as conn:
+        outcome = make_manager(conn).apply([spec(name="mgr-04")])[0]
+        assert not outcome.ok and "rolled back" in outcome.error.message and outcome.details["defined"] is False
+        assert conn.lookup("mgr-04") is None
+
+
+def test_verbs_are_idempotent(mgr, conn):
+    mgr.apply([spec()], start=False)
+    assert conn.state("mgr-01") == "shutoff"
+    assert [mgr.start("mgr-01").changed, mgr.start("mgr-01").changed] == [True, False]
+    assert [mgr.stop("mgr-01", 5, False).changed, mgr.stop("mgr-01", 5, False).changed] == [True, False]
+    mgr.start("mgr-01")
+    assert [mgr.destroy("mgr-01").changed, mgr.destroy("mgr-01").changed] == [True, False]
+    assert [mgr.undefine("mgr-01").changed, mgr.undefine("mgr-01").changed] == [True, False]
+    with pytest.raises(NotFoundError):
+        mgr.start("mgr-01")
+
+
+def test_undefine_refuses_a_running_domain(mgr):
+    mgr.apply([spec()])
+    with pytest.raises(SnpvirtError, match="undefines only stopped domains"):
+        mgr.undefine("mgr-01")
+
+
+class IgnoresShutdown(Connection):
+    def shutdown(self, name):
+        pass  # a guest that does not react to ACPI shutdown
+
+
+def test_stop_times_out_and_force_destroys(clean_test_driver):
+    with IgnoresShutdown("test:///default") as conn:
+        m = make_manager(conn)
+        m.apply([spec(name="mgr-05")])
+        with pytest.raises(OperationTimeoutError) as info:
+            m.stop("mgr-05", 0.3, False, poll_s=0.05)
+        assert info.value.exit_code == ExitCode.TIMEOUT and "--force" in info.value.hint
+        forced = m.stop("mgr-05", 0.3, True, poll_s=0.05)
+        assert forced.details == {"forced": True} and forced.state == "shutoff"
+
+
+def test_verbs_refuse_unmanaged_domains(mgr, clean_test_driver):
+    with pytest.raises(ConflictError, match="not managed by snpvirt"):
+        mgr.start("test")  # the test driver's built-in domain
+
+
+def test_list_shows_only_managed_domains(mgr):
+    mgr.apply([spec(name="mgr-06"), spec(name="mgr-07")])
+    mgr.stop("mgr-07", 5, False)
+    names = [r["name"] for r in mgr.list()]
+    assert "mgr-06" in names and "mgr-07" not in names and "test" not in names
+    rows = {r["name"]: r for r in mgr.list(include_inactive=True)}
+    assert rows["mgr-07"]["state"] == "shutoff"
+    row = rows["mgr-06"]
+    assert (row["vcpus"], row["memory_mib"], row["policy"], row["kernel_hashes"], row["state"]) == (2, 2048, "0x30000", True, "running")
+
+
+@pytest.mark.parametrize("name,ok,changes", [
+    ("virt-install-x86_64-launch-security-sev-snp.xml", True, 2),
+    ("virt-install-amd-sev.xml", True, 3),
+    ("virt-install-x86_64-launch-security-sev-snp-full.xml", False, 0),
+])
+def test_import_virt_manager_domains(mgr, conn, name, ok, changes):
+    xml = vector(f"virt-manager/{name}").read_bytes()
+    outcome = mgr.import_domain(xml, None, fix=True, check=False, sev=None, firmware=None)
+    assert outcome.ok is ok
+    if ok:
+        assert len(outcome.details["changes"]) == changes
+    domain = outcome.name
+    if ok:
+        assert mgr.status(domain)["origin"] == "import"
+        again = mgr.import_domain(xml, None, fix=True, check=False, sev=None, firmware=None)
+        assert (again.ok, again.action, again.changed) == (True, "unchanged", False)
+    else:
+        assert outcome.error.exit_code == ExitCode.BAD_INPUT and conn.lookup(domain) is None
+
+
+def test_import_by_name_brings_an_existing_domain_under_management(mgr, conn, clean_test_driver):
+    plain = vector("virt-manager/virt-install-x86_64-launch-security-sev-snp.xml").read_text()
+    plain = plain.replace("<policy>0x24</policy>", "<policy>0x30000</policy>").replace(
+        '<os firmware="efi">', '<os firmware="efi">\n    <loader stateless="yes"/>')
+    clean_test_driver.defineXML(plain)
+    record = conn.lookup("vm1")
+    outcome = mgr.import_domain(record.xml.encode(), record, fix=True, check=False, sev=None, firmware=None)
+    assert outcome.ok and outcome.details["changes"] == [] and outcome.changed
+    assert mgr.status("vm1")["uuid"] == record.uuid == "00000000-1111-2222-3333-444444444444"
+
+
+def test_watch_sees_lifecycle_events(mgr):
+    seen, stop = [], threading.Event()
+    thread = threading.Thread(target=events.watch, args=("test:///default", {"mgr-08"}, seen.append, print, stop))
+    thread.start()
+    time.sleep(0.5)
+    mgr.apply([spec(name="mgr-08"), spec(name="mgr-09")])
+    mgr.destroy("mgr-08")
+    deadline = time.monotonic() + 5
+    while len(seen) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    thread.join(5)
+    assert [(e.domain, e.event, e.detail) for e in seen] == [
+        ("mgr-08", "defined", "added"), ("mgr-08", "started", "booted"), ("mgr-08", "stopped", "destroyed")]
+    assert seen[0].uri == "test:///default" and len(seen[0].uuid) == 36
