@@ -13,7 +13,8 @@ import difflib
 import hashlib
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Iterable, Protocol
 
 from lxml import etree
 
@@ -170,29 +171,39 @@ class Manager:
             xml = render.render(spec, self._resolve_sev(spec), self.allow_debug, stamp).xml
         return _Plan(spec, action, existing, existing is None or not is_active(existing.state), diff, xml)
 
-    def apply(self, inputs: list[SpecInput], check: bool = False, start: bool = True) -> list[Outcome]:
-        """Make each spec's domain exist as specified (and run, with start); `check` only plans."""
+    def apply(self, inputs: Iterable[SpecInput], check: bool = False, start: bool = True) -> list[Outcome]:
+        """Make each spec's domain exist as specified (and run, with start); `check` only plans.
+
+        Specs are planned (parsed, rendered, validated) on this thread while two worker threads carry
+        out earlier plans through libvirt: the CPU work and the RPC round trips overlap. Each domain's
+        own steps stay in order (one worker owns a plan); results come back in the order given.
+        """
         existing_names = self.hv.domain_names()
         seen: set[str] = set()
-        planned: list[_Plan | Outcome] = []
-        for item in inputs:
-            if item.error is not None:
-                planned.append(Outcome(item.label, "invalid").fail(item.error))
-                continue
-            spec = item.spec
-            if spec.name in seen:
-                planned.append(Outcome(spec.name, "invalid").fail(BadInputError(
-                    f"{item.label}: domain {spec.name} is named by two specs in this call", "give each spec its own name")))
-                continue
-            seen.add(spec.name)
-            try:
-                planned.append(self._plan(spec, existing_names))
-            except SnpvirtError as err:
-                planned.append(Outcome(spec.name, "invalid").fail(err))
-        plans = [p for p in planned if isinstance(p, _Plan)]
-        if not check and any(p.action != "unchanged" or (start and p.start) for p in plans):
-            self.ensure_ready()
-        return [p if isinstance(p, Outcome) else self._execute(p, check, start) for p in planned]
+        results: list[Outcome | Future[Outcome]] = []
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="snpvirt-apply") as libvirt_workers:
+            for item in inputs:
+                planned = self._plan_item(item, seen, existing_names)
+                if isinstance(planned, Outcome) or check:
+                    results.append(planned if isinstance(planned, Outcome) else self._execute(planned, True, start))
+                    continue
+                if planned.action != "unchanged" or (start and planned.start):
+                    self.ensure_ready()  # before the first change is handed to libvirt
+                results.append(libvirt_workers.submit(self._execute, planned, False, start))
+        return [r.result() if isinstance(r, Future) else r for r in results]
+
+    def _plan_item(self, item: SpecInput, seen: set[str], existing_names: set[str]) -> _Plan | Outcome:
+        if item.error is not None:
+            return Outcome(item.label, "invalid").fail(item.error)
+        spec = item.spec
+        if spec.name in seen:
+            return Outcome(spec.name, "invalid").fail(BadInputError(
+                f"{item.label}: domain {spec.name} is named by two specs in this call", "give each spec its own name"))
+        seen.add(spec.name)
+        try:
+            return self._plan(spec, existing_names)
+        except SnpvirtError as err:
+            return Outcome(spec.name, "invalid").fail(err)
 
     def _execute(self, plan: _Plan, check: bool, start: bool) -> Outcome:
         existing_state = plan.existing.state if plan.existing else None

@@ -24,28 +24,29 @@ Examples:
 VERB_EPILOG = """\b
 Examples:
   snpvirt {verb} web-01
-  snpvirt {verb} web-01 --connect qemu:///system --json
+  snpvirt {verb} web-01 db-01 --connect qemu:///system --json
+Exit 9 when some of several domains failed.
 """
 STOP_EPILOG = """\b
 Examples:
   snpvirt stop web-01                      # graceful shutdown, wait up to 60 s
   snpvirt stop web-01 --timeout 20 --force # destroy if still running after 20 s
+  snpvirt stop web-01 db-01 --json
 Exit 7 when the guest did not shut down in time (without --force).
 """
 
 
-def _load_specs(paths: List[Path], allow_debug: bool) -> list:
+def _load_specs(paths: List[Path], allow_debug: bool):
+    """Specs one at a time, as the manager asks for them (it overlaps parsing with libvirt calls)."""
     from snpvirt import spec as specs
     from snpvirt.errors import SnpvirtError
     from snpvirt.manager import SpecInput
 
-    loaded = []
     for path in paths:
         try:
-            loaded.append(SpecInput(str(path), specs.load_spec(path, allow_debug=allow_debug)))
+            yield SpecInput(str(path), specs.load_spec(path, allow_debug=allow_debug))
         except SnpvirtError as err:
-            loaded.append(SpecInput(str(path), error=err))
-    return loaded
+            yield SpecInput(str(path), error=err)
 
 
 def apply(
@@ -89,34 +90,53 @@ def define(
         report(outcomes, json_output, m.warnings)
 
 
-def start(name: str = typer.Argument(..., help="Domain name."), connect: Optional[str] = connect_option(),
-          json_output: bool = json_option()) -> None:
-    """Start a managed domain (after the readiness gate); a running one is left as it is."""
+def _each(names: List[str], verb) -> list:
+    """Run a single-domain verb over several names; each gets its own result (exit 9 when some fail)."""
+    from snpvirt.errors import HostNotReadyError, SnpvirtError
+    from snpvirt.manager import Outcome
+
+    outcomes = []
+    for name in names:
+        try:
+            outcomes.append(verb(name))
+        except HostNotReadyError:
+            raise  # the gate refuses the whole call before anything changes
+        except SnpvirtError as err:
+            outcomes.append(Outcome(name, verb.__name__).fail(err))
+    return outcomes
+
+
+NAMES = typer.Argument(..., metavar="NAME...", help="One or more domain names.")
+
+
+def start(names: List[str] = NAMES, connect: Optional[str] = connect_option(), json_output: bool = json_option()) -> None:
+    """Start managed domains (after the readiness gate); running ones are left as they are."""
     with manager(connect) as m:
-        report([m.start(name)], json_output, m.warnings)
+        report(_each(names, m.start), json_output, m.warnings)
 
 
-def stop(name: str = typer.Argument(..., help="Domain name."),
-         timeout: float = typer.Option(60.0, "--timeout", metavar="S", help="Seconds to wait for the guest to shut down."),
-         force: bool = typer.Option(False, "--force", help="Destroy the domain if it is still running after the timeout."),
+def stop(names: List[str] = NAMES,
+         timeout: float = typer.Option(60.0, "--timeout", metavar="S", help="Seconds to wait for each guest to shut down."),
+         force: bool = typer.Option(False, "--force", help="Destroy a domain that is still running after the timeout."),
          connect: Optional[str] = connect_option(), json_output: bool = json_option()) -> None:
-    """Shut a managed domain down gracefully; with --force, destroy it after the timeout."""
+    """Shut managed domains down gracefully; with --force, destroy them after the timeout."""
     with manager(connect) as m:
-        report([m.stop(name, timeout, force)], json_output, m.warnings)
+        def stop_one(name):
+            return m.stop(name, timeout, force)
+        stop_one.__name__ = "stop"
+        report(_each(names, stop_one), json_output, m.warnings)
 
 
-def destroy(name: str = typer.Argument(..., help="Domain name."), connect: Optional[str] = connect_option(),
-            json_output: bool = json_option()) -> None:
-    """Power a managed domain off at once (like pulling the plug)."""
+def destroy(names: List[str] = NAMES, connect: Optional[str] = connect_option(), json_output: bool = json_option()) -> None:
+    """Power managed domains off at once (like pulling the plug)."""
     with manager(connect) as m:
-        report([m.destroy(name)], json_output, m.warnings)
+        report(_each(names, m.destroy), json_output, m.warnings)
 
 
-def undefine(name: str = typer.Argument(..., help="Domain name."), connect: Optional[str] = connect_option(),
-             json_output: bool = json_option()) -> None:
-    """Remove a stopped managed domain's definition; an absent one is already done."""
+def undefine(names: List[str] = NAMES, connect: Optional[str] = connect_option(), json_output: bool = json_option()) -> None:
+    """Remove stopped managed domains' definitions; absent ones are already done."""
     with manager(connect) as m:
-        report([m.undefine(name)], json_output, m.warnings)
+        report(_each(names, m.undefine), json_output, m.warnings)
 
 
 def register(app: typer.Typer) -> None:

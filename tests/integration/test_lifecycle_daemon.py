@@ -87,9 +87,13 @@ def test_partial_failure_exits_9(libvirtd, held, tmp_path):
 
 def test_cli_errors_have_their_exit_codes(libvirtd, held):
     missing = run_cli("start", "nope", "-c", libvirtd.test_uri)
-    assert missing.code == ExitCode.NOT_FOUND and "snpvirt: error: no domain named nope" in missing.stderr
+    assert missing.code == ExitCode.NOT_FOUND and "snpvirt: error: nope: no domain named nope" in missing.stderr
     conflict = run_cli("start", "test", "-c", libvirtd.test_uri)
     assert conflict.code == ExitCode.CONFLICT and "snpvirt import test" in conflict.stderr
+    assert run_cli("apply", WEB, "-c", libvirtd.test_uri).code == 0
+    several = run_cli("destroy", "web-01", "nope", "-c", libvirtd.test_uri, "--json")
+    doc = json.loads(several.stdout)
+    assert several.code == ExitCode.PARTIAL and [r["ok"] for r in doc["results"]] == [True, False]
 
 
 def test_apply_on_the_real_qemu_driver_stops_at_the_gate(libvirtd):
