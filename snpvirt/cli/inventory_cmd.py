@@ -51,7 +51,9 @@ def status(name: str = typer.Argument(..., help="Domain name."), connect: Option
     for key in ("name", "uuid", "state", "vcpus", "memory_mib", "policy", "policy_flags", "kernel_hashes",
                 "expected_measurement", "origin", "spec_digest", "defined_at", "updated_at", "snpvirt_version"):
         value = info[key]
-        typer.echo(f"{key + ':':<22} {', '.join(value) if isinstance(value, list) else '-' if value is None else value}")
+        shown = ", ".join(value) if isinstance(value, list) else "-" if value is None else \
+            ("yes" if value else "no") if isinstance(value, bool) else value
+        typer.echo(f"{key + ':':<22} {shown}")
     typer.echo("launch inputs:")
     for key, value in info["launch"].items():
         typer.echo(f"  {key + ':':<20} {json.dumps(value) if isinstance(value, dict) else value}")
