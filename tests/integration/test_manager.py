@@ -238,3 +238,17 @@ def test_watch_sees_lifecycle_events(mgr):
     assert [(e.domain, e.event, e.detail) for e in seen] == [
         ("mgr-08", "defined", "added"), ("mgr-08", "started", "booted"), ("mgr-08", "stopped", "destroyed")]
     assert seen[0].uri == "test:///default" and len(seen[0].uuid) == 36
+
+
+def test_define_xml_validates_marks_managed_and_is_idempotent(mgr, conn):
+    from snpvirt.errors import BadInputError
+
+    golden = (GOLDEN / "db-01.xml").read_bytes()
+    first = mgr.define_xml(golden, "db-01.xml")
+    assert (first.action, first.changed, first.state) == ("define", True, "shutoff")
+    assert mgr.status("db-01")["origin"] == "spec", "render's own metadata is kept"
+    assert mgr.define_xml(golden, "db-01.xml").action == "unchanged"
+    legacy = vector("virt-manager/virt-install-amd-sev.xml").read_bytes()
+    with pytest.raises(BadInputError, match="snp.launch_security"):
+        mgr.define_xml(legacy, "amd-sev.xml")
+    assert conn.lookup("linux2020") is None, "a domain without SEV-SNP is never defined"
