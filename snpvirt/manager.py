@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Protocol
 
 from lxml import etree
 
-from snpvirt import domxml, importer, launch_inputs, metadata, render, snp_rules
+from snpvirt import domxml, importer, launch, metadata, render, snp_rules
 from snpvirt.errors import (BadInputError, ConflictError, HostNotReadyError, NotFoundError,
                             OperationTimeoutError, SnpvirtError)
 from snpvirt.models import DomainRecord, Finding, HostReport, Stamp, VmSpec
@@ -167,8 +167,9 @@ class Manager:
             spec = dataclasses.replace(spec, uuid=existing.uuid)  # a redefinition keeps the domain's identity
         xml = None
         if action != "unchanged":
-            stamp = Stamp(defined_at, now, launch_inputs.launch_digests(spec))
-            xml = render.render(spec, self._resolve_sev(spec), self.allow_debug, stamp).xml
+            record = launch.record(spec)
+            stamp = Stamp(defined_at, now, record.expected.digests)
+            xml = render.render(spec, self._resolve_sev(spec), self.allow_debug, stamp, record).xml
         return _Plan(spec, action, existing, existing is None or not is_active(existing.state), diff, xml)
 
     def apply(self, inputs: Iterable[SpecInput], check: bool = False, start: bool = True) -> list[Outcome]:

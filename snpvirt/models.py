@@ -23,8 +23,15 @@ class SnpSpec:
     guest_visible_workarounds: str | None = None
     id_block: str | None = None
     id_auth: str | None = None
-    author_key: bool | None = None
+    author_key: bool | None = None  # libvirt's authorKey attribute
     vcek: bool | None = None
+    guest_features: int = 0x1  # VMSA SEV_FEATURES the host's KVM sets: 0x1, or 0x21 with DebugSwap
+    vcpu_signature: int | None = None  # CPUID signature for measuring host-passthrough vCPUs
+    id_key: str | None = None  # PEM file: snpvirt builds and signs the ID block
+    author_key_file: str | None = None  # PEM file: signs the ID key
+    family_id: str | None = None  # 16 bytes, hex
+    image_id: str | None = None
+    guest_svn: int = 0
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,7 @@ class Finding:
 class FileDigest:
     sha256: str | None
     reason: str | None = None  # why the digest is unknown (file not readable here, e.g. a remote host)
+    size: int | None = None
 
 
 @dataclass(frozen=True)

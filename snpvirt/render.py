@@ -13,6 +13,7 @@ import markupsafe
 from snpvirt import __version__, domxml
 from snpvirt import policy as snp_policy
 from snpvirt.errors import BadInputError
+from snpvirt.launch import LaunchRecord
 from snpvirt.models import RenderResult, Stamp, VmSpec
 from snpvirt.sevparams import SevParams
 
@@ -39,6 +40,7 @@ def _environment() -> jinja2.Environment:
         keep_trailing_newline=True,
     )
     env.globals["yes_no"] = lambda flag: "yes" if flag else "no"
+    env.globals["hex"] = lambda number: f"{number:#x}"
     env.filters["xml_text"] = _xml_text
     return env
 
@@ -53,7 +55,7 @@ def spec_json(spec: VmSpec) -> str:
     return json.dumps(spec.source, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def render_xml(spec: VmSpec, sev: SevParams, stamp: Stamp | None = None) -> str:
+def render_xml(spec: VmSpec, sev: SevParams, stamp: Stamp | None = None, launch: LaunchRecord | None = None) -> str:
     text = spec_json(spec)
     return _environment().get_template(DOMAIN_TEMPLATE).render(
         spec=spec,
@@ -66,12 +68,18 @@ def render_xml(spec: VmSpec, sev: SevParams, stamp: Stamp | None = None) -> str:
         cbitpos=sev.cbitpos,
         reduced_phys_bits=sev.reduced_phys_bits,
         stamp=stamp,
+        launch=launch,
     )
 
 
-def render(spec: VmSpec, sev: SevParams, allow_debug: bool = False, stamp: Stamp | None = None) -> RenderResult:
-    """Render and check; a document that breaks the schema or an SNP rule is never returned."""
-    xml = render_xml(spec, sev, stamp)
+def render(spec: VmSpec, sev: SevParams, allow_debug: bool = False, stamp: Stamp | None = None,
+           launch: LaunchRecord | None = None) -> RenderResult:
+    """Render and check; a document that breaks the schema or an SNP rule is never returned.
+
+    `launch` (launch.record: expected measurement, ID blocks) and `stamp` (digests, times) come from
+    the caller, which reads the files; without them the metadata holds the spec alone.
+    """
+    xml = render_xml(spec, sev, stamp, launch)
     findings = domxml.check(xml, allow_debug=allow_debug)
     errors = [f for f in findings if f.severity == "error"]
     if errors:

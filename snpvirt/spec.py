@@ -75,8 +75,9 @@ def _absolute_path(path: str, value: str) -> str:
 
 
 def _text(path: str, value: str) -> str:
-    """Free text goes into XML: reject control characters XML 1.0 cannot carry."""
-    if any((ord(c) < 32 and c not in "\t\n\r") or 0xD800 <= ord(c) <= 0xDFFF or ord(c) in (0xFFFE, 0xFFFF) for c in value):
+    """Free text goes into XML: reject control characters XML 1.0 cannot carry, and carriage
+    returns, which every XML parser turns into line feeds (the value would silently change)."""
+    if any((ord(c) < 32 and c not in "\t\n") or 0xD800 <= ord(c) <= 0xDFFF or ord(c) in (0xFFFE, 0xFFFF) for c in value):
         raise _fail(path, "contains control characters", f"remove them from {path}")
     return value
 
@@ -103,6 +104,15 @@ def _base64_blob(key: str) -> Callable[[str, Any], Any]:
                         f"give the base64 of a {size}-byte value")
         return value
     return check
+
+
+def _hex16(path: str, value: str) -> str:
+    try:
+        if len(bytes.fromhex(value)) == 16:
+            return value.lower()
+    except ValueError:
+        pass
+    raise _fail(path, f"{value!r} is not 16 bytes of hex", "write it as 32 hex digits")
 
 
 def _policy(path: str, value: Any) -> int:
@@ -140,8 +150,14 @@ SCHEMA: dict[str, Any] = {
         "kernel_hashes": Key(bool),
         "cbitpos": Key(int, check=_in_range(1, 63)),
         "reduced_phys_bits": Key(int, check=_in_range(0, 63)),
-        "author_key": Key(bool),
+        "author_key": Key((bool, str)),  # true (with id_auth), or a P-384 PEM file that signs the ID key
         "vcek": Key(bool),
+        "guest_features": Key(int, check=_in_range(0, 2 ** 64 - 1)),
+        "vcpu_signature": Key(int, check=_in_range(0, 2 ** 32 - 1)),
+        "id_key": Key(str, check=_absolute_path),
+        "family_id": Key(str, check=_hex16),
+        "image_id": Key(str, check=_hex16),
+        "guest_svn": Key(int, check=_in_range(0, 2 ** 32 - 1)),
         **{blob: Key(str, check=_base64_blob(blob)) for blob in BLOB_BYTES},
     },
     "disks": [{
@@ -295,11 +311,23 @@ def parse_spec(raw: dict[str, Any], allow_debug: bool = False) -> VmSpec:
     if kernel_hashes and not boot.kernel:
         raise BadInputError("snp.kernel_hashes = true needs boot.kernel (measured direct kernel boot)",
                             "set boot.kernel, or set snp.kernel_hashes = false")
-    if snp_raw.get("author_key") and not snp_raw.get("id_auth"):
+    if isinstance(snp_raw.get("author_key"), str):
+        snp_raw["author_key_file"] = _absolute_path("snp.author_key", snp_raw.pop("author_key"))
+        snp_raw["author_key"] = True
+        if not snp_raw.get("id_key"):
+            raise BadInputError("snp.author_key names a key file but snp.id_key is not set",
+                                "the author key signs the ID key: set snp.id_key too")
+    if snp_raw.get("id_key") and (snp_raw.get("id_block") or snp_raw.get("id_auth")):
+        raise BadInputError("snp.id_key and snp.id_block/id_auth are both set",
+                            "give the key (snpvirt signs the blocks) or the finished blocks, not both")
+    if snp_raw.get("author_key") and not (snp_raw.get("id_auth") or snp_raw.get("author_key_file")):
         raise BadInputError("snp.author_key = true needs snp.id_auth (the author key signature lives there)",
-                            "add snp.id_auth and snp.id_block, or remove snp.author_key")
+                            "add snp.id_auth and snp.id_block, or name the key files: snp.id_key and snp.author_key")
     if snp_raw.get("id_auth") and not snp_raw.get("id_block"):
         raise BadInputError("snp.id_auth is set without snp.id_block", "add snp.id_block (96 bytes, base64)")
+    if (snp_raw.get("family_id") or snp_raw.get("image_id") or snp_raw.get("guest_svn")) and not snp_raw.get("id_key"):
+        raise BadInputError("snp.family_id/image_id/guest_svn go into the ID block, which needs snp.id_key",
+                            "set snp.id_key (a P-384 PEM file), or remove them")
     snp = SnpSpec(policy=policy_value, kernel_hashes=kernel_hashes, **snp_raw)
     disks = tuple(DiskSpec(target=_disk_target(i), **d) for i, d in enumerate(checked.get("disks", [])))
     networks = []

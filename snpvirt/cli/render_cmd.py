@@ -30,7 +30,7 @@ def render(
     json_output: bool = typer.Option(False, "--json", help="Print one JSON document."),
 ) -> None:
     """Render SPEC to libvirt domain XML, checked by libvirt's schema and snpvirt's SNP rules."""
-    from snpvirt import output, policy, render as renderer, sevparams, spec as specs
+    from snpvirt import launch, output, policy, render as renderer, sevparams, spec as specs
     from snpvirt.cli.common import read_host_caps
 
     vm = specs.load_spec(spec, overrides, allow_debug)
@@ -39,7 +39,8 @@ def render(
         sources.append(sevparams.HostCapsSource(read_host_caps(host_caps), f"--host-caps {host_caps}"))
     if connect is not None and (vm.snp.cbitpos is None or vm.snp.reduced_phys_bits is None) and not _complete(sources):
         sources.append(sevparams.HostCapsSource(_connected_host_caps(connect), f"host {connect}"))
-    result = renderer.render(vm, sevparams.resolve(vm, sources), allow_debug)
+    record = launch.record(vm)  # expected measurement (and ID blocks) from the files readable here
+    result = renderer.render(vm, sevparams.resolve(vm, sources), allow_debug, launch=record)
 
     changed = False
     if output_file is not None:
@@ -54,6 +55,8 @@ def render(
             "policy": policy.to_hex(result.policy),
             "policy_flags": policy.set_flag_names(result.policy),
             "kernel_hashes": vm.snp.kernel_hashes,
+            "expected_measurement": record.expected.value,
+            "measurement_unknown_reason": record.expected.reason,
             "cbitpos": result.cbitpos,
             "reduced_phys_bits": result.reduced_phys_bits,
             "sev_params_source": result.sev_params_source,

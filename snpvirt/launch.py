@@ -1,0 +1,129 @@
+"""What a launch will measure, from the files readable here: input digests, the expected
+measurement, and (with snp.id_key) the signed ID block. Everything the domain's metadata records.
+
+Files that cannot be read (a remote host's paths) make the measurement "unknown", with the reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import os
+from dataclasses import dataclass, field
+
+from snpvirt import idblock, measure
+from snpvirt.errors import BadInputError
+from snpvirt.models import FileDigest, VmSpec
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """Cached by size and mtime: a fleet of specs usually shares one firmware file and kernel."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_digest(path: str) -> FileDigest:
+    try:
+        st = os.stat(path)
+        return FileDigest(_sha256(path, st.st_size, st.st_mtime_ns), size=st.st_size)
+    except FileNotFoundError:
+        return FileDigest(None, "not found on this machine")
+    except OSError as exc:
+        return FileDigest(None, f"not readable here: {exc.strerror}")
+
+
+def launch_digests(spec: VmSpec) -> dict[str, FileDigest]:
+    files = {"firmware": spec.firmware, "kernel": spec.boot.kernel, "initrd": spec.boot.initrd}
+    return {kind: file_digest(path) for kind, path in files.items() if path}
+
+
+@functools.lru_cache(maxsize=16)
+def _firmware(path: str, size: int, mtime_ns: int) -> tuple[bytes, bytes]:
+    """(image, LD after the firmware pages): the expensive part, shared by every spec using the file."""
+    with open(path, "rb") as handle:
+        image = handle.read()
+    return image, measure.firmware_seed(image)
+
+
+@dataclass(frozen=True)
+class Expected:
+    """The expected MEASUREMENT, or why it is unknown, and the inputs it was computed from."""
+
+    value: str | None
+    reason: str | None
+    vcpu_signature: int | None
+    guest_features: int
+    digests: dict[str, FileDigest] = field(default_factory=dict)
+
+
+def expected_measurement(spec: VmSpec, digests: dict[str, FileDigest] | None = None) -> Expected:
+    digests = digests if digests is not None else launch_digests(spec)
+    features = spec.snp.guest_features
+    try:
+        signature = spec.snp.vcpu_signature if spec.snp.vcpu_signature is not None else measure.vcpu_signature(spec.cpu_model)
+    except BadInputError as err:
+        return Expected(None, err.message, None, features, digests)
+    # Kernel and initrd first: a spec's own boot files are the likelier ones to be missing here.
+    needed = (["kernel", "initrd"] if spec.snp.kernel_hashes else []) + ["firmware"]
+    for kind in needed:
+        digest = digests.get(kind)
+        if digest is not None and digest.sha256 is None:
+            path = {"firmware": spec.firmware, "kernel": spec.boot.kernel, "initrd": spec.boot.initrd}[kind]
+            return Expected(None, f"{kind} {path}: {digest.reason}", signature, features, digests)
+    try:
+        st = os.stat(spec.firmware)
+        image, seed = _firmware(spec.firmware, st.st_size, st.st_mtime_ns)
+        hashes = None
+        if spec.snp.kernel_hashes:
+            initrd = digests.get("initrd")
+            hashes = measure.KernelHashes.of(bytes.fromhex(digests["kernel"].sha256),
+                                             bytes.fromhex(initrd.sha256) if initrd else None, spec.boot.cmdline)
+        result = measure.measure(image, vcpus=spec.vcpus, signature=signature, guest_features=features,
+                                 kernel_hashes=hashes, firmware_ld=seed)
+    except OSError as exc:
+        return Expected(None, f"firmware {spec.firmware}: not readable here: {exc.strerror}", signature, features, digests)
+    except BadInputError as err:
+        return Expected(None, f"firmware {spec.firmware}: {err.message}", signature, features, digests)
+    return Expected(result.hex, None, signature, features, digests)
+
+
+@dataclass(frozen=True)
+class IdBlocks:
+    id_block: str  # base64, as libvirt takes it
+    id_auth: str
+    id_key_digest: str  # base64 SHA-384, as attestation reports carry it
+    author_key_digest: str | None
+
+
+@dataclass(frozen=True)
+class LaunchRecord:
+    """Everything measured about a launch that render puts into the domain."""
+
+    expected: Expected
+    id_blocks: IdBlocks | None = None
+
+
+def id_blocks(spec: VmSpec, expected: Expected) -> IdBlocks:
+    if expected.value is None:
+        raise BadInputError(f"snp.id_key needs the expected measurement, which is unknown: {expected.reason}",
+                            "make the launch files readable here (or copies at the same paths), or sign the ID "
+                            "block elsewhere with snpvirt idblock and set snp.id_block/snp.id_auth")
+    blocks = idblock.build(
+        bytes.fromhex(expected.value), spec.snp.policy, idblock.load_private_key(spec.snp.id_key, "ID key"),
+        idblock.load_private_key(spec.snp.author_key_file, "author key") if spec.snp.author_key_file else None,
+        bytes.fromhex(spec.snp.family_id) if spec.snp.family_id else bytes(16),
+        bytes.fromhex(spec.snp.image_id) if spec.snp.image_id else bytes(16), spec.snp.guest_svn)
+    b64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
+    return IdBlocks(b64(blocks.id_block), b64(blocks.id_auth), b64(blocks.id_key_digest),
+                    b64(blocks.author_key_digest) if blocks.author_key_digest else None)
+
+
+def record(spec: VmSpec) -> LaunchRecord:
+    """Digests, expected measurement and ID blocks for a spec; raises only for an ID key that cannot work."""
+    expected = expected_measurement(spec)
+    return LaunchRecord(expected, id_blocks(spec, expected) if spec.snp.id_key else None)
