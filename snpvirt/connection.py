@@ -194,6 +194,13 @@ class Connection:
         self._call(name, "undefine", lambda dom: dom.undefine())
         self._handles.pop(name, None)
 
+    def set_metadata(self, name: str, element_xml: str, namespace: str) -> None:
+        """Replace snpvirt's metadata element in the persistent definition (and the live one if running)."""
+        def update(dom: libvirt.virDomain) -> None:
+            flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG | (libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0)
+            dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, element_xml, "snpvirt", namespace, flags)
+        self._call(name, "update the metadata of", update)
+
     def _call(self, name: str, action: str, call) -> None:
         try:
             call(self._handle(name))

@@ -59,37 +59,61 @@ class Expected:
     vcpu_signature: int | None
     guest_features: int
     digests: dict[str, FileDigest] = field(default_factory=dict)
+    firmware_ld: str | None = None  # LD after the firmware pages (sev-snp-measure's "ovmf hash")
+    page_updates: int = 0
 
 
-def expected_measurement(spec: VmSpec, digests: dict[str, FileDigest] | None = None) -> Expected:
-    digests = digests if digests is not None else launch_digests(spec)
+def measure_files(firmware: str, *, vcpus: int, signature: int, guest_features: int, kernel: str | None = None,
+                  initrd: str | None = None, cmdline: str | None = None, firmware_ld: bytes | None = None) -> Expected:
+    """Measure from files; an unreadable file or unsuitable firmware raises BadInputError naming it."""
+    digests = {"firmware": file_digest(firmware)}
+    if kernel is not None:
+        digests["kernel"] = file_digest(kernel)
+        if initrd is not None:
+            digests["initrd"] = file_digest(initrd)
+    # Kernel and initrd first: a spec's own boot files are the likelier ones to be missing here.
+    for kind in sorted(digests, key=["kernel", "initrd", "firmware"].index):
+        digest = digests[kind]
+        if digest.sha256 is None:
+            path = {"firmware": firmware, "kernel": kernel, "initrd": initrd}[kind]
+            raise BadInputError(f"{kind} {path}: {digest.reason}", f"give a readable copy of the {kind} file")
+    st = os.stat(firmware)
+    try:
+        image, seed = _firmware(firmware, st.st_size, st.st_mtime_ns)
+    except BadInputError as err:
+        raise BadInputError(f"firmware {firmware}: {err.message}", err.hint) from None
+    hashes = None
+    if kernel is not None:
+        initrd_digest = digests.get("initrd")
+        hashes = measure.KernelHashes.of(bytes.fromhex(digests["kernel"].sha256),
+                                         bytes.fromhex(initrd_digest.sha256) if initrd_digest else None, cmdline)
+    try:
+        result = measure.measure(image, vcpus=vcpus, signature=signature, guest_features=guest_features,
+                                 kernel_hashes=hashes, firmware_ld=firmware_ld if firmware_ld is not None else seed)
+    except BadInputError as err:
+        raise BadInputError(f"firmware {firmware}: {err.message}", err.hint) from None
+    return Expected(result.hex, None, signature, guest_features, digests,
+                    (firmware_ld if firmware_ld is not None else seed).hex(), result.updates)
+
+
+def spec_signature(spec: VmSpec) -> int:
+    return spec.snp.vcpu_signature if spec.snp.vcpu_signature is not None else measure.vcpu_signature(spec.cpu_model)
+
+
+def expected_measurement(spec: VmSpec) -> Expected:
+    """For a spec: the value when every launch file is readable here, otherwise 'unknown' and why."""
     features = spec.snp.guest_features
     try:
-        signature = spec.snp.vcpu_signature if spec.snp.vcpu_signature is not None else measure.vcpu_signature(spec.cpu_model)
+        signature = spec_signature(spec)
     except BadInputError as err:
-        return Expected(None, err.message, None, features, digests)
-    # Kernel and initrd first: a spec's own boot files are the likelier ones to be missing here.
-    needed = (["kernel", "initrd"] if spec.snp.kernel_hashes else []) + ["firmware"]
-    for kind in needed:
-        digest = digests.get(kind)
-        if digest is not None and digest.sha256 is None:
-            path = {"firmware": spec.firmware, "kernel": spec.boot.kernel, "initrd": spec.boot.initrd}[kind]
-            return Expected(None, f"{kind} {path}: {digest.reason}", signature, features, digests)
+        return Expected(None, err.message, None, features, launch_digests(spec))
     try:
-        st = os.stat(spec.firmware)
-        image, seed = _firmware(spec.firmware, st.st_size, st.st_mtime_ns)
-        hashes = None
-        if spec.snp.kernel_hashes:
-            initrd = digests.get("initrd")
-            hashes = measure.KernelHashes.of(bytes.fromhex(digests["kernel"].sha256),
-                                             bytes.fromhex(initrd.sha256) if initrd else None, spec.boot.cmdline)
-        result = measure.measure(image, vcpus=spec.vcpus, signature=signature, guest_features=features,
-                                 kernel_hashes=hashes, firmware_ld=seed)
-    except OSError as exc:
-        return Expected(None, f"firmware {spec.firmware}: not readable here: {exc.strerror}", signature, features, digests)
-    except BadInputError as err:
-        return Expected(None, f"firmware {spec.firmware}: {err.message}", signature, features, digests)
-    return Expected(result.hex, None, signature, features, digests)
+        return measure_files(spec.firmware, vcpus=spec.vcpus, signature=signature, guest_features=features,
+                             kernel=spec.boot.kernel if spec.snp.kernel_hashes else None,
+                             initrd=spec.boot.initrd if spec.snp.kernel_hashes else None, cmdline=spec.boot.cmdline)
+    except (BadInputError, OSError) as err:
+        reason = err.message if isinstance(err, BadInputError) else f"firmware {spec.firmware}: {err.strerror}"
+        return Expected(None, reason, signature, features, launch_digests(spec))
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ class Hypervisor(Protocol):
     def shutdown(self, name: str) -> None: ...
     def destroy(self, name: str) -> None: ...
     def undefine(self, name: str) -> None: ...
+    def set_metadata(self, name: str, element_xml: str, namespace: str) -> None: ...
 
 
 @dataclass
@@ -343,6 +344,26 @@ class Manager:
                                f"stop it first: snpvirt stop {name}")
         self.hv.undefine(name)
         return Outcome(name, "undefine", changed=True, state="absent")
+
+    # --- measurement recorded later (files were not readable where the domain was defined) ----------
+
+    def record_measurement(self, name: str, spec: VmSpec, expected: launch.Expected) -> Outcome:
+        record, info = self._managed(name)
+        root = domxml.parse(record.xml)
+        vcpus = info.launch.get("vcpus") or {}
+        mismatches = [f"{what}: domain {have!r}, spec {want!r}" for what, have, want in (
+            ("vCPUs", vcpus.get("count"), str(spec.vcpus)), ("vCPU model", vcpus.get("model"), spec.cpu_model),
+            ("cmdline", info.launch.get("cmdline"), spec.boot.cmdline),
+            ("kernel hashes", (root.find("launchSecurity") is not None and root.find("launchSecurity").get("kernelHashes")
+                               == "yes"), spec.snp.kernel_hashes)) if have != want]
+        if mismatches:
+            raise ConflictError(f"{name} was not launched with this spec's inputs ({'; '.join(mismatches)})",
+                                "measure with the spec the domain was defined from (snpvirt status NAME shows it)")
+        element = metadata.with_measurement(metadata.find(root), expected)
+        if etree.tostring(element) == etree.tostring(metadata.find(root)):
+            return Outcome(name, "record", state=record.state)
+        self.hv.set_metadata(name, metadata.without_namespace(element), domxml.METADATA_NS)
+        return Outcome(name, "record", changed=True, state=record.state)
 
     # --- inventory -------------------------------------------------------------------------------
 

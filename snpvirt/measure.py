@@ -87,7 +87,8 @@ class LaunchDigest:
 def firmware_seed(image: bytes) -> bytes:
     """Step (A): every firmware page, ascending, as NORMAL pages below 4 GiB (the `ovmf-hash`)."""
     if len(image) % PAGE:
-        raise BadInputError(f"the firmware is {len(image)} bytes, not a multiple of 4096", "use the whole OVMF image file")
+        raise BadInputError(f"{len(image)} bytes, not a multiple of 4096: not an OVMF image",
+                            "SNP needs the whole AmdSev OVMF image, e.g. OVMF.amdsev.fd")
     digest = LaunchDigest()
     base = 0x1_0000_0000 - len(image)
     view = memoryview(image)

@@ -98,3 +98,31 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
             out.update(_flatten(item, f"{prefix}{i}."))
         return out
     return {prefix[:-1]: value}
+
+
+def with_measurement(element: etree._Element, expected: Any) -> etree._Element:
+    """A copy of snpvirt's element whose launch inputs carry this expected measurement."""
+    import copy
+
+    element = copy.deepcopy(element)
+    launch = element.find("s:launch", _NS)
+    if launch is None:
+        launch = etree.SubElement(element, f"{{{METADATA_NS}}}launch")
+    old = launch.find("s:measurement", _NS)
+    if old is not None:
+        launch.remove(old)
+    attrs = {"value": expected.value, "vcpu_signature": f"{expected.vcpu_signature:#x}",
+             "guest_features": f"{expected.guest_features:#x}", "source": "recorded from local copies"}
+    etree.SubElement(launch, f"{{{METADATA_NS}}}measurement", attrs)
+    return element
+
+
+def without_namespace(element: etree._Element) -> str:
+    """The element as virDomainSetMetadata takes it: plain names, libvirt adds snpvirt's namespace itself."""
+    import copy
+
+    plain = copy.deepcopy(element)
+    for node in plain.iter():
+        node.tag = etree.QName(node).localname
+    etree.cleanup_namespaces(plain)
+    return etree.tostring(plain, encoding="unicode")

@@ -11,7 +11,8 @@ import sys
 import typer
 
 from snpvirt import __version__, output
-from snpvirt.cli import host_cmd, import_cmd, inventory_cmd, lifecycle_cmd, render_cmd, validate_cmd, watch_cmd
+from snpvirt.cli import (host_cmd, import_cmd, inventory_cmd, lifecycle_cmd, measure_cmd, render_cmd, validate_cmd,
+                         watch_cmd)
 from snpvirt.errors import ExitCode, SnpvirtError
 
 app = typer.Typer(
@@ -47,6 +48,7 @@ lifecycle_cmd.register(app)
 inventory_cmd.register(app)
 watch_cmd.register(app)
 import_cmd.register(app)
+measure_cmd.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,114 @@
+"""The expected measurement travels with the domain: recorded at define, shown by list/status, filled later."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from lxml import etree
+
+from snpvirt import launch, sevparams
+from snpvirt import spec as specs
+from snpvirt.cli.app import run
+from snpvirt.connection import Connection
+from snpvirt.errors import ExitCode
+from snpvirt.manager import SpecInput
+from tests.conftest import vector
+from tests.integration.test_manager import make_manager
+
+FW = "measurement/ovmf/ovmf_AmdSev_suffix.bin"
+
+
+@pytest.fixture
+def files(tmp_path):
+    """Launch files readable here: the AmdSev firmware fixture and the derived kernel and initrd."""
+    paths = {"firmware": tmp_path / "OVMF.amdsev.fd", "kernel": tmp_path / "vmlinuz", "initrd": tmp_path / "initrd.img"}
+    for key, source in (("firmware", FW), ("kernel", "measurement/derived-inputs/kernel.bin"),
+                        ("initrd", "measurement/derived-inputs/initrd.bin")):
+        paths[key].write_bytes(vector(source).read_bytes())
+    return {k: str(v) for k, v in paths.items()}
+
+
+def spec_file(tmp_path, name, files, **snp):
+    extra = "".join(f'{k} = "{v}"\n' for k, v in snp.items())
+    path = tmp_path / f"{name}.toml"
+    path.write_text(f'name = "{name}"\nmemory_mib = 2048\nvcpus = 4\ncpu_model = "EPYC-Genoa"\n'
+                    f'firmware = "{files["firmware"]}"\n[boot]\nkernel = "{files["kernel"]}"\n'
+                    f'initrd = "{files["initrd"]}"\ncmdline = "console=ttyS0 root=/dev/vda1"\n'
+                    f'[snp]\ncbitpos = 51\nreduced_phys_bits = 1\n{extra}')
+    return path
+
+
+@pytest.fixture
+def mgr(clean_test_driver):
+    with Connection("test:///default") as conn:
+        yield make_manager(conn)
+
+
+def test_define_records_the_expected_measurement_and_digests(mgr, files, tmp_path, capsys):
+    path = spec_file(tmp_path, "meas-01", files)
+    mgr.apply([SpecInput(str(path), specs.load_spec(path))])
+    status = mgr.status("meas-01")
+    assert run(["measure", str(path)]) == 0
+    measured = capsys.readouterr().out.strip()
+    # The same inputs as the derived vector "snp, EPYC-Genoa, 4 vcpus, kernel+initrd+cmdline, guest-features 0x1".
+    assert measured.startswith("fb544c79596018c1")
+    assert status["expected_measurement"] == measured
+    assert status["launch"]["measurement"]["vcpu_signature"] == "0xa10f10"
+    assert status["launch"]["kernel"]["sha256"] == "c8f5d0341d54d951a71b136e6e2afcb14d11ed8489a7ae126a8fee0df6ecf193"
+    assert [r["expected_measurement"] for r in mgr.list() if r["name"] == "meas-01"] == [measured]
+
+
+def test_id_key_in_the_spec_embeds_signed_blocks_and_only_public_digests(mgr, files, tmp_path):
+    id_key = vector("measurement/idblock-virtee-sev/test_id_key.pem")
+    author = vector("measurement/idblock-virtee-sev/test_auth_key.pem")
+    path = spec_file(tmp_path, "meas-02", files, id_key=id_key, author_key=author, image_id="01" * 16)
+    vm = specs.load_spec(path)
+    record = launch.record(vm)
+    from snpvirt import render
+    xml = render.render(vm, sevparams.resolve(vm, []), launch=record).xml
+    root = etree.fromstring(xml.encode())
+    ls = root.find("launchSecurity")
+    block = base64.b64decode(ls.findtext("idBlock"))
+    assert ls.get("authorKey") == "yes" and len(base64.b64decode(ls.findtext("idAuth"))) == 4096
+    assert block[:48].hex() == record.expected.value and block[0x40:0x50] == bytes.fromhex("01" * 16)
+    assert "PRIVATE KEY" not in xml and id_key.read_text().splitlines()[1] not in xml
+    ns = {"s": "https://snpvirt.dev/xmlns/domain/1"}
+    digests = root.find("metadata/s:domain/s:launch/s:id_block", ns)
+    assert digests.get("id_key_digest") == "WfssaG36T+9J84M5qndckAUcKNVzg93DuvO160sUlt87DbvcuuX+J2d6ZEggdz/i"
+    mgr.apply([SpecInput(str(path), vm)])
+    assert mgr.status("meas-02")["expected_measurement"] == record.expected.value
+
+
+def test_id_key_without_readable_files_is_a_clear_error(tmp_path, capsys):
+    files = {"firmware": "/nonexistent/OVMF.fd", "kernel": "/nonexistent/vmlinuz", "initrd": "/nonexistent/initrd"}
+    path = spec_file(tmp_path, "meas-03", files, id_key=vector("measurement/idblock-virtee-sev/test_id_key.pem"))
+    assert run(["render", str(path)]) == ExitCode.BAD_INPUT
+    err = capsys.readouterr().err
+    assert "snp.id_key needs the expected measurement, which is unknown" in err and "/nonexistent/vmlinuz" in err
+
+
+def test_unknown_then_recorded_from_local_copies(mgr, files, tmp_path, capsys):
+    remote = {"firmware": "/srv/remote/OVMF.amdsev.fd", "kernel": "/srv/remote/vmlinuz", "initrd": "/srv/remote/initrd.img"}
+    path = spec_file(tmp_path, "meas-04", remote)
+    mgr.apply([SpecInput(str(path), specs.load_spec(path))])
+    status = mgr.status("meas-04")
+    assert status["expected_measurement"] is None
+    assert status["launch"]["measurement"] == {"status": "unknown", "guest_features": "0x1",
+                                               "reason": "kernel /srv/remote/vmlinuz: not found on this machine"}
+    copies = ["--set", f"firmware={files['firmware']}", "--set", f"boot.kernel={files['kernel']}",
+              "--set", f"boot.initrd={files['initrd']}"]
+    assert run(["measure", str(path), *copies, "--record", "meas-04", "-c", "test:///default", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["changed"] is True and doc["results"][0]["recorded"] == {"domain": "meas-04", "changed": True}
+    assert mgr.status("meas-04")["expected_measurement"] == doc["results"][0]["measurement"]
+    assert run(["measure", str(path), *copies, "--record", "meas-04", "-c", "test:///default", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["changed"] is False
+
+
+def test_record_refuses_a_spec_the_domain_was_not_launched_with(mgr, files, tmp_path, capsys):
+    path = spec_file(tmp_path, "meas-05", files)
+    mgr.apply([SpecInput(str(path), specs.load_spec(path))])
+    code = run(["measure", str(path), "--set", "vcpus=2", "--record", "meas-05", "-c", "test:///default"])
+    assert code == ExitCode.CONFLICT and "vCPUs: domain '4', spec '2'" in capsys.readouterr().err
