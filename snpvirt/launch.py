@@ -12,7 +12,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 
-from snpvirt import idblock, measure
+from snpvirt import measure
 from snpvirt.errors import BadInputError
 from snpvirt.models import FileDigest, VmSpec
 
@@ -137,6 +137,8 @@ def id_blocks(spec: VmSpec, expected: Expected) -> IdBlocks:
         raise BadInputError(f"snp.id_key needs the expected measurement, which is unknown: {expected.reason}",
                             "make the launch files readable here (or copies at the same paths), or sign the ID "
                             "block elsewhere with snpvirt idblock and set snp.id_block/snp.id_auth")
+    from snpvirt import idblock  # cryptography: imported only when an ID key is used
+
     blocks = idblock.build(
         bytes.fromhex(expected.value), spec.snp.policy, idblock.load_private_key(spec.snp.id_key, "ID key"),
         idblock.load_private_key(spec.snp.author_key_file, "author key") if spec.snp.author_key_file else None,

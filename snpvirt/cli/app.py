@@ -1,29 +1,78 @@
-"""The `snpvirt` command: root options, command registration, and the one place errors are printed.
+"""The `snpvirt` command: root options, the command table, and the one place errors are printed.
 
-Startup imports only typer and snpvirt's light modules; each command imports what it needs
-(libvirt, lxml, jinja2) itself, so `snpvirt --help` stays as fast as `import typer`.
+Commands load lazily: `snpvirt --help` imports no command module, and each command imports only
+its own module and what it needs (libvirt, lxml, jinja2), so start-up stays close to `import typer`.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import typer
+from typer.core import TyperGroup
 
 from snpvirt import __version__, output
-from snpvirt.cli import (host_cmd, import_cmd, inventory_cmd, lifecycle_cmd, measure_cmd, render_cmd, validate_cmd,
-                         watch_cmd)
 from snpvirt.errors import ExitCode, SnpvirtError
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+# name -> (module under snpvirt.cli, function or Typer app, epilog attribute, one-line help for the listing)
+COMMANDS: dict[str, tuple[str, str, str | None, str]] = {
+    "host": ("host_cmd", "host_app", None, "Host readiness for SEV-SNP guests."),
+    "render": ("render_cmd", "render", "EPILOG", "Render SPEC to libvirt domain XML, checked by libvirt's schema and snpvirt's SNP rules."),
+    "validate": ("validate_cmd", "validate", "EPILOG", "Check domain XML against libvirt's schema and snpvirt's SEV-SNP rules."),
+    "apply": ("lifecycle_cmd", "apply", "APPLY_EPILOG", "Make each spec's domain exist as specified and run: define, redefine when changed, start."),
+    "define": ("lifecycle_cmd", "define", "DEFINE_EPILOG", "Define (or redefine) a domain from a spec or XML, without starting it."),
+    "start": ("lifecycle_cmd", "start", "START_EPILOG", "Start managed domains (after the readiness gate); running ones are left as they are."),
+    "stop": ("lifecycle_cmd", "stop", "STOP_EPILOG", "Shut managed domains down gracefully; with --force, destroy them after the timeout."),
+    "destroy": ("lifecycle_cmd", "destroy", "DESTROY_EPILOG", "Power managed domains off at once (like pulling the plug)."),
+    "undefine": ("lifecycle_cmd", "undefine", "UNDEFINE_EPILOG", "Remove stopped managed domains' definitions; absent ones are already done."),
+    "list": ("inventory_cmd", "list_domains", "LIST_EPILOG", "List snpvirt-managed domains: state, size, policy, kernel hashes, expected measurement."),
+    "status": ("inventory_cmd", "status", "STATUS_EPILOG", "One managed domain in full: state, policy, spec, launch inputs and their digests, timestamps."),
+    "watch": ("watch_cmd", "watch", "WATCH_EPILOG", "Print domain lifecycle events (defined, started, stopped, ...) as libvirt reports them."),
+    "import": ("import_cmd", "import_domain", "IMPORT_EPILOG", "Check a domain against the SEV-SNP rules and, with --fix, bring it under management."),
+    "measure": ("measure_cmd", "measure", "MEASURE_EPILOG", "Print the 48-byte SEV-SNP launch measurement an honest guest will report (lowercase hex)."),
+    "idblock": ("measure_cmd", "idblock", "IDBLOCK_EPILOG", "Build the base64 idBlock (96 bytes) and idAuth (4096 bytes) libvirt takes, and the key digests."),
+}
+
+
+def load_command(name: str):
+    """Import one command's module and build its click command."""
+    module_name, attribute, epilog, _ = COMMANDS[name]
+    module = importlib.import_module(f"snpvirt.cli.{module_name}")
+    target = getattr(module, attribute)
+    if isinstance(target, typer.Typer):
+        return typer.main.get_command(target)
+    single = typer.Typer(add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False,
+                         context_settings=CONTEXT)
+    single.command(name, epilog=getattr(module, epilog) if epilog else None)(target)
+    return typer.main.get_command(single)
+
+
+class LazyGroup(TyperGroup):
+    def list_commands(self, ctx) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx, name: str):
+        return load_command(name) if name in COMMANDS else None
+
+    def format_commands(self, ctx, formatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, help_text) for name, (_, _, _, help_text) in COMMANDS.items()])
+
 
 app = typer.Typer(
     name="snpvirt",
-    help="AMD SEV-SNP confidential VMs through libvirt: spec -> validated domain XML.",
-    epilog="Example: snpvirt render examples/web-01.toml -o web-01.xml && virsh define web-01.xml",
+    cls=LazyGroup,
+    help="AMD SEV-SNP confidential VMs through libvirt: check the host, render and validate domain XML, "
+         "manage domains, compute the expected launch measurement.",
+    epilog="Example: snpvirt host check && snpvirt apply examples/web-01.toml --connect qemu:///system",
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    context_settings=CONTEXT,
 )
 
 
@@ -39,16 +88,6 @@ def root(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks for unexpected errors."),
 ) -> None:
     """AMD SEV-SNP confidential VMs through libvirt."""
-
-
-app.command("render", epilog=render_cmd.EPILOG)(render_cmd.render)
-app.command("validate", epilog=validate_cmd.EPILOG)(validate_cmd.validate)
-app.add_typer(host_cmd.host_app, name="host")
-lifecycle_cmd.register(app)
-inventory_cmd.register(app)
-watch_cmd.register(app)
-import_cmd.register(app)
-measure_cmd.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -69,7 +69,3 @@ def import_domain(
         if not print_diff:
             outcome.details.pop("xml_diff", None)
         report([outcome], json_output, m.warnings)
-
-
-def register(app: typer.Typer) -> None:
-    app.command("import", epilog=IMPORT_EPILOG)(import_domain)

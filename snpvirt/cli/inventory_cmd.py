@@ -59,8 +59,3 @@ def status(name: str = typer.Argument(..., help="Domain name."), connect: Option
         typer.echo(f"  {key + ':':<20} {json.dumps(value) if isinstance(value, dict) else value}")
     if info["spec"] is not None:
         typer.echo("spec: " + json.dumps(info["spec"], sort_keys=True))
-
-
-def register(app: typer.Typer) -> None:
-    app.command("list", epilog=LIST_EPILOG)(list_domains)
-    app.command("status", epilog=STATUS_EPILOG)(status)

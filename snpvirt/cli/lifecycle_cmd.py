@@ -139,10 +139,6 @@ def undefine(names: List[str] = NAMES, connect: Optional[str] = connect_option()
         report(_each(names, m.undefine), json_output, m.warnings)
 
 
-def register(app: typer.Typer) -> None:
-    app.command("apply", epilog=APPLY_EPILOG)(apply)
-    app.command("define", epilog=DEFINE_EPILOG)(define)
-    app.command("start", epilog=VERB_EPILOG.format(verb="start"))(start)
-    app.command("stop", epilog=STOP_EPILOG)(stop)
-    app.command("destroy", epilog=VERB_EPILOG.format(verb="destroy"))(destroy)
-    app.command("undefine", epilog=VERB_EPILOG.format(verb="undefine"))(undefine)
+START_EPILOG = VERB_EPILOG.format(verb="start")
+DESTROY_EPILOG = VERB_EPILOG.format(verb="destroy")
+UNDEFINE_EPILOG = VERB_EPILOG.format(verb="undefine")

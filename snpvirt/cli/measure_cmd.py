@@ -192,8 +192,3 @@ def idblock(
             typer.echo(f"{key}: {item[key]}")
     typer.echo("libvirt: <idBlock>, <idAuth>" + (" and authorKey='yes'" if author_key else "") +
                " in <launchSecurity type='sev-snp'>; or set snp.id_key in the spec and snpvirt embeds them", err=True)
-
-
-def register(app: typer.Typer) -> None:
-    app.command("measure", epilog=MEASURE_EPILOG)(measure)
-    app.command("idblock", epilog=IDBLOCK_EPILOG)(idblock)

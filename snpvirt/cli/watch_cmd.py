@@ -70,7 +70,3 @@ def watch(
     thread.join(timeout=2)
     if worker_error:
         raise worker_error[0]
-
-
-def register(app: typer.Typer) -> None:
-    app.command("watch", epilog=WATCH_EPILOG)(watch)

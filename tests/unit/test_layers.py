@@ -59,3 +59,17 @@ def test_cli_startup_imports_nothing_heavy():
             "print(sorted(m for m in ('libvirt', 'lxml', 'jinja2', 'rich') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_lazy_command_table_matches_the_commands():
+    """Root --help lists commands from a table so it imports none of them: the table must not drift."""
+    import importlib
+
+    import typer
+
+    from snpvirt.cli.app import COMMANDS, load_command
+    for name, (module_name, attribute, _, listed_help) in COMMANDS.items():
+        target = getattr(importlib.import_module(f"snpvirt.cli.{module_name}"), attribute)
+        doc = target.registered_callback.callback.__doc__ if isinstance(target, typer.Typer) else target.__doc__
+        assert " ".join(doc.split("\n\n")[0].split()) == listed_help, name
+        assert load_command(name).name in (name, "")  # a sub-app group takes its name from the table
