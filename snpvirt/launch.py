@@ -153,3 +153,22 @@ def record(spec: VmSpec) -> LaunchRecord:
     """Digests, expected measurement and ID blocks for a spec; raises only for an ID key that cannot work."""
     expected = expected_measurement(spec)
     return LaunchRecord(expected, id_blocks(spec, expected) if spec.snp.id_key else None)
+
+
+def host_guest_features(kernel_release: str | None, debug_swap: str | None) -> tuple[int, str] | None:
+    """The guest features a local host's KVM gives SNP guests, when its facts say (measurement.md §8.5).
+
+    Upstream KVM from 6.11 (KVM_SEV_INIT2, which QEMU uses) sets SNPActive only: 0x1. Transitional
+    kernels with kvm_amd debug_swap=Y add DebugSwap: 0x21.
+    """
+    import re
+
+    match = re.match(r"(\d+)\.(\d+)", kernel_release or "")
+    if not match:
+        return None
+    version = (int(match.group(1)), int(match.group(2)))
+    if version >= (6, 11):
+        return 0x1, f"host kernel {kernel_release} (>= 6.11: SNPActive only)"
+    if debug_swap in ("Y", "1"):
+        return 0x21, f"host kernel {kernel_release} with kvm_amd debug_swap={debug_swap} (SNPActive + DebugSwap)"
+    return None

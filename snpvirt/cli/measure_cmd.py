@@ -92,6 +92,15 @@ def measure(
                                 "add --kernel FILE")
         signature = signature_override if signature_override is not None else m.vcpu_signature(vcpu_type)
         features = features_override if features_override is not None else m.DEFAULT_GUEST_FEATURES
+    features_source = "--guest-features" if features_override is not None else "spec" if spec_file else "default (upstream KVM)"
+    if features_override is None and (spec_file is None or "guest_features" not in vm.source.get("snp", {})) \
+            and connect is not None:
+        from snpvirt import host, hostfacts
+        if not host.is_remote_uri(connect):
+            facts = hostfacts.read_local_facts("/")
+            derived = launch.host_guest_features(facts.kernel_release, facts.kvm_amd_params.get("debug_swap"))
+            if derived is not None:
+                features, features_source = derived
     result = launch.measure_files(firmware, vcpus=vcpus, signature=signature, guest_features=features,
                                   kernel=kernel, initrd=initrd, cmdline=cmdline, firmware_ld=seed)
     item = {
@@ -102,7 +111,8 @@ def measure(
             "cmdline": cmdline if kernel is not None else None,
             "kernel_hashes": kernel is not None,
             "vcpus": vcpus, "vcpu_type": vcpu_type, "vcpu_signature": f"{signature:#x}",
-            "guest_features": f"{features:#x}", "ovmf_hash": result.firmware_ld,
+            "guest_features": f"{features:#x}", "guest_features_source": features_source,
+            "ovmf_hash": result.firmware_ld,
         },
         "page_updates": result.page_updates,
     }

@@ -180,3 +180,21 @@ def test_cli_usage_errors(capsys):
     assert "--firmware, --vcpus and --vcpu-type" in capsys.readouterr().err
     assert run(["measure", "--firmware", "/x", "--vcpus", "1", "--vcpu-type", "EPYC", "--initrd", "/y"]) == 2
     assert "--initrd and --cmdline need --kernel" in capsys.readouterr().err
+
+
+def test_guest_features_from_host_facts():
+    assert launch.host_guest_features("6.12.0-amd64", "Y")[0] == 0x1
+    assert launch.host_guest_features("6.8.0-snp", "Y") == (0x21, "host kernel 6.8.0-snp with kvm_amd debug_swap=Y (SNPActive + DebugSwap)")
+    assert launch.host_guest_features("6.8.0-snp", "N") is None and launch.host_guest_features(None, "Y") is None
+
+
+def test_measure_json_names_where_guest_features_came_from(capsys):
+    fw = str(vector("measurement/ovmf/ovmf_AmdSev_suffix.bin"))
+    assert run(["measure", "--firmware", fw, "--vcpus", "1", "--vcpu-type", "EPYC", "--json"]) == 0
+    inputs = json.loads(capsys.readouterr().out)["results"][0]["inputs"]
+    assert (inputs["guest_features"], inputs["guest_features_source"]) == ("0x1", "default (upstream KVM)")
+    assert run(["measure", "--firmware", fw, "--vcpus", "1", "--vcpu-type", "EPYC", "--guest-features", "0x21",
+                "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)["results"][0]
+    assert doc["measurement"] == "e1e1ca029dd7973ab9513295be68198472dcd4fc834bd9af9b63f6e8a1674dbf281a9278a4a2ebe0eed9f22adbcd0e2b"
+    assert doc["inputs"]["firmware"]["sha256"] == "8f765dfabc127fc0a938a0744a3103ec15864d7d794eb4c398aa976b6d6ab16c"
