@@ -1,0 +1,207 @@
+"""AMD's SEV-SNP certificates: load and sort them, read the VCEK/VLEK extensions, check the chain.
+
+ARK (RSA-4096, self-signed) -> ASK or ASVK -> VCEK or VLEK (EC P-384), every signature RSASSA-PSS
+with SHA-384 and a 48-byte salt. The ARK is pinned by the SHA-256 of its public key (reference/
+measurement.md §15.2-§15.3).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+from snpvirt.errors import BadInputError
+
+# SHA-256 of the SubjectPublicKeyInfo of AMD's root keys, per product.
+PINNED_ARK_SPKI = {
+    "milan": "9f056bee44377e29308cb5ffa895bdfb62d18881fa6bed8d6f075b0204089cb9",
+    "genoa": "429a69c9422aa258ee4d8db5fcda9c6470ef15f8cd5a9cebd6cbc7d90b863831",
+    "turin": "4f125410563a2ab9a50356f9243f6fe0b6f73de98603f53f90339c70e9d7ad08",
+}
+AMD_OID = "1.3.6.1.4.1.3704.1"
+SPL_OIDS = {"bootloader": "3.1", "tee": "3.2", "snp": "3.3", "microcode": "3.8", "fmc": "3.9"}
+PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
+
+
+@dataclass(frozen=True)
+class Cert:
+    cert: x509.Certificate
+    source: str
+
+    @property
+    def cn(self) -> str:
+        names = self.cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+        return names[0].value if names else ""
+
+    @property
+    def role(self) -> str:
+        """ark, ask, asvk, vcek, vlek, or other, from AMD's naming of the subject."""
+        cn = self.cn
+        if cn.startswith("ARK-"):
+            return "ark"
+        if cn.startswith("SEV-VLEK-"):
+            return "asvk"
+        if cn == "SEV-VCEK":
+            return "vcek"
+        if cn == "SEV-VLEK":
+            return "vlek"
+        if cn.startswith("SEV-"):
+            return "ask"
+        return "other"
+
+    @property
+    def product(self) -> str | None:
+        """milan/genoa/turin from the CN of an ARK/ASK/ASVK (ARK-Milan, SEV-Genoa, SEV-VLEK-Turin)."""
+        for product in ("milan", "genoa", "turin"):
+            if self.cn.lower().endswith(product):
+                return product
+        return None
+
+    def spki_sha256(self) -> str:
+        der = self.cert.public_key().public_bytes(serialization.Encoding.DER,
+                                                  serialization.PublicFormat.SubjectPublicKeyInfo)
+        return hashlib.sha256(der).hexdigest()
+
+    def extension(self, suffix: str) -> bytes | None:
+        oid = x509.ObjectIdentifier(f"{AMD_OID}.{suffix}")
+        try:
+            return self.cert.extensions.get_extension_for_oid(oid).value.value
+        except x509.ExtensionNotFound:
+            return None
+
+    def spl(self, name: str) -> int | None:
+        value = self.extension(SPL_OIDS[name])
+        return _der_integer(value) if value is not None else None
+
+    def hw_id(self) -> bytes | None:
+        """The chip id; KDS stores it raw, some tools wrap it in an OCTET STRING: accept both."""
+        value = self.extension("4")
+        if value is not None and len(value) >= 2 and value[0] == 0x04 and value[1] == len(value) - 2:
+            return value[2:]
+        return value
+
+    def product_name(self) -> str | None:
+        value = self.extension("2")
+        if value is not None and len(value) >= 2 and value[0] == 0x16:
+            return value[2:2 + value[1]].decode("ascii", "replace")
+        return None
+
+
+def _der_integer(value: bytes) -> int | None:
+    if len(value) >= 3 and value[0] == 0x02 and value[1] == len(value) - 2:
+        return int.from_bytes(value[2:], "big", signed=True)
+    return None
+
+
+def load(data: bytes, source: str) -> list[Cert]:
+    """Every certificate in a PEM bundle, or one DER certificate."""
+    with warnings.catch_warnings():
+        # AMD's VCEKs have serial number 0, which RFC 5280 forbids; cryptography warns, we accept it.
+        warnings.simplefilter("ignore")
+        try:
+            if b"-----BEGIN CERTIFICATE-----" in data:
+                return [Cert(c, source) for c in x509.load_pem_x509_certificates(data)]
+            return [Cert(x509.load_der_x509_certificate(data), source)]
+        except ValueError as exc:
+            raise BadInputError(f"{source}: not an X.509 certificate ({exc})",
+                                "give PEM or DER certificates (ARK, ASK, VCEK), e.g. from snpvirt attest fetch-certs") from None
+
+
+def load_paths(paths: list[Path]) -> list[Cert]:
+    found: list[Cert] = []
+    for path in paths:
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".pem", ".der", ".crt", ".cer")) \
+            if path.is_dir() else [path]
+        for file in files:
+            try:
+                found.extend(load(file.read_bytes(), str(file)))
+            except OSError as exc:
+                raise BadInputError(f"cannot read {file}: {exc.strerror}", "check the path") from None
+    return found
+
+
+@dataclass
+class ChainCheck:
+    check_id: str
+    ok: bool
+    message: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {"id": self.check_id, "status": "pass" if self.ok else "fail", "message": self.message}
+
+
+def _signed_by(child: Cert, parent: Cert) -> tuple[bool, str]:
+    key = parent.cert.public_key()
+    if not isinstance(key, rsa.RSAPublicKey):
+        return False, f"{parent.cn} does not hold an RSA key"
+    if child.cert.signature_algorithm_oid != x509.SignatureAlgorithmOID.RSASSA_PSS:
+        return False, f"{child.cn} is not signed with RSASSA-PSS"
+    try:
+        key.verify(child.cert.signature, child.cert.tbs_certificate_bytes, PSS, hashes.SHA384())
+        return True, f"{child.cn} signed by {parent.cn} (RSA-PSS, SHA-384, salt 48)"
+    except InvalidSignature:
+        return False, f"{child.cn} ({child.source}) is NOT signed by {parent.cn} ({parent.source})"
+
+
+def _valid_at(cert: Cert, now: datetime.datetime) -> tuple[bool, str]:
+    before, after = cert.cert.not_valid_before_utc, cert.cert.not_valid_after_utc
+    if now < before:
+        return False, f"{cert.cn} is not valid before {before.isoformat()}"
+    if now > after:
+        return False, f"{cert.cn} expired {after.isoformat()}"
+    return True, f"{cert.cn} valid {before.date()} .. {after.date()}"
+
+
+@dataclass
+class Chain:
+    ark: Cert | None
+    intermediate: Cert | None  # ASK for a VCEK, ASVK for a VLEK
+    leaf: Cert | None
+    checks: list[ChainCheck] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(c.ok for c in self.checks)
+
+
+def verify_chain(pool: list[Cert], leaf: Cert | None, signer: str, product: str | None,
+                 trust_root: Cert | None, now: datetime.datetime) -> Chain:
+    """ARK (pinned or --trust-root) -> ASK/ASVK -> leaf; every link and validity period checked."""
+    want_intermediate = "asvk" if signer == "vlek" else "ask"
+    arks = [c for c in pool if c.role == "ark" and (product is None or c.product == product)]
+    inters = [c for c in pool if c.role == want_intermediate and (product is None or c.product == product)]
+    ark = trust_root or (arks[0] if arks else None)
+    intermediate = next((i for i in inters if ark is not None and _signed_by(i, ark)[0]), inters[0] if inters else None)
+    chain = Chain(ark, intermediate, leaf)
+    add = lambda check_id, ok, message: chain.checks.append(ChainCheck(check_id, ok, message))  # noqa: E731
+    if leaf is None:
+        add("cert.leaf", False, f"no {signer.upper()} certificate for this report")
+        return chain
+    if ark is None or intermediate is None:
+        missing = "ARK" if ark is None else want_intermediate.upper()
+        add("cert.chain", False, f"no {missing}{' for ' + product if product else ''} among the certificates given")
+        return chain
+    if trust_root is not None:
+        add("cert.ark_pinned", True, f"ARK is the --trust-root {trust_root.source} (AMD's pin replaced)")
+    else:
+        pin = PINNED_ARK_SPKI.get(ark.product or "")
+        pinned = pin is not None and ark.spki_sha256() == pin
+        add("cert.ark_pinned", pinned, f"{ark.cn} public key " + (f"matches AMD's pinned {ark.product} root" if pinned
+                                                                  else "is not AMD's root key for any product"))
+    add("cert.ark_self_signed", *_signed_by(ark, ark))
+    add(f"cert.{want_intermediate}_signed_by_ark", *_signed_by(intermediate, ark))
+    add(f"cert.{signer}_signed_by_{want_intermediate}", *_signed_by(leaf, intermediate))
+    key = leaf.cert.public_key()
+    is_p384 = isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == "secp384r1"
+    add(f"cert.{signer}_key", is_p384, f"{leaf.cn} key is " + ("EC P-384" if is_p384 else "not EC P-384"))
+    for cert in (ark, intermediate, leaf):
+        add(f"cert.validity.{cert.role}", *_valid_at(cert, now))
+    return chain

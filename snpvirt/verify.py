@@ -1,0 +1,131 @@
+"""Verify an attestation report: AMD's chain, the report signature, the VCEK's binding to the report,
+and the report's contents against what was launched. Verified means every check passed; a check
+that could not be made fails (there is no "verified" without an expected measurement).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hmac
+from dataclasses import dataclass, field
+from typing import Any
+
+from snpvirt import amd_ecdsa, certs, report as reports
+from snpvirt import policy as snp_policy
+
+
+@dataclass(frozen=True)
+class Expectations:
+    measurement: bytes | None = None
+    measurement_source: str = ""  # "--expected-measurement", "domain web-01", or why it is unknown
+    report_data: bytes | None = None
+    host_data: bytes | None = None
+    policy: int | None = None  # the policy the domain was launched with
+    allow_debug: bool = False
+
+
+@dataclass
+class Check:
+    check_id: str
+    ok: bool
+    message: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.check_id, "status": "pass" if self.ok else "fail", "message": self.message}
+
+
+@dataclass
+class Verdict:
+    origin: str
+    report: reports.Report
+    product: str | None
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def verified(self) -> bool:
+        return bool(self.checks) and all(c.ok for c in self.checks)
+
+    def failed(self) -> list[str]:
+        return [c.check_id for c in self.checks if not c.ok]
+
+
+def _eq(a: bytes, b: bytes) -> bool:
+    return hmac.compare_digest(a, b)
+
+
+def select_leaf(pool: list[certs.Cert], rep: reports.Report, product: str | None) -> certs.Cert | None:
+    """The VCEK for this report's chip (Turin VCEKs carry the first 8 bytes of the chip id), or the VLEK."""
+    if rep.signing_key == "vlek":
+        return next((c for c in pool if c.role == "vlek"), None)
+    vceks = [c for c in pool if c.role == "vcek"]
+    for cert in vceks:
+        hw_id = cert.hw_id()
+        if hw_id and rep.chip_id.startswith(hw_id) and (len(hw_id) == 64 or len(hw_id) == 8):
+            return cert
+    return vceks[0] if len(vceks) == 1 else None
+
+
+def _product_of(leaf: certs.Cert | None) -> str | None:
+    if leaf is None:
+        return None
+    issuer = leaf.cert.issuer.get_attributes_for_oid(certs.x509.NameOID.COMMON_NAME)
+    name = (issuer[0].value if issuer else "").lower() + " " + (leaf.product_name() or "").lower()
+    return next((p for p in reports.PRODUCTS if p in name), None)
+
+
+def verify(data: bytes, origin: str, pool: list[certs.Cert], *, expect: Expectations, now: datetime.datetime,
+           trust_root: certs.Cert | None = None, product: str | None = None) -> Verdict:
+    rep = reports.parse(data, origin)  # BadInputError: not a report at all
+    leaf = select_leaf(pool, rep, product)
+    product = product or rep.product() or _product_of(leaf)
+    verdict = Verdict(origin, rep, product)
+    add = lambda check_id, ok, message: verdict.checks.append(Check(check_id, ok, message))  # noqa: E731
+
+    add("report.format", True, f"version {rep.version}, ECDSA P-384/SHA-384, {product or 'product unknown'}")
+    mbz = rep.flags >> 5 == 0 and rep.raw[0x4C:0x50] == bytes(4) and rep.signing_key in ("vcek", "vlek")
+    add("report.reserved", mbz, "reserved fields are zero and the signing key is VCEK or VLEK" if mbz else
+        f"reserved bits set or no usable signing key (flags {rep.flags:#x}, signing key {rep.signing_key})")
+
+    chain = certs.verify_chain(pool, leaf, rep.signing_key if rep.signing_key in ("vcek", "vlek") else "vcek",
+                               product, trust_root, now)
+    verdict.checks.extend(Check(c.check_id, c.ok, c.message) for c in chain.checks)
+    if leaf is not None:
+        key = leaf.cert.public_key()
+        signed = isinstance(key, certs.ec.EllipticCurvePublicKey) and amd_ecdsa.verify(key, rep.signature, rep.signed_bytes)
+        add("report.signature", signed, f"report signature {'verifies' if signed else 'does NOT verify'} with the "
+            f"{leaf.role.upper()} ({leaf.source})")
+        tcb = rep.tcb(rep.reported_tcb, product).parts
+        mismatched = [f"{name} {leaf.spl(name)} != reported {value}" for name, value in tcb.items() if leaf.spl(name) != value]
+        add("cert.tcb", not mismatched, f"{leaf.role.upper()} SPLs equal the reported TCB {tcb}" if not mismatched
+            else f"{leaf.role.upper()} does not match the reported TCB: {'; '.join(mismatched)}")
+        if leaf.role == "vcek":
+            hw_id = leaf.hw_id() or b""
+            bound = len(hw_id) in (8, 64) and rep.chip_id.startswith(hw_id)
+            add("cert.chip_id", bound, "VCEK hwID equals the report's chip id" if bound else
+                f"VCEK hwID {hw_id.hex()[:16]}... is another chip than the report's {rep.chip_id.hex()[:16]}...")
+        else:
+            add("cert.chip_id", True, "VLEK: signed for the cloud provider, not bound to a chip id")
+
+    if expect.measurement is None:
+        why = expect.measurement_source or "give --domain NAME or --expected-measurement HEX"
+        add("expect.measurement", False, f"no expected measurement to compare with ({why})")
+    else:
+        same = _eq(rep.measurement, expect.measurement)
+        add("expect.measurement", same, f"measurement {'equals' if same else 'DIFFERS from'} the expected one from "
+            f"{expect.measurement_source}" + ("" if same else f": report {rep.measurement.hex()[:24]}..., "
+                                              f"expected {expect.measurement.hex()[:24]}..."))
+    debug = bool(rep.policy & snp_policy.DEBUG_BIT)
+    add("expect.policy_debug", not debug or expect.allow_debug, "DEBUG is clear" if not debug else
+        "policy allows DEBUG: the host can read this guest's memory" + (" (allowed by --allow-debug)" if expect.allow_debug else ""))
+    if expect.policy is not None:
+        same = rep.policy == expect.policy
+        add("expect.policy", same, f"policy {snp_policy.to_hex(rep.policy)} "
+            + ("equals the launched policy" if same else f"differs from the launched {snp_policy.to_hex(expect.policy)}"))
+    if expect.report_data is not None:
+        wanted = expect.report_data.ljust(64, b"\0")
+        same = _eq(rep.report_data, wanted)
+        add("expect.report_data", same, "report_data equals the nonce" if same else "report_data is NOT the nonce (replay?)")
+    if expect.host_data is not None:
+        same = _eq(rep.host_data, expect.host_data)
+        add("expect.host_data", same, "host_data equals the launched value" if same else "host_data differs from the launched value")
+    return verdict
