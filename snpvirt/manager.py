@@ -365,6 +365,26 @@ class Manager:
         self.hv.set_metadata(name, metadata.without_namespace(element), domxml.METADATA_NS)
         return Outcome(name, "record", changed=True, state=record.state)
 
+    def attestation_expectations(self, name: str) -> dict[str, Any]:
+        """What a report from this domain must show: its recorded measurement, policy and host data."""
+        import base64
+
+        from snpvirt import policy as snp_policy
+
+        record, info = self._managed(name)
+        root = domxml.parse(record.xml)
+        recorded = info.launch.get("measurement") if isinstance(info.launch.get("measurement"), dict) else {}
+        value = recorded.get("value")
+        host_data = root.findtext("launchSecurity/hostData")
+        policy_text = info.launch.get("policy") or root.findtext("launchSecurity/policy")
+        return {
+            "measurement": bytes.fromhex(value) if value else None,
+            "measurement_unknown": f"domain {name} records no measurement ({recorded.get('reason', 'none recorded')}); "
+                                   f"record one with: snpvirt measure SPEC --record {name}",
+            "policy": snp_policy.parse_hex(policy_text) if policy_text else None,
+            "host_data": base64.b64decode(host_data.strip()) if host_data else None,
+        }
+
     # --- inventory -------------------------------------------------------------------------------
 
     def list(self, include_inactive: bool = False) -> list[dict[str, Any]]:

@@ -20,6 +20,8 @@ CONTEXT = {"help_option_names": ["-h", "--help"]}
 # name -> (module under snpvirt.cli, function or Typer app, epilog attribute, one-line help for the listing)
 COMMANDS: dict[str, tuple[str, str, str | None, str]] = {
     "host": ("host_cmd", "host_app", None, "Host readiness for SEV-SNP guests."),
+    "guest": ("guest_cmd", "guest_app", None, "Inside an SEV-SNP guest: check it can get attestation reports, and get one."),
+    "attest": ("attest_cmd", "attest_app", None, "Read attestation reports and verify them against AMD's keys and what snpvirt launched."),
     "render": ("render_cmd", "render", "EPILOG", "Render SPEC to libvirt domain XML, checked by libvirt's schema and snpvirt's SNP rules."),
     "validate": ("validate_cmd", "validate", "EPILOG", "Check domain XML against libvirt's schema and snpvirt's SEV-SNP rules."),
     "apply": ("lifecycle_cmd", "apply", "APPLY_EPILOG", "Make each spec's domain exist as specified and run: define, redefine when changed, start."),

@@ -1,0 +1,251 @@
+"""`snpvirt attest show|verify|fetch-certs`: read a report, verify it against AMD and what was launched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from snpvirt.cli.common import connect_option, json_option
+
+attest_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, add_completion=False,
+                         pretty_exceptions_enable=False, context_settings={"help_option_names": ["-h", "--help"]})
+
+
+@attest_app.callback()
+def attest() -> None:
+    """Read attestation reports and verify them against AMD's keys and what snpvirt launched."""
+
+
+SHOW_EPILOG = """\b
+Examples:
+  snpvirt attest show report.bin
+  snpvirt attest show report.bin --product genoa --json
+"""
+VERIFY_EPILOG = """\b
+Examples:
+  snpvirt attest verify report.bin --certs ./certs --domain web-01 -c qemu:///system --report-data $NONCE
+  snpvirt attest verify r1.bin r2.bin --vcek vcek.der --chain cert_chain.pem --expected-measurement 6d28...08fa
+  snpvirt attest verify report.bin --fetch --domain web-01 --json       # certificates from AMD KDS, cached
+Exit 0: every report verified · 1: a check failed (the output says which) · 2: bad input.
+"""
+FETCH_EPILOG = """\b
+Examples:
+  snpvirt attest fetch-certs report.bin -o ./certs
+  snpvirt attest fetch-certs report.bin --product milan --kds-url http://kds-mirror.example:8080
+Downloads are cached (SNPVIRT_CACHE_DIR, default ~/.cache/snpvirt/kds): a fleet fetches each certificate once.
+"""
+
+PRODUCT_HELP = "milan, genoa or turin (v2 reports do not say; v3+ do)."
+
+
+def _read(path: Path) -> bytes:
+    from snpvirt.errors import BadInputError
+
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise BadInputError(f"cannot read {path}: {exc.strerror}", "check the path") from None
+
+
+def _product(value: Optional[str]) -> Optional[str]:
+    from snpvirt.errors import BadInputError
+
+    if value is None:
+        return None
+    if value.lower() not in ("milan", "genoa", "turin"):
+        raise BadInputError(f"--product {value!r} is not milan, genoa or turin", "give the CPU generation of the host")
+    return value.lower()
+
+
+@attest_app.command("show", epilog=SHOW_EPILOG)
+def show(report_file: Path = typer.Argument(..., metavar="REPORT", help="A 1184-byte report (raw or hex)."),
+         product: Optional[str] = typer.Option(None, "--product", metavar="P", help=PRODUCT_HELP),
+         json_output: bool = json_option()) -> None:
+    """Print every field of an attestation report, with policy, TCB and platform info decoded."""
+    from snpvirt import output
+    from snpvirt import report as reports
+
+    fields = reports.parse(_read(report_file), str(report_file)).as_dict(_product(product))
+    if json_output:
+        output.print_json(output.envelope(True, False, [{"report": str(report_file), **fields}]))
+        return
+    for key, value in fields.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        typer.echo(f"{key + ':':<22} {value}")
+
+
+def _expectations(domain, connect, expected_measurement, report_data, host_data, allow_debug):
+    import base64
+
+    from snpvirt.errors import BadInputError
+    from snpvirt.verify import Expectations
+
+    def hex_arg(value, option, size=None):
+        try:
+            data = bytes.fromhex(value.removeprefix("0x"))
+        except ValueError:
+            raise BadInputError(f"{option} is not hex", f"check {option}") from None
+        if size and len(data) != size or len(data) > 64:
+            raise BadInputError(f"{option} must be {size or 'at most 64'} bytes", f"check {option}")
+        return data
+
+    measurement, source, policy, launched_host_data = None, "", None, None
+    if expected_measurement is not None:
+        measurement, source = hex_arg(expected_measurement, "--expected-measurement", 48), "--expected-measurement"
+    if domain is not None:
+        from snpvirt.cli.common import manager
+
+        with manager(connect) as m:
+            recorded = m.attestation_expectations(domain)
+        policy, launched_host_data = recorded["policy"], recorded["host_data"]
+        if measurement is None:
+            measurement = recorded["measurement"]
+            source = f"domain {domain}" if measurement else recorded["measurement_unknown"]
+    host = launched_host_data
+    if host_data is not None:
+        try:
+            host = base64.b64decode(host_data, validate=True)
+        except ValueError:
+            raise BadInputError("--host-data is not base64", "give the base64 of 32 bytes") from None
+    return Expectations(measurement, source, hex_arg(report_data, "--report-data") if report_data else None,
+                        host, policy, allow_debug)
+
+
+@attest_app.command("verify", epilog=VERIFY_EPILOG)
+def verify(
+    report_files: List[Path] = typer.Argument(..., metavar="REPORT...", help="Reports to verify."),
+    certs_dir: List[Path] = typer.Option([], "--certs", metavar="DIR", help="Folder of ARK/ASK/VCEK files (PEM/DER)."),
+    vcek: List[Path] = typer.Option([], "--vcek", metavar="FILE", help="VCEK or VLEK certificate."),
+    chain: List[Path] = typer.Option([], "--chain", metavar="PEM", help="ASK (or ASVK) and ARK, as KDS cert_chain."),
+    product: Optional[str] = typer.Option(None, "--product", metavar="P", help=PRODUCT_HELP),
+    trust_root: Optional[Path] = typer.Option(None, "--trust-root", metavar="PEM",
+                                              help="Trust this ARK instead of AMD's pinned roots (labs, tests)."),
+    domain: Optional[str] = typer.Option(None, "--domain", metavar="NAME", help="Compare with what snpvirt launched."),
+    expected_measurement: Optional[str] = typer.Option(None, "--expected-measurement", metavar="HEX"),
+    report_data: Optional[str] = typer.Option(None, "--report-data", metavar="HEX", help="The nonce the guest was given."),
+    host_data: Optional[str] = typer.Option(None, "--host-data", metavar="B64", help="Expected HOST_DATA (32 bytes)."),
+    allow_debug: bool = typer.Option(False, "--allow-debug", help="Accept a policy with DEBUG set."),
+    now: Optional[str] = typer.Option(None, "--now", metavar="ISO8601", help="Check validity at this time."),
+    fetch: bool = typer.Option(False, "--fetch", help="Get missing certificates from AMD KDS (cached)."),
+    kds_url: Optional[str] = typer.Option(None, "--kds-url", metavar="URL", envvar="SNPVIRT_KDS_URL"),
+    connect: Optional[str] = connect_option(),
+    json_output: bool = json_option(),
+) -> None:
+    """Verify reports: AMD's chain, the signature, the VCEK's binding, and the launch's measurement,
+    policy, nonce and host data. Every check is listed; any failure means not verified."""
+    import datetime
+
+    from snpvirt import certs, kds, output
+    from snpvirt import verify as verifier
+    from snpvirt.errors import BadInputError, ExitCode, SnpvirtError
+
+    when = datetime.datetime.now(datetime.timezone.utc)
+    if now is not None:
+        try:
+            when = datetime.datetime.fromisoformat(now.replace("Z", "+00:00"))
+        except ValueError:
+            raise BadInputError(f"--now {now!r} is not an ISO 8601 time", "e.g. --now 2026-01-31T12:00:00Z") from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.timezone.utc)
+    pool = certs.load_paths([*certs_dir, *vcek, *chain])
+    root = certs.load(_read(trust_root), str(trust_root))[0] if trust_root else None
+    expect = _expectations(domain, connect, expected_measurement, report_data, host_data, allow_debug)
+    service = kds.Kds(kds_url or kds.DEFAULT_URL, kds.default_cache()) if fetch else None
+    results, bad_input = [], False
+    for path in report_files:
+        try:
+            data = _read(path)
+            if service is not None:
+                pool += _fetched(service, data, str(path), _product(product), pool)
+            verdict = verifier.verify(data, str(path), pool, expect=expect, now=when, trust_root=root,
+                                      product=_product(product))
+        except BadInputError as err:
+            bad_input = True
+            results.append({"report": str(path), "verified": False, "error": {"kind": err.kind, "message": err.message,
+                                                                               "hint": err.hint}, "checks": []})
+            continue
+        except SnpvirtError as err:
+            results.append({"report": str(path), "verified": False, "error": {"kind": err.kind, "message": err.message,
+                                                                               "hint": err.hint}, "checks": []})
+            continue
+        results.append({"report": str(path), "verified": verdict.verified, "product": verdict.product,
+                        "measurement": verdict.report.measurement.hex(), "chip_id": verdict.report.chip_id.hex(),
+                        "failed": verdict.failed(), "checks": [c.as_dict() for c in verdict.checks]})
+    all_verified = all(r["verified"] for r in results)
+    if json_output:
+        output.print_json(output.envelope(all_verified, False, results))
+    else:
+        for r in results:
+            typer.echo(f"{'VERIFIED' if r['verified'] else 'NOT VERIFIED'}  {r['report']}")
+            if "error" in r:
+                typer.echo(f"  error: {r['error']['message']}\n  hint: {r['error']['hint']}")
+            for c in r["checks"]:
+                typer.echo(f"  {c['status']:<4}  {c['id']:<28} {c['message']}")
+    if not all_verified:
+        failed = [r["report"] for r in results if not r["verified"]]
+        output.print_error(f"{len(failed)} of {len(results)} report(s) NOT verified: {', '.join(failed)}",
+                           "see the failed checks above")
+        raise typer.Exit(int(ExitCode.BAD_INPUT if bad_input else ExitCode.FAILURE))
+
+
+def _fetched(service, data: bytes, origin: str, product: Optional[str], pool: list) -> list:
+    """Certificates KDS has for this report that the pool lacks."""
+    from snpvirt import certs, report as reports
+    from snpvirt.errors import BadInputError
+    from snpvirt.verify import select_leaf
+
+    rep = reports.parse(data, origin)
+    product = product or rep.product()
+    if product is None:
+        raise BadInputError(f"{origin}: a version {rep.version} report does not say its product",
+                            "give --product milan, genoa or turin")
+    added = []
+    signer = "vlek" if rep.signing_key == "vlek" else "vcek"
+    if not any(c.role == "ark" and c.product == product for c in pool):
+        added += certs.load(service.cert_chain(product, signer), f"KDS {product} cert_chain")
+    if rep.signing_key == "vcek" and select_leaf(pool, rep, product) is None:
+        added += certs.load(service.vcek(rep, product), f"KDS VCEK {rep.chip_id.hex()[:16]}")
+    return added
+
+
+@attest_app.command("fetch-certs", epilog=FETCH_EPILOG)
+def fetch_certs(
+    report_file: Path = typer.Argument(..., metavar="REPORT", help="The report whose chip and TCB to fetch for."),
+    product: Optional[str] = typer.Option(None, "--product", metavar="P", help=PRODUCT_HELP),
+    kds_url: Optional[str] = typer.Option(None, "--kds-url", metavar="URL", envvar="SNPVIRT_KDS_URL",
+                                          help="A mirror or proxy of AMD KDS."),
+    out_dir: Path = typer.Option(Path("snp-certs"), "-o", "--output", metavar="DIR", help="Where to write the files."),
+    json_output: bool = json_option(),
+) -> None:
+    """Get ARK, ASK and the report's VCEK from AMD's key distribution service (cached on disk)."""
+    from snpvirt import certs, kds, output
+    from snpvirt import report as reports
+    from snpvirt.errors import BadInputError
+
+    rep = reports.parse(_read(report_file), str(report_file))
+    product = _product(product) or rep.product()
+    if product is None:
+        raise BadInputError(f"{report_file}: a version {rep.version} report does not say its product",
+                            "give --product milan, genoa or turin")
+    service = kds.Kds(kds_url or kds.DEFAULT_URL, kds.default_cache())
+    signer = "vlek" if rep.signing_key == "vlek" else "vcek"
+    chain = certs.load(service.cert_chain(product, signer), "cert_chain")
+    files = {}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    from cryptography.hazmat.primitives import serialization
+    for cert in chain:
+        name = f"{cert.role}.pem"
+        (out_dir / name).write_bytes(cert.cert.public_bytes(serialization.Encoding.PEM))
+        files[cert.role] = str(out_dir / name)
+    if signer == "vcek":
+        (out_dir / "vcek.der").write_bytes(service.vcek(rep, product))
+        files["vcek"] = str(out_dir / "vcek.der")
+    if json_output:
+        output.print_json(output.envelope(True, True, [{"report": str(report_file), "product": product,
+                                                        "files": files, "network_requests": service.fetched}]))
+    else:
+        for role, path in files.items():
+            typer.echo(f"{role:<5} {path}")

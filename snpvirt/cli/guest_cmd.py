@@ -1,0 +1,101 @@
+"""`snpvirt guest check|report`: run inside an SEV-SNP guest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from snpvirt.cli.common import json_option
+
+guest_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, add_completion=False,
+                        pretty_exceptions_enable=False, context_settings={"help_option_names": ["-h", "--help"]})
+
+
+@guest_app.callback()
+def guest() -> None:
+    """Inside an SEV-SNP guest: check it can get attestation reports, and get one."""
+
+
+CHECK_EPILOG = """\b
+Examples:
+  snpvirt guest check
+  snpvirt guest check --json
+"""
+REPORT_EPILOG = """\b
+Examples:
+  snpvirt guest report --report-data $(openssl rand -hex 32) -o report.bin --certs-out certs/
+  snpvirt guest report --nonce-file nonce.bin --vmpl 0 -o report.bin
+Then, on the host: snpvirt attest verify report.bin --domain NAME --report-data HEX
+"""
+
+
+@guest_app.command("check", epilog=CHECK_EPILOG)
+def check(sysroot: Path = typer.Option(Path("/"), "--sysroot", metavar="DIR", hidden=True),
+          json_output: bool = json_option()) -> None:
+    """Is this an SEV-SNP guest, and can it get attestation reports? A fix for each problem."""
+    from snpvirt import guest, output
+    from snpvirt.errors import ExitCode
+
+    results = guest.check(sysroot)
+    ready = all(r.status == "pass" for r in results if r.check_id in ("guest.sev_snp", "guest.report_interface"))
+    if json_output:
+        output.print_json(output.envelope(ready, False, [], ready=ready, checks=[r.as_dict() for r in results]))
+    else:
+        for r in results:
+            typer.echo(f"{r.status:<4}  {r.check_id:<24} {r.message}")
+            if r.hint:
+                typer.echo(f"      {'':<24} fix: {r.hint}")
+        typer.echo("ready to get attestation reports" if ready else "not ready to get attestation reports")
+    if not ready:
+        raise typer.Exit(int(ExitCode.NOT_READY))
+
+
+@guest_app.command("report", epilog=REPORT_EPILOG)
+def report(
+    report_data: Optional[str] = typer.Option(None, "--report-data", metavar="HEX", help="Up to 64 bytes, e.g. a nonce."),
+    nonce_file: Optional[Path] = typer.Option(None, "--nonce-file", metavar="F", help="Read the report data from F."),
+    vmpl: Optional[int] = typer.Option(None, "--vmpl", min=0, max=3, metavar="N", help="VMPL of the request (0-3)."),
+    output_file: Path = typer.Option(..., "-o", "--output", metavar="FILE", help="Where to write the report."),
+    certs_out: Optional[Path] = typer.Option(None, "--certs-out", metavar="DIR",
+                                             help="Write the host-supplied certificates (VCEK, ASK, ARK) here."),
+    sysroot: Path = typer.Option(Path("/"), "--sysroot", metavar="DIR", hidden=True),
+    json_output: bool = json_option(),
+) -> None:
+    """Ask the SEV-SNP firmware for a signed attestation report carrying the given report data."""
+    import hashlib
+
+    from snpvirt import guest, output
+    from snpvirt.errors import BadInputError
+
+    if (report_data is None) == (nonce_file is None):
+        raise BadInputError("give exactly one of --report-data HEX or --nonce-file F",
+                            "the verifier's nonce binds the report to this request")
+    if report_data is not None:
+        try:
+            data = bytes.fromhex(report_data.removeprefix("0x"))
+        except ValueError:
+            raise BadInputError("--report-data is not hex", "give up to 128 hex digits") from None
+    else:
+        try:
+            data = nonce_file.read_bytes()
+        except OSError as exc:
+            raise BadInputError(f"cannot read {nonce_file}: {exc.strerror}", "check the path") from None
+    if len(data) > 64:
+        raise BadInputError(f"report data is {len(data)} bytes; at most 64 fit", "hash it first: sha512 is 64 bytes")
+    got = guest.get_report(data, vmpl, sysroot)
+    output_file.write_bytes(got.report)
+    written = {}
+    if certs_out is not None and got.certificates:
+        certs_out.mkdir(parents=True, exist_ok=True)
+        for name, der in got.certificates.items():
+            (certs_out / name).write_bytes(der)
+            written[name] = str(certs_out / name)
+    if json_output:
+        output.print_json(output.envelope(True, True, [{"report": str(output_file), "interface": got.interface,
+                                                        "sha256": hashlib.sha256(got.report).hexdigest(),
+                                                        "certificates": written}]))
+    else:
+        typer.echo(f"wrote {output_file} ({len(got.report)} bytes, via {got.interface})"
+                   + (f"; certificates: {', '.join(written)}" if written else ""))
