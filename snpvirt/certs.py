@@ -8,6 +8,7 @@ measurement.md §15.2-§15.3).
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import warnings
 from dataclasses import dataclass, field
@@ -36,12 +37,16 @@ class Cert:
     cert: x509.Certificate
     source: str
 
-    @property
+    @functools.cached_property
+    def fingerprint(self) -> bytes:
+        return self.cert.fingerprint(hashes.SHA256())
+
+    @functools.cached_property
     def cn(self) -> str:
         names = self.cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
         return names[0].value if names else ""
 
-    @property
+    @functools.cached_property
     def role(self) -> str:
         """ark, ask, asvk, vcek, vlek, or other, from AMD's naming of the subject."""
         cn = self.cn
@@ -57,7 +62,7 @@ class Cert:
             return "ask"
         return "other"
 
-    @property
+    @functools.cached_property
     def product(self) -> str | None:
         """milan/genoa/turin from the CN of an ARK/ASK/ASVK (ARK-Milan, SEV-Genoa, SEV-VLEK-Turin)."""
         for product in ("milan", "genoa", "turin"):
@@ -138,7 +143,18 @@ class ChainCheck:
         return {"id": self.check_id, "status": "pass" if self.ok else "fail", "message": self.message}
 
 
+# (child, parent) fingerprints -> result: a fleet's reports share a handful of chains.
+_SIGNATURES: dict[tuple[bytes, bytes], tuple[bool, str]] = {}
+
+
 def _signed_by(child: Cert, parent: Cert) -> tuple[bool, str]:
+    key = (child.fingerprint, parent.fingerprint)
+    if key not in _SIGNATURES:
+        _SIGNATURES[key] = _check_signature(child, parent)
+    return _SIGNATURES[key]
+
+
+def _check_signature(child: Cert, parent: Cert) -> tuple[bool, str]:
     key = parent.cert.public_key()
     if not isinstance(key, rsa.RSAPublicKey):
         return False, f"{parent.cn} does not hold an RSA key"

@@ -93,6 +93,7 @@ def report_via_tsm(report_data: bytes, vmpl: int | None, sysroot: str | Path = "
             if vmpl is not None:
                 (entry / "privlevel").write_text(str(vmpl))
             (entry / "inblob").write_bytes(report_data)
+            _await(entry / "outblob")
             generation = _read_int(entry / "generation")
             report = (entry / "outblob").read_bytes()
             aux = (entry / "auxblob").read_bytes() if (entry / "auxblob").exists() else b""
@@ -107,6 +108,18 @@ def report_via_tsm(report_data: bytes, vmpl: int | None, sysroot: str | Path = "
         raise SnpvirtError(f"the kernel returned {len(report)} bytes, not a {REPORT_SIZE}-byte report",
                            "check dmesg for sev-guest errors")
     return GuestReport(report[:REPORT_SIZE], parse_cert_table(aux) if aux else {}, "configfs-tsm")
+
+
+def _await(path: Path, timeout_s: float = 5.0) -> None:
+    """configfs creates outblob with the entry (reading it blocks until the report is made); other
+    implementations of the interface (and test trees) may create it a moment later."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise SnpvirtError(f"{path} did not appear", "is this a configfs-tsm report entry? see snpvirt guest check")
+        time.sleep(0.005)
 
 
 def _remove_entry(entry: Path) -> None:

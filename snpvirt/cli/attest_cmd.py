@@ -185,9 +185,12 @@ def verify(
             for c in r["checks"]:
                 typer.echo(f"  {c['status']:<4}  {c['id']:<28} {c['message']}")
     if not all_verified:
-        failed = [r["report"] for r in results if not r["verified"]]
-        output.print_error(f"{len(failed)} of {len(results)} report(s) NOT verified: {', '.join(failed)}",
-                           "see the failed checks above")
+        failed = [r for r in results if not r["verified"]]
+        if len(results) == 1 and "error" in failed[0]:
+            output.print_error(f"{failed[0]['report']}: {failed[0]['error']['message']}", failed[0]["error"]["hint"])
+        else:
+            output.print_error(f"{len(failed)} of {len(results)} report(s) NOT verified: "
+                               f"{', '.join(r['report'] for r in failed)}", "see the failed checks above")
         raise typer.Exit(int(ExitCode.BAD_INPUT if bad_input else ExitCode.FAILURE))
 
 

@@ -1,0 +1,95 @@
+"""A test AMD-like CA (RSA ARK and ASK, P-384 VCEK with AMD's extensions) that signs reports: the
+hardware-free round trip. Nothing here is used by snpvirt itself."""
+
+from __future__ import annotations
+
+import datetime
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.x509.oid import NameOID
+
+from snpvirt import amd_ecdsa
+
+PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
+START = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn), x509.NameAttribute(NameOID.ORGANIZATION_NAME,
+                                                                                      "Advanced Micro Devices")])
+
+
+def _der_int(value: int) -> bytes:
+    body = value.to_bytes(max(1, (value.bit_length() + 8) // 8), "big", signed=True)
+    return bytes([0x02, len(body)]) + body
+
+
+def _cert(subject: str, issuer: str, public_key, signing_key, extensions=(), days=3650, serial=1) -> x509.Certificate:
+    builder = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(issuer))
+               .public_key(public_key).serial_number(serial).not_valid_before(START)
+               .not_valid_after(START + datetime.timedelta(days=days)))
+    for oid, value in extensions:
+        builder = builder.add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier(oid), value), critical=False)
+    return builder.sign(signing_key, hashes.SHA384(), rsa_padding=PSS)
+
+
+@dataclass
+class TestCA:
+    ark_key: rsa.RSAPrivateKey
+    ask_key: rsa.RSAPrivateKey
+    vcek_key: ec.EllipticCurvePrivateKey
+    ark: x509.Certificate
+    ask: x509.Certificate
+    vcek: x509.Certificate
+    chip_id: bytes
+    tcb: dict
+
+    def write(self, folder: Path) -> dict[str, Path]:
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = {}
+        for name, cert in (("ark", self.ark), ("ask", self.ask), ("vcek", self.vcek)):
+            paths[name] = folder / f"{name}.pem"
+            paths[name].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return paths
+
+    def report(self, measurement: bytes = bytes(48), *, report_data: bytes = bytes(64), policy: int = 0x30000,
+               host_data: bytes = bytes(32), version: int = 2) -> bytes:
+        """A report as the firmware would sign it with this CA's VCEK."""
+        raw = bytearray(0x4A0)
+        tcb = (self.tcb["bootloader"] | self.tcb["tee"] << 8 | self.tcb["snp"] << 48 | self.tcb["microcode"] << 56)
+        struct.pack_into("<IIQ", raw, 0, version, 0, policy)
+        struct.pack_into("<II", raw, 0x30, 0, 1)
+        struct.pack_into("<QQ", raw, 0x38, tcb, 0x1)
+        raw[0x50:0x90] = report_data
+        raw[0x90:0xC0] = measurement
+        raw[0xC0:0xE0] = host_data
+        raw[0x160:0x180] = b"\xff" * 32
+        struct.pack_into("<Q", raw, 0x180, tcb)
+        raw[0x1A0:0x1E0] = self.chip_id
+        struct.pack_into("<Q", raw, 0x1E0, tcb)
+        raw[0x1E8:0x1EB] = bytes([4, 52, 1])
+        struct.pack_into("<Q", raw, 0x1F0, tcb)
+        signature = amd_ecdsa.sign(self.vcek_key, bytes(raw[:0x2A0]))
+        raw[0x2A0:0x2A0 + 144] = signature[:144]
+        return bytes(raw)
+
+
+def make_ca(product: str = "Milan", chip_id: bytes = bytes(range(64)), tcb: dict | None = None) -> TestCA:
+    tcb = tcb or {"bootloader": 3, "tee": 0, "snp": 8, "microcode": 115}
+    ark_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ask_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    vcek_key = ec.generate_private_key(ec.SECP384R1())
+    ark = _cert(f"ARK-{product}", f"ARK-{product}", ark_key.public_key(), ark_key)
+    ask = _cert(f"SEV-{product}", f"ARK-{product}", ask_key.public_key(), ark_key)
+    amd = "1.3.6.1.4.1.3704.1"
+    extensions = [(f"{amd}.1", _der_int(0)), (f"{amd}.2", b"\x16" + bytes([len(product) + 3]) + f"{product}-B0".encode()),
+                  (f"{amd}.3.1", _der_int(tcb["bootloader"])), (f"{amd}.3.2", _der_int(tcb["tee"])),
+                  (f"{amd}.3.3", _der_int(tcb["snp"])), (f"{amd}.3.8", _der_int(tcb["microcode"])),
+                  (f"{amd}.4", chip_id)]
+    vcek = _cert("SEV-VCEK", f"SEV-{product}", vcek_key.public_key(), ask_key, extensions)
+    return TestCA(ark_key, ask_key, vcek_key, ark, ask, vcek, chip_id, tcb)

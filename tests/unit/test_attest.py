@@ -1,0 +1,229 @@
+"""Attestation with real reports and certificates, and a hardware-free round trip with a test CA."""
+
+from __future__ import annotations
+
+import datetime
+import json
+
+import pytest
+
+from snpvirt import certs, report as reports, verify
+from snpvirt.cli.app import run
+from snpvirt.errors import BadInputError, ExitCode
+from tests.attest_factory import make_ca
+from tests.conftest import VECTORS, vector
+
+UTC = datetime.timezone.utc
+
+
+def expected_entries():
+    path = VECTORS / "attestation" / "expected-fields.json"
+    if not path.is_file():
+        return [pytest.param(None, marks=pytest.mark.skip(reason=f"{path} not found (shared/ is absent)"))]
+    return [pytest.param(e, id=e["name"]) for e in json.loads(path.read_text())]
+
+
+def chain_for(entry):
+    product = entry["chain"].split("/")[0].lower()
+    return certs.load_paths([vector(f"amd-certs/trustee/{product}_ask_ark_asvk.pem")])
+
+
+def pinned_now(entry):
+    """Inside the signer certificate's validity (the AWS VLEK expired 2025-12-10)."""
+    return datetime.datetime.fromisoformat(entry["signer_cert"]["not_before"]) + datetime.timedelta(days=30)
+
+
+@pytest.mark.parametrize("entry", expected_entries())
+def test_every_field_of_the_real_reports(entry):
+    fields = reports.parse(vector(entry["report_file"]).read_bytes()).as_dict()
+    for key, value in entry["fields"].items():
+        got = fields[key]
+        if key == "signing_key":
+            assert got == reports.SIGNING_KEYS[value]
+        elif key.endswith("_tcb"):
+            assert {k: got[k] for k in value if k != "raw"} == {k: v for k, v in value.items() if k != "raw"}
+            assert int(got["raw"], 16) == int(value["raw"], 16)
+        elif isinstance(value, dict):
+            assert {k: got[k] for k in value} == value, key
+        else:
+            assert got == value, key
+
+
+@pytest.mark.parametrize("entry", expected_entries())
+def test_every_real_report_verifies_with_its_certificates(entry):
+    pool = certs.load_paths([vector(entry["signer_cert_file"])]) + chain_for(entry)
+    verdict = verify.verify(vector(entry["report_file"]).read_bytes(), entry["name"], pool,
+                            expect=verify.Expectations(bytes.fromhex(entry["fields"]["measurement"]), "expected-fields.json",
+                                                       allow_debug=True), now=pinned_now(entry))
+    assert verdict.verified, verdict.failed()
+    assert {"cert.ark_pinned", "report.signature", "cert.tcb", "cert.chip_id"} <= {c.check_id for c in verdict.checks}
+
+
+def milan_case():
+    entry = next(e for e in json.loads(vector("attestation/expected-fields.json").read_text()) if e["name"] == "virtee-sev/milan")
+    data = vector(entry["report_file"]).read_bytes()
+    pool = certs.load_paths([vector(entry["signer_cert_file"]), vector("attestation/virtee-sev/cert_chain_milan.pem")])
+    return entry, data, pool
+
+
+def test_flipping_any_byte_of_the_signed_area_breaks_verification():
+    entry, data, pool = milan_case()
+    expect = verify.Expectations(bytes.fromhex(entry["fields"]["measurement"]), "test")
+    now = pinned_now(entry)
+    for offset in range(0x2A0):
+        tampered = bytearray(data)
+        tampered[offset] ^= 0x80
+        try:
+            verdict = verify.verify(bytes(tampered), "tampered", pool, expect=expect, now=now)
+        except BadInputError:
+            continue  # version or algorithm no longer valid: refused as not a report
+        assert not verdict.verified, offset
+        assert "report.signature" in verdict.failed(), offset
+
+
+def test_a_flipped_signature_byte_and_a_flipped_vcek_byte_fail():
+    entry, data, pool = milan_case()
+    expect = verify.Expectations(bytes.fromhex(entry["fields"]["measurement"]), "test")
+    tampered = bytearray(data)
+    tampered[0x2A0] ^= 1
+    assert "report.signature" in verify.verify(bytes(tampered), "t", pool, expect=expect, now=pinned_now(entry)).failed()
+    der = bytearray(vector("attestation/virtee-sev/vcek_milan.der").read_bytes())
+    der[40] ^= 0xFF
+    broken = certs.load(bytes(der), "vcek-flipped") + [c for c in pool if c.role != "vcek"]
+    assert not verify.verify(data, "r", broken, expect=expect, now=pinned_now(entry)).verified
+
+
+def test_a_vcek_from_another_chip_fails():
+    entry, data, pool = milan_case()
+    other = certs.load_paths([vector("attestation/go-sev-guest/vcek_milan.der")])
+    verdict = verify.verify(data, "r", other + [c for c in pool if c.role != "vcek"],
+                            expect=verify.Expectations(bytes.fromhex(entry["fields"]["measurement"]), "t"), now=pinned_now(entry))
+    assert {"cert.chip_id", "report.signature", "cert.tcb"} <= set(verdict.failed())
+
+
+@pytest.mark.parametrize("name", ["test-vcek-invalid-legacy.der", "test-vcek-invalid-new.der"])
+def test_deliberately_invalid_vceks_fail_with_a_clear_reason(name):
+    data = vector("attestation/trustee/test-report.bin").read_bytes()
+    pool = certs.load_paths([vector(f"attestation/trustee/{name}")]) + certs.load_paths(
+        [vector("amd-certs/trustee/milan_ask_ark_asvk.pem")])
+    leaf = next(c for c in pool if c.role == "vcek")
+    assert leaf.hw_id() == bytes(range(64)), "raw and OCTET STRING forms of hwID both read"
+    verdict = verify.verify(data, "r", pool, expect=verify.Expectations(bytes(48), "t"),
+                            now=datetime.datetime(2026, 1, 1, tzinfo=UTC), product="milan")
+    message = next(c.message for c in verdict.checks if c.check_id == "cert.vcek_signed_by_ask")
+    assert not verdict.verified and "is NOT signed by SEV-Milan" in message
+
+
+def test_reported_tcb_not_current_tcb_is_compared():
+    entry = next(e for e in json.loads(vector("attestation/expected-fields.json").read_text()) if e["name"] == "trustee/milan-vcek")
+    data = bytearray(vector(entry["report_file"]).read_bytes())
+    assert data[0x3F] != data[0x187], "this report's current microcode differs from the reported one"
+    pool = certs.load_paths([vector(entry["signer_cert_file"])]) + chain_for(entry)
+    data[0x180] ^= 1  # reported TCB boot loader: now disagrees with the VCEK (and breaks the signature)
+    verdict = verify.verify(bytes(data), "r", pool, expect=verify.Expectations(bytes(48), "t"), now=pinned_now(entry))
+    assert "cert.tcb" in verdict.failed()
+
+
+def test_cross_generation_chains_do_not_verify():
+    genoa = next(e for e in json.loads(vector("attestation/expected-fields.json").read_text()) if e["name"] == "trustee-azure/genoa")
+    pool = certs.load_paths([vector(genoa["signer_cert_file"])]) + certs.load_paths([vector("amd-certs/trustee/milan_ask_ark_asvk.pem")])
+    verdict = verify.verify(vector(genoa["report_file"]).read_bytes(), "r", pool,
+                            expect=verify.Expectations(bytes.fromhex(genoa["fields"]["measurement"]), "t"),
+                            now=pinned_now(genoa), product="milan")
+    assert not verdict.verified
+
+
+def test_the_expired_vlek_fails_at_todays_date():
+    vlek = next(e for e in json.loads(vector("attestation/expected-fields.json").read_text()) if e["name"] == "trustee/milan-vlek-aws")
+    pool = certs.load_paths([vector(vlek["signer_cert_file"])]) + chain_for(vlek)
+    data = vector(vlek["report_file"]).read_bytes()
+    expect = verify.Expectations(bytes.fromhex(vlek["fields"]["measurement"]), "t")
+    late = verify.verify(data, "r", pool, expect=expect, now=datetime.datetime(2026, 11, 26, tzinfo=UTC))
+    assert late.failed() == ["cert.validity.vlek"]
+    assert "cert.asvk_signed_by_ark" in {c.check_id for c in late.checks}, "a VLEK chains through the ASVK"
+
+
+def test_pinned_roots_match_the_published_arks():
+    for product in ("milan", "genoa", "turin"):
+        (ark,) = [c for c in certs.load_paths([vector(f"amd-certs/virtee-sev/{product}/ark.pem")])]
+        assert ark.product == product and ark.spki_sha256() == certs.PINNED_ARK_SPKI[product]
+
+
+def test_turin_vcek_binds_with_eight_bytes_of_chip_id():
+    (vcek,) = certs.load_paths([vector("attestation/virtee-sev/vcek_turin.der")])
+    assert vcek.hw_id().hex() == "1e550a8ee5cf9f4d" and vcek.spl("fmc") is not None
+    raw = bytearray(vector("attestation/derived/trustee_e2e_genoa_report.bin").read_bytes())
+    raw[0x1A0:0x1E0] = bytes.fromhex("1e550a8ee5cf9f4d") + bytes(56)
+    raw[0x188] = 0x1A
+    rep = reports.parse(bytes(raw))
+    assert rep.product() == "turin" and verify.select_leaf([vcek], rep, "turin") is vcek
+    assert set(rep.tcb(rep.reported_tcb, "turin").parts) == {"fmc", "bootloader", "tee", "snp", "microcode"}
+
+
+# --- a test CA instead of AMD: the round trip ------------------------------------------------------
+
+def test_round_trip_with_a_test_ca(tmp_path):
+    ca = make_ca()
+    paths = ca.write(tmp_path / "ca")
+    pool = certs.load_paths(list(paths.values()))
+    root = certs.load(paths["ark"].read_bytes(), "ark")[0]
+    now = datetime.datetime(2025, 6, 1, tzinfo=UTC)
+    nonce = bytes(range(32))
+    good = ca.report(bytes([9]) * 48, report_data=nonce.ljust(64, b"\0"))
+    expect = verify.Expectations(bytes([9]) * 48, "test", report_data=nonce)
+    assert verify.verify(good, "good", pool, expect=expect, now=now, trust_root=root, product="milan").verified
+    untrusted = verify.verify(good, "good", pool, expect=expect, now=now, product="milan")
+    assert untrusted.failed() == ["cert.ark_pinned"], "without --trust-root only AMD's roots are trusted"
+    tampered = bytearray(good)
+    tampered[0x90] ^= 1
+    assert not verify.verify(bytes(tampered), "t", pool, expect=expect, now=now, trust_root=root, product="milan").verified
+    replay = verify.Expectations(bytes([9]) * 48, "test", report_data=b"another nonce")
+    assert verify.verify(good, "r", pool, expect=replay, now=now, trust_root=root, product="milan").failed() == ["expect.report_data"]
+
+
+def test_debug_policy_fails_unless_allowed():
+    ca = make_ca()
+    pool = [certs.Cert(c, n) for c, n in ((ca.ark, "ark"), (ca.ask, "ask"), (ca.vcek, "vcek"))]
+    data = ca.report(bytes(48), policy=0xB0000)
+    now = datetime.datetime(2025, 6, 1, tzinfo=UTC)
+    strict = verify.verify(data, "r", pool, expect=verify.Expectations(bytes(48), "t"), now=now, trust_root=pool[0], product="milan")
+    assert strict.failed() == ["expect.policy_debug"]
+    relaxed = verify.verify(data, "r", pool, expect=verify.Expectations(bytes(48), "t", allow_debug=True), now=now,
+                            trust_root=pool[0], product="milan")
+    assert relaxed.verified
+
+
+# --- the CLI -------------------------------------------------------------------------------------
+
+def test_cli_verify_several_reports_one_document(tmp_path, capsys):
+    ca = make_ca()
+    paths = ca.write(tmp_path / "ca")
+    good, bad = tmp_path / "good.bin", tmp_path / "bad.bin"
+    good.write_bytes(ca.report(bytes([1]) * 48))
+    bad.write_bytes(ca.report(bytes([2]) * 48))
+    code = run(["attest", "verify", str(good), str(bad), "--certs", str(tmp_path / "ca"), "--trust-root", str(paths["ark"]),
+                "--expected-measurement", "01" * 48, "--product", "milan", "--now", "2025-06-01T00:00:00Z", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == ExitCode.FAILURE and doc["ok"] is False
+    assert [(r["verified"], r["failed"]) for r in doc["results"]] == [(True, []), (False, ["expect.measurement"])]
+
+
+def test_cli_bad_input_is_exit_2(tmp_path, capsys):
+    short = tmp_path / "short.bin"
+    short.write_bytes(b"\0" * 100)
+    assert run(["attest", "verify", str(short), "--expected-measurement", "00" * 48]) == ExitCode.BAD_INPUT
+    assert "not an SEV-SNP attestation report" in capsys.readouterr().err
+    assert run(["attest", "show", str(vector("attestation/virtee-sev/vcek_milan.der"))]) == ExitCode.BAD_INPUT
+    assert "a PEM/DER certificate" in capsys.readouterr().err
+    wrong_version = bytearray(vector("attestation/derived/virtee_report_milan.bin").read_bytes())
+    wrong_version[0] = 9
+    path = tmp_path / "v9.bin"
+    path.write_bytes(bytes(wrong_version))
+    assert run(["attest", "show", str(path)]) == ExitCode.BAD_INPUT
+    assert "unknown report version 9" in capsys.readouterr().err
+
+
+def test_cli_show_json_and_hex_input(capsys):
+    assert run(["attest", "show", str(vector("attestation/virtee-sev/report_milan.hex")), "--json"]) == 0
+    item = json.loads(capsys.readouterr().out)["results"][0]
+    assert item["measurement"].startswith("7a1e5c266c0108db") and item["reported_tcb"]["microcode"] == 115
