@@ -101,3 +101,11 @@ def test_fetch_certs_then_verify_with_fetch(server, tmp_path, monkeypatch, capsy
 def test_a_v2_report_needs_the_product(capsys):
     assert run(["attest", "fetch-certs", str(vector(REPORT)), "--kds-url", "http://127.0.0.1:9"]) == 2
     assert "give --product" in capsys.readouterr().err
+
+
+def test_turin_queries_use_eight_bytes_of_chip_id_and_fmc_first():
+    raw = bytearray(vector("attestation/derived/trustee_e2e_genoa_report.bin").read_bytes())
+    raw[0x180:0x188] = bytes([5, 3, 1, 8, 0, 0, 0, 0x15])  # Turin TCB: FMC, BL, TEE, SNP, ..., ucode
+    raw[0x1A0:0x1A8] = bytes.fromhex("1e550a8ee5cf9f4d")
+    rep = reports.parse(bytes(raw))
+    assert kds.vcek_query(rep, "turin") == ("1e550a8ee5cf9f4d", "fmcSPL=05&blSPL=03&teeSPL=01&snpSPL=08&ucodeSPL=21")
