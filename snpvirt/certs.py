@@ -135,6 +135,8 @@ def load_paths(paths: list[Path]) -> list[Cert]:
 
 @dataclass
 class ChainCheck:
+    """One pass/fail line of a verification."""
+
     check_id: str
     ok: bool
     message: str

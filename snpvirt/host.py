@@ -160,8 +160,8 @@ def psp_dev_sev(h: HostInputs) -> CheckResult:
     if can_open:
         return _result("psp.dev_sev", "pass", f"/dev/sev present, read-write for QEMU user {user.name}", **facts)
     return _result("psp.dev_sev", "warn", f"/dev/sev ({facts['mode']}) is not read-write for QEMU user {user.name}",
-                   f"libvirt normally grants it per domain; if QEMU cannot open it: chgrp kvm /dev/sev; chmod 0660 /dev/sev "
-                   f"(udev rule: KERNEL==\"sev\", GROUP=\"kvm\", MODE=\"0660\")", **facts)
+                   "libvirt normally grants it per domain; if QEMU cannot open it: chgrp kvm /dev/sev; chmod 0660 /dev/sev "
+                   "(udev rule: KERNEL==\"sev\", GROUP=\"kvm\", MODE=\"0660\")", **facts)
 
 
 def kernel_version(h: HostInputs) -> CheckResult:

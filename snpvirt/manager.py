@@ -324,7 +324,7 @@ class Manager:
             time.sleep(poll_s)
         if not force:
             raise OperationTimeoutError(f"{name} did not shut down within {timeout_s:g} s (it is still {self.hv.state(name)})",
-                                        f"wait longer (--timeout), or add --force to destroy it after the timeout")
+                                        "wait longer (--timeout), or add --force to destroy it after the timeout")
         self.hv.destroy(name)
         return Outcome(name, "stop", changed=True, state=self.hv.state(name), details={"forced": True})
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime
 import hmac
 from dataclasses import dataclass, field
-from typing import Any
 
 from snpvirt import amd_ecdsa, certs, report as reports
 from snpvirt import policy as snp_policy
@@ -24,14 +23,7 @@ class Expectations:
     allow_debug: bool = False
 
 
-@dataclass
-class Check:
-    check_id: str
-    ok: bool
-    message: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"id": self.check_id, "status": "pass" if self.ok else "fail", "message": self.message}
+Check = certs.ChainCheck  # one pass/fail line, the same for the chain and the report
 
 
 @dataclass
@@ -88,7 +80,7 @@ def verify(data: bytes, origin: str, pool: list[certs.Cert], *, expect: Expectat
 
     chain = certs.verify_chain(pool, leaf, rep.signing_key if rep.signing_key in ("vcek", "vlek") else "vcek",
                                product, trust_root, now)
-    verdict.checks.extend(Check(c.check_id, c.ok, c.message) for c in chain.checks)
+    verdict.checks.extend(chain.checks)
     if leaf is not None:
         key = leaf.cert.public_key()
         signed = isinstance(key, certs.ec.EllipticCurvePublicKey) and amd_ecdsa.verify(key, rep.signature, rep.signed_bytes)

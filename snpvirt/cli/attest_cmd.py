@@ -7,10 +7,9 @@ from typing import List, Optional
 
 import typer
 
-from snpvirt.cli.common import connect_option, json_option
+from snpvirt.cli.common import connect_option, json_option, sub_app
 
-attest_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, add_completion=False,
-                         pretty_exceptions_enable=False, context_settings={"help_option_names": ["-h", "--help"]})
+attest_app = sub_app()
 
 
 @attest_app.callback()

@@ -11,6 +11,12 @@ import typer
 CONNECT_HELP = "libvirt URI (default: LIBVIRT_DEFAULT_URI, then libvirt's default, as virsh)."
 
 
+def sub_app() -> typer.Typer:
+    """A command group (snpvirt host|guest|attest ...), configured like the root."""
+    return typer.Typer(no_args_is_help=True, rich_markup_mode=None, add_completion=False, pretty_exceptions_enable=False,
+                       context_settings={"help_option_names": ["-h", "--help"]})
+
+
 def connect_option() -> Optional[str]:
     return typer.Option(None, "--connect", "-c", metavar="URI", help=CONNECT_HELP)
 

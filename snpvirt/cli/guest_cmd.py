@@ -7,10 +7,9 @@ from typing import Optional
 
 import typer
 
-from snpvirt.cli.common import json_option
+from snpvirt.cli.common import json_option, sub_app
 
-guest_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, add_completion=False,
-                        pretty_exceptions_enable=False, context_settings={"help_option_names": ["-h", "--help"]})
+guest_app = sub_app()
 
 
 @guest_app.callback()

@@ -7,9 +7,9 @@ from typing import Optional
 
 import typer
 
-host_app = typer.Typer(help="Host readiness for SEV-SNP guests.", no_args_is_help=True, rich_markup_mode=None,
-                       add_completion=False, pretty_exceptions_enable=False,
-                       context_settings={"help_option_names": ["-h", "--help"]})
+from snpvirt.cli.common import sub_app
+
+host_app = sub_app()
 
 @host_app.callback()
 def host() -> None:

@@ -34,7 +34,7 @@ def _int(value: Optional[str], option: str) -> Optional[int]:
     try:
         return int(value, 16) if value.lower().startswith("0x") else int(value)
     except ValueError:
-        raise BadInputError(f"{option} {value!r} is not a number", f"write it as hex (0x...) or decimal") from None
+        raise BadInputError(f"{option} {value!r} is not a number", "write it as hex (0x...) or decimal") from None
 
 
 def measure(

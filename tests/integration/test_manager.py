@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 
-import libvirt
 import pytest
 
 from snpvirt import events, readiness, sevparams
