@@ -107,6 +107,12 @@ def expected_measurement(spec: VmSpec) -> Expected:
         signature = spec_signature(spec)
     except BadInputError as err:
         return Expected(None, err.message, None, features, launch_digests(spec))
+    digests = launch_digests(spec)
+    missing = [kind for kind in ("kernel", "initrd", "firmware")
+               if kind in digests and digests[kind].sha256 is None and (kind == "firmware" or spec.snp.kernel_hashes)]
+    if missing:  # the common case on a remote host's paths: say why, without reading anything
+        path = {"firmware": spec.firmware, "kernel": spec.boot.kernel, "initrd": spec.boot.initrd}[missing[0]]
+        return Expected(None, f"{missing[0]} {path}: {digests[missing[0]].reason}", signature, features, digests)
     try:
         return measure_files(spec.firmware, vcpus=spec.vcpus, signature=signature, guest_features=features,
                              kernel=spec.boot.kernel if spec.snp.kernel_hashes else None,

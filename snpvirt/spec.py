@@ -254,6 +254,8 @@ def _override_value(text: str) -> Any:
 
 def apply_overrides(raw: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
     """Apply `--set KEY=VALUE` (dotted keys, numeric parts index arrays) to a copy of the raw spec."""
+    if not assignments:
+        return raw
     spec = copy.deepcopy(raw)
     for assignment in assignments:
         key, sep, text = assignment.partition("=")
