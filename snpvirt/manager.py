@@ -386,7 +386,11 @@ class Manager:
         value = recorded.get("value")
         host_data = root.findtext("launchSecurity/hostData")
         policy_text = info.launch.get("policy") or root.findtext("launchSecurity/policy")
+        id_block = info.launch.get("id_block") if isinstance(info.launch.get("id_block"), dict) else {}
+        digest = lambda key: base64.b64decode(id_block[key]) if id_block.get(key) else None  # noqa: E731
         return {
+            "id_key_digest": digest("id_key_digest"),
+            "author_key_digest": digest("author_key_digest"),
             "measurement": bytes.fromhex(value) if value else None,
             "measurement_unknown": f"domain {name} records no measurement ({recorded.get('reason', 'none recorded')}); "
                                    f"record one with: snpvirt measure SPEC --record {name}",

@@ -21,6 +21,9 @@ class Expectations:
     host_data: bytes | None = None
     policy: int | None = None  # the policy the domain was launched with
     allow_debug: bool = False
+    vmpl: int | None = None  # the VMPL the report must have been requested at
+    id_key_digest: bytes | None = None  # from the ID block the domain was launched with
+    author_key_digest: bytes | None = None
 
 
 Check = certs.ChainCheck  # one pass/fail line, the same for the chain and the report
@@ -120,4 +123,12 @@ def verify(data: bytes, origin: str, pool: list[certs.Cert], *, expect: Expectat
     if expect.host_data is not None:
         same = _eq(rep.host_data, expect.host_data)
         add("expect.host_data", same, "host_data equals the launched value" if same else "host_data differs from the launched value")
+    if expect.vmpl is not None:
+        add("expect.vmpl", rep.vmpl == expect.vmpl, f"requested at VMPL {rep.vmpl}" +
+            ("" if rep.vmpl == expect.vmpl else f", expected VMPL {expect.vmpl}"))
+    for check_id, wanted, got in (("expect.id_key_digest", expect.id_key_digest, rep.id_key_digest),
+                                  ("expect.author_key_digest", expect.author_key_digest, rep.author_key_digest)):
+        if wanted is not None:
+            same = _eq(got, wanted)
+            add(check_id, same, f"{check_id[7:].replace('_', ' ')} {'equals' if same else 'DIFFERS from'} the launched ID block's")
     return verdict

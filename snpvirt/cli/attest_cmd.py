@@ -76,7 +76,7 @@ def show(report_file: Path = typer.Argument(..., metavar="REPORT", help="A 1184-
         typer.echo(f"{key + ':':<22} {value}")
 
 
-def _expectations(domain, connect, expected_measurement, report_data, host_data, allow_debug):
+def _expectations(domain, connect, expected_measurement, report_data, host_data, allow_debug, vmpl):
     import base64
 
     from snpvirt.errors import BadInputError
@@ -91,7 +91,7 @@ def _expectations(domain, connect, expected_measurement, report_data, host_data,
             raise BadInputError(f"{option} must be {size or 'at most 64'} bytes", f"check {option}")
         return data
 
-    measurement, source, policy, launched_host_data = None, "", None, None
+    measurement, source, policy, launched_host_data, recorded = None, "", None, None, {}
     if expected_measurement is not None:
         measurement, source = hex_arg(expected_measurement, "--expected-measurement", 48), "--expected-measurement"
     if domain is not None:
@@ -110,7 +110,7 @@ def _expectations(domain, connect, expected_measurement, report_data, host_data,
         except ValueError:
             raise BadInputError("--host-data is not base64", "give the base64 of 32 bytes") from None
     return Expectations(measurement, source, hex_arg(report_data, "--report-data") if report_data else None,
-                        host, policy, allow_debug)
+                        host, policy, allow_debug, vmpl, recorded.get("id_key_digest"), recorded.get("author_key_digest"))
 
 
 @attest_app.command("verify", epilog=VERIFY_EPILOG)
@@ -127,6 +127,7 @@ def verify(
     report_data: Optional[str] = typer.Option(None, "--report-data", metavar="HEX", help="The nonce the guest was given."),
     host_data: Optional[str] = typer.Option(None, "--host-data", metavar="B64", help="Expected HOST_DATA (32 bytes)."),
     allow_debug: bool = typer.Option(False, "--allow-debug", help="Accept a policy with DEBUG set."),
+    vmpl: Optional[int] = typer.Option(None, "--vmpl", min=0, max=3, metavar="N", help="The VMPL the report must come from."),
     now: Optional[str] = typer.Option(None, "--now", metavar="ISO8601", help="Check validity at this time."),
     fetch: bool = typer.Option(False, "--fetch", help="Get missing certificates from AMD KDS (cached)."),
     kds_url: Optional[str] = typer.Option(None, "--kds-url", metavar="URL", envvar="SNPVIRT_KDS_URL"),
@@ -151,7 +152,7 @@ def verify(
             when = when.replace(tzinfo=datetime.timezone.utc)
     pool = certs.load_paths([*certs_dir, *vcek, *chain])
     root = certs.load(_read(trust_root), str(trust_root))[0] if trust_root else None
-    expect = _expectations(domain, connect, expected_measurement, report_data, host_data, allow_debug)
+    expect = _expectations(domain, connect, expected_measurement, report_data, host_data, allow_debug, vmpl)
     service = kds.Kds(kds_url or kds.DEFAULT_URL, kds.default_cache()) if fetch else None
     results, bad_input = [], False
     for path in report_files:

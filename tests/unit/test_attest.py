@@ -227,3 +227,13 @@ def test_cli_show_json_and_hex_input(capsys):
     assert run(["attest", "show", str(vector("attestation/virtee-sev/report_milan.hex")), "--json"]) == 0
     item = json.loads(capsys.readouterr().out)["results"][0]
     assert item["measurement"].startswith("7a1e5c266c0108db") and item["reported_tcb"]["microcode"] == 115
+
+
+def test_vmpl_and_id_key_digest_expectations():
+    ca = make_ca()
+    pool = [certs.Cert(c, n) for c, n in ((ca.ark, "ark"), (ca.ask, "ask"), (ca.vcek, "vcek"))]
+    data = ca.report(bytes(48))
+    now = datetime.datetime(2025, 6, 1, tzinfo=UTC)
+    expect = verify.Expectations(bytes(48), "t", vmpl=1, id_key_digest=b"\x01" * 48)
+    verdict = verify.verify(data, "r", pool, expect=expect, now=now, trust_root=pool[0], product="milan")
+    assert verdict.failed() == ["expect.vmpl", "expect.id_key_digest"]
