@@ -196,7 +196,9 @@ def verify_chain(pool: list[Cert], leaf: Cert | None, signer: str, product: str 
     want_intermediate = "asvk" if signer == "vlek" else "ask"
     arks = [c for c in pool if c.role == "ark" and (product is None or c.product == product)]
     inters = [c for c in pool if c.role == want_intermediate and (product is None or c.product == product)]
-    ark = trust_root or (arks[0] if arks else None)
+    # Prefer the ARK that carries AMD's pinned key: an extra, untrusted root among the files cannot hide it.
+    pinned = [c for c in arks if c.spki_sha256() == PINNED_ARK_SPKI.get(c.product or "")]
+    ark = trust_root or (pinned or arks or [None])[0]
     intermediate = next((i for i in inters if ark is not None and _signed_by(i, ark)[0]), inters[0] if inters else None)
     chain = Chain(ark, intermediate, leaf)
     add = lambda check_id, ok, message: chain.checks.append(ChainCheck(check_id, ok, message))  # noqa: E731

@@ -237,3 +237,18 @@ def test_vmpl_and_id_key_digest_expectations():
     expect = verify.Expectations(bytes(48), "t", vmpl=1, id_key_digest=b"\x01" * 48)
     verdict = verify.verify(data, "r", pool, expect=expect, now=now, trust_root=pool[0], product="milan")
     assert verdict.failed() == ["expect.vmpl", "expect.id_key_digest"]
+
+
+def test_an_extra_untrusted_root_among_the_files_changes_nothing():
+    entry, data, pool = milan_case()
+    impostor = make_ca()  # its ARK is also called ARK-Milan
+    extra = [certs.Cert(impostor.ark, "impostor-ark"), certs.Cert(impostor.ask, "impostor-ask")]
+    verdict = verify.verify(data, "r", extra + pool, expect=verify.Expectations(bytes.fromhex(entry["fields"]["measurement"]), "t"),
+                            now=pinned_now(entry))
+    assert verdict.verified, verdict.failed()
+    forged = impostor.report(bytes.fromhex(entry["fields"]["measurement"]))
+    forged_pool = extra + [certs.Cert(impostor.vcek, "impostor-vcek")] + [c for c in pool if c.role != "vcek"]
+    result = verify.verify(forged, "f", forged_pool, expect=verify.Expectations(bytes.fromhex(entry["fields"]["measurement"]), "t"),
+                           now=pinned_now(entry), product="milan")
+    assert not result.verified, "a report signed by a look-alike CA is never verified without --trust-root"
+    assert "cert.vcek_signed_by_ask" in result.failed() or "cert.ark_pinned" in result.failed()
