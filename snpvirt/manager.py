@@ -94,6 +94,13 @@ def _keeps_snp(libvirt_xml: str) -> bool:
             and any(marker in libvirt_xml[loader:libvirt_xml.find(">", loader)] for marker in ("type='rom'", "stateless='yes'")))
 
 
+def _snp_errors(libvirt_xml: str) -> list[Finding]:
+    """The SNP rules a libvirt definition breaks; the canonical-form fast path first."""
+    if _keeps_snp(libvirt_xml):
+        return []
+    return [f for f in snp_rules.check_rules(domxml.parse(libvirt_xml)) if f.severity == "error"]
+
+
 def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
@@ -141,11 +148,17 @@ class Manager:
             raise ConflictError(f"domain {name} is not managed by snpvirt", f"bring it under management first: snpvirt import {name}")
         return record, info
 
+    def _refuse_without_snp(self, record: DomainRecord) -> None:
+        """Never start a definition that would not launch as SEV-SNP (it may have been edited since)."""
+        errors = _snp_errors(record.xml)
+        if errors:
+            raise ConflictError(f"{record.name}'s definition breaks {errors[0].rule_id} ({errors[0].message}); "
+                                "snpvirt does not start it", f"restore it: snpvirt apply SPEC, or snpvirt import {record.name} --fix")
+
     def _define_checked(self, xml: str, previous: DomainRecord | None) -> DomainRecord:
         """Define, then check libvirt's own view of it; roll back what a failed check left behind."""
         record = self.hv.define(xml)
-        errors = [] if _keeps_snp(record.xml) else \
-            [f for f in snp_rules.check_rules(domxml.parse(record.xml)) if f.severity == "error"]
+        errors = _snp_errors(record.xml)
         if errors:
             if previous is None:
                 self.hv.undefine(record.name)
@@ -171,9 +184,12 @@ class Manager:
                 raise ConflictError(f"domain {spec.name} exists with UUID {existing.uuid}, the spec says {spec.uuid}",
                                     "remove uuid from the spec or fix it; snpvirt never replaces another domain")
             same = info.digest == "sha256:" + hashlib.sha256(render.spec_json(spec).encode()).hexdigest()
-            action = "unchanged" if same else "update"
+            drift = _snp_errors(existing.xml)
+            action = "unchanged" if same and not drift else "update"
             defined_at = info.defined_at or now
-            diff = [] if same else metadata.spec_diff(info.spec, spec.source)
+            diff = metadata.spec_diff(info.spec, spec.source) if not same else []
+            if drift:  # edited outside snpvirt so that it no longer launches as SEV-SNP: the spec puts it back
+                diff.append({"key": "(definition)", "from": f"breaks {drift[0].rule_id}", "to": "as the spec renders it"})
             spec = dataclasses.replace(spec, uuid=existing.uuid)  # a redefinition keeps the domain's identity
         xml = None
         if action != "unchanged":
@@ -231,6 +247,8 @@ class Manager:
                 self._define_checked(plan.xml, plan.existing)
                 out.changed, out.state = True, existing_state or "shutoff"
             if will_start:
+                if plan.xml is None:  # starting the existing definition: it must still be SEV-SNP
+                    self._refuse_without_snp(plan.existing)
                 self.hv.start(plan.spec.name)
                 out.changed, out.state = True, "running"
                 out.details["started"] = True
@@ -316,6 +334,7 @@ class Manager:
         record, _ = self._managed(name)
         if is_active(record.state):
             return Outcome(name, "start", state=record.state)
+        self._refuse_without_snp(record)
         self.ensure_ready()
         self.hv.start(name)
         return Outcome(name, "start", changed=True, state="running")

@@ -264,3 +264,17 @@ def test_the_fast_check_after_define_agrees_with_the_rules(mgr, conn):
                    xml.replace("type='rom'", "type='pflash'").replace(" stateless='yes'", "")):
         assert not _keeps_snp(broken)
         assert [f for f in snp_rules.check_rules(domxml.parse(broken)) if f.severity == "error"]
+
+
+def test_a_definition_edited_to_lose_snp_is_never_started_and_apply_restores_it(mgr, conn, clean_test_driver):
+    mgr.apply([spec(name="mgr-11")], start=False)
+    xml = conn.lookup("mgr-11").xml
+    stripped = xml[:xml.index("<launchSecurity")] + xml[xml.index("</launchSecurity>") + len("</launchSecurity>"):]
+    clean_test_driver.defineXML(stripped)  # someone edits it outside snpvirt, metadata kept
+    with pytest.raises(ConflictError, match="breaks snp.launch_security.*does not start it"):
+        mgr.start("mgr-11")
+    assert conn.state("mgr-11") == "shutoff"
+    plan = mgr.apply([spec(name="mgr-11")], check=True)[0]
+    assert plan.action == "update" and plan.details["diff"][-1]["key"] == "(definition)"
+    done = mgr.apply([spec(name="mgr-11")])[0]
+    assert done.ok and done.state == "running" and "<launchSecurity type='sev-snp'" in conn.lookup("mgr-11").xml
