@@ -17,7 +17,8 @@ from snpvirt import policy as snp_policy
 class Expectations:
     measurement: bytes | None = None
     measurement_source: str = ""  # "--expected-measurement", "domain web-01", or why it is unknown
-    report_data: bytes | None = None
+    report_data: bytes | None = None  # the nonce; without one a replayed report would pass...
+    accept_replay: bool = False  # ...so its absence fails, unless the caller says replays are acceptable
     host_data: bytes | None = None
     policy: int | None = None  # the policy the domain was launched with
     allow_debug: bool = False
@@ -120,6 +121,9 @@ def verify(data: bytes, origin: str, pool: list[certs.Cert], *, expect: Expectat
         wanted = expect.report_data.ljust(64, b"\0")
         same = _eq(rep.report_data, wanted)
         add("expect.report_data", same, "report_data equals the nonce" if same else "report_data is NOT the nonce (replay?)")
+    elif not expect.accept_replay:
+        add("expect.report_data", False, "no nonce to compare report_data with: an old or copied report would pass "
+            "(give --report-data HEX, or --no-nonce to accept that)")
     if expect.host_data is not None:
         same = _eq(rep.host_data, expect.host_data)
         add("expect.host_data", same, "host_data equals the launched value" if same else "host_data differs from the launched value")

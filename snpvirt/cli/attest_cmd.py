@@ -25,7 +25,7 @@ Examples:
 VERIFY_EPILOG = """\b
 Examples:
   snpvirt attest verify report.bin --certs ./certs --domain web-01 -c qemu:///system --report-data $NONCE
-  snpvirt attest verify r1.bin r2.bin --vcek vcek.der --chain cert_chain.pem --expected-measurement 6d28...08fa
+  snpvirt attest verify r1.bin r2.bin --vcek vcek.der --chain cert_chain.pem --expected-measurement 6d28...08fa --no-nonce
   snpvirt attest verify report.bin --fetch --domain web-01 --json       # certificates from AMD KDS, cached
 Exit 0: every report verified · 1: a check failed (the output says which) · 2: bad input.
 """
@@ -76,7 +76,7 @@ def show(report_file: Path = typer.Argument(..., metavar="REPORT", help="A 1184-
         typer.echo(f"{key + ':':<22} {value}")
 
 
-def _expectations(domain, connect, expected_measurement, report_data, host_data, allow_debug, vmpl):
+def _expectations(domain, connect, expected_measurement, report_data, host_data, allow_debug, vmpl, no_nonce):
     import base64
 
     from snpvirt.errors import BadInputError
@@ -102,7 +102,10 @@ def _expectations(domain, connect, expected_measurement, report_data, host_data,
         policy, launched_host_data = recorded["policy"], recorded["host_data"]
         if measurement is None:
             measurement = recorded["measurement"]
-            source = f"domain {domain}" if measurement else recorded["measurement_unknown"]
+            # The metadata is as trustworthy as the libvirt host that holds it; the message says so.
+            source = (f"domain {domain}'s metadata on {connect or 'the default URI'} (trusted as that host keeps it; "
+                      f"a verifier that does not trust the host passes --expected-measurement from snpvirt measure)"
+                      if measurement else recorded["measurement_unknown"])
     host = launched_host_data
     if host_data is not None:
         try:
@@ -110,7 +113,8 @@ def _expectations(domain, connect, expected_measurement, report_data, host_data,
         except ValueError:
             raise BadInputError("--host-data is not base64", "give the base64 of 32 bytes") from None
     return Expectations(measurement, source, hex_arg(report_data, "--report-data") if report_data else None,
-                        host, policy, allow_debug, vmpl, recorded.get("id_key_digest"), recorded.get("author_key_digest"))
+                        no_nonce, host, policy, allow_debug, vmpl, recorded.get("id_key_digest"),
+                        recorded.get("author_key_digest"))
 
 
 @attest_app.command("verify", epilog=VERIFY_EPILOG)
@@ -125,6 +129,7 @@ def verify(
     domain: Optional[str] = typer.Option(None, "--domain", metavar="NAME", help="Compare with what snpvirt launched."),
     expected_measurement: Optional[str] = typer.Option(None, "--expected-measurement", metavar="HEX"),
     report_data: Optional[str] = typer.Option(None, "--report-data", metavar="HEX", help="The nonce the guest was given."),
+    no_nonce: bool = typer.Option(False, "--no-nonce", help="Accept a report without checking a nonce (replays pass)."),
     host_data: Optional[str] = typer.Option(None, "--host-data", metavar="B64", help="Expected HOST_DATA (32 bytes)."),
     allow_debug: bool = typer.Option(False, "--allow-debug", help="Accept a policy with DEBUG set."),
     vmpl: Optional[int] = typer.Option(None, "--vmpl", min=0, max=3, metavar="N", help="The VMPL the report must come from."),
@@ -152,7 +157,7 @@ def verify(
             when = when.replace(tzinfo=datetime.timezone.utc)
     pool = certs.load_paths([*certs_dir, *vcek, *chain])
     root = certs.load(_read(trust_root), str(trust_root))[0] if trust_root else None
-    expect = _expectations(domain, connect, expected_measurement, report_data, host_data, allow_debug, vmpl)
+    expect = _expectations(domain, connect, expected_measurement, report_data, host_data, allow_debug, vmpl, no_nonce)
     service = kds.Kds(kds_url or kds.DEFAULT_URL, kds.default_cache()) if fetch else None
     results, bad_input = [], False
     for path in report_files:
