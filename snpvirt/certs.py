@@ -89,7 +89,9 @@ class Cert:
     def hw_id(self) -> bytes | None:
         """The chip id; KDS stores it raw, some tools wrap it in an OCTET STRING: accept both."""
         value = self.extension("4")
-        if value is not None and len(value) >= 2 and value[0] == 0x04 and value[1] == len(value) - 2:
+        # Wrapped only when it is exactly an OCTET STRING of 64 (or Turin's 8) bytes: a raw chip id that
+        # happens to start with 04 3e must not be mistaken for one.
+        if value is not None and (value[:2], len(value)) in ((b"\x04\x40", 66), (b"\x04\x08", 10)):
             return value[2:]
         return value
 

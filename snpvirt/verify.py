@@ -49,16 +49,30 @@ def _eq(a: bytes, b: bytes) -> bool:
     return hmac.compare_digest(a, b)
 
 
+def binds(cert: certs.Cert, rep: reports.Report) -> bool:
+    """A VCEK's hwID names this report's chip (all 64 bytes, or Turin's first 8)."""
+    hw_id = cert.hw_id() or b""
+    return len(hw_id) in (8, 64) and rep.chip_id.startswith(hw_id)
+
+
+def tcb_matches(cert: certs.Cert, rep: reports.Report, product: str | None) -> bool:
+    return all(cert.spl(name) == value for name, value in rep.tcb(rep.reported_tcb, product).parts.items())
+
+
 def select_leaf(pool: list[certs.Cert], rep: reports.Report, product: str | None) -> certs.Cert | None:
-    """The VCEK for this report's chip (Turin VCEKs carry the first 8 bytes of the chip id), or the VLEK."""
-    if rep.signing_key == "vlek":
-        return next((c for c in pool if c.role == "vlek"), None)
-    vceks = [c for c in pool if c.role == "vcek"]
-    for cert in vceks:
-        hw_id = cert.hw_id()
-        if hw_id and rep.chip_id.startswith(hw_id) and (len(hw_id) == 64 or len(hw_id) == 8):
-            return cert
-    return vceks[0] if len(vceks) == 1 else None
+    """The certificate that signed this report: the VLEK, or the VCEK for its chip. Among several
+    candidates the one whose key verifies the signature (and matches the TCB) wins, so an extra or
+    older certificate in the files cannot hide the right one."""
+    role = "vlek" if rep.signing_key == "vlek" else "vcek"
+    candidates = [c for c in pool if c.role == role and (role == "vlek" or binds(c, rep))]
+    if len(candidates) > 1:
+        signing = [c for c in candidates if isinstance(c.cert.public_key(), certs.ec.EllipticCurvePublicKey)
+                   and amd_ecdsa.verify(c.cert.public_key(), rep.signature, rep.signed_bytes)]
+        candidates = sorted(signing, key=lambda c: not tcb_matches(c, rep, product)) or candidates
+    if candidates:
+        return candidates[0]
+    lone = [c for c in pool if c.role == role]
+    return lone[0] if len(lone) == 1 else None  # another chip's: the checks below say exactly that
 
 
 def _product_of(leaf: certs.Cert | None) -> str | None:
@@ -95,10 +109,9 @@ def verify(data: bytes, origin: str, pool: list[certs.Cert], *, expect: Expectat
         add("cert.tcb", not mismatched, f"{leaf.role.upper()} SPLs equal the reported TCB {tcb}" if not mismatched
             else f"{leaf.role.upper()} does not match the reported TCB: {'; '.join(mismatched)}")
         if leaf.role == "vcek":
-            hw_id = leaf.hw_id() or b""
-            bound = len(hw_id) in (8, 64) and rep.chip_id.startswith(hw_id)
+            bound = binds(leaf, rep)
             add("cert.chip_id", bound, "VCEK hwID equals the report's chip id" if bound else
-                f"VCEK hwID {hw_id.hex()[:16]}... is another chip than the report's {rep.chip_id.hex()[:16]}...")
+                f"VCEK hwID {(leaf.hw_id() or b'').hex()[:16]}... is another chip than the report's {rep.chip_id.hex()[:16]}...")
         else:
             add("cert.chip_id", True, "VLEK: signed for the cloud provider, not bound to a chip id")
 

@@ -203,7 +203,7 @@ def _fetched(service, data: bytes, origin: str, product: Optional[str], pool: li
     """Certificates KDS has for this report that the pool lacks."""
     from snpvirt import certs, report as reports
     from snpvirt.errors import BadInputError
-    from snpvirt.verify import select_leaf
+    from snpvirt.verify import binds, tcb_matches
 
     rep = reports.parse(data, origin)
     product = product or rep.product()
@@ -212,9 +212,12 @@ def _fetched(service, data: bytes, origin: str, product: Optional[str], pool: li
                             "give --product milan, genoa or turin")
     added = []
     signer = "vlek" if rep.signing_key == "vlek" else "vcek"
-    if not any(c.role == "ark" and c.product == product for c in pool):
+    intermediate = "asvk" if signer == "vlek" else "ask"
+    have = lambda role: any(c.role == role and c.product == product for c in pool)  # noqa: E731
+    if not (have("ark") and have(intermediate)):
         added += certs.load(service.cert_chain(product, signer), f"KDS {product} cert_chain")
-    if rep.signing_key == "vcek" and select_leaf(pool, rep, product) is None:
+    # A VCEK is per chip *and* per reported TCB: fetch unless one matches both.
+    if signer == "vcek" and not any(c.role == "vcek" and binds(c, rep) and tcb_matches(c, rep, product) for c in pool):
         added += certs.load(service.vcek(rep, product), f"KDS VCEK {rep.chip_id.hex()[:16]}")
     return added
 

@@ -265,3 +265,18 @@ def test_an_extra_untrusted_root_among_the_files_changes_nothing():
                            now=pinned_now(entry), product="milan")
     assert not result.verified, "a report signed by a look-alike CA is never verified without --trust-root"
     assert "cert.vcek_signed_by_ask" in result.failed() or "cert.ark_pinned" in result.failed()
+
+
+def test_the_right_vcek_wins_among_several():
+    entry, data, pool = milan_case()
+    other = certs.load_paths([vector("attestation/go-sev-guest/vcek_milan.der")])
+    decoy = make_ca(chip_id=bytes.fromhex(entry["fields"]["chip_id"]))  # same chip id, wrong key
+    crowd = other + [certs.Cert(decoy.vcek, "decoy")] + pool
+    verdict = verify.verify(data, "r", crowd, expect=replayable(bytes.fromhex(entry["fields"]["measurement"]), "t"),
+                            now=pinned_now(entry))
+    assert verdict.verified, verdict.failed()
+
+
+def test_a_raw_hwid_that_looks_wrapped_stays_raw():
+    ca = make_ca(chip_id=bytes([0x04, 0x3E]) + bytes(62))
+    assert certs.Cert(ca.vcek, "v").hw_id() == bytes([0x04, 0x3E]) + bytes(62)

@@ -109,3 +109,17 @@ def test_turin_queries_use_eight_bytes_of_chip_id_and_fmc_first():
     raw[0x1A0:0x1A8] = bytes.fromhex("1e550a8ee5cf9f4d")
     rep = reports.parse(bytes(raw))
     assert kds.vcek_query(rep, "turin") == ("1e550a8ee5cf9f4d", "fmcSPL=05&blSPL=03&teeSPL=01&snpSPL=08&ucodeSPL=21")
+
+
+def test_verify_fetch_gets_each_chips_vcek(server, tmp_path, monkeypatch, capsys):
+    go_chip = ("3ac3fe21e13fb0990eb28a802e3fb6a29483a6b0753590c951bdd3b8e53786184ca39e359669a2b76a1936776b564ea4"
+               "64cdce40c05f63c9b610c5068b006b5d")
+    FakeKds.routes[f"/vcek/v1/Milan/{go_chip}?blSPL=02&teeSPL=00&snpSPL=05&ucodeSPL=68"] = \
+        vector("attestation/go-sev-guest/vcek_milan.der").read_bytes()
+    monkeypatch.setenv("SNPVIRT_CACHE_DIR", str(tmp_path / "cache"))
+    code = run(["attest", "verify", str(vector(REPORT)), str(vector("attestation/go-sev-guest/attestation.bin")),
+                "--fetch", "--kds-url", server, "--product", "milan", "--no-nonce", "--allow-debug",
+                "--now", "2026-01-01T00:00:00Z", "--json"])
+    results = json.loads(capsys.readouterr().out)["results"]
+    assert [r["failed"] for r in results] == [["expect.measurement"], ["expect.measurement"]], "only the measurement is missing"
+    assert code == 1 and sum("/vcek/v1/Milan/" in r and "cert_chain" not in r for r in FakeKds.requests) == 2
