@@ -68,13 +68,14 @@ class GuestReport:
 
 
 def parse_cert_table(aux: bytes) -> dict[str, bytes]:
-    """The extended report's certificate table: (GUID, offset, length) entries, ended by a zero GUID."""
+    """The extended report's certificate table: (GUID in RFC 4122 byte order, as libuuid stores it;
+    offset; length) entries, ended by a zero GUID."""
     certs: dict[str, bytes] = {}
     for index in range(0, len(aux) - 23, 24):
         guid, offset, length = aux[index:index + 16], *struct.unpack_from("<II", aux, index + 16)
         if guid == bytes(16):
             break
-        name = CERT_GUIDS.get(uuid.UUID(bytes_le=guid), f"cert-{uuid.UUID(bytes_le=guid)}.der")
+        name = CERT_GUIDS.get(uuid.UUID(bytes=guid), f"cert-{uuid.UUID(bytes=guid)}.der")
         if offset + length > len(aux):
             raise SnpvirtError("the certificate table points past its data", "the host supplied a malformed table")
         certs[name] = aux[offset:offset + length]

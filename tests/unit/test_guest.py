@@ -69,7 +69,7 @@ def cert_table(entries: dict[str, bytes]) -> bytes:
     offset = 24 * (len(entries) + 1)
     body = b""
     for name, der in entries.items():
-        header += guids[name].bytes_le + struct.pack("<II", offset + len(body), len(der))
+        header += guids[name].bytes + struct.pack("<II", offset + len(body), len(der))
         body += der
     return header + bytes(24) + body
 
@@ -134,7 +134,13 @@ def test_certificate_table_parsing():
     table = cert_table({"vcek.der": b"V" * 10, "ark.der": b"A" * 3})
     assert guest.parse_cert_table(table) == {"vcek.der": b"V" * 10, "ark.der": b"A" * 3}
     unknown = uuid.uuid4()
-    odd = unknown.bytes_le + struct.pack("<II", 48, 2) + bytes(24) + b"xy"
+    odd = unknown.bytes + struct.pack("<II", 48, 2) + bytes(24) + b"xy"
     assert guest.parse_cert_table(odd) == {f"cert-{unknown}.der": b"xy"}
     with pytest.raises(SnpvirtError, match="past its data"):
-        guest.parse_cert_table(unknown.bytes_le + struct.pack("<II", 48, 99) + bytes(24))
+        guest.parse_cert_table(unknown.bytes + struct.pack("<II", 48, 99) + bytes(24))
+
+
+def test_certificate_guids_are_in_rfc_byte_order():
+    """As AMD's sev-guest tools write them (uuid_parse): the VCEK entry starts 63 da 75 8d."""
+    entry = bytes.fromhex("63da758de6644564adc5f4b93be8accd") + struct.pack("<II", 48, 1) + bytes(24) + b"v"
+    assert guest.parse_cert_table(entry) == {"vcek.der": b"v"}
