@@ -18,6 +18,7 @@ from snpvirt.report import Report
 
 DEFAULT_URL = "https://kdsintf.amd.com"
 RETRY_STATUS = {429, 500, 502, 503, 504}
+MAX_WAIT_S = 60.0  # a Retry-After longer than this is capped: a command should not hang for hours
 
 
 def default_cache() -> Path:
@@ -65,7 +66,7 @@ class Kds:
                     raise ConnectionFailedError(f"KDS answered {exc.code} for {url}",
                                                 "try again later, or use a mirror with --kds-url") from None
                 retry_after = exc.headers.get("Retry-After") if exc.headers else None
-                wait = float(retry_after) if retry_after and retry_after.isdigit() else delay
+                wait = min(float(retry_after), MAX_WAIT_S) if retry_after and retry_after.isdigit() else delay
             except (urllib.error.URLError, TimeoutError, OSError) as exc:
                 if attempt == self.attempts:
                     reason = getattr(exc, "reason", exc)
@@ -74,6 +75,13 @@ class Kds:
                 wait = delay
             self.sleep(wait)
             delay *= 2
+        # Only certificates are cached: a proxy's error page answered with 200 must not stick forever.
+        from snpvirt import certs
+        try:
+            certs.load(data, url)
+        except SnpvirtError:
+            raise ConnectionFailedError(f"{url} did not return a certificate ({len(data)} bytes)",
+                                        "check --kds-url: it must point at AMD KDS or a faithful mirror") from None
         if cached is not None:
             cached.parent.mkdir(parents=True, exist_ok=True)
             temporary = cached.with_suffix(cached.suffix + f".{os.getpid()}.tmp")

@@ -123,3 +123,33 @@ def test_verify_fetch_gets_each_chips_vcek(server, tmp_path, monkeypatch, capsys
     results = json.loads(capsys.readouterr().out)["results"]
     assert [r["failed"] for r in results] == [["expect.measurement"], ["expect.measurement"]], "only the measurement is missing"
     assert code == 1 and sum("/vcek/v1/Milan/" in r and "cert_chain" not in r for r in FakeKds.requests) == 2
+
+
+def test_a_non_certificate_answer_is_refused_and_not_cached(server, tmp_path):
+    FakeKds.routes["/vcek/v1/Genoa/cert_chain"] = b"<html>proxy login</html>"
+    service = kds.Kds(server, tmp_path / "cache", sleep=lambda s: None)
+    with pytest.raises(ConnectionFailedError, match="did not return a certificate"):
+        service.cert_chain("genoa")
+    assert not list((tmp_path / "cache").rglob("*.pem"))
+
+
+def test_retry_after_is_capped(server, tmp_path):
+    waits = []
+    FakeKds.failures = [429]
+    original = FakeKds.do_GET
+
+    def huge_retry_after(handler):
+        if FakeKds.failures:
+            FakeKds.failures.pop(0)
+            handler.send_response(429)
+            handler.send_header("Retry-After", "86400")
+            handler.end_headers()
+            return
+        original(handler)
+
+    FakeKds.do_GET = huge_retry_after
+    try:
+        kds.Kds(server, None, sleep=waits.append).cert_chain("milan")
+    finally:
+        FakeKds.do_GET = original
+    assert waits == [kds.MAX_WAIT_S]
