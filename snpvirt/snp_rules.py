@@ -114,6 +114,13 @@ def _kernel_hashes(dom: Domain, allow_debug: bool) -> Iterator[Problem]:
         yield "kernelHashes='yes' without <kernel>: there is nothing to hash"
 
 
+def _kernel_unmeasured(dom: Domain, allow_debug: bool) -> Iterator[Problem]:
+    snp, os_el = dom.snp, dom.os
+    if snp is not None and os_el is not None and os_el.find("kernel") is not None and snp.get("kernelHashes") != "yes":
+        yield ("direct kernel boot without kernelHashes='yes': the launch measurement does not cover the kernel, "
+               "initrd or cmdline, so the host can swap them and attestation still passes")
+
+
 def _blob(element: str, size: int) -> Callable[[Domain, bool], Iterator[Problem]]:
     def check(dom: Domain, allow_debug: bool) -> Iterator[Problem]:
         text = dom.snp.findtext(element) if dom.snp is not None else None
@@ -172,6 +179,8 @@ RULES: tuple[Rule, ...] = (
     *(Rule(f"snp.blob.{element}", "error", f"give the base64 of exactly {size} bytes (base64 -w0 FILE)", _blob(element, size))
       for element, size in BLOBS.items()),
     Rule("snp.id_auth", "error", "give <idBlock> and <idAuth> together (snpvirt idblock makes both)", _author_key),
+    Rule("snp.kernel_unmeasured", "warning", "set kernelHashes='yes' (snp.kernel_hashes = true) with an AmdSev OVMF",
+         _kernel_unmeasured),
     Rule("snp.virtio_iommu", "warning", "add <driver iommu='on'/> to the device (QEMU >= 6.0 usually sets it itself)", _virtio_iommu),
 )
 

@@ -143,3 +143,11 @@ def test_virt_managers_policy_0x24_is_rejected_by_the_bit17_rule(name):
 def test_legacy_sev_domain_is_not_snp():
     ids = {f.rule_id for f in domxml.check(vector("virt-manager/virt-install-amd-sev.xml").read_bytes())}
     assert "snp.launch_security" in ids
+
+
+def test_a_direct_kernel_without_hashes_is_warned_about():
+    root = golden_root()
+    root.find("launchSecurity").attrib.pop("kernelHashes")
+    findings = domxml.check(etree.tostring(root))
+    assert [(f.rule_id, f.severity) for f in findings] == [("snp.kernel_unmeasured", "warning")]
+    assert "attestation still passes" in findings[0].message
