@@ -23,6 +23,8 @@ class Expectations:
     policy: int | None = None  # the policy the domain was launched with
     allow_debug: bool = False
     vmpl: int | None = None  # the VMPL the report must have been requested at
+    allow_migration_agent: bool = False  # MIGRATE_MA lets a migration agent read the guest's memory
+    min_tcb: dict[str, int] | None = None  # e.g. {"bootloader": 3, "snp": 8}: the oldest firmware accepted
     id_key_digest: bytes | None = None  # from the ID block the domain was launched with
     author_key_digest: bytes | None = None
 
@@ -126,6 +128,18 @@ def verify(data: bytes, origin: str, pool: list[certs.Cert], *, expect: Expectat
     debug = bool(rep.policy & snp_policy.DEBUG_BIT)
     add("expect.policy_debug", not debug or expect.allow_debug, "DEBUG is clear" if not debug else
         "policy allows DEBUG: the host can read this guest's memory" + (" (allowed by --allow-debug)" if expect.allow_debug else ""))
+    structural = [p for p in snp_policy.problems(rep.policy, allow_debug=True)]
+    migrate = bool(rep.policy >> 18 & 1) and not expect.allow_migration_agent
+    add("expect.policy_flags", not structural and not migrate,
+        structural[0].message if structural else "policy allows a migration agent (MIGRATE_MA), which can read guest "
+        "memory (--allow-migration-agent to accept)" if migrate else "policy bits are valid; no migration agent")
+    if expect.min_tcb:
+        low = [f"{which} {name} {parts[name]} < {minimum}" for which, value in (
+                   ("reported", rep.reported_tcb), ("current", rep.current_tcb), ("launch", rep.launch_tcb))
+               for parts in [rep.tcb(value, product).parts] for name, minimum in expect.min_tcb.items()
+               if name in parts and parts[name] < minimum]
+        add("expect.min_tcb", not low, "reported, current and launch TCB meet --min-tcb" if not low else
+            "TCB below --min-tcb: " + "; ".join(low))
     if expect.policy is not None:
         same = rep.policy == expect.policy
         add("expect.policy", same, f"policy {snp_policy.to_hex(rep.policy)} "

@@ -76,7 +76,23 @@ def show(report_file: Path = typer.Argument(..., metavar="REPORT", help="A 1184-
         typer.echo(f"{key + ':':<22} {value}")
 
 
-def _expectations(domain, connect, expected_measurement, report_data, host_data, allow_debug, vmpl, no_nonce):
+def _min_tcb(text):
+    """--min-tcb bl=3,tee=0,snp=8,ucode=115[,fmc=1]"""
+    from snpvirt.errors import BadInputError
+
+    names = {"bl": "bootloader", "bootloader": "bootloader", "tee": "tee", "snp": "snp", "ucode": "microcode",
+             "microcode": "microcode", "fmc": "fmc"}
+    floor = {}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        if key.strip() not in names or not value.strip().isdigit():
+            raise BadInputError(f"--min-tcb part {part!r} is not NAME=NUMBER", "e.g. --min-tcb bl=3,tee=0,snp=8,ucode=115")
+        floor[names[key.strip()]] = int(value)
+    return floor
+
+
+def _expectations(domain, connect, expected_measurement, report_data, host_data, allow_debug, vmpl, no_nonce,
+                  allow_migration_agent=False, min_tcb=None):
     import base64
 
     from snpvirt.errors import BadInputError
@@ -112,9 +128,12 @@ def _expectations(domain, connect, expected_measurement, report_data, host_data,
             host = base64.b64decode(host_data, validate=True)
         except ValueError:
             raise BadInputError("--host-data is not base64", "give the base64 of 32 bytes") from None
-    return Expectations(measurement, source, hex_arg(report_data, "--report-data") if report_data else None,
-                        no_nonce, host, policy, allow_debug, vmpl, recorded.get("id_key_digest"),
-                        recorded.get("author_key_digest"))
+    return Expectations(
+        measurement=measurement, measurement_source=source,
+        report_data=hex_arg(report_data, "--report-data") if report_data else None, accept_replay=no_nonce,
+        host_data=host, policy=policy, allow_debug=allow_debug, vmpl=vmpl, allow_migration_agent=allow_migration_agent,
+        min_tcb=_min_tcb(min_tcb) if min_tcb else None, id_key_digest=recorded.get("id_key_digest"),
+        author_key_digest=recorded.get("author_key_digest"))
 
 
 @attest_app.command("verify", epilog=VERIFY_EPILOG)
@@ -133,6 +152,9 @@ def verify(
     host_data: Optional[str] = typer.Option(None, "--host-data", metavar="B64", help="Expected HOST_DATA (32 bytes)."),
     allow_debug: bool = typer.Option(False, "--allow-debug", help="Accept a policy with DEBUG set."),
     vmpl: Optional[int] = typer.Option(None, "--vmpl", min=0, max=3, metavar="N", help="The VMPL the report must come from."),
+    allow_migration_agent: bool = typer.Option(False, "--allow-migration-agent", help="Accept MIGRATE_MA in the policy."),
+    min_tcb: Optional[str] = typer.Option(None, "--min-tcb", metavar="bl=N,tee=N,snp=N,ucode=N",
+                                          help="Oldest TCB accepted (reported, current and launch)."),
     now: Optional[str] = typer.Option(None, "--now", metavar="ISO8601", help="Check validity at this time."),
     fetch: bool = typer.Option(False, "--fetch", help="Get missing certificates from AMD KDS (cached)."),
     kds_url: Optional[str] = typer.Option(None, "--kds-url", metavar="URL", envvar="SNPVIRT_KDS_URL"),
@@ -157,7 +179,8 @@ def verify(
             when = when.replace(tzinfo=datetime.timezone.utc)
     pool = certs.load_paths([*certs_dir, *vcek, *chain])
     root = certs.load(_read(trust_root), str(trust_root))[0] if trust_root else None
-    expect = _expectations(domain, connect, expected_measurement, report_data, host_data, allow_debug, vmpl, no_nonce)
+    expect = _expectations(domain, connect, expected_measurement, report_data, host_data, allow_debug, vmpl, no_nonce,
+                           allow_migration_agent, min_tcb)
     service = kds.Kds(kds_url or kds.DEFAULT_URL, kds.default_cache()) if fetch else None
     results, bad_input = [], False
     for path in report_files:

@@ -280,3 +280,23 @@ def test_the_right_vcek_wins_among_several():
 def test_a_raw_hwid_that_looks_wrapped_stays_raw():
     ca = make_ca(chip_id=bytes([0x04, 0x3E]) + bytes(62))
     assert certs.Cert(ca.vcek, "v").hw_id() == bytes([0x04, 0x3E]) + bytes(62)
+
+
+def test_migration_agent_and_tcb_floor():
+    ca = make_ca()
+    pool = [certs.Cert(c, n) for c, n in ((ca.ark, "ark"), (ca.ask, "ask"), (ca.vcek, "vcek"))]
+    now = datetime.datetime(2025, 6, 1, tzinfo=UTC)
+    migratable = ca.report(bytes(48), policy=0x70000)
+    verdict = verify.verify(migratable, "r", pool, expect=replayable(bytes(48), "t"), now=now, trust_root=pool[0], product="milan")
+    assert verdict.failed() == ["expect.policy_flags"] and "MIGRATE_MA" in verdict.checks[-1].message
+    assert verify.verify(migratable, "r", pool, expect=replayable(bytes(48), "t", allow_migration_agent=True), now=now,
+                         trust_root=pool[0], product="milan").verified
+    old = ca.report(bytes(48))  # TCB bl 3, snp 8, ucode 115
+    floor = replayable(bytes(48), "t", min_tcb={"snp": 9, "microcode": 100})
+    verdict = verify.verify(old, "r", pool, expect=floor, now=now, trust_root=pool[0], product="milan")
+    assert verdict.failed() == ["expect.min_tcb"] and "reported snp 8 < 9" in verdict.checks[-1].message
+
+
+def test_cli_min_tcb_parsing(capsys):
+    assert run(["attest", "verify", str(vector("attestation/derived/virtee_report_milan.bin")), "--min-tcb", "bl=x"]) == 2
+    assert "NAME=NUMBER" in capsys.readouterr().err
