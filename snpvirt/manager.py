@@ -266,11 +266,13 @@ class Manager:
             raise BadInputError(f"{label}: {errors[0].rule_id}: {errors[0].message}"
                                 + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""), errors[0].hint)
         root = domxml.parse(xml)
+        digest = metadata.content_digest(root)
         if metadata.read(root) is None:
             metadata.add_import_record(root, xml, self.clock())
-        return self._define_document(root, "define", metadata.read(root).digest)
+        metadata.find(root).set("xml_digest", digest)
+        return self._define_document(root, "define", digest)
 
-    def _define_document(self, root: etree._Element, action: str, digest: str | None) -> Outcome:
+    def _define_document(self, root: etree._Element, action: str, digest: str) -> Outcome:
         name = root.findtext("name")
         existing = self.hv.lookup(name)
         if existing is not None:
@@ -279,7 +281,7 @@ class Manager:
             if info is None or (uuid and uuid != existing.uuid):
                 raise ConflictError(f"a domain named {name} already exists" + (" and is not managed by snpvirt" if info is None
                                     else f" with UUID {existing.uuid}"), f"bring it under management with: snpvirt import {name}")
-            if info.digest == digest:
+            if info.xml_digest == digest:
                 return Outcome(name, "unchanged", state=existing.state)
             if not uuid:
                 etree.SubElement(root, "uuid").text = existing.uuid

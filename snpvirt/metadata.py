@@ -26,6 +26,7 @@ class ManagedInfo:
     launch: dict[str, Any] = field(default_factory=dict)
     defined_at: str | None = None
     updated_at: str | None = None
+    xml_digest: str | None = None  # of the document `define XML` was given, without snpvirt's element
 
 
 def find(root: etree._Element) -> etree._Element | None:
@@ -57,6 +58,7 @@ def read(root: etree._Element) -> ManagedInfo | None:
         launch=launch,
         defined_at=times.get("defined") if times is not None else None,
         updated_at=times.get("updated") if times is not None else None,
+        xml_digest=element.get("xml_digest"),
     )
 
 
@@ -126,3 +128,15 @@ def without_namespace(element: etree._Element) -> str:
         node.tag = etree.QName(node).localname
     etree.cleanup_namespaces(plain)
     return etree.tostring(plain, encoding="unicode")
+
+
+def content_digest(root: etree._Element) -> str:
+    """SHA-256 of a domain document's canonical form without snpvirt's own element: what `define XML`
+    compares, so an edited document is an update and the same document again is unchanged."""
+    import copy
+
+    plain = copy.deepcopy(root)
+    element = find(plain)
+    if element is not None:
+        element.getparent().remove(element)
+    return "sha256:" + hashlib.sha256(etree.tostring(plain, method="c14n")).hexdigest()

@@ -278,3 +278,13 @@ def test_a_definition_edited_to_lose_snp_is_never_started_and_apply_restores_it(
     assert plan.action == "update" and plan.details["diff"][-1]["key"] == "(definition)"
     done = mgr.apply([spec(name="mgr-11")])[0]
     assert done.ok and done.state == "running" and "<launchSecurity type='sev-snp'" in conn.lookup("mgr-11").xml
+
+
+def test_define_of_an_edited_document_updates_it(mgr, conn):
+    golden = (GOLDEN / "db-01.xml").read_text()
+    assert mgr.define_xml(golden.encode(), "db-01.xml").action == "define"
+    edited = golden.replace("<memory unit='MiB'>8192</memory>", "<memory unit='MiB'>4096</memory>").replace(
+        "<currentMemory unit='MiB'>8192</currentMemory>", "<currentMemory unit='MiB'>4096</currentMemory>")
+    outcome = mgr.define_xml(edited.encode(), "db-01.xml")
+    assert (outcome.action, outcome.changed) == ("update", True) and mgr.status("db-01")["memory_mib"] == 4096
+    assert mgr.define_xml(edited.encode(), "db-01.xml").action == "unchanged"
