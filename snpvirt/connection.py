@@ -23,7 +23,6 @@ _HOST_CODES = {libvirt.VIR_ERR_CONFIG_UNSUPPORTED, libvirt.VIR_ERR_OPERATION_UNS
 # libvirt's own state names (virDomainState), lowercased: the names `list` and `status` show.
 STATE_NAMES = {getattr(libvirt, f"VIR_DOMAIN_{name.upper()}"): name for name in (
     "nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed", "pmsuspended")}
-ACTIVE_STATES = {"running", "blocked", "paused", "shutdown", "pmsuspended"}
 QEMU_LOG_DIR = "/var/log/libvirt/qemu"
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from snpvirt import ovmf
 from snpvirt.errors import BadInputError
@@ -144,7 +144,6 @@ def vmsa_page(cs_base: int, rip: int, signature: int, guest_features: int) -> by
 class Measurement:
     digest: bytes
     updates: int  # PAGE_INFO updates folded in
-    details: dict = field(default_factory=dict)
 
     @property
     def hex(self) -> str:
@@ -198,4 +197,4 @@ def measure(image: bytes, *, vcpus: int, signature: int, guest_features: int = D
     ap = hashlib.sha384(vmsa_page(reset_addr & 0xFFFF0000, reset_addr & 0xFFFF, signature, guest_features)).digest()
     for index in range(vcpus):
         digest.update(VMSA, VMSA_GPA, bsp if index == 0 else ap)
-    return Measurement(digest.ld, digest.updates, {"reset_addr": reset_addr, "kernel_hashes": hash_page is not None})
+    return Measurement(digest.ld, digest.updates)

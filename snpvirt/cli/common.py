@@ -29,27 +29,38 @@ def json_option() -> bool:
 def manager(connect: Optional[str], host_caps: Optional[Path] = None, allow_debug: bool = False) -> Iterator:
     """A Manager over a fresh connection, closed afterwards. cbitpos/reducedPhysBits come from the spec,
     then --host-caps, then the connected host (the same order as render)."""
-    from snpvirt import domcaps, readiness, sevparams
+    from snpvirt import readiness
     from snpvirt.connection import Connection
     from snpvirt.manager import Manager
 
     conn = Connection(connect)
-    sources: list = []
-    if host_caps is not None:
-        sources.append(sevparams.HostCapsSource(read_host_caps(host_caps), f"--host-caps {host_caps}"))
-    connected: list = []
-
-    def resolve_sev(spec):
-        if (spec.snp.cbitpos is None or spec.snp.reduced_phys_bits is None) and not connected:
-            connected.append(sevparams.HostCapsSource(domcaps.parse_domcaps(conn.domain_capabilities()),
-                                                      f"host {conn.actual_uri}"))
-        return sevparams.resolve(spec, sources + connected)
-
+    sev = SevSources(host_caps, lambda: (conn.domain_capabilities(), f"host {conn.actual_uri}"))
     try:
-        yield Manager(conn, gate=lambda: readiness.assess(conn, uri=conn.actual_uri), resolve_sev=resolve_sev,
+        yield Manager(conn, gate=lambda: readiness.assess(conn, uri=conn.actual_uri), resolve_sev=sev.resolve,
                       allow_debug=allow_debug)
     finally:
         conn.close()
+
+
+class SevSources:
+    """Where cbitpos/reducedPhysBits come from, for render and the manager alike: the spec, then
+    --host-caps, then the connected host, which is asked once and only when still needed."""
+
+    def __init__(self, host_caps: Optional[Path], ask_host=None) -> None:
+        from snpvirt import sevparams
+
+        self.sources = [sevparams.HostCapsSource(read_host_caps(host_caps), f"--host-caps {host_caps}")] if host_caps else []
+        self._ask_host = ask_host  # () -> (domcapabilities XML, label), or None without a connection
+
+    def resolve(self, spec):
+        from snpvirt import domcaps, sevparams
+
+        complete = any(s.caps.cbitpos is not None and s.caps.reduced_phys_bits is not None for s in self.sources)
+        if self._ask_host is not None and not complete and (spec.snp.cbitpos is None or spec.snp.reduced_phys_bits is None):
+            xml, label = self._ask_host()
+            self.sources.append(sevparams.HostCapsSource(domcaps.parse_domcaps(xml), label))
+            self._ask_host = None
+        return sevparams.resolve(spec, self.sources)
 
 
 def exit_code(outcomes: list) -> int:

@@ -30,17 +30,13 @@ def render(
     json_output: bool = typer.Option(False, "--json", help="Print one JSON document."),
 ) -> None:
     """Render SPEC to libvirt domain XML, checked by libvirt's schema and snpvirt's SNP rules."""
-    from snpvirt import launch, output, policy, render as renderer, sevparams, spec as specs
-    from snpvirt.cli.common import read_host_caps
+    from snpvirt import launch, output, policy, render as renderer, spec as specs
+    from snpvirt.cli.common import SevSources
 
     vm = specs.load_spec(spec, overrides, allow_debug)
-    sources = []
-    if host_caps is not None:
-        sources.append(sevparams.HostCapsSource(read_host_caps(host_caps), f"--host-caps {host_caps}"))
-    if connect is not None and (vm.snp.cbitpos is None or vm.snp.reduced_phys_bits is None) and not _complete(sources):
-        sources.append(sevparams.HostCapsSource(_connected_host_caps(connect), f"host {connect}"))
+    sev = SevSources(host_caps, (lambda: (_domain_capabilities(connect), f"host {connect}")) if connect else None)
     record = launch.record(vm)  # expected measurement (and ID blocks) from the files readable here
-    result = renderer.render(vm, sevparams.resolve(vm, sources), allow_debug, launch=record)
+    result = renderer.render(vm, sev.resolve(vm), allow_debug, launch=record)
 
     changed = False
     if output_file is not None:
@@ -71,16 +67,11 @@ def render(
         typer.echo(f"{'wrote' if changed else 'unchanged'} {output_file} ({result.name}, policy {policy.to_hex(result.policy)})")
 
 
-def _complete(sources: list) -> bool:
-    return any(s.caps.cbitpos is not None and s.caps.reduced_phys_bits is not None for s in sources)
-
-
-def _connected_host_caps(uri: str):
-    from snpvirt import domcaps
+def _domain_capabilities(uri: str) -> str:
     from snpvirt.connection import Connection
 
     with Connection(uri) as conn:  # libvirt refuses domcapabilities to read-only connections
-        return domcaps.parse_domcaps(conn.domain_capabilities(), f"host {uri}")
+        return conn.domain_capabilities()
 
 
 def _write_atomically(path: Path, text: str) -> bool:
