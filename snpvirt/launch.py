@@ -64,19 +64,17 @@ class Expected:
 
 
 def measure_files(firmware: str, *, vcpus: int, signature: int, guest_features: int, kernel: str | None = None,
-                  initrd: str | None = None, cmdline: str | None = None, firmware_ld: bytes | None = None) -> Expected:
-    """Measure from files; an unreadable file or unsuitable firmware raises BadInputError naming it."""
-    digests = {"firmware": file_digest(firmware)}
-    if kernel is not None:
-        digests["kernel"] = file_digest(kernel)
-        if initrd is not None:
-            digests["initrd"] = file_digest(initrd)
+                  initrd: str | None = None, cmdline: str | None = None, firmware_ld: bytes | None = None,
+                  digests: dict[str, FileDigest] | None = None) -> Expected:
+    """Measure from files; an unreadable file or unsuitable firmware raises BadInputError naming it.
+    `digests` (from launch_digests) saves hashing files the caller already hashed."""
+    known = digests or {}
+    paths = {"kernel": kernel, "initrd": initrd if kernel is not None else None, "firmware": firmware}
+    needed = {kind: known.get(kind) or file_digest(path) for kind, path in paths.items() if path is not None}
     # Kernel and initrd first: a spec's own boot files are the likelier ones to be missing here.
-    for kind in sorted(digests, key=["kernel", "initrd", "firmware"].index):
-        digest = digests[kind]
+    for kind, digest in needed.items():
         if digest.sha256 is None:
-            path = {"firmware": firmware, "kernel": kernel, "initrd": initrd}[kind]
-            raise BadInputError(f"{kind} {path}: {digest.reason}", f"give a readable copy of the {kind} file")
+            raise BadInputError(f"{kind} {paths[kind]}: {digest.reason}", f"give a readable copy of the {kind} file")
     st = os.stat(firmware)
     try:
         image, seed = _firmware(firmware, st.st_size, st.st_mtime_ns)
@@ -84,15 +82,15 @@ def measure_files(firmware: str, *, vcpus: int, signature: int, guest_features: 
         raise BadInputError(f"firmware {firmware}: {err.message}", err.hint) from None
     hashes = None
     if kernel is not None:
-        initrd_digest = digests.get("initrd")
-        hashes = measure.KernelHashes.of(bytes.fromhex(digests["kernel"].sha256),
+        initrd_digest = needed.get("initrd")
+        hashes = measure.KernelHashes.of(bytes.fromhex(needed["kernel"].sha256),
                                          bytes.fromhex(initrd_digest.sha256) if initrd_digest else None, cmdline)
     try:
         result = measure.measure(image, vcpus=vcpus, signature=signature, guest_features=guest_features,
                                  kernel_hashes=hashes, firmware_ld=firmware_ld if firmware_ld is not None else seed)
     except BadInputError as err:
         raise BadInputError(f"firmware {firmware}: {err.message}", err.hint) from None
-    return Expected(result.hex, None, signature, guest_features, digests,
+    return Expected(result.hex, None, signature, guest_features, {**needed, **known},
                     (firmware_ld if firmware_ld is not None else seed).hex(), result.updates)
 
 
@@ -103,23 +101,19 @@ def spec_signature(spec: VmSpec) -> int:
 def expected_measurement(spec: VmSpec) -> Expected:
     """For a spec: the value when every launch file is readable here, otherwise 'unknown' and why."""
     features = spec.snp.guest_features
+    digests = launch_digests(spec)
     try:
         signature = spec_signature(spec)
     except BadInputError as err:
-        return Expected(None, err.message, None, features, launch_digests(spec))
-    digests = launch_digests(spec)
-    missing = [kind for kind in ("kernel", "initrd", "firmware")
-               if kind in digests and digests[kind].sha256 is None and (kind == "firmware" or spec.snp.kernel_hashes)]
-    if missing:  # the common case on a remote host's paths: say why, without reading anything
-        path = {"firmware": spec.firmware, "kernel": spec.boot.kernel, "initrd": spec.boot.initrd}[missing[0]]
-        return Expected(None, f"{missing[0]} {path}: {digests[missing[0]].reason}", signature, features, digests)
+        return Expected(None, err.message, None, features, digests)
     try:
         return measure_files(spec.firmware, vcpus=spec.vcpus, signature=signature, guest_features=features,
                              kernel=spec.boot.kernel if spec.snp.kernel_hashes else None,
-                             initrd=spec.boot.initrd if spec.snp.kernel_hashes else None, cmdline=spec.boot.cmdline)
+                             initrd=spec.boot.initrd if spec.snp.kernel_hashes else None, cmdline=spec.boot.cmdline,
+                             digests=digests)
     except (BadInputError, OSError) as err:
         reason = err.message if isinstance(err, BadInputError) else f"firmware {spec.firmware}: {err.strerror}"
-        return Expected(None, reason, signature, features, launch_digests(spec))
+        return Expected(None, reason, signature, features, digests)
 
 
 @dataclass(frozen=True)

@@ -112,3 +112,13 @@ def test_record_refuses_a_spec_the_domain_was_not_launched_with(mgr, files, tmp_
     mgr.apply([SpecInput(str(path), specs.load_spec(path))])
     code = run(["measure", str(path), "--set", "vcpus=2", "--record", "meas-05", "-c", "test:///default"])
     assert code == ExitCode.CONFLICT and "vCPUs: domain '4', spec '2'" in capsys.readouterr().err
+
+
+def test_a_kernel_without_hashes_is_measured_without_it_and_still_recorded(mgr, files, tmp_path):
+    path = spec_file(tmp_path, "meas-06", files, kernel_hashes="false")
+    path.write_text(path.read_text().replace('kernel_hashes = "false"', "kernel_hashes = false"))
+    mgr.apply([SpecInput(str(path), specs.load_spec(path))])
+    status = mgr.status("meas-06")
+    assert status["kernel_hashes"] is False and status["launch"]["kernel"]["sha256"]  # digest kept in the record
+    # Measured as the firmware alone: the reference's no-kernel Genoa 4-vCPU vector.
+    assert status["expected_measurement"].startswith("7f8dbe5139660d9d")
