@@ -90,7 +90,7 @@ def define(
         report(outcomes, json_output, m.warnings)
 
 
-def _each(names: List[str], verb) -> list:
+def _each(names: List[str], action: str, verb) -> list:
     """Run a single-domain verb over several names; each gets its own result (exit 9 when some fail)."""
     from snpvirt.errors import HostNotReadyError, SnpvirtError
     from snpvirt.manager import Outcome
@@ -102,7 +102,7 @@ def _each(names: List[str], verb) -> list:
         except HostNotReadyError:
             raise  # the gate refuses the whole call before anything changes
         except SnpvirtError as err:
-            outcomes.append(Outcome(name, verb.__name__).fail(err))
+            outcomes.append(Outcome(name, action).fail(err))
     return outcomes
 
 
@@ -112,7 +112,7 @@ NAMES = typer.Argument(..., metavar="NAME...", help="One or more domain names.")
 def start(names: List[str] = NAMES, connect: Optional[str] = connect_option(), json_output: bool = json_option()) -> None:
     """Start managed domains (after the readiness gate); running ones are left as they are."""
     with manager(connect) as m:
-        report(_each(names, m.start), json_output, m.warnings)
+        report(_each(names, "start", m.start), json_output, m.warnings)
 
 
 def stop(names: List[str] = NAMES,
@@ -121,22 +121,19 @@ def stop(names: List[str] = NAMES,
          connect: Optional[str] = connect_option(), json_output: bool = json_option()) -> None:
     """Shut managed domains down gracefully; with --force, destroy them after the timeout."""
     with manager(connect) as m:
-        def stop_one(name):
-            return m.stop(name, timeout, force)
-        stop_one.__name__ = "stop"
-        report(_each(names, stop_one), json_output, m.warnings)
+        report(_each(names, "stop", lambda name: m.stop(name, timeout, force)), json_output, m.warnings)
 
 
 def destroy(names: List[str] = NAMES, connect: Optional[str] = connect_option(), json_output: bool = json_option()) -> None:
     """Power managed domains off at once (like pulling the plug)."""
     with manager(connect) as m:
-        report(_each(names, m.destroy), json_output, m.warnings)
+        report(_each(names, "destroy", m.destroy), json_output, m.warnings)
 
 
 def undefine(names: List[str] = NAMES, connect: Optional[str] = connect_option(), json_output: bool = json_option()) -> None:
     """Remove stopped managed domains' definitions; absent ones are already done."""
     with manager(connect) as m:
-        report(_each(names, m.undefine), json_output, m.warnings)
+        report(_each(names, "undefine", m.undefine), json_output, m.warnings)
 
 
 START_EPILOG = VERB_EPILOG.format(verb="start")
