@@ -6,6 +6,7 @@ little-endian, zero-extended to 72 bytes. Keys never leave this module: only pub
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import struct
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from snpvirt.errors import BadInputError
 ID_BLOCK_SIZE = 96
 ID_AUTH_SIZE = 4096
 ALGO_ECDSA_P384_SHA384 = 1
+ID_KEY_OFFSET = 0x240  # the ID public key structure inside ID_AUTH_INFO (§13.1)
+AUTHOR_KEY_OFFSET = 0x880  # the author public key structure
 
 
 def id_block(measurement: bytes, policy: int, family_id: bytes = bytes(16), image_id: bytes = bytes(16),
@@ -52,10 +55,26 @@ def id_auth(block_signature: bytes, id_key: bytes, key_signature: bytes = bytes(
     auth = bytearray(ID_AUTH_SIZE)
     struct.pack_into("<II", auth, 0, ALGO_ECDSA_P384_SHA384, ALGO_ECDSA_P384_SHA384)
     auth[0x040:0x040 + SIG_SIZE] = block_signature
-    auth[0x240:0x240 + KEY_SIZE] = id_key
+    auth[ID_KEY_OFFSET:ID_KEY_OFFSET + KEY_SIZE] = id_key
     auth[0x680:0x680 + SIG_SIZE] = key_signature
-    auth[0x880:0x880 + KEY_SIZE] = author_key
+    auth[AUTHOR_KEY_OFFSET:AUTHOR_KEY_OFFSET + KEY_SIZE] = author_key
     return bytes(auth)
+
+
+def launched_key_digests(id_auth_b64: str, author_key_enabled: bool) -> tuple[bytes, bytes]:
+    """The ID_KEY_DIGEST and AUTHOR_KEY_DIGEST a report carries when its guest was launched with this
+    base64 ID_AUTH_INFO (libvirt's <idAuth>): SHA-384 of each public key structure (§13.2). The firmware
+    reads the author key only with AUTH_KEY_EN (authorKey='yes'); without it the report's author digest is zeros."""
+    try:
+        auth = base64.b64decode(id_auth_b64.strip(), validate=True)
+    except ValueError:
+        auth = b""
+    if len(auth) != ID_AUTH_SIZE:
+        raise BadInputError(f"the ID authentication information is not {ID_AUTH_SIZE} bytes of base64",
+                            "build it with: snpvirt idblock SPEC --id-key PEM")
+    id_key = auth[ID_KEY_OFFSET:ID_KEY_OFFSET + KEY_SIZE]
+    author_key = auth[AUTHOR_KEY_OFFSET:AUTHOR_KEY_OFFSET + KEY_SIZE]
+    return hashlib.sha384(id_key).digest(), hashlib.sha384(author_key).digest() if author_key_enabled else bytes(48)
 
 
 @dataclass(frozen=True)

@@ -399,6 +399,7 @@ class Manager:
         """What a report from this domain must show: its recorded measurement, policy and host data."""
         import base64
 
+        from snpvirt import idblock
         from snpvirt import policy as snp_policy
 
         record, info = self._managed(name)
@@ -409,9 +410,22 @@ class Manager:
         policy_text = info.launch.get("policy") or root.findtext("launchSecurity/policy")
         id_block = info.launch.get("id_block") if isinstance(info.launch.get("id_block"), dict) else {}
         digest = lambda key: base64.b64decode(id_block[key]) if id_block.get(key) else None  # noqa: E731
+        id_key_digest, author_key_digest = digest("id_key_digest"), digest("author_key_digest")
+        id_auth = root.findtext("launchSecurity/idAuth")
+        if id_auth:
+            # What launches is the <idAuth> libvirt holds, signed by snpvirt (snp.id_key) or brought
+            # ready-made (snp.id_block/id_auth): the report's key digests follow from it either way.
+            try:
+                from_auth = idblock.launched_key_digests(id_auth, root.find("launchSecurity").get("authorKey") == "yes")
+            except BadInputError as exc:
+                raise ConflictError(f"domain {name}'s <idAuth>: {exc.message}", "restore it: snpvirt apply SPEC") from None
+            if id_key_digest is not None and id_key_digest != from_auth[0]:
+                raise ConflictError(f"domain {name}'s <idAuth> carries another ID key than the one snpvirt signed "
+                                    "its ID block with (edited by another tool?)", "restore it: snpvirt apply SPEC")
+            id_key_digest, author_key_digest = from_auth
         return {
-            "id_key_digest": digest("id_key_digest"),
-            "author_key_digest": digest("author_key_digest"),
+            "id_key_digest": id_key_digest,
+            "author_key_digest": author_key_digest,
             "measurement": bytes.fromhex(value) if value else None,
             "measurement_unknown": f"domain {name} records no measurement ({recorded.get('reason', 'none recorded')}); "
                                    f"record one with: snpvirt measure SPEC --record {name}",

@@ -58,38 +58,64 @@ class TestCA:
         return paths
 
     def report(self, measurement: bytes = bytes(48), *, report_data: bytes = bytes(64), policy: int = 0x30000,
-               host_data: bytes = bytes(32), version: int = 2) -> bytes:
-        """A report as the firmware would sign it with this CA's VCEK."""
+               host_data: bytes = bytes(32), version: int = 2, id_key_digest: bytes = bytes(48),
+               author_key_digest: bytes | None = None, current_tcb: dict | None = None, launch_tcb: dict | None = None,
+               patch: dict[int, bytes] | None = None) -> bytes:
+        """A report as the firmware would sign it with this CA's VCEK. The reported TCB is the VCEK's;
+        current_tcb/launch_tcb change some of their parts (a guest launched before a firmware update,
+        or a firmware rolled back since). `patch` writes raw bytes (offset: bytes) before signing."""
         raw = bytearray(0x4A0)
-        tcb = (self.tcb["bootloader"] | self.tcb["tee"] << 8 | self.tcb["snp"] << 48 | self.tcb["microcode"] << 56)
+        reported = _tcb_value(self.tcb)
+        current = _tcb_value({**self.tcb, **(current_tcb or {})})
         struct.pack_into("<IIQ", raw, 0, version, 0, policy)
         struct.pack_into("<II", raw, 0x30, 0, 1)
-        struct.pack_into("<QQ", raw, 0x38, tcb, 0x1)
+        struct.pack_into("<QQ", raw, 0x38, current, 0x1)
+        struct.pack_into("<I", raw, 0x48, 1 if author_key_digest is not None else 0)  # AUTHOR_KEY_EN
         raw[0x50:0x90] = report_data
         raw[0x90:0xC0] = measurement
         raw[0xC0:0xE0] = host_data
+        raw[0xE0:0x110] = id_key_digest
+        raw[0x110:0x140] = author_key_digest or bytes(48)
         raw[0x160:0x180] = b"\xff" * 32
-        struct.pack_into("<Q", raw, 0x180, tcb)
+        struct.pack_into("<Q", raw, 0x180, reported)
         raw[0x1A0:0x1E0] = self.chip_id
-        struct.pack_into("<Q", raw, 0x1E0, tcb)
+        struct.pack_into("<Q", raw, 0x1E0, current)
         raw[0x1E8:0x1EB] = bytes([4, 52, 1])
-        struct.pack_into("<Q", raw, 0x1F0, tcb)
+        struct.pack_into("<Q", raw, 0x1F0, _tcb_value({**self.tcb, **(launch_tcb or {})}))
+        for offset, value in (patch or {}).items():
+            raw[offset:offset + len(value)] = value
         signature = amd_ecdsa.sign(self.vcek_key, bytes(raw[:0x2A0]))
         raw[0x2A0:0x2A0 + 144] = signature[:144]
         return bytes(raw)
 
 
-def make_ca(product: str = "Milan", chip_id: bytes = bytes(range(64)), tcb: dict | None = None) -> TestCA:
+def _tcb_value(parts: dict) -> int:
+    """Milan/Genoa TCB_VERSION: boot loader, TEE, 4 reserved bytes, SNP, microcode."""
+    return parts["bootloader"] | parts["tee"] << 8 | parts["snp"] << 48 | parts["microcode"] << 56
+
+
+CHIP_ID = object()  # make_ca(hw_id=CHIP_ID): the VCEK's hwID is the chip id, as KDS issues it
+
+
+def make_ca(product: str = "Milan", chip_id: bytes = bytes(range(64)), tcb: dict | None = None, *,
+            hw_id: bytes | None | object = CHIP_ID, expired: tuple[str, ...] = (), ark_self_signed: bool = True) -> TestCA:
+    """A CA and its VCEK. Broken on request: `hw_id` another hwID (None: no hwID extension), `expired`
+    the roles ("ark", "ask", "vcek") whose validity ended in January 2024, `ark_self_signed=False` an
+    ARK signed by some other key."""
     tcb = tcb or {"bootloader": 3, "tee": 0, "snp": 8, "microcode": 115}
     ark_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     ask_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     vcek_key = ec.generate_private_key(ec.SECP384R1())
-    ark = _cert(f"ARK-{product}", f"ARK-{product}", ark_key.public_key(), ark_key)
-    ask = _cert(f"SEV-{product}", f"ARK-{product}", ask_key.public_key(), ark_key)
+    days = {role: 30 if role in expired else 3650 for role in ("ark", "ask", "vcek")}
+    ark_signer = ark_key if ark_self_signed else rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ark = _cert(f"ARK-{product}", f"ARK-{product}", ark_key.public_key(), ark_signer, days=days["ark"])
+    ask = _cert(f"SEV-{product}", f"ARK-{product}", ask_key.public_key(), ark_key, days=days["ask"])
     amd = "1.3.6.1.4.1.3704.1"
     extensions = [(f"{amd}.1", _der_int(0)), (f"{amd}.2", b"\x16" + bytes([len(product) + 3]) + f"{product}-B0".encode()),
                   (f"{amd}.3.1", _der_int(tcb["bootloader"])), (f"{amd}.3.2", _der_int(tcb["tee"])),
-                  (f"{amd}.3.3", _der_int(tcb["snp"])), (f"{amd}.3.8", _der_int(tcb["microcode"])),
-                  (f"{amd}.4", chip_id)]
-    vcek = _cert("SEV-VCEK", f"SEV-{product}", vcek_key.public_key(), ask_key, extensions)
+                  (f"{amd}.3.3", _der_int(tcb["snp"])), (f"{amd}.3.8", _der_int(tcb["microcode"]))]
+    hw_id = chip_id if hw_id is CHIP_ID else hw_id
+    if hw_id is not None:
+        extensions.append((f"{amd}.4", hw_id))
+    vcek = _cert("SEV-VCEK", f"SEV-{product}", vcek_key.public_key(), ask_key, extensions, days=days["vcek"])
     return TestCA(ark_key, ask_key, vcek_key, ark, ask, vcek, chip_id, tcb)

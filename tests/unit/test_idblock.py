@@ -53,6 +53,19 @@ def test_id_auth_from_the_stored_signatures_is_byte_for_byte_the_published_one()
     assert amd_ecdsa.verify(id_key.public_key(), vector(f"{folder}/test_id_sig.bin").read_bytes(), block)
 
 
+def test_key_digests_read_from_a_published_id_auth():
+    """A ready-made <idAuth> tells which key digests the report must carry: the published ID_AUTH's
+    public keys hash to the published digests; without authorKey='yes' the author digest reads as zeros."""
+    auth_b64 = base64.b64encode(vector("measurement/idblock-virtee-sev/test_auth_block.bin").read_bytes()).decode()
+    id_digest, author_digest = idblock.launched_key_digests(auth_b64, author_key_enabled=True)
+    assert base64.b64encode(id_digest).decode() == "WfssaG36T+9J84M5qndckAUcKNVzg93DuvO160sUlt87DbvcuuX+J2d6ZEggdz/i"
+    assert base64.b64encode(author_digest).decode() == "7tgRafsMteDsNHlPEo/U4MSkb2fGWhrfqB/LJLzAiMJyNpt//D6ytq9qQoShs2xf"
+    assert idblock.launched_key_digests(auth_b64, author_key_enabled=False) == (id_digest, bytes(48))
+    for broken in ("not base64!", base64.b64encode(bytes(4095)).decode()):
+        with pytest.raises(BadInputError, match="not 4096 bytes of base64"):
+            idblock.launched_key_digests(broken, author_key_enabled=False)
+
+
 def test_signing_is_deterministic_so_rerendering_changes_nothing():
     key = idblock.load_private_key(vector("measurement/idblock-virtee-sev/test_id_key.pem"), "ID key")
     digest = launch_digest(cases()[0])
