@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 
 
 class ExitCode(enum.IntEnum):
@@ -66,3 +67,16 @@ class StartFailedError(SnpvirtError):
 class OperationTimeoutError(SnpvirtError):
     kind = "timeout"
     exit_code = ExitCode.TIMEOUT
+
+
+_SECRET_NAME = re.compile(r"key|secret|passw|token|private|credential", re.IGNORECASE)
+_SECRET_TEXT = re.compile(r"-----BEGIN|PRIVATE KEY", re.IGNORECASE)
+NOT_REPEATED = "the value given (not repeated: it may be a secret)"
+
+
+def quoted(value: object, name: str = "") -> str:
+    """A rejected value for an error message, or a placeholder where it could be a secret: a key
+    pasted inline instead of its file name must not end up in terminals, logs and CI output."""
+    if _SECRET_NAME.search(name) or _SECRET_TEXT.search(str(value)):
+        return NOT_REPEATED
+    return repr(value)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from snpvirt.errors import BadInputError
+from snpvirt.errors import BadInputError, quoted
 
 MUST_BE_ONE_BIT = 1 << 17
 DEBUG_BIT = 1 << 19
@@ -103,6 +103,6 @@ def parse_hex(text: str) -> int:
     cleaned = text.strip().lower()
     digits = cleaned[2:] if cleaned.startswith("0x") else cleaned
     if not digits or any(c not in "0123456789abcdef" for c in digits):
-        raise BadInputError(f"snp.policy {text!r} is not a hexadecimal number",
+        raise BadInputError(f"snp.policy {quoted(text)} is not a hexadecimal number",
                             'write it as "0x30000" or as a table: policy = { smt = true }')
     return int(digits, 16)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from snpvirt import policy as snp_policy
-from snpvirt.errors import BadInputError
+from snpvirt.errors import NOT_REPEATED, BadInputError, quoted
 from snpvirt.models import BootSpec, DiskSpec, NetworkSpec, SnpSpec, VmSpec
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -55,7 +55,7 @@ def _in_range(lo: int, hi: int) -> Callable[[str, Any], Any]:
 def _one_of(*choices: str) -> Callable[[str, Any], Any]:
     def check(path: str, value: str) -> str:
         if value not in choices:
-            raise _fail(path, f"{value!r} is not one of {', '.join(choices)}", f"set {path} to one of: {', '.join(choices)}")
+            raise _fail(path, f"{quoted(value, path)} is not one of {', '.join(choices)}", f"set {path} to one of: {', '.join(choices)}")
         return value
     return check
 
@@ -63,14 +63,17 @@ def _one_of(*choices: str) -> Callable[[str, Any], Any]:
 def _matches(pattern: re.Pattern[str], what: str, hint: str) -> Callable[[str, Any], Any]:
     def check(path: str, value: str) -> str:
         if not pattern.fullmatch(value):
-            raise _fail(path, f"{value!r} is not {what}", hint)
+            raise _fail(path, f"{quoted(value, path)} is not {what}", hint)
         return value
     return check
 
 
 def _absolute_path(path: str, value: str) -> str:
     if not value.startswith("/") or any(ord(c) < 32 or c == "\x7f" for c in value):
-        raise _fail(path, f"{value!r} is not an absolute file path", f"give {path} as an absolute path such as /var/lib/snpvirt/vm/file")
+        shown = quoted(value, path)
+        hint = (f"{path} takes the path of a file, not its content: save the key in a file only root can read, give that path"
+                if shown == NOT_REPEATED else f"give {path} as an absolute path such as /var/lib/snpvirt/vm/file")
+        raise _fail(path, f"{shown} is not an absolute file path", hint)
     return value
 
 
@@ -86,7 +89,7 @@ def _uuid(path: str, value: str) -> str:
     try:
         return str(uuidlib.UUID(value))
     except ValueError:
-        raise _fail(path, f"{value!r} is not a UUID", "use the form 8-4-4-4-12 hex digits, or leave it out and libvirt picks one") from None
+        raise _fail(path, f"{quoted(value, path)} is not a UUID", "use the form 8-4-4-4-12 hex digits, or leave it out and libvirt picks one") from None
 
 
 def _base64_blob(key: str) -> Callable[[str, Any], Any]:
@@ -112,7 +115,7 @@ def _hex16(path: str, value: str) -> str:
             return value.lower()
     except ValueError:
         pass
-    raise _fail(path, f"{value!r} is not 16 bytes of hex", "write it as 32 hex digits")
+    raise _fail(path, f"{quoted(value, path)} is not 16 bytes of hex", "write it as 32 hex digits")
 
 
 def _policy(path: str, value: Any) -> int:
@@ -261,7 +264,7 @@ def apply_overrides(raw: dict[str, Any], assignments: list[str]) -> dict[str, An
         key, sep, text = assignment.partition("=")
         parts = key.strip().split(".")
         if not sep or not all(parts):
-            raise BadInputError(f"--set {assignment!r} is not KEY=VALUE", "write it as --set vcpus=8 or --set snp.policy.smt=false")
+            raise BadInputError(f"--set {quoted(assignment, key)} is not KEY=VALUE", "write it as --set vcpus=8 or --set snp.policy.smt=false")
         node: dict[str, Any] | list[Any] = spec
         for depth, part in enumerate(parts[:-1]):
             node = _descend(node, part, ".".join(parts[: depth + 1]))

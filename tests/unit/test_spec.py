@@ -154,3 +154,49 @@ def test_overrides():
 def test_bad_overrides(assignment, match):
     with pytest.raises(BadInputError, match=match):
         specs.apply_overrides({**MINIMAL, "disks": [{"path": "/a"}]}, [assignment])
+
+
+# --- a key pasted where its file name belongs is never repeated -------------------------------------
+
+def _pem_private_key() -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return ec.generate_private_key(ec.SECP384R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()).decode()
+
+
+IN_SPEC = ["id_key in the spec", "author_key in the spec"]
+BY_SET = ["--set snp.id_key", "--set snp.policy"]  # a key pasted into the wrong option is no less a secret
+
+
+@pytest.mark.parametrize("verb, how", [
+    *[(verb, how) for verb in (["render"], ["render", "--json"], ["measure", "--json"]) for how in IN_SPEC + BY_SET],
+    *[(["apply", "--check", "--json", "-c", "test:///default"], how) for how in IN_SPEC]])
+def test_an_inline_private_key_is_not_echoed(tmp_path, verb, how):
+    from tests.conftest import run_cli
+
+    pem = _pem_private_key()
+    spec = tmp_path / "vm.toml"
+    text = 'name = "vm1"\nmemory_mib = 2048\nvcpus = 2\nfirmware = "/usr/share/ovmf/OVMF.amdsev.fd"\n[snp]\n'
+    extra = []
+    if how == "id_key in the spec":
+        text += f'id_key = """{pem}"""\n'
+    elif how == "author_key in the spec":
+        text += f'id_key = "/etc/snpvirt/id.pem"\nauthor_key = """{pem}"""\n'
+    else:
+        extra = ["--set", f"{how.split()[1]}={pem}"]
+    spec.write_text(text)
+    result = run_cli(*verb, spec, *extra)
+    assert result.code == 2, (result.code, result.stderr)
+    assert "not repeated: it may be a secret" in result.stdout + result.stderr
+    secret_lines = [line for line in pem.splitlines() if line.strip()]
+    assert len(secret_lines) >= 3
+    for line in secret_lines:
+        assert line not in result.stdout and line not in result.stderr
+    assert "PRIVATE KEY" not in result.stdout + result.stderr
+
+
+def test_an_ordinary_rejected_value_is_still_quoted():
+    assert "'relative/OVMF.fd' is not an absolute file path" in rejects("absolute", firmware="relative/OVMF.fd").message
+    assert "not repeated" in rejects("absolute", snp={"id_key": "key.pem"}).message, "a key's value is never repeated"
