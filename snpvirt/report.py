@@ -90,6 +90,16 @@ class Report:
     def signing_key(self) -> str:
         return SIGNING_KEYS.get(self.flags >> 2 & 0x7, f"reserved({self.flags >> 2 & 0x7})")
 
+    def nonzero_reserved(self) -> list[str]:
+        """The must-be-zero parts of the signed area that are not zero (§14's table), by offset."""
+        found = [f"signer info bits 31:5 ({self.flags:#x})"] if self.flags >> 5 else []
+        cpuid_end = 0x18B if self.version >= 3 else 0x188  # v3 put CPUID family/model/stepping there
+        mitigations_end = 0x208 if self.version >= 5 else 0x1F8  # v5 put the mitigation vectors there
+        for start, end in ((0x4C, 0x50), (cpuid_end, 0x1A0), (0x1EB, 0x1EC), (0x1EF, 0x1F0), (mitigations_end, SIGNED_SIZE)):
+            if any(self.raw[start:end]):
+                found.append(f"bytes {start:#x}..{end - 1:#x}")
+        return found
+
     def product(self) -> str | None:
         """The CPU generation from CPUID family/model (v3+); None for v2, which does not say."""
         if self.version < 3 or self.cpuid_fam_id == 0:

@@ -51,10 +51,29 @@ def _eq(a: bytes, b: bytes) -> bool:
     return hmac.compare_digest(a, b)
 
 
-def binds(cert: certs.Cert, rep: reports.Report) -> bool:
+# How many bytes of the chip id a VCEK's hwID holds: all 64, or Turin's first 8. A shorter (or absent)
+# hwID would be a prefix of many chips' ids and bind one VCEK to all of them.
+HW_ID_BYTES = {"milan": (64,), "genoa": (64,), "turin": (8,)}
+
+
+def _hw_id_lengths(rep: reports.Report, product: str | None) -> tuple[int, ...]:
+    return HW_ID_BYTES.get(product or rep.product() or "", (8, 64))  # a v2 report does not say its product
+
+
+def binds(cert: certs.Cert, rep: reports.Report, product: str | None = None) -> bool:
     """A VCEK's hwID names this report's chip (all 64 bytes, or Turin's first 8)."""
     hw_id = cert.hw_id() or b""
-    return len(hw_id) in (8, 64) and rep.chip_id.startswith(hw_id)
+    return len(hw_id) in _hw_id_lengths(rep, product) and rep.chip_id.startswith(hw_id)
+
+
+def _chip_id_message(vcek: certs.Cert, rep: reports.Report, product: str | None) -> str:
+    hw_id = vcek.hw_id() or b""
+    if binds(vcek, rep, product):
+        return "VCEK hwID equals the report's chip id"
+    if len(hw_id) not in _hw_id_lengths(rep, product):
+        return (f"VCEK hwID is {len(hw_id)} bytes, not a whole chip id (64 bytes, Turin 8): "
+                "it would stand for every chip it is a prefix of")
+    return f"VCEK hwID {hw_id.hex()[:16]}... is another chip than the report's {rep.chip_id.hex()[:16]}..."
 
 
 def tcb_matches(cert: certs.Cert, rep: reports.Report, product: str | None) -> bool:
@@ -66,7 +85,7 @@ def select_leaf(pool: list[certs.Cert], rep: reports.Report, product: str | None
     candidates the one whose key verifies the signature (and matches the TCB) wins, so an extra or
     older certificate in the files cannot hide the right one."""
     role = "vlek" if rep.signing_key == "vlek" else "vcek"
-    candidates = [c for c in pool if c.role == role and (role == "vlek" or binds(c, rep))]
+    candidates = [c for c in pool if c.role == role and (role == "vlek" or binds(c, rep, product))]
     if len(candidates) > 1:
         signing = [c for c in candidates if isinstance(c.cert.public_key(), certs.ec.EllipticCurvePublicKey)
                    and amd_ecdsa.verify(c.cert.public_key(), rep.signature, rep.signed_bytes)]
@@ -94,9 +113,11 @@ def verify(data: bytes, origin: str, pool: list[certs.Cert], *, expect: Expectat
     add = lambda check_id, ok, message: verdict.checks.append(Check(check_id, ok, message))  # noqa: E731
 
     add("report.format", True, f"version {rep.version}, ECDSA P-384/SHA-384, {product or 'product unknown'}")
-    mbz = rep.flags >> 5 == 0 and rep.raw[0x4C:0x50] == bytes(4) and rep.signing_key in ("vcek", "vlek")
-    add("report.reserved", mbz, "reserved fields are zero and the signing key is VCEK or VLEK" if mbz else
-        f"reserved bits set or no usable signing key (flags {rep.flags:#x}, signing key {rep.signing_key})")
+    reserved = rep.nonzero_reserved()
+    if rep.signing_key not in ("vcek", "vlek"):
+        reserved.append(f"signing key {rep.signing_key} (neither VCEK nor VLEK)")
+    add("report.reserved", not reserved, "reserved fields are zero and the signing key is VCEK or VLEK" if not reserved
+        else f"reserved values set: {'; '.join(reserved)}")
 
     chain = certs.verify_chain(pool, leaf, rep.signing_key if rep.signing_key in ("vcek", "vlek") else "vcek",
                                product, trust_root, now)
@@ -111,9 +132,7 @@ def verify(data: bytes, origin: str, pool: list[certs.Cert], *, expect: Expectat
         add("cert.tcb", not mismatched, f"{leaf.role.upper()} SPLs equal the reported TCB {tcb}" if not mismatched
             else f"{leaf.role.upper()} does not match the reported TCB: {'; '.join(mismatched)}")
         if leaf.role == "vcek":
-            bound = binds(leaf, rep)
-            add("cert.chip_id", bound, "VCEK hwID equals the report's chip id" if bound else
-                f"VCEK hwID {(leaf.hw_id() or b'').hex()[:16]}... is another chip than the report's {rep.chip_id.hex()[:16]}...")
+            add("cert.chip_id", binds(leaf, rep, product), _chip_id_message(leaf, rep, product))
         else:
             add("cert.chip_id", True, "VLEK: signed for the cloud provider, not bound to a chip id")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 
 import pytest
@@ -300,3 +301,123 @@ def test_migration_agent_and_tcb_floor():
 def test_cli_min_tcb_parsing(capsys):
     assert run(["attest", "verify", str(vector("attestation/derived/virtee_report_milan.bin")), "--min-tcb", "bl=x"]) == 2
     assert "NAME=NUMBER" in capsys.readouterr().err
+
+
+# --- each safety check, proven by a report that only it refuses --------------------------------------
+
+NOW = datetime.datetime(2025, 6, 1, tzinfo=UTC)
+
+
+def verify_with(ca, data, product="milan", **expect):
+    """Verify a test-CA report with the CA's ARK as trust root: every check but the one under test passes."""
+    pool = [certs.Cert(c, n) for c, n in ((ca.ark, "ark"), (ca.ask, "ask"), (ca.vcek, "vcek"))]
+    return verify.verify(data, "r", pool, expect=replayable(bytes(48), "t", **expect), now=NOW, trust_root=pool[0],
+                         product=product)
+
+
+@functools.cache
+def shared_ca():
+    """One intact CA for the tests that only vary the report (RSA keys take a while to make)."""
+    return make_ca()
+
+
+def test_the_test_ca_report_passes_every_check():
+    assert verify_with(shared_ca(), shared_ca().report()).verified
+
+
+@pytest.mark.parametrize("role", ["ark", "ask", "vcek"])
+def test_an_expired_certificate_anywhere_in_the_chain_fails(role):
+    ca = make_ca(expired=(role,))
+    verdict = verify_with(ca, ca.report())
+    assert verdict.failed() == [f"cert.validity.{role}"]
+    assert "expired 2024-01-31" in next(c.message for c in verdict.checks if c.check_id == f"cert.validity.{role}")
+
+
+def test_a_root_that_is_not_self_signed_fails_even_as_trust_root():
+    ca = make_ca(ark_self_signed=False)
+    verdict = verify_with(ca, ca.report())
+    assert verdict.failed() == ["cert.ark_self_signed"]
+
+
+CHIP = bytes(range(64))
+
+
+@pytest.mark.parametrize("hw_id", [None, b"", CHIP[:1], CHIP[:7], CHIP[:9], CHIP[:32], CHIP[:63]],
+                         ids=["absent", "empty", "1", "7", "9", "32", "63"])
+def test_a_vcek_whose_hwid_is_not_a_whole_chip_id_binds_to_no_chip(hw_id):
+    """Each of these hwIDs is a prefix of the report's chip id: accepted, the VCEK would bind to every
+    chip whose id starts with it."""
+    ca = make_ca(chip_id=CHIP, hw_id=hw_id)
+    verdict = verify_with(ca, ca.report())
+    assert verdict.failed() == ["cert.chip_id"]
+    assert "not a whole chip id" in next(c.message for c in verdict.checks if c.check_id == "cert.chip_id")
+
+
+def test_eight_bytes_of_chip_id_are_a_turin_hwid_only():
+    ca = make_ca(chip_id=CHIP, hw_id=CHIP[:8])
+    assert verify_with(ca, ca.report(), product="milan").failed() == ["cert.chip_id"]
+    rep = reports.parse(ca.report())
+    assert verify.binds(certs.Cert(ca.vcek, "v"), rep, "turin") and not verify.binds(certs.Cert(ca.vcek, "v"), rep, "genoa")
+    whole = make_ca(chip_id=CHIP)
+    assert not verify.binds(certs.Cert(whole.vcek, "v"), reports.parse(whole.report()), "turin")
+
+
+# Every must-be-zero part of the signed area (signer info bits 31:5 included), for report versions 2, 3 and 5.
+RESERVED = [(2, 0x48, b"\x20"), (2, 0x4B, b"\x80"), (2, 0x4C, b"\x01"), (2, 0x4F, b"\x01"), (2, 0x188, b"\x19"),
+            (2, 0x19F, b"\x01"), (3, 0x18B, b"\x01"), (3, 0x19F, b"\x01"), (2, 0x1EB, b"\x01"), (2, 0x1EF, b"\x01"),
+            (2, 0x1F8, b"\x01"), (3, 0x200, b"\x01"), (2, 0x29F, b"\x01"), (5, 0x208, b"\x01"), (5, 0x29F, b"\x01"),
+            (2, 0x48, b"\x08")]  # the last: signing key 2, a reserved value
+
+
+@pytest.mark.parametrize("version, offset, value", RESERVED, ids=[f"v{v}-{o:#x}-{b.hex()}" for v, o, b in RESERVED])
+def test_a_signed_report_with_a_reserved_field_set_fails(version, offset, value):
+    ca = shared_ca()
+    verdict = verify_with(ca, ca.report(version=version, patch={offset: value}))
+    assert verdict.failed() == ["report.reserved"]
+
+
+@pytest.mark.parametrize("version, offset", [(3, 0x188), (3, 0x18A), (5, 0x1F8), (5, 0x207)],
+                         ids=["v3-cpuid-family", "v3-cpuid-stepping", "v5-launch-mit-vector", "v5-current-mit-vector"])
+def test_fields_a_later_version_defines_are_not_reserved(version, offset):
+    ca = shared_ca()
+    assert verify_with(ca, ca.report(version=version, patch={offset: b"\x01"})).verified
+
+
+def test_a_reserved_byte_of_a_real_report_is_refused():
+    entry, data, pool = milan_case()
+    for offset in (0x4C, 0x190, 0x1EB, 0x1EF, 0x200, 0x29F):
+        tampered = bytearray(data)
+        tampered[offset] = 1
+        verdict = verify.verify(bytes(tampered), "t", pool, expect=replayable(bytes.fromhex(entry["fields"]["measurement"]),
+                                                                            "t"), now=pinned_now(entry))
+        assert "report.reserved" in verdict.failed(), hex(offset)
+
+
+@pytest.mark.parametrize("which", ["current_tcb", "launch_tcb"])
+def test_min_tcb_holds_for_the_current_and_the_launch_tcb_too(which):
+    """The VCEK is for the reported TCB; a guest launched on older firmware (launch), or a firmware
+    rolled back below the floor since (current), is below --min-tcb all the same."""
+    ca = shared_ca()  # TCB bl 3, tee 0, snp 8, ucode 115
+    data = ca.report(**{which: {"snp": 7}})
+    verdict = verify_with(ca, data, min_tcb={"snp": 8})
+    assert verdict.failed() == ["expect.min_tcb"]
+    message = next(c.message for c in verdict.checks if c.check_id == "expect.min_tcb")
+    assert f"{which.split('_')[0]} snp 7 < 8" in message and "reported" not in message
+
+
+def test_min_tcb_accepts_a_tcb_exactly_at_the_floor():
+    ca = shared_ca()
+    assert verify_with(ca, ca.report(), min_tcb={"bootloader": 3, "tee": 0, "snp": 8, "microcode": 115}).verified
+    for name, one_more in (("bootloader", 4), ("tee", 1), ("snp", 9), ("microcode", 116)):
+        assert verify_with(ca, ca.report(), min_tcb={name: one_more}).failed() == ["expect.min_tcb"], name
+
+
+def test_cli_min_tcb_at_its_boundary(tmp_path, capsys):
+    ca = shared_ca()
+    paths = ca.write(tmp_path / "ca")
+    (tmp_path / "r.bin").write_bytes(ca.report())
+    base = ["attest", "verify", str(tmp_path / "r.bin"), "--certs", str(tmp_path / "ca"), "--trust-root", str(paths["ark"]),
+            "--expected-measurement", "00" * 48, "--product", "milan", "--now", "2025-06-01T00:00:00Z", "--no-nonce"]
+    assert run(base + ["--min-tcb", "bl=3,tee=0,snp=8,ucode=115"]) == 0
+    assert run(base + ["--min-tcb", "ucode=116"]) == ExitCode.FAILURE
+    assert "reported microcode 115 < 116" in capsys.readouterr().out
