@@ -1,4 +1,4 @@
-"""The test data in tests/data: every file accounted for in its README, derived files re-derived."""
+"""The test data in tests/data: every file accounted for in its README, derived files re-derived, nothing outside."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import hashlib
 import json
 import re
 
-from tests.conftest import VECTORS, vector
+from tests.conftest import ROOT, VECTORS, vector
 
 
 def test_every_data_file_is_listed_in_the_readme():
@@ -34,3 +34,15 @@ def test_the_generated_measurement_inputs_are_what_the_readme_says():
     assert extra["kernel"]["sha256"] == hashlib.sha256(b"K" * 4096).hexdigest()
     assert extra["initrd"]["sha256"] == hashlib.sha256(b"I" * 1000).hexdigest()
 
+
+def test_nothing_reads_data_from_outside_the_repository():
+    """A clone with nothing beside it must run everything: no path into a sibling folder of the checkout."""
+    sibling = ".." + "/shared"  # split so this file does not match itself
+    parent_join = 'parent / "' + 'shared"'
+    folders = ("snpvirt", "scripts", "tests", "docs", "templates", "examples", ".ci")
+    texts = [p for top in folders for p in (ROOT / top).rglob("*")
+             if p.is_file() and "__pycache__" not in p.parts and VECTORS not in p.parents]
+    texts += [ROOT / "README.md", ROOT / "pyproject.toml"]
+    offenders = [str(p.relative_to(ROOT)) for p in texts
+                 if sibling in (text := p.read_text(errors="replace")) or parent_join in text]
+    assert offenders == []
