@@ -65,19 +65,15 @@ def host_check_times(runs: int) -> list[tuple[str, float]]:
     """Median wall time of `snpvirt host check` (a real process) on a ready fake host and on a real daemon."""
     import tempfile
 
-    from tests.conftest import VECTORS
     from tests.integration.daemon import IsolatedLibvirtd, libvirtd_available
     from tests.unit.fakehost import FakeHost, genoa_domcaps
 
     snpvirt = [sys.executable, "-m", "snpvirt", "host", "check", "--json"]
     figures = []
     with tempfile.TemporaryDirectory(prefix="snpvirt-bench-") as tmp:
-        if VECTORS.is_dir():
-            fake = FakeHost(Path(tmp) / "genoa")
-            argv = snpvirt + ["--sysroot", str(fake.root), "--domcaps", str(genoa_domcaps())]
-            figures.append(("ready fake Genoa host", median_runtime(argv, runs, expect=0)))
-        else:
-            print(f"  (no fake-host figure: {VECTORS} is absent)")
+        fake = FakeHost(Path(tmp) / "genoa")
+        argv = snpvirt + ["--sysroot", str(fake.root), "--domcaps", str(genoa_domcaps())]
+        figures.append(("ready fake Genoa host", median_runtime(argv, runs, expect=0)))
         reason = libvirtd_available()
         if reason:
             print(f"  (no real-daemon figure: {reason})")

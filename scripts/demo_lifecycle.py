@@ -1,7 +1,8 @@
 """The lifecycle part of scripts/demo: apply, list, status, stop, undefine, on libvirt's test driver.
 
 libvirt's test:///default lives inside one process, so the demo starts a private libvirtd (the same
-isolated daemon the tests use) and points each `snpvirt` command at its test driver.
+isolated daemon the tests use) and points each `snpvirt` command at its test driver. Every command
+must succeed: a failure, or a daemon that cannot start here, ends the demo with exit 1.
 """
 
 from __future__ import annotations
@@ -15,13 +16,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
+class StepFailed(Exception):
+    """A demo step that did not do what the demo shows."""
+
+
 def snpvirt(*args: str, uri: str) -> None:
     shown = " ".join(a if " " not in a else repr(a) for a in args)
     print(f"$ snpvirt {shown} -c test+unix:///default?socket=…")
     sys.stdout.flush()
     code = subprocess.run([sys.executable, "-m", "snpvirt", *args, "-c", uri], cwd=ROOT).returncode
     if code:
-        print(f"(exit {code})")
+        raise StepFailed(f"snpvirt {shown} exited {code}")
 
 
 def main() -> int:
@@ -31,8 +36,9 @@ def main() -> int:
 
     reason = libvirtd_available()
     if reason:
-        print(f"(skipped: a private libvirtd cannot run here: {reason})")
-        return 0
+        print(f"demo: error: a private libvirtd cannot run here: {reason}", file=sys.stderr)
+        print("hint: this step needs root, libvirtd and unshare (scripts/setup installs libvirt)", file=sys.stderr)
+        return 1
     with tempfile.TemporaryDirectory(prefix="snpvirt-demo-") as tmp, IsolatedLibvirtd(Path(tmp) / "d") as daemon:
         uri = daemon.test_uri
         held = libvirt.open(uri)  # the daemon's test driver keeps its state while a client is connected
@@ -45,6 +51,9 @@ def main() -> int:
             snpvirt("apply", "examples/web-01.toml", "--json", uri=uri)
             snpvirt("stop", "web-01", uri=uri)
             snpvirt("undefine", "web-01", uri=uri)
+        except StepFailed as failed:
+            print(f"demo: error: {failed}", file=sys.stderr)
+            return 1
         finally:
             held.close()
     return 0

@@ -1,6 +1,6 @@
 """ECDSA P-384 in AMD's SEV-SNP layouts: public keys and signatures with little-endian numbers.
 
-Used by ID blocks (measurement.md §13.1) and attestation report signatures (§15.1).
+Used by ID blocks (docs/measurement.md §9) and attestation report signatures (§11.1).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """AMD's SEV-SNP certificates: load and sort them, read the VCEK/VLEK extensions, check the chain.
 
 ARK (RSA-4096, self-signed) -> ASK or ASVK -> VCEK or VLEK (EC P-384), every signature RSASSA-PSS
-with SHA-384 and a 48-byte salt. The ARK is pinned by the SHA-256 of its public key (reference/
-measurement.md §15.2-§15.3).
+with SHA-384 and a 48-byte salt. The ARK is pinned by the SHA-256 of its public key
+(docs/measurement.md §11.2-§11.3).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Exit codes and the error classes every layer raises (DESIGN.md "Exit codes")."""
+"""Exit codes and the error classes every layer raises (docs/architecture.md, "Conventions")."""
 
 from __future__ import annotations
 

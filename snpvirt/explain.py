@@ -1,6 +1,6 @@
 """Known SEV-SNP start failures, recognised in libvirt's error or the QEMU log, each with one fix.
 
-Sources: reference/snp-landscape.md §3-§4 (AMDESE/AMDSEV issues #223, #240, #253, #262, #218, #84).
+Sources: docs/snp-facts.md §4 (AMDESE/AMDSEV issues #223, #240, #253, #262, #218, #84).
 """
 
 from __future__ import annotations

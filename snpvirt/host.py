@@ -2,7 +2,7 @@
 
 Each check has a stable id, a status (pass/warn/fail/skip), what it found, one concrete fix for
 a fail or warn, and its facts. A check whose parent failed or could not run is `skip`, as in
-snphost. Sources for every rule: reference/snp-landscape.md §2-§4.
+snphost. Sources for every rule: docs/snp-facts.md §1-§2.
 """
 
 from __future__ import annotations

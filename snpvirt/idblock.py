@@ -1,6 +1,6 @@
 """SEV-SNP ID block (96 bytes) and ID authentication information (4096 bytes), signed with P-384 keys.
 
-Layout and signing: reference/measurement.md §13. AMD's structures store ECDSA numbers
+Layout and signing: docs/measurement.md §9. AMD's structures store ECDSA numbers
 little-endian, zero-extended to 72 bytes. Keys never leave this module: only public digests do.
 """
 

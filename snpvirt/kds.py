@@ -1,6 +1,6 @@
 """AMD's Key Distribution Service: ARK/ASK chains and per-chip VCEKs, with a cache and polite retries.
 
-URL scheme: reference/measurement.md §15.4. `--kds-url` / SNPVIRT_KDS_URL point at a mirror or proxy.
+URL scheme: docs/measurement.md §11.4. `--kds-url` / SNPVIRT_KDS_URL point at a mirror or proxy.
 """
 
 from __future__ import annotations

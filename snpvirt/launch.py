@@ -156,7 +156,7 @@ def record(spec: VmSpec) -> LaunchRecord:
 
 
 def host_guest_features(kernel_release: str | None, debug_swap: str | None) -> tuple[int, str] | None:
-    """The guest features a local host's KVM gives SNP guests, when its facts say (measurement.md §8.5).
+    """The guest features a local host's KVM gives SNP guests, when its facts say (docs/measurement.md §7.4).
 
     Upstream KVM from 6.11 (KVM_SEV_INIT2, which QEMU uses) sets SNPActive only: 0x1. Transitional
     kernels with kvm_amd debug_swap=Y add DebugSwap: 0x21.

@@ -1,6 +1,6 @@
 """The expected SEV-SNP launch measurement of a QEMU + OVMF guest, computed from its launch inputs.
 
-Specification: reference/measurement.md §1-§8 (checked bit for bit against virtee/sev-snp-measure).
+Specification: docs/measurement.md §1-§7 (checked bit for bit against virtee/sev-snp-measure).
 Pure Python over hashlib; the firmware's own structure comes from ovmf.py.
 """
 
@@ -28,7 +28,7 @@ CMDLINE_ENTRY_GUID = uuid.UUID("97d02dd8-bd20-4c94-aa78-e7714d36ab2a").bytes_le
 INITRD_ENTRY_GUID = uuid.UUID("44baf731-3a2f-4bd7-9af1-41e29169781d").bytes_le
 KERNEL_ENTRY_GUID = uuid.UUID("4de79437-abd2-427f-b835-d5b172d2045b").bytes_le
 
-# QEMU CPU model -> (family, model, stepping): the vCPU signature in the VMSA (measurement.md §8.4).
+# QEMU CPU model -> (family, model, stepping): the vCPU signature in the VMSA (docs/measurement.md §7.3).
 _EPYC = (23, 1, 2)
 _ROME = (23, 49, 0)
 _MILAN = (25, 1, 1)
@@ -64,7 +64,7 @@ def vcpu_signature(vcpu_type: str) -> int:
 
 
 class LaunchDigest:
-    """GCTX.LD: folded with one PAGE_INFO per measured page (measurement.md §4.1)."""
+    """GCTX.LD: folded with one PAGE_INFO per measured page (docs/measurement.md §4)."""
 
     __slots__ = ("ld", "updates")
 

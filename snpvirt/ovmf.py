@@ -1,6 +1,6 @@
 """OVMF image structure that SEV-SNP depends on: the GUIDed footer table and the `ASEV` metadata.
 
-Layout: reference/measurement.md §3 (EDK2 ResetVectorVtf0.asm, OvmfSevMetadata.asm).
+Layout: docs/measurement.md §3 (EDK2 ResetVectorVtf0.asm, OvmfSevMetadata.asm).
 """
 
 from __future__ import annotations

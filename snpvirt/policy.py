@@ -1,6 +1,6 @@
 """The 64-bit SEV-SNP guest policy: named flags <-> integer, and its validity rules.
 
-Bit layout: AMD SEV-SNP firmware ABI spec 56860 §4.3 (see reference/snp-landscape.md §2).
+Bit layout: AMD SEV-SNP firmware ABI spec 56860 §4.3 (see docs/snp-facts.md §1).
 """
 
 from __future__ import annotations

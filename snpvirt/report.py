@@ -1,6 +1,6 @@
 """The SEV-SNP attestation report (1184 bytes): parse every field, decode policy, TCB, platform info.
 
-Layout: reference/measurement.md §14 (AMD ABI 56860 §7.3). Versions 2, 3 (4) and 5.
+Layout: docs/measurement.md §10 (AMD ABI 56860 §7.3). Versions 2, 3 (4) and 5.
 """
 
 from __future__ import annotations

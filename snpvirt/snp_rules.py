@@ -2,7 +2,7 @@
 
 A check gets the parsed <domain> element and yields one message per problem (or a
 (message, hint) pair when the hint depends on what was found). Sources for each rule are in
-reference/snp-landscape.md §2-§4.
+docs/snp-facts.md §1-§3.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ MAC_RE = re.compile(r"([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}")
 BRIDGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,14}")  # Linux interface names: at most 15 chars
 MEMORY_MIB_RANGE = (128, 4 * 1024 * 1024)
 VCPUS_RANGE = (1, 512)
-# Decoded sizes fixed by the SNP_LAUNCH_* firmware commands (reference/snp-landscape.md §1.1).
+# Decoded sizes fixed by the SNP_LAUNCH_* firmware commands (docs/snp-facts.md §3).
 BLOB_BYTES = {"host_data": 32, "guest_visible_workarounds": 16, "id_block": 96, "id_auth": 4096}
 
 

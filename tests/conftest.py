@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 GOLDEN = ROOT / "tests" / "golden"
-VECTORS = Path(os.environ.get("SNPVIRT_VECTORS", ROOT.parent / "shared" / "vectors"))
+VECTORS = ROOT / "tests" / "data"  # public test data shipped with the repository: see tests/data/README.md
 GENOA_DOMCAPS = "libvirt/domaincaps/qemu_10.0.0-q35.x86_64+amdsev.xml"
 
 
 def vector(relative: str) -> Path:
-    """A file from ../shared/vectors/, or skip the test saying what is missing."""
+    """A file from tests/data/. The data ships with the repository, so a missing file is an error, never a skip."""
     path = VECTORS / relative
     if not path.is_file():
-        pytest.skip(f"test vector {relative} not found under {VECTORS} (the shared/ folder is absent)")
+        raise FileNotFoundError(f"test data {relative} is missing from {VECTORS} (it ships with the repository: "
+                                f"see tests/data/README.md)")
     return path
 
 

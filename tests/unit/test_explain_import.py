@@ -9,7 +9,7 @@ from tests.conftest import vector
 
 
 @pytest.mark.parametrize("text,fragment", [
-    # Texts as users reported them (reference/snp-landscape.md §4) or as this machine's libvirt says them.
+    # Texts as users reported them (docs/snp-facts.md, "Known start failures") or as this machine's libvirt says them.
     ("qemu-system-x86_64: sev_snp_launch_start: SNP_LAUNCH_START ret=-22 fw_error=0 ''", "policy bits"),
     ("SEV: guest firmware hashes table area is invalid (base=0x0 size=0x0)", "AmdSev OVMF"),
     ("qemu-system-x86_64: SEV information block/Firmware GUID Table block not found in pflash rom", "<loader type='rom'"),

@@ -1,4 +1,4 @@
-"""DESIGN.md's layering, checked on the source: which modules may import what, and who may print."""
+"""The layering of docs/architecture.md, checked on the source: which modules may import what, and who may print."""
 
 import ast
 from pathlib import Path

@@ -1,38 +1,32 @@
-"""The launch measurement, bit for bit against every QEMU SNP vector in ../shared/vectors/measurement."""
+"""The launch measurement, bit for bit against every QEMU SNP vector in tests/data/measurement."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import json
-import re
 
 import pytest
 
 from snpvirt import launch, measure
 from snpvirt.cli.app import run
 from snpvirt.errors import BadInputError
-from tests.conftest import VECTORS, vector
-
-REFERENCE = VECTORS.parent / "reference" / "measurement.md"
+from tests.conftest import vector
 
 
 def upstream_cases():
-    path = VECTORS / "measurement" / "expected-upstream.json"
-    if not path.is_file():
-        return [pytest.param(None, marks=pytest.mark.skip(reason=f"{path} not found (shared/ is absent)"))]
-    cases = json.loads(path.read_text())["launch_digest"]
+    cases = json.loads(vector("measurement/expected-upstream.json").read_text())["launch_digest"]
     return [pytest.param(c, id=c["name"]) for c in cases
             if c["mode"] in ("snp", "snp:ovmf-hash") and c.get("vmm_type", "QEMU") in ("QEMU", None)]
 
 
 def _digest(path):
-    return hashlib.sha256(b"" if path in (None, "/dev/null") else (VECTORS / "measurement" / path).read_bytes()).digest()
+    return hashlib.sha256(b"" if path in (None, "/dev/null") else vector(f"measurement/{path}").read_bytes()).digest()
 
 
 @pytest.mark.parametrize("case", upstream_cases())
 def test_upstream_vectors(case):
-    image = (VECTORS / "measurement" / case["ovmf"]).read_bytes()
+    image = vector(f"measurement/{case['ovmf']}").read_bytes()
     if case["mode"] == "snp:ovmf-hash":
         assert measure.firmware_seed(image).hex() == case["expected"]
         return
@@ -51,10 +45,8 @@ def test_upstream_vectors(case):
 
 
 def derived_cases():
-    path = VECTORS / "measurement" / "derived-sev-snp-measure-vectors.json"
-    if not path.is_file():
-        return [pytest.param(None, marks=pytest.mark.skip(reason=f"{path} not found (shared/ is absent)"))]
-    return [pytest.param(c, id=c["desc"]) for c in json.loads(path.read_text())["cases"]]
+    cases = json.loads(vector("measurement/derived-sev-snp-measure-vectors.json").read_text())["cases"]
+    return [pytest.param(c, id=c["desc"]) for c in cases]
 
 
 def to_snpvirt_args(cli_args):
@@ -67,7 +59,7 @@ def to_snpvirt_args(cli_args):
         i += 2
         if flag in names:
             is_path = flag in ("--ovmf", "--kernel", "--initrd")
-            args += [names[flag], str(VECTORS / "measurement" / value) if is_path else value]
+            args += [names[flag], str(vector(f"measurement/{value}")) if is_path else value]
         elif flag.startswith("--vcpu-") and flag[7:] in ("family", "model", "stepping"):
             fms[flag[7:]] = int(value)
     if fms:
@@ -90,19 +82,17 @@ def test_derived_vectors_through_the_cli(case, capsys):
     assert value == case["expected"]
 
 
-def reference_table():
-    """§11.3 of the reference: 60 extra vectors over CPU models, vCPU counts, features, with and without a kernel."""
-    if not REFERENCE.is_file():
-        return [pytest.param(None, marks=pytest.mark.skip(reason=f"{REFERENCE} not found (shared/ is absent)"))]
-    section = REFERENCE.read_text().split("### 11.3", 1)[1].split("## 12.", 1)[0]
-    rows = re.findall(r"^\| (EPYC[\w-]*) \| (\d) \| (0x\w+) \| `(\w{96})` \| `(\w{96})` \|$", section, re.MULTILINE)
+def extra_vectors():
+    """60 more sev-snp-measure vectors over CPU models, vCPU counts, features, with and without a kernel."""
+    rows = json.loads(vector("measurement/extra-vectors.json").read_text())["cases"]
     assert len(rows) == 30
-    return [pytest.param(model, int(n), int(f, 16), kernel, digest, id=f"{model}-{n}-{f}-{'kernel' if kernel else 'none'}")
-            for model, n, f, none, with_kernel in rows for kernel, digest in ((False, none), (True, with_kernel))]
+    return [pytest.param(row["vcpu_type"], row["vcpus"], int(row["guest_features"], 16), kernel, row[key],
+                         id=f"{row['vcpu_type']}-{row['vcpus']}-{row['guest_features']}-{'kernel' if kernel else 'none'}")
+            for row in rows for kernel, key in ((False, "no_kernel"), (True, "kernel"))]
 
 
-@pytest.mark.parametrize("model,vcpus,features,with_kernel,expected", reference_table())
-def test_reference_extra_vectors(tmp_path, model, vcpus, features, with_kernel, expected):
+@pytest.mark.parametrize("model,vcpus,features,with_kernel,expected", extra_vectors())
+def test_extra_vectors(tmp_path, model, vcpus, features, with_kernel, expected):
     firmware = str(vector("measurement/ovmf/ovmf_AmdSev_suffix.bin"))
     kernel = initrd = cmdline = None
     if with_kernel:
@@ -122,7 +112,8 @@ def test_cpu_signatures():
         "EPYC-v4": 0x800F12, "EPYC-Rome": 0x830F10, "EPYC-Milan": 0xA00F11, "EPYC-Genoa": 0xA10F10, "EPYC-Turin": 0xB00F00}
 
 
-def test_debug_vectors_of_the_reference():
+def test_debug_values_of_docs_measurement():
+    """The intermediate digests docs/measurement.md gives for debugging: page, hash table, VMSA pages."""
     image = vector("measurement/ovmf/ovmf_AmdSev_suffix.bin").read_bytes()
     page_digest = hashlib.sha384(image).hexdigest()
     assert page_digest.startswith("161ace084859674d")
