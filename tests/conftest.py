@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+import os
+import shutil
 import subprocess
 import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -30,11 +36,63 @@ class CliRun:
     stderr: str
 
 
-def run_cli(*args: str, cwd: Path | None = None, stdin: str | None = None) -> CliRun:
-    """Run `python -m snpvirt` as a real subprocess, as a user would."""
-    proc = subprocess.run([sys.executable, "-m", "snpvirt", *map(str, args)], capture_output=True, text=True,
+def run_cli(*args: str, cwd: Path | None = None, stdin: str | None = None, bare: bool = False) -> CliRun:
+    """Run `python -m snpvirt` as a real subprocess, as a user would.
+
+    bare: as on a machine without the examples' launch files, which is what the goldens record."""
+    argv = [sys.executable, "-m", "snpvirt", *map(str, args)]
+    proc = subprocess.run(without_example_launch_files(argv) if bare else argv, capture_output=True, text=True,
                           cwd=cwd or ROOT, input=stdin, timeout=60)
     return CliRun(proc.returncode, proc.stdout, proc.stderr)
+
+
+def example_launch_files() -> list[str]:
+    """Firmware, kernel and initrd paths the examples name (the goldens record them as not found)."""
+    paths = []
+    for example in sorted(EXAMPLES.glob("*.toml")):
+        raw = tomllib.loads(example.read_text())
+        boot = raw.get("boot", {})
+        paths += [p for p in (raw.get("firmware"), boot.get("kernel"), boot.get("initrd")) if p]
+    return paths
+
+
+# Runs inside a private mount namespace: an empty tmpfs over each folder given before "--", then the command.
+_HIDE_AND_RUN = """\
+set -eu
+while [ "$1" != "--" ]; do mount -t tmpfs -o mode=0755,size=64k snpvirt-bare-machine "$1"; shift; done
+shift
+exec "$@"
+"""
+
+
+def without_example_launch_files(argv: list[str]) -> list[str]:
+    """`argv` as it runs on a machine without the examples' launch files, whatever this machine has.
+
+    Goldens are renders on such a machine ("not found on this machine"); where a file exists here (an
+    SNP host with /usr/share/ovmf/OVMF.amdsev.fd), its folder is hidden in a private mount namespace."""
+    present = sorted({str(Path(p).parent) for p in example_launch_files() if os.path.lexists(p)})
+    if not present:
+        return argv
+    prefix = _private_mount_namespace()
+    if prefix is None:
+        pytest.fail(f"{', '.join(present)} exist on this machine and no private mount namespace can hide them "
+                    "(needs root or unprivileged user namespaces): the golden renders cannot run as on a bare machine")
+    return [*prefix, "sh", "-c", _HIDE_AND_RUN, "sh", *present, "--", *argv]
+
+
+@functools.cache
+def _private_mount_namespace() -> tuple[str, ...] | None:
+    """The unshare command that gives a private mount namespace here (as root, or in a user namespace)."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return None
+    user = () if os.geteuid() == 0 else ("--user", "--map-root-user")
+    prefix = (unshare, *user, "--mount", "--propagation", "private", "--")
+    try:
+        probe = subprocess.run([*prefix, "true"], capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return prefix if probe.returncode == 0 else None
 
 
 def assert_clean_error(run: CliRun, code: int, *fragments: str) -> None:

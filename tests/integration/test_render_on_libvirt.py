@@ -53,7 +53,7 @@ def test_connect_to_a_real_qemu_host_without_sev_is_not_ready(libvirtd):
 
 @pytest.mark.daemon
 def test_spec_values_need_no_connection_even_when_one_is_given(libvirtd):
-    result = run_cli("render", EXAMPLES / "web-01.toml", "--connect", libvirtd.qemu_uri)
+    result = run_cli("render", EXAMPLES / "web-01.toml", "--connect", libvirtd.qemu_uri, bare=True)
     assert result.code == 0 and result.stdout == (GOLDEN / "web-01.xml").read_text()
 
 

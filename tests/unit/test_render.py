@@ -1,15 +1,18 @@
 """Rendering: golden documents, libvirt's schema, host-capability sources, escaping."""
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from lxml import etree
 
-from snpvirt import domcaps, domxml, launch, render, sevparams
+from snpvirt import domcaps, domxml, render, sevparams
 from snpvirt import spec as specs
 from snpvirt.errors import BadInputError, HostNotReadyError
-from tests.conftest import EXAMPLES, GENOA_DOMCAPS, GOLDEN, vector
+from tests.conftest import EXAMPLES, GENOA_DOMCAPS, GOLDEN, ROOT, run_cli, vector
 
 MINIMAL = {"name": "vm1", "memory_mib": 2048, "vcpus": 2, "firmware": "/usr/share/ovmf/OVMF.amdsev.fd",
            "snp": {"cbitpos": 51, "reduced_phys_bits": 1}}
@@ -21,31 +24,29 @@ def render_raw(raw, sources=()):
 
 
 def golden_cases():
-    """(example, golden file, host caps source or None): db-01 takes its cbitpos from the Genoa domcaps."""
-    return [("web-01.toml", "web-01.xml", None), ("db-01.toml", "db-01.xml", GENOA_DOMCAPS)]
+    """(example, golden file, render options): db-01 takes its cbitpos from the Genoa domcaps."""
+    return [("web-01.toml", "web-01.xml", ()), ("db-01.toml", "db-01.xml", ("--host-caps", GENOA_DOMCAPS))]
 
 
-def render_example(example, caps_vector):
-    """As `snpvirt render` does it, including the launch record (expected measurement or why it is unknown)."""
-    vm = specs.load_spec(EXAMPLES / example)
-    missing = [p for p in (vm.firmware, vm.boot.kernel) if p and not Path(p).exists()]
-    if not missing:
-        pytest.skip(f"{example}'s launch files exist on this machine; the golden records them as not found")
-    sources = []
-    if caps_vector:
-        caps = domcaps.parse_domcaps(vector(caps_vector).read_bytes())
-        sources.append(sevparams.HostCapsSource(caps, "genoa domcaps"))
-    return render.render(vm, sevparams.resolve(vm, sources), launch=launch.record(vm))
+def render_example(example, options):
+    """`snpvirt render` as a user runs it, on a machine without the example's launch files (what the goldens
+    record), whichever of those files this machine has."""
+    options = [str(vector(o)) if o == GENOA_DOMCAPS else o for o in options]
+    result = run_cli("render", EXAMPLES / example, *options, bare=True)
+    assert result.code == 0 and result.stderr == "", result.stderr
+    return result.stdout
 
 
-@pytest.mark.parametrize("example,golden,caps", golden_cases())
-def test_examples_match_their_goldens(example, golden, caps):
-    result = render_example(example, caps)
+@pytest.mark.parametrize("example,golden,options", golden_cases())
+def test_examples_match_their_goldens(example, golden, options):
+    xml = render_example(example, options)
     path = GOLDEN / golden
-    if os.environ.get("SNPVIRT_UPDATE_GOLDEN"):
-        path.write_text(result.xml)
-    assert result.xml == path.read_text(), f"re-run with SNPVIRT_UPDATE_GOLDEN=1 if the change to {golden} is intended"
-    assert [f for f in domxml.check(result.xml) if f.severity == "error"] == []
+    if xml != path.read_text() and os.environ.get("SNPVIRT_UPDATE_GOLDEN"):
+        path.write_text(xml)
+        pytest.fail(f"SNPVIRT_UPDATE_GOLDEN: rewrote {path}; review `git diff {path.relative_to(ROOT)}`, "
+                    "then run the tests again without SNPVIRT_UPDATE_GOLDEN", pytrace=False)
+    assert xml == path.read_text(), f"re-run with SNPVIRT_UPDATE_GOLDEN=1 if the change to {golden} is intended"
+    assert [f for f in domxml.check(xml) if f.severity == "error"] == []
 
 
 def test_web01_golden_carries_every_snp_element():
@@ -122,3 +123,59 @@ def test_values_are_escaped_never_break_the_xml():
 def test_templates_are_found_from_the_checkout():
     assert (render.template_dir() / render.DOMAIN_TEMPLATE).is_file()
     assert render.template_dir() == Path(__file__).resolve().parents[2] / "templates"
+
+
+# Runs in a private mount namespace: an overlay (upper layer on a private tmpfs) over the nearest existing
+# folder of each launch file, so the files can be created without touching the machine; then the command.
+_PLANT_LAUNCH_FILES = """\
+set -eu
+T="$1"; shift
+mount -t tmpfs -o mode=0700 snpvirt-plant "$T"
+i=0
+while [ "$1" != "--" ]; do
+  i=$((i + 1)); mkdir "$T/up$i" "$T/work$i"
+  mount -t overlay snpvirt-plant -o "lowerdir=$1,upperdir=$T/up$i,workdir=$T/work$i" "$1"; shift
+done
+shift
+while [ "$1" != "--" ]; do mkdir -p "$(dirname "$1")"; echo "planted launch file" > "$1"; shift; done
+shift
+exec "$@"
+"""
+
+_RENDER_BOTH_WAYS = """\
+import json, sys
+from tests.conftest import EXAMPLES, run_cli
+plain = run_cli("render", EXAMPLES / "web-01.toml")
+bare = run_cli("render", EXAMPLES / "web-01.toml", bare=True)
+print(json.dumps({"plain": plain.stdout, "bare": bare.stdout, "stderr": plain.stderr + bare.stderr}))
+"""
+
+
+def _outermost(folders):
+    """The folders, without those inside another one (one overlay covers them)."""
+    return sorted(f for f in folders if not any(f != o and f.is_relative_to(o) for o in folders))
+
+
+def test_goldens_hold_on_a_machine_that_has_the_launch_files(tmp_path):
+    """An SNP host has /usr/share/ovmf/OVMF.amdsev.fd: the golden renders must not depend on that."""
+    from tests.conftest import _private_mount_namespace, example_launch_files
+
+    prefix = _private_mount_namespace()
+    if prefix is None:
+        pytest.skip("no private mount namespace here (needs root or unprivileged user namespaces)")
+    files = [Path(p) for p in example_launch_files()]
+    folders = set()
+    for file in files:
+        folder = file.parent
+        while not folder.is_dir():
+            folder = folder.parent
+        folders.add(folder)
+    (tmp_path / "t").mkdir()
+    argv = [*prefix, "sh", "-c", _PLANT_LAUNCH_FILES, "sh", str(tmp_path / "t"), *map(str, _outermost(folders)), "--",
+            *map(str, files), "--", sys.executable, "-c", _RENDER_BOTH_WAYS]
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout)
+    golden = (GOLDEN / "web-01.xml").read_text()
+    assert seen["plain"] != golden, "a plain render sees the planted files (else this test proves nothing)"
+    assert seen["bare"] == golden, seen["stderr"]
