@@ -1,12 +1,18 @@
 """The CLI as users run it: real subprocesses for the contract, in-process runs for the many cases."""
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
 from snpvirt.cli.app import run
 from snpvirt.errors import ExitCode
-from tests.conftest import EXAMPLES, GENOA_DOMCAPS, GOLDEN, assert_clean_error, run_cli, vector
+from tests.conftest import EXAMPLES, GENOA_DOMCAPS, GOLDEN, ROOT, CliRun, assert_clean_error, run_cli, vector
 
 WEB = str(EXAMPLES / "web-01.toml")
 DB = str(EXAMPLES / "db-01.toml")
@@ -26,30 +32,79 @@ def test_version_and_help_in_a_real_process():
         assert result.code == 0 and "Example" in result.stdout, args
 
 
-def test_render_prints_the_golden(capsys):
-    code, out, err = invoke(capsys, "render", WEB)
-    assert code == ExitCode.OK and out == (GOLDEN / "web-01.xml").read_text() and err == ""
+def test_render_prints_the_golden():
+    result = run_cli("render", WEB, bare=True)  # as on a machine without the example's launch files, like the golden
+    assert result.code == ExitCode.OK and result.stdout == (GOLDEN / "web-01.xml").read_text() and result.stderr == ""
 
 
-def test_render_with_host_caps_and_json(capsys):
-    code, out, _ = invoke(capsys, "render", DB, "--host-caps", vector(GENOA_DOMCAPS), "--json")
-    doc = json.loads(out)
-    assert code == 0 and doc["ok"] is True and doc["changed"] is False
+def test_render_with_host_caps_and_json():
+    result = run_cli("render", DB, "--host-caps", vector(GENOA_DOMCAPS), "--json", bare=True)
+    doc = json.loads(result.stdout)
+    assert result.code == 0 and doc["ok"] is True and doc["changed"] is False
     item = doc["results"][0]
     assert (item["name"], item["policy"], item["policy_flags"], item["cbitpos"], item["reduced_phys_bits"]) == (
         "db-01", "0x20000", [], 51, 1)
     assert item["xml"] == (GOLDEN / "db-01.xml").read_text()
 
 
-def test_render_output_file_is_written_atomically_and_reports_changes(tmp_path, capsys):
+def test_render_output_file_reports_changes_and_leaves_no_temporary_files(tmp_path):
     target = tmp_path / "web-01.xml"
-    assert invoke(capsys, "render", WEB, "-o", target)[0] == 0
+    assert run_cli("render", WEB, "-o", target, bare=True).code == 0
     assert target.read_text() == (GOLDEN / "web-01.xml").read_text()
-    code, out, _ = invoke(capsys, "render", WEB, "-o", target, "--json")
-    assert json.loads(out)["changed"] is False
-    code, out, _ = invoke(capsys, "render", WEB, "-o", target, "--set", "vcpus=8", "--json")
-    assert json.loads(out)["changed"] is True and "<vcpu placement='static'>8</vcpu>" in target.read_text()
+    assert json.loads(run_cli("render", WEB, "-o", target, "--json", bare=True).stdout)["changed"] is False
+    doc = json.loads(run_cli("render", WEB, "-o", target, "--set", "vcpus=8", "--json", bare=True).stdout)
+    assert doc["changed"] is True and "<vcpu placement='static'>8</vcpu>" in target.read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["web-01.xml"], "no temporary files left behind"
+
+
+OLD_DOCUMENT = "<domain type='kvm'><name>old</name></domain>\n" * 50
+
+
+def render_to(target, *, shell_setup="", env=None):
+    """`snpvirt render WEB -o target` in a real process, after `shell_setup` (e.g. a ulimit) in its shell."""
+    argv = ["sh", "-c", shell_setup + '\nexec "$@"', "sh", sys.executable, "-m", "snpvirt", "render", WEB, "-o", str(target)]
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=60, env={**os.environ, **(env or {})})
+    return CliRun(proc.returncode, proc.stdout, proc.stderr)
+
+
+def test_render_output_replaces_the_file_whole_never_edits_it_in_place(tmp_path):
+    """A reader that opened the old file still reads the old document whole: the new one is written to a
+    new file that is renamed over the name, so no reader ever sees a half-written document."""
+    target = tmp_path / "vm.xml"
+    target.write_text(OLD_DOCUMENT)
+    with open(target, encoding="utf-8") as reader:
+        old_inode = os.fstat(reader.fileno()).st_ino
+        assert render_to(target).code == 0
+        assert reader.read() == OLD_DOCUMENT
+    assert os.stat(target).st_ino != old_inode and target.read_text().startswith("<domain type='kvm'>\n  <name>web-01")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vm.xml"]
+
+
+def test_a_write_failing_midway_leaves_the_old_file_and_no_temporary_file(tmp_path):
+    """The disk fills up (here: a 1 KiB file-size limit; the document is ~3 KiB) while the new document is written."""
+    target = tmp_path / "vm.xml"
+    target.write_text("precious")
+    result = render_to(target, shell_setup="ulimit -f 2")  # 2 blocks: 1 KiB in dash, 2 KiB in bash
+    assert_clean_error(result, ExitCode.BAD_INPUT, f"cannot write {target}")
+    assert target.read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vm.xml"], "the partial temporary file is removed"
+
+
+def test_the_temporary_file_is_made_beside_the_target(tmp_path):
+    """A rename is atomic only within one file system: a temporary file in TMPDIR (another file system
+    here) could not be renamed over FILE. The write must not depend on where TMPDIR is."""
+    elsewhere = Path(tempfile.mkdtemp(prefix="snpvirt-test-tmpdir-", dir="/dev/shm"))
+    try:
+        if os.stat(elsewhere).st_dev == os.stat(tmp_path).st_dev:
+            pytest.skip("/dev/shm is on the same file system as the test's folder here")
+        target = tmp_path / "vm.xml"
+        target.write_text(OLD_DOCUMENT)
+        result = render_to(target, env={"TMPDIR": str(elsewhere)})
+        assert result.code == 0, result.stderr
+        assert target.read_text().startswith("<domain type='kvm'>\n  <name>web-01")
+        assert list(elsewhere.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["vm.xml"]
+    finally:
+        shutil.rmtree(elsewhere)
 
 
 def test_bad_input_leaves_an_existing_output_untouched(tmp_path):
@@ -136,4 +191,4 @@ def test_connect_failure_is_a_connection_error(capsys, tmp_path):
 
 
 def test_python_dash_m_works():
-    assert run_cli("render", WEB).stdout == (GOLDEN / "web-01.xml").read_text()
+    assert run_cli("render", WEB, bare=True).stdout == (GOLDEN / "web-01.xml").read_text()
