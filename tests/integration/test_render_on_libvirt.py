@@ -8,6 +8,7 @@ import subprocess
 import libvirt
 import pytest
 
+from snpvirt import domcaps
 from snpvirt.errors import ExitCode
 from tests.conftest import EXAMPLES, GOLDEN, assert_clean_error, run_cli
 
@@ -61,12 +62,16 @@ def test_spec_values_need_no_connection_even_when_one_is_given(libvirtd):
 def test_real_qemu_driver_refuses_snp_here_but_parses_our_xml(libvirtd):
     # The QEMU driver parses the whole document and only then refuses SEV-SNP for lack of support:
     # the refusal names launch security, proving libvirt accepted every other part of the XML.
+    # It refuses at define (not at start), so nothing is left defined.
     conn = libvirt.open(libvirtd.qemu_uri)
     try:
+        if domcaps.parse_domcaps(conn.getDomainCapabilities()).snp_advertised:
+            pytest.skip("this host's QEMU supports SEV-SNP: libvirt has nothing to refuse")
         with pytest.raises(libvirt.libvirtError) as info:
-            dom = conn.defineXML((GOLDEN / "web-01.xml").read_text())
-            dom.create()
+            conn.defineXML((GOLDEN / "web-01.xml").read_text())
+        assert info.value.get_error_code() == libvirt.VIR_ERR_CONFIG_UNSUPPORTED
         assert "sev-snp" in str(info.value) and "not supported" in str(info.value)
+        assert conn.listAllDomains() == []
     finally:
         for dom in conn.listAllDomains():
             dom.undefine()
