@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import select
 import signal
 import subprocess
 import sys
@@ -13,7 +15,7 @@ import pytest
 
 from snpvirt.errors import ExitCode
 from tests.conftest import EXAMPLES, ROOT, run_cli
-from tests.integration.daemon import IsolatedLibvirtd
+from tests.integration.daemon import IsolatedLibvirtd, libvirtd_available
 
 pytestmark = pytest.mark.daemon
 WEB = EXAMPLES / "web-01.toml"
@@ -107,65 +109,122 @@ def test_apply_on_the_real_qemu_driver_stops_at_the_gate(libvirtd):
         conn.close()
 
 
+PROBE = "watch-probe"
+PROBE_XML = (f"<domain type='test'><name>{PROBE}</name><uuid>00000000-0000-0000-0000-0000000a7c11</uuid>"
+             "<memory>131072</memory><os><type>hvm</type></os></domain>")
+
+
+class Lines:
+    """A pipe read line by line with a deadline: a line that never comes fails the test, it does not hang it."""
+
+    def __init__(self, pipe):
+        self.fd = pipe.fileno()
+        self.buffer = b""
+        self.ended = False
+
+    def next(self, timeout: float) -> str | None:
+        """The next complete line, or None when none came within `timeout` seconds (or the pipe ended)."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buffer and not self.ended:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+                return None
+            chunk = os.read(self.fd, 65536)
+            self.ended = not chunk
+            self.buffer += chunk
+        if b"\n" not in self.buffer:
+            return None
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line.decode()
+
+    def event(self, timeout: float = 20) -> dict:
+        """The next watch event that is not the probe's."""
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.next(max(0.0, deadline - time.monotonic()))
+            assert line is not None, f"no watch event within {timeout} s"
+            event = json.loads(line)
+            if event["domain"] != PROBE:
+                return event
+
+
+def wait_until_watching(lines: Lines, conn, timeout: float = 30) -> None:
+    """Define the probe domain until the watcher reports it: from then on it is subscribed. Events, not
+    sleeps: a watcher that never subscribes fails here after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        conn.defineXML(PROBE_XML)  # each definition is an event ("defined", "added" then "updated")
+        line = lines.next(0.25)
+        while line is not None:
+            if json.loads(line)["domain"] == PROBE:
+                return
+            line = lines.next(0)
+    pytest.fail(f"the watcher reported none of the probe's events within {timeout} s")
+
+
+def start_watch(uri, *options):
+    return subprocess.Popen([sys.executable, "-m", "snpvirt", "watch", "--json", *options, "-c", uri],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+
+
 def test_watch_prints_ndjson_and_ends_cleanly_on_ctrl_c(libvirtd, held):
-    watcher = subprocess.Popen([sys.executable, "-m", "snpvirt", "watch", "--json", "-c", libvirtd.test_uri],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    watcher = start_watch(libvirtd.test_uri)
     try:
-        time.sleep(1.5)  # let it subscribe
+        lines = Lines(watcher.stdout)
+        wait_until_watching(lines, held)
         assert run_cli("apply", WEB, "-c", libvirtd.test_uri).code == 0
-        lines = [json.loads(watcher.stdout.readline()) for _ in range(2)]
-        assert [(e["domain"], e["event"], e["detail"]) for e in lines] == [("web-01", "defined", "added"),
-                                                                          ("web-01", "started", "booted")]
-        assert set(lines[0]) == {"time", "uri", "domain", "uuid", "event", "detail"}
+        events = [lines.event() for _ in range(2)]
+        assert [(e["domain"], e["event"], e["detail"]) for e in events] == [("web-01", "defined", "added"),
+                                                                           ("web-01", "started", "booted")]
+        assert set(events[0]) == {"time", "uri", "domain", "uuid", "event", "detail"}
         watcher.send_signal(signal.SIGINT)
-        assert watcher.wait(10) == 0
-        assert "Traceback" not in watcher.stderr.read()
+        _, err = watcher.communicate(timeout=10)
+        assert watcher.returncode == 0 and b"Traceback" not in err
     finally:
         watcher.kill()
+        watcher.wait()
+
+
+def test_watch_count_ends_the_watch_by_itself(libvirtd, held):
+    watcher = start_watch(libvirtd.test_uri, "--count", "1")
+    try:
+        lines = Lines(watcher.stdout)
+        wait_until_watching(lines, held)
+        assert watcher.wait(10) == 0
+        rest = [line for line in iter(lambda: lines.next(1), None)]
+        assert rest == [], "one event, then the watch ends"
+    finally:
+        watcher.kill()
+        watcher.wait()
 
 
 def test_watch_reconnects_after_the_daemon_restarts(tmp_path, qemu_caps_cache):
+    reason = libvirtd_available()
+    if reason:
+        pytest.skip(reason)
     with IsolatedLibvirtd(tmp_path / "h", qemu_caps_cache) as first:
         uri = first.test_uri
-        watcher = subprocess.Popen([sys.executable, "-m", "snpvirt", "watch", "--json", "--count", "1", "--timeout", "40",
-                                    "-c", uri], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-        time.sleep(1.5)
+        watcher = start_watch(uri, "--timeout", "90")  # bounded even if the test's own deadlines fail
+        lines = Lines(watcher.stdout)
+        conn = libvirt.open(uri)
+        try:
+            wait_until_watching(lines, conn)
+        finally:
+            conn.close()
     try:
         with IsolatedLibvirtd(tmp_path / "h", qemu_caps_cache) as second:  # same socket path: the host came back
             conn = libvirt.open(second.test_uri)
             try:
-                deadline = time.monotonic() + 20
-                while watcher.poll() is None and time.monotonic() < deadline:
-                    if "reconnected" in _peek(watcher):
-                        break
-                    time.sleep(0.5)
-                time.sleep(0.5)
-                conn.defineXML(conn.lookupByName("test").XMLDesc().replace("<name>test</name>", "<name>after</name>")
-                               .replace(conn.lookupByName("test").UUIDString(), "00000000-0000-0000-0000-00000000a0a0"))
-                out, err = watcher.communicate(timeout=20)
+                wait_until_watching(lines, conn)  # seen from the second daemon: reconnected
+                conn.defineXML(PROBE_XML.replace(PROBE, "after").replace("0a7c11", "0af7e2"))
+                event = lines.event()
+                assert (event["domain"], event["event"]) == ("after", "defined")
             finally:
                 conn.close()
-        err = _stderr_seen.get(watcher.pid, "") + err
+        watcher.send_signal(signal.SIGINT)
+        _, err = watcher.communicate(timeout=10)
         assert watcher.returncode == 0, err
-        assert "lost; reconnecting" in err and "reconnected to" in err
-        assert json.loads(out.splitlines()[0])["domain"] == "after"
+        assert b"lost; reconnecting" in err and b"reconnected to" in err
     finally:
         watcher.kill()
-
-
-_stderr_seen: dict[int, str] = {}
-
-
-def _peek(process) -> str:
-    """Read what stderr has so far without blocking (the watcher reports reconnection there)."""
-    import os
-    import select
-
-    buffered = _stderr_seen.get(process.pid, "")
-    while select.select([process.stderr], [], [], 0)[0]:
-        chunk = os.read(process.stderr.fileno(), 4096).decode()
-        if not chunk:
-            break
-        buffered += chunk
-    _stderr_seen[process.pid] = buffered
-    return buffered
+        watcher.wait()

@@ -222,20 +222,36 @@ def test_import_by_name_brings_an_existing_domain_under_management(mgr, conn, cl
     assert mgr.status("vm1")["uuid"] == record.uuid == "00000000-1111-2222-3333-444444444444"
 
 
-def test_watch_sees_lifecycle_events(mgr):
-    seen, stop = [], threading.Event()
-    thread = threading.Thread(target=events.watch, args=("test:///default", {"mgr-08"}, seen.append, print, stop))
-    thread.start()
-    time.sleep(0.5)
-    mgr.apply([spec(name="mgr-08"), spec(name="mgr-09")])
-    mgr.destroy("mgr-08")
-    deadline = time.monotonic() + 5
-    while len(seen) < 3 and time.monotonic() < deadline:
+PROBE_XML = ("<domain type='test'><name>watch-probe</name><uuid>00000000-0000-0000-0000-0000000a7c12</uuid>"
+             "<memory>131072</memory><os><type>hvm</type></os></domain>")
+
+
+def wait_for(condition, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} within {timeout} s"
         time.sleep(0.05)
-    stop.set()
-    thread.join(5)
-    assert [(e.domain, e.event, e.detail) for e in seen] == [
+
+
+def test_watch_sees_lifecycle_events(mgr, clean_test_driver):
+    seen, stop = [], threading.Event()
+    thread = threading.Thread(target=events.watch, args=("test:///default", {"mgr-08", "watch-probe"}, seen.append, print, stop))
+    thread.start()
+    try:
+        def probe_seen():  # subscribed once the probe's (re)definition is reported: no sleeping and hoping
+            clean_test_driver.defineXML(PROBE_XML)
+            return any(e.domain == "watch-probe" for e in seen)
+        wait_for(probe_seen, 10, "no event for the probe domain")
+        mgr.apply([spec(name="mgr-08"), spec(name="mgr-09")])
+        mgr.destroy("mgr-08")
+        watched = lambda: [e for e in seen if e.domain == "mgr-08"]  # noqa: E731
+        wait_for(lambda: len(watched()) >= 3, 10, "not 3 events for mgr-08")
+    finally:
+        stop.set()
+        thread.join(5)
+    assert [(e.domain, e.event, e.detail) for e in watched()] == [
         ("mgr-08", "defined", "added"), ("mgr-08", "started", "booted"), ("mgr-08", "stopped", "destroyed")]
+    assert {e.domain for e in seen} == {"mgr-08", "watch-probe"}, "mgr-09 is not among the names watched"
     assert seen[0].uri == "test:///default" and len(seen[0].uuid) == 36
 
 
