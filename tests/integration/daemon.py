@@ -5,10 +5,17 @@ libvirt state directories (and ``/etc/libvirt``) are replaced by directories
 under the caller's temp dir, so several can run side by side as separate
 "hosts" and none of them touches the machine's real libvirt state.  Clients
 reach a daemon through its own socket, e.g. ``qemu+unix:///system?socket=...``.
+
+Nothing outlives the run that started it: a daemon runs in its own session and is
+stopped by process group (and its QEMUs by mount namespace) when its ``with`` block
+ends, at interpreter exit if that never happened, and, if the run was killed, by the
+next daemon started on this machine (each one registers in ``REGISTRY``).
 """
 
 from __future__ import annotations
 
+import atexit
+import json
 import os
 import shutil
 import signal
@@ -56,6 +63,8 @@ security_driver = "none"
 """
 
 _SOCKET = "libvirt-sock"
+# One file per running daemon: which test process owns it, so a later run can stop what a killed run left.
+REGISTRY = Path(os.environ.get("TMPDIR", "/tmp")) / f"snpvirt-test-libvirtd-{os.getuid()}"
 _START_TIMEOUT = 20.0
 _STOP_TIMEOUT = 10.0
 _SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes including the NUL
@@ -90,6 +99,80 @@ def _mnt_ns(pid: int) -> str | None:
         return None
 
 
+def _start_time(pid: int) -> int | None:
+    """The process's start time (clock ticks since boot): with the pid, it names one process, never a reuse."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(")") + 2:].split()[19])  # field 22; the command name may hold spaces
+
+
+def _same_process(pid: int, start_time: int | None) -> bool:
+    return start_time is not None and _start_time(pid) == start_time
+
+
+def _namespace_members(ns: str | None, but: int) -> list[int]:
+    """Every process in mount namespace `ns` except `but` (libvirtd's QEMUs run in its namespace)."""
+    if ns is None:
+        return []
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != but and _mnt_ns(int(p)) == ns]
+
+
+def _kill_all(pids: list[int], ns: str | None) -> None:
+    for pid in pids:
+        if _mnt_ns(pid) == ns:  # still the same namespace: not a reused pid
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _exited(pid: int, timeout: float) -> bool:
+    """Wait until child `pid` has exited, without reaping it (it stays a zombie)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _registry() -> Path:
+    """The registry folder, ours alone (never a folder or link someone else put there)."""
+    REGISTRY.mkdir(mode=0o700, exist_ok=True)
+    st = os.lstat(REGISTRY)
+    if not os.path.isdir(REGISTRY) or os.path.islink(REGISTRY) or st.st_uid != os.getuid():
+        raise RuntimeError(f"{REGISTRY} is not a folder owned by uid {os.getuid()}")
+    return REGISTRY
+
+
+def reap_stale_daemons() -> list[int]:
+    """Stop the daemons whose owning test process is gone (a killed run): their QEMUs and process group.
+
+    Only daemons this registry recorded, still the same processes (pid and start time), and whose
+    owner is dead: a parallel test run's daemons are left alone. Returns the libvirtd pids stopped."""
+    stopped = []
+    for entry in sorted(_registry().glob("*.json")):
+        try:
+            record = json.loads(entry.read_text())
+        except (OSError, ValueError):
+            continue
+        if _same_process(record["owner"], record["owner_start"]):
+            continue  # its run is still going
+        pid = record["pid"]
+        if _same_process(pid, record["start"]):
+            ns = _mnt_ns(pid)
+            _kill_all(_namespace_members(ns, pid), ns)
+            try:
+                os.killpg(pid, signal.SIGKILL)  # its own session: the group id is its pid
+            except ProcessLookupError:
+                pass
+            stopped.append(pid)
+        entry.unlink(missing_ok=True)
+    return stopped
+
+
 class IsolatedLibvirtd:
     """``with IsolatedLibvirtd(tmp_dir) as d: libvirt.open(d.qemu_uri)``
 
@@ -106,6 +189,7 @@ class IsolatedLibvirtd:
         self.caps_cache = Path(caps_cache) if caps_cache is not None else None
         self._proc: subprocess.Popen | None = None
         self._ns: str | None = None
+        self._entry: Path | None = None
 
     # -- public API ---------------------------------------------------------
 
@@ -179,6 +263,7 @@ class IsolatedLibvirtd:
         )
 
     def _start(self) -> None:
+        reap_stale_daemons()
         # LIBVIRT_LOG_* etc. from our environment would override libvirtd.conf.
         env = {k: v for k, v in os.environ.items() if not k.startswith("LIBVIRT")}
         env["PATH"] = env.get("PATH", "") + ":/usr/sbin:/sbin"
@@ -188,8 +273,9 @@ class IsolatedLibvirtd:
                 ["unshare", "--mount", "--propagation", "private", "--",
                  "sh", str(self.tmp_dir / "start.sh"), str(self.tmp_dir)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-                start_new_session=True,  # keep the terminal's Ctrl-C away from it
+                start_new_session=True,  # keep the terminal's Ctrl-C away; its group is stopped as one
             )
+        self._register()
         deadline = time.monotonic() + _START_TIMEOUT
         while True:
             if self._proc.poll() is not None:
@@ -214,34 +300,33 @@ class IsolatedLibvirtd:
             tail = []
         raise RuntimeError(f"{what}; tail of {self.log_path}:\n" + "\n".join(tail))
 
+    def _register(self) -> None:
+        """Record the daemon and its owner (this process) for reap_stale_daemons, and stop it at exit
+        should its ``with`` block never end (a test runner leaving without teardown)."""
+        pid = self._proc.pid
+        record = {"pid": pid, "start": _start_time(pid), "owner": os.getpid(), "owner_start": _start_time(os.getpid()),
+                  "tmp_dir": str(self.tmp_dir)}
+        self._entry = _registry() / f"{pid}.json"
+        self._entry.write_text(json.dumps(record))
+        atexit.register(self._stop)
+
     def _stop(self) -> None:
         proc, self._proc = self._proc, None
         if proc is None:
             return
+        atexit.unregister(self._stop)
         if proc.poll() is None:
             others = []
             if self._ns is not None:  # i.e. startup got as far as a connection
                 self._destroy_domains()
                 # Collect namespace members while libvirtd still pins the
                 # namespace (a freed namespace id could be reused by another).
-                others = [
-                    int(p) for p in os.listdir("/proc")
-                    if p.isdigit() and int(p) != proc.pid
-                    and _mnt_ns(int(p)) == self._ns
-                ]
-            proc.terminate()
-            try:
-                proc.wait(_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                others = _namespace_members(self._ns, proc.pid)
+            self._stop_group(proc)
             # libvirtd leaves QEMU processes running on exit.
-            for pid in others:
-                if _mnt_ns(pid) == self._ns:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+            _kill_all(others, self._ns)
+        if self._entry is not None:
+            self._entry.unlink(missing_ok=True)
         if self.caps_cache is not None:
             self.caps_cache.mkdir(parents=True, exist_ok=True)
             for f in self._caps_dir.glob("*.xml"):
@@ -249,6 +334,20 @@ class IsolatedLibvirtd:
                 tmp = self.caps_cache / f".{f.name}.{os.getpid()}.{id(self)}"
                 shutil.copyfile(f, tmp)
                 os.replace(tmp, self.caps_cache / f.name)
+
+    @staticmethod
+    def _stop_group(proc: subprocess.Popen) -> None:
+        """SIGTERM to libvirtd's process group, SIGKILL after the timeout, then SIGKILL to whatever is
+        left in the group. libvirtd is reaped only after that: until then its pid, which is the group's
+        id, cannot be reused, so the group signal cannot reach another process."""
+        os.killpg(proc.pid, signal.SIGTERM)
+        if not _exited(proc.pid, _STOP_TIMEOUT):
+            os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
 
     def _destroy_domains(self) -> None:
         # Best effort: lets libvirt clean up after running guests itself.

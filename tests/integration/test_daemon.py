@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 import xml.etree.ElementTree as ET
 
 import libvirt
 import pytest
 
-from tests.integration.daemon import IsolatedLibvirtd, libvirtd_available
+from tests.conftest import ROOT
+from tests.integration.daemon import REGISTRY, IsolatedLibvirtd, libvirtd_available, reap_stale_daemons
 
 _UNAVAILABLE = libvirtd_available()
 pytestmark = [
@@ -121,3 +127,70 @@ def test_exit_stops_daemon(tmp_path):
         s.connect(path)
     with pytest.raises(libvirt.libvirtError):
         libvirt.open(uri)
+
+
+# A test run that starts a daemon and then dies: argv[1] folder, argv[2] caps cache, argv[3] how it ends.
+_RUN_THAT_ENDS = """
+import os, signal, sys
+from tests.integration.daemon import IsolatedLibvirtd
+daemon = IsolatedLibvirtd(sys.argv[1], sys.argv[2]).__enter__()
+print(daemon.pid, flush=True)
+if sys.argv[3] == "killed":
+    os.kill(os.getpid(), signal.SIGKILL)  # no teardown, no atexit
+# else: the interpreter exits without the with block ever ending
+"""
+
+
+def _run_that_ends(how, folder, caps_cache):
+    proc = subprocess.run([sys.executable, "-c", _RUN_THAT_ENDS, str(folder), str(caps_cache), how],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    return proc, int(proc.stdout)
+
+
+def _running(pid):
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def _gone_within(pid, seconds):
+    deadline = time.monotonic() + seconds
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not _running(pid)
+
+
+def test_a_daemon_left_by_a_killed_run_is_stopped_by_the_next_daemon(tmp_path, caps_cache):
+    proc, orphan = _run_that_ends("killed", tmp_path / "orphan", caps_cache)
+    try:
+        assert proc.returncode == -signal.SIGKILL
+        assert _running(orphan), "a killed run leaves its libvirtd running: it has its own session"
+        assert (REGISTRY / f"{orphan}.json").exists()
+        with IsolatedLibvirtd(tmp_path / "next", caps_cache) as next_daemon:
+            assert _gone_within(orphan, 10), "the next daemon stops the one a killed run left"
+            assert not (REGISTRY / f"{orphan}.json").exists()
+            assert _running(next_daemon.pid)
+    finally:
+        if _running(orphan):
+            os.killpg(orphan, signal.SIGKILL)
+
+
+def test_a_run_that_exits_without_teardown_stops_its_daemon(tmp_path, caps_cache):
+    proc, pid = _run_that_ends("exits", tmp_path / "d", caps_cache)
+    try:
+        assert proc.returncode == 0, proc.stderr
+        assert _gone_within(pid, 1), "stopped at interpreter exit"
+        assert not (REGISTRY / f"{pid}.json").exists()
+    finally:
+        if _running(pid):
+            os.killpg(pid, signal.SIGKILL)
+
+
+def test_a_live_runs_daemons_are_never_reaped(tmp_path, caps_cache):
+    """Several test runs share this machine: a daemon whose run is alive is not stale."""
+    with IsolatedLibvirtd(tmp_path, caps_cache) as d:
+        assert d.pid not in reap_stale_daemons()
+        assert _running(d.pid) and (REGISTRY / f"{d.pid}.json").exists()
+        libvirt.open(d.qemu_uri).close()
