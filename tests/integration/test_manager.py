@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+from lxml import etree
 
 from snpvirt import events, readiness, sevparams
 from snpvirt import spec as specs
@@ -220,6 +221,42 @@ def test_import_by_name_brings_an_existing_domain_under_management(mgr, conn, cl
     outcome = mgr.import_domain(record.xml.encode(), record, fix=True, check=False, sev=None, firmware=None)
     assert outcome.ok and outcome.details["changes"] == [] and outcome.changed
     assert mgr.status("vm1")["uuid"] == record.uuid == "00000000-1111-2222-3333-444444444444"
+
+
+def with_nvram(xml: str) -> str:
+    """virt-manager's legacy SEV domain as virt-manager writes it for UEFI: a pflash loader and its NVRAM store."""
+    loader = '<loader readonly="yes" type="pflash">/usr/share/OVMF/OVMF_CODE.fd</loader>'
+    assert loader in xml
+    return xml.replace(loader, loader + "\n    <nvram>/var/lib/libvirt/qemu/nvram/linux2020_VARS.fd</nvram>")
+
+
+def test_import_fix_drops_nvram_from_what_libvirt_defines(mgr, conn):
+    xml = with_nvram(vector("virt-manager/virt-install-amd-sev.xml").read_text()).encode()
+    outcome = mgr.import_domain(xml, None, fix=True, check=False, sev=None, firmware=None)
+    assert outcome.ok, outcome.error
+    assert "snp.no_nvram" in {f["id"] for f in outcome.details["broken_rules"]}
+    assert "removed <nvram>: SEV-SNP firmware is stateless" in outcome.details["changes"]
+    defined = etree.fromstring(conn.lookup("linux2020").xml.encode())  # libvirt's own view of what was defined
+    assert defined.find("os/nvram") is None and defined.find("os/loader").get("stateless") == "yes"
+
+
+def test_import_check_defines_nothing(mgr, conn):
+    xml = with_nvram(vector("virt-manager/virt-install-amd-sev.xml").read_text()).encode()
+    plan = mgr.import_domain(xml, None, fix=True, check=True, sev=None, firmware=None)
+    assert (plan.ok, plan.changed, plan.details["planned"]) == (True, True, True)
+    assert plan.details["changes"] and "-    <nvram>" in plan.details["xml_diff"]
+    assert conn.lookup("linux2020") is None, "--check defines nothing"
+
+
+def test_import_check_by_name_leaves_the_definition_as_it_was(mgr, conn, clean_test_driver):
+    plain = vector("virt-manager/virt-install-x86_64-launch-security-sev-snp.xml").read_text()
+    clean_test_driver.defineXML(plain)
+    record = conn.lookup("vm1")
+    plan = mgr.import_domain(record.xml.encode(), record, fix=True, check=True, sev=None, firmware=None)
+    assert plan.ok and plan.details["planned"] and plan.details["changes"]
+    assert conn.lookup("vm1").xml == record.xml, "--check changes nothing"
+    with pytest.raises(ConflictError, match="not managed by snpvirt"):
+        mgr.status("vm1")
 
 
 PROBE_XML = ("<domain type='test'><name>watch-probe</name><uuid>00000000-0000-0000-0000-0000000a7c12</uuid>"
