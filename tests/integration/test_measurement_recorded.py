@@ -107,11 +107,25 @@ def test_unknown_then_recorded_from_local_copies(mgr, files, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["changed"] is False
 
 
-def test_record_refuses_a_spec_the_domain_was_not_launched_with(mgr, files, tmp_path, capsys):
-    path = spec_file(tmp_path, "meas-05", files)
+@pytest.mark.parametrize("override,mismatch", [
+    ("vcpus=2", "vCPUs: domain '4', spec '2'"),
+    ("cpu_model=EPYC-Milan", "vCPU model: domain 'EPYC-Genoa', spec 'EPYC-Milan'"),
+    ("boot.cmdline=console=ttyS0", "cmdline: domain 'console=ttyS0 root=/dev/vda1', spec 'console=ttyS0'"),
+    ("snp.kernel_hashes=false", "kernel hashes: domain True, spec False"),
+])
+def test_record_refuses_a_spec_the_domain_was_not_launched_with(mgr, files, tmp_path, capsys, override, mismatch):
+    """Each launch input the measurement depends on must match the domain's, or the recorded value would be
+    one this domain can never produce (and attestation would fail, or pass for the wrong guest)."""
+    remote = {"firmware": "/srv/remote/OVMF.amdsev.fd", "kernel": "/srv/remote/vmlinuz", "initrd": "/srv/remote/initrd.img"}
+    path = spec_file(tmp_path, "meas-05", remote)
     mgr.apply([SpecInput(str(path), specs.load_spec(path))])
-    code = run(["measure", str(path), "--set", "vcpus=2", "--record", "meas-05", "-c", "test:///default"])
-    assert code == ExitCode.CONFLICT and "vCPUs: domain '4', spec '2'" in capsys.readouterr().err
+    before = mgr.status("meas-05")["launch"]
+    copies = ["--set", f"firmware={files['firmware']}", "--set", f"boot.kernel={files['kernel']}",
+              "--set", f"boot.initrd={files['initrd']}"]
+    code = run(["measure", str(path), *copies, "--set", override, "--record", "meas-05", "-c", "test:///default"])
+    err = capsys.readouterr().err
+    assert code == ExitCode.CONFLICT and mismatch in err, err
+    assert mgr.status("meas-05")["launch"] == before, "nothing recorded"
 
 
 def test_a_kernel_without_hashes_is_measured_without_it_and_still_recorded(mgr, files, tmp_path):
