@@ -2,7 +2,7 @@
 
 Verbs are idempotent, a plan (`apply --check`) is computed by the same code that applies it, a
 domain snpvirt does not manage is never overwritten, nothing restarts implicitly, and the host's
-readiness is checked before the first change (not on libvirt's simulated test driver).
+readiness is checked before the first change (on libvirt's simulated test driver only with a captured host's facts).
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def is_active(state: str | None) -> bool:
 
 
 class Manager:
-    def __init__(self, hv: Hypervisor, *, gate: Callable[[], HostReport], resolve_sev: Callable[[VmSpec], SevParams],
+    def __init__(self, hv: Hypervisor, *, gate: Callable[[], HostReport | None], resolve_sev: Callable[[VmSpec], SevParams],
                  allow_debug: bool = False, clock: Callable[[], str] = utc_now) -> None:
         self.hv = hv
         self._gate = gate
@@ -123,18 +123,19 @@ class Manager:
     # --- the readiness gate ----------------------------------------------------------------------
 
     def ensure_ready(self) -> None:
-        """Fail closed before the first change; on the test driver say that the gate does not apply."""
+        """Fail closed before the first change. The gate has no report only for a simulated hypervisor
+        (libvirt's test driver without a captured host's facts): then say that the gate does not apply."""
         if self._ready:
             return
-        if self.hv.simulated:
+        report = self._gate()
+        if report is None and self.hv.simulated:
             self.warnings.append(Finding("gate.simulated", "warning",
                                          "libvirt's test driver is a simulated hypervisor: the SEV-SNP readiness gate does not apply",
                                          "use a qemu:// URI for real guests"))
-        else:
-            report = self._gate()
-            if not report.ready:
-                raise HostNotReadyError(f"host not ready for SEV-SNP, nothing was changed: {report.summary}",
-                                        f"see the fixes: snpvirt host check --connect {self.hv.uri or '<uri>'}")
+        elif report is None or not report.ready:  # a real hypervisor without a report is never waved through
+            raise HostNotReadyError("host not ready for SEV-SNP, nothing was changed: "
+                                    + (report.summary if report else "no host facts to check"),
+                                    f"see the fixes: snpvirt host check --connect {self.hv.uri or '<uri>'}")
         self._ready = True
 
     # --- managed domains -------------------------------------------------------------------------

@@ -74,3 +74,44 @@ def assess(
         "cpu": (local.cpuinfo_model if local else None),
     }
     return host.run_checks(inputs, about)
+
+
+class GateSource(FactSource, Protocol):
+    """The connection the lifecycle gate judges: its facts, its URI, and whether it is a simulation."""
+
+    @property
+    def simulated(self) -> bool: ...
+    @property
+    def actual_uri(self) -> str: ...
+
+
+def check_captured_host(connection: GateSource, sysroot: Path | None) -> None:
+    """A captured host (--sysroot) may stand in only for a simulated hypervisor (libvirt's test driver).
+
+    On a real hypervisor what a launch depends on is that host's own files, so a captured one is refused
+    rather than ignored: a user who gave it believed it would count, and it must never judge a real launch."""
+    if sysroot is None:
+        return
+    if not connection.simulated:
+        raise BadInputError(f"--sysroot describes a captured host; {connection.actual_uri} is a real hypervisor, "
+                            "and the readiness gate checks that host's own facts",
+                            "drop --sysroot (it is for libvirt's test driver, e.g. --connect test:///default)")
+    if not sysroot.is_dir():
+        raise BadInputError(f"--sysroot {sysroot} is not a directory",
+                            "give the folder that holds the captured sys/, proc/, dev/")
+
+
+def gate_report(connection: GateSource, *, sysroot: Path | None = None,
+                domcaps_file: Path | None = None) -> HostReport | None:
+    """What the lifecycle gate judges, or None when there is no host to judge.
+
+    A real hypervisor: the connected host's own facts, always (a saved domcaps feeds render, not the gate).
+    libvirt's test driver: the captured host given with `sysroot`, with its saved domcaps (else the test
+    driver's own, which offer no SEV); without a captured host, None: the gate does not apply to a simulation.
+    """
+    check_captured_host(connection, sysroot)
+    if not connection.simulated:
+        return assess(connection, uri=connection.actual_uri)
+    if sysroot is None:
+        return None
+    return assess(connection, sysroot=str(sysroot), domcaps_file=domcaps_file)

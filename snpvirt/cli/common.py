@@ -25,19 +25,29 @@ def json_option() -> bool:
     return typer.Option(False, "--json", help="Print one JSON document.")
 
 
+def sysroot_option() -> Optional[Path]:
+    # Hidden: a captured host's files stand in for the host only on libvirt's test driver (tests, demos).
+    return typer.Option(None, "--sysroot", metavar="DIR", hidden=True,
+                        help="With libvirt's test driver: the readiness gate checks this captured host "
+                             "(sys/, proc/, dev/ below DIR) and --host-caps as its domcapabilities.")
+
+
 @contextmanager
-def manager(connect: Optional[str], host_caps: Optional[Path] = None, allow_debug: bool = False) -> Iterator:
+def manager(connect: Optional[str], host_caps: Optional[Path] = None, allow_debug: bool = False,
+            sysroot: Optional[Path] = None) -> Iterator:
     """A Manager over a fresh connection, closed afterwards. cbitpos/reducedPhysBits come from the spec,
-    then --host-caps, then the connected host (the same order as render)."""
+    then --host-caps, then the connected host (the same order as render). The gate judges the connected
+    host; on libvirt's test driver, the captured host `sysroot` with --host-caps, or nothing without one."""
     from snpvirt import readiness
     from snpvirt.connection import Connection
     from snpvirt.manager import Manager
 
     conn = Connection(connect)
-    sev = SevSources(host_caps, lambda: (conn.domain_capabilities(), f"host {conn.actual_uri}"))
     try:
-        yield Manager(conn, gate=lambda: readiness.assess(conn, uri=conn.actual_uri), resolve_sev=sev.resolve,
-                      allow_debug=allow_debug)
+        readiness.check_captured_host(conn, sysroot)  # refused before anything else is read or changed
+        sev = SevSources(host_caps, lambda: (conn.domain_capabilities(), f"host {conn.actual_uri}"))
+        yield Manager(conn, gate=lambda: readiness.gate_report(conn, sysroot=sysroot, domcaps_file=host_caps),
+                      resolve_sev=sev.resolve, allow_debug=allow_debug)
     finally:
         conn.close()
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from snpvirt.cli.common import connect_option, json_option, manager, read_host_caps, report
+from snpvirt.cli.common import connect_option, json_option, manager, read_host_caps, report, sysroot_option
 
 IMPORT_EPILOG = """\b
 Examples:
@@ -31,12 +31,13 @@ def import_domain(
                                              help="Saved domcapabilities: cbitpos/reducedPhysBits for added launch security."),
     connect: Optional[str] = connect_option(),
     json_output: bool = json_option(),
+    sysroot: Optional[Path] = sysroot_option(),
 ) -> None:
     """Check a domain against the SEV-SNP rules and, with --fix, bring it under management."""
     from snpvirt import domcaps, sevparams
     from snpvirt.errors import BadInputError, NotFoundError, SnpvirtError
 
-    with manager(connect) as m:
+    with manager(connect, host_caps, sysroot=sysroot) as m:
         path = Path(source)
         record = None
         if path.is_file():

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from snpvirt.cli.common import connect_option, json_option, manager, report
+from snpvirt.cli.common import connect_option, json_option, manager, report, sysroot_option
 
 APPLY_EPILOG = """\b
 Examples:
@@ -57,13 +57,14 @@ def apply(
     allow_debug: bool = typer.Option(False, "--allow-debug", help="Permit a policy with DEBUG set."),
     connect: Optional[str] = connect_option(),
     json_output: bool = json_option(),
+    sysroot: Optional[Path] = sysroot_option(),
 ) -> None:
     """Make each spec's domain exist as specified and run: define, redefine when changed, start.
 
     A running domain whose spec changed is redefined and reported restart_required; nothing restarts by itself.
     """
     inputs = _load_specs(spec_files, allow_debug)
-    with manager(connect, host_caps, allow_debug) as m:
+    with manager(connect, host_caps, allow_debug, sysroot) as m:
         outcomes = m.apply(inputs, check=check)
         report(outcomes, json_output, m.warnings)
 
@@ -74,6 +75,7 @@ def define(
     allow_debug: bool = typer.Option(False, "--allow-debug", help="Permit a policy with DEBUG set."),
     connect: Optional[str] = connect_option(),
     json_output: bool = json_option(),
+    sysroot: Optional[Path] = sysroot_option(),
 ) -> None:
     """Define (or redefine) a domain from a spec or XML, without starting it."""
     from snpvirt.errors import BadInputError
@@ -82,7 +84,7 @@ def define(
         data = source.read_bytes()
     except OSError as exc:
         raise BadInputError(f"cannot read {source}: {exc.strerror}", "check the path") from None
-    with manager(connect, host_caps, allow_debug) as m:
+    with manager(connect, host_caps, allow_debug, sysroot) as m:
         if data.lstrip().startswith(b"<"):
             outcomes = [m.define_xml(data, str(source))]
         else:
@@ -109,9 +111,16 @@ def _each(names: List[str], action: str, verb) -> list:
 NAMES = typer.Argument(..., metavar="NAME...", help="One or more domain names.")
 
 
-def start(names: List[str] = NAMES, connect: Optional[str] = connect_option(), json_output: bool = json_option()) -> None:
+def start(names: List[str] = NAMES, connect: Optional[str] = connect_option(), json_output: bool = json_option(),
+          sysroot: Optional[Path] = sysroot_option(),
+          host_caps: Optional[Path] = typer.Option(None, "--host-caps", metavar="FILE", hidden=True,
+                                                   help="With --sysroot: the captured host's saved domcapabilities.")) -> None:
     """Start managed domains (after the readiness gate); running ones are left as they are."""
-    with manager(connect) as m:
+    if host_caps is not None and sysroot is None:
+        from snpvirt.errors import BadInputError
+        raise BadInputError("start reads --host-caps only as a captured host's domcapabilities, with --sysroot",
+                            "drop --host-caps: start checks the connected host")
+    with manager(connect, host_caps, sysroot=sysroot) as m:
         report(_each(names, "start", m.start), json_output, m.warnings)
 
 

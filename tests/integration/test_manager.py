@@ -27,7 +27,7 @@ def spec(**changes):
 
 
 def make_manager(conn):
-    return Manager(conn, gate=lambda: readiness.assess(conn, uri=conn.actual_uri),
+    return Manager(conn, gate=lambda: readiness.gate_report(conn),
                    resolve_sev=lambda s: sevparams.resolve(s, []))
 
 
