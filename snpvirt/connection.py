@@ -168,6 +168,17 @@ class Connection:
         except libvirt.libvirtError as exc:
             raise translate(exc, "define", self.uri) from None
 
+    def live_xml(self, name: str) -> str | None:
+        """The running domain's live definition (None when it is not running): what runs until it restarts,
+        which differs from the persistent one after a redefinition."""
+        try:
+            dom = self._handle(name)
+            return dom.XMLDesc(0) if dom.isActive() else None
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise translate(exc, f"read the live definition of {name}", self.uri) from None
+
     def state(self, name: str) -> str:
         try:
             return STATE_NAMES.get(self._handle(name).state()[0], "nostate")
