@@ -109,9 +109,14 @@ def _each(names: List[str], action: str, verb) -> list:
 NAMES = typer.Argument(..., metavar="NAME...", help="One or more domain names.")
 
 
-def start(names: List[str] = NAMES, connect: Optional[str] = connect_option(), json_output: bool = json_option()) -> None:
-    """Start managed domains (after the readiness gate); running ones are left as they are."""
-    with manager(connect) as m:
+def start(names: List[str] = NAMES,
+          allow_debug: bool = typer.Option(False, "--allow-debug", help="Permit starting a definition whose policy has DEBUG set."),
+          connect: Optional[str] = connect_option(), json_output: bool = json_option()) -> None:
+    """Start managed domains (after the readiness gate); running ones are left as they are.
+
+    A definition that breaks an SEV-SNP rule, or whose SEV-SNP settings were changed outside snpvirt, is refused (exit 5).
+    """
+    with manager(connect, allow_debug=allow_debug) as m:
         report(_each(names, "start", m.start), json_output, m.warnings)
 
 
