@@ -343,3 +343,44 @@ def test_an_update_keeps_the_mac_address_libvirt_gave(mgr, conn):
     assert domxml.parse(conn.lookup("drift-09").xml).find("devices/interface/mac").get("address") == mac
     row = {r["name"]: r for r in mgr.list()}["drift-09"]
     assert row["pending"] == {"vcpus": 4} and row["restart_required"] is True
+
+
+# --- two clients at once (issue 9 §8): deterministic versions of the race the daemon test repeats ------------
+
+class AnotherClientFirst(Connection):
+    """Another client defines (or starts) the same domain just before this one does."""
+
+    races = ("define", "start")
+
+    def define(self, xml):
+        if "define" in self.races:
+            self._as_another_client(lambda other: other.defineXML(xml))  # no UUID: ours fails "already exists with uuid"
+        return super().define(xml)
+
+    def start(self, name):
+        if "start" in self.races:
+            self._as_another_client(lambda other: other.lookupByName(name).create())
+        super().start(name)  # "domain is already running"
+
+    @staticmethod
+    def _as_another_client(call):
+        other = libvirt.open("test:///default")
+        try:
+            call(other)
+        finally:
+            other.close()
+
+
+def test_losing_the_create_race_replans_against_the_domain_the_other_client_made(clean_test_driver):
+    with AnotherClientFirst("test:///default") as conn:
+        conn.races = ("define",)
+        outcome = make_manager(conn).apply([spec(name="drift-10")], start=False)[0]
+        assert (outcome.ok, outcome.action, outcome.changed) == (True, "unchanged", False), outcome.error
+        assert [d.name() for d in clean_test_driver.listAllDomains()].count("drift-10") == 1
+
+
+def test_a_domain_another_client_started_meanwhile_is_running_as_asked(clean_test_driver):
+    with AnotherClientFirst("test:///default") as conn:
+        conn.races = ("start",)
+        started = make_manager(conn).apply([spec(name="drift-11")])[0]
+        assert (started.ok, started.state, started.details["started"]) == (True, "running", False), started.error
