@@ -23,6 +23,7 @@ from typing import Any
 from lxml import etree
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+_QEMU_TAG = f"{{{QEMU_NS}}}"
 
 # Devices libvirt adds or completes by itself (QEMU driver: controllers, PS/2 input, audio, the iTCO
 # watchdog, the emulator path, the console mirroring a serial port); compared elsewhere or not at all.
@@ -30,7 +31,7 @@ _IMPLICIT_DEVICES = {"controller", "input", "audio", "watchdog", "emulator", "co
 # Keys libvirt fills in when the document leaves them out: compared only when the desired side has them.
 _FILLED_BY_LIBVIRT = ("launch_security.cbitpos", "launch_security.reducedPhysBits", "loader.path", ".mac")
 # Parts that decide the launch measurement or the SEV-SNP protection itself: drift here is never started.
-_SNP_PREFIXES = ("type", "machine", "arch", "os.", "loader.", "nvram", "kernel", "initrd", "cmdline", "vcpus",
+_SNP_PREFIXES = ("type", "machine", "arch", "os.", "loader.", "nvram", "kernel", "initrd", "cmdline", "dtb", "vcpus",
                  "cpu.", "features.smm", "launch_security.", "qemu.")
 # idAuth carries two ECDSA signatures (ID block, ID key), which are new on every signing: compare the keys only.
 _ID_AUTH_SIGNATURES = ((0x40, 0x240), (0x680, 0x880))
@@ -39,33 +40,44 @@ _UNITS = {"b": 1, "bytes": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1024 ** 2
           "g": 1024 ** 3, "gib": 1024 ** 3, "gb": 1000 ** 3, "t": 1024 ** 4, "tib": 1024 ** 4, "tb": 1000 ** 4}
 
 
-def project(root: etree._Element) -> dict[str, Any]:
-    """The parts of a <domain> that decide what runs, each in one canonical form."""
+def project(root: etree._Element, snp_only: bool = False) -> dict[str, Any]:
+    """The parts of a <domain> that decide what runs, each in one canonical form; with `snp_only`, only
+    the SEV-SNP settings (is_snp_setting), which is all the check after a define compares."""
+    top = _children(root)
     out: dict[str, Any] = {"type": root.get("type")}
-    _os(root.find("os"), out)
-    out["vcpus"] = _int(root.findtext("vcpu"))
-    out["vcpus.current"] = _int(root.find("vcpu").get("current")) if root.find("vcpu") is not None else None
-    if out["vcpus.current"] is None:  # libvirt leaves current out when it equals the maximum
-        out["vcpus.current"] = out["vcpus"]
-    out["memory_kib"] = _kib(root.find("memory"))
-    out["current_memory_kib"] = _kib(root.find("currentMemory")) or out["memory_kib"]
-    _memory_backing(root.find("memoryBacking"), out)
-    cpu = root.find("cpu")
-    out["cpu.mode"] = (cpu.get("mode") or ("custom" if cpu.find("model") is not None else None)) if cpu is not None else None
-    out["cpu.model"] = _text(cpu.find("model")) if cpu is not None else None
-    _features(root.find("features"), out)
+    _os(top.get("os"), out)
+    vcpu = top.get("vcpu")
+    out["vcpus"] = _int(vcpu.text) if vcpu is not None else None
+    current = _int(vcpu.get("current")) if vcpu is not None else None
+    out["vcpus.current"] = current if current is not None else out["vcpus"]  # libvirt omits it when it is the maximum
+    cpu = top.get("cpu")
+    model = cpu.find("model") if cpu is not None else None
+    out["cpu.mode"] = (cpu.get("mode") or ("custom" if model is not None else None)) if cpu is not None else None
+    out["cpu.model"] = _text(model)
+    features = top.get("features")
+    smm = features.find("smm") if features is not None else None
+    out["features.smm"] = smm.get("state", "on") if smm is not None else None
+    _launch_security(top.get("launchSecurity"), out)
+    if any(tag.startswith(_QEMU_TAG) for tag in top):  # rare: look at every one of them
+        out["qemu.passthrough"] = [_describe(element) for child in root.iterchildren(etree.Element)
+                                   if child.tag.startswith(_QEMU_TAG) for element in child.iter(etree.Element)]
+    if snp_only:
+        return out
+    out["memory_kib"] = _kib(top.get("memory"))
+    out["current_memory_kib"] = _kib(top.get("currentMemory")) or out["memory_kib"]
+    _memory_backing(top.get("memoryBacking"), out)
+    out["features"] = sorted(_describe(f) for f in features.iterchildren(etree.Element) if f.tag != "smm") \
+        if features is not None else []
     for event in ("on_poweroff", "on_reboot", "on_crash"):
-        out[event] = _text(root.find(event))
-    _launch_security(root.find("launchSecurity"), out)
-    _devices(root.find("devices"), out)
-    qemu = [_describe(el) for el in root.iter(f"{{{QEMU_NS}}}*")]
-    if qemu:
-        out["qemu.passthrough"] = qemu
+        out[event] = _text(top.get(event))
+    _devices(top.get("devices"), out)
     return out
 
 
 def differences(desired: dict[str, Any], actual: dict[str, Any]) -> list[dict[str, Any]]:
     """Each key whose value differs: {key, from: actual, to: desired}, in key order."""
+    if desired == actual:
+        return []
     found = []
     for key in sorted(desired.keys() | actual.keys()):
         want, have = desired.get(key), actual.get(key)
@@ -84,20 +96,31 @@ def is_snp_setting(key: str) -> bool:
 # --- the parts -------------------------------------------------------------------------------------
 
 def _os(os_el: etree._Element | None, out: dict[str, Any]) -> None:
-    os_type = os_el.find("type") if os_el is not None else None
+    parts = _children(os_el) if os_el is not None else {}
+    os_type = parts.get("type")
     out["machine"] = _machine_family(os_type.get("machine") if os_type is not None else None)
     out["arch"] = os_type.get("arch") if os_type is not None else None
     out["os.type"] = _text(os_type)
     out["os.firmware"] = os_el.get("firmware") if os_el is not None else None
-    loader = os_el.find("loader") if os_el is not None else None
+    loader = parts.get("loader")
     if loader is not None:
         out["loader.path"] = _text(loader)
         for attr in ("type", "stateless", "readonly", "secure"):
             out[f"loader.{attr}"] = loader.get(attr)
-    nvram = os_el.find("nvram") if os_el is not None else None
+    nvram = parts.get("nvram")
     out["nvram"] = (_text(nvram) or nvram.get("template") or "present") if nvram is not None else None
     for part in ("kernel", "initrd", "cmdline", "dtb"):
-        out[part] = _text(os_el.find(part)) if os_el is not None else None
+        out[part] = _text(parts.get(part))
+
+
+def _children(element: etree._Element) -> dict[str, etree._Element]:
+    """Child elements by tag, the first of each (one pass: cheaper than a find() per part)."""
+    found: dict[str, etree._Element] = {}
+    for child in element:
+        tag = child.tag
+        if tag not in found and isinstance(tag, str):  # comments and processing instructions have no str tag
+            found[tag] = child
+    return found
 
 
 def _machine_family(machine: str | None) -> str | None:
@@ -119,15 +142,8 @@ def _memory_backing(backing: etree._Element | None, out: dict[str, Any]) -> None
     out["memory_backing"] = {
         "source": source.get("type") if source is not None else None,
         "access": access.get("mode") if access is not None else None,
-        "other": sorted(child.tag for child in backing if isinstance(child.tag, str) and child.tag not in ("source", "access")),
+        "other": sorted(child.tag for child in backing.iterchildren(etree.Element) if child.tag not in ("source", "access")),
     }
-
-
-def _features(features: etree._Element | None, out: dict[str, Any]) -> None:
-    smm = features.find("smm") if features is not None else None
-    out["features.smm"] = smm.get("state", "on") if smm is not None else None
-    out["features"] = sorted(_describe(f) for f in features if isinstance(f.tag, str) and f.tag != "smm") \
-        if features is not None else []
 
 
 def _launch_security(ls: etree._Element | None, out: dict[str, Any]) -> None:
@@ -138,22 +154,23 @@ def _launch_security(ls: etree._Element | None, out: dict[str, Any]) -> None:
     for attr, value in ls.attrib.items():
         if attr != "type":
             out[f"launch_security.@{attr}"] = value
-    for child in ls:
-        if not isinstance(child.tag, str):
-            continue  # a comment inside launchSecurity decides nothing
-        out[f"launch_security.{child.tag}"] = _launch_value(child.tag, "".join(child.itertext()))
+    for child in ls.iterchildren(etree.Element):  # a comment inside launchSecurity decides nothing
+        # The first of a repeated child, as libvirt (XPath string(./policy)) and the SNP rules read it.
+        text = child.text or "" if len(child) == 0 else "".join(child.itertext())
+        out.setdefault(f"launch_security.{child.tag}", _launch_value(child.tag, text))
 
 
 def _launch_value(tag: str, text: str) -> Any:
-    compact = "".join(text.split())
+    """Numbers by value; anything else as written, trimmed (no more: the SNP rules read it that way too)."""
+    value = text.strip()
     if tag in ("policy", "cbitpos", "reducedPhysBits"):
         try:
-            return f"{int(compact, 16):#x}" if tag == "policy" else int(compact)
+            return f"{int(value, 16):#x}" if tag == "policy" else int(value)
         except ValueError:
-            return compact  # not a number: compared as written (the SNP rules refuse it anyway)
+            return value  # not a number: compared as written (the SNP rules refuse it anyway)
     if tag == "idAuth":
-        return _id_auth_keys(compact)
-    return compact
+        return _id_auth_keys(value)
+    return value
 
 
 def _id_auth_keys(b64: str) -> str:
@@ -171,7 +188,7 @@ def _id_auth_keys(b64: str) -> str:
 
 
 def _devices(devices: etree._Element | None, out: dict[str, Any]) -> None:
-    children = [d for d in devices if isinstance(d.tag, str)] if devices is not None else []
+    children = list(devices.iterchildren(etree.Element)) if devices is not None else []
     for disk in children:
         if disk.tag == "disk":
             _disk(disk, out)

@@ -72,3 +72,18 @@ def test_snp_settings_are_the_ones_that_decide_the_launch():
         "launch_security.policy", "launch_security.@kernelHashes", "vcpus", "loader.path", "kernel", "cmdline",
         "machine", "features.smm", "nvram", "cpu.model", "qemu.passthrough", "type"))
     assert not any(drift.is_snp_setting(key) for key in ("memory_kib", "disk[vda].source", "interface[0].mac", "devices.hostdev"))
+
+
+def test_the_snp_projection_holds_exactly_the_snp_settings():
+    """The check after define compares project(snp_only=True): it must miss no SNP setting."""
+    root = golden()
+    etree.SubElement(root.find("launchSecurity"), "idBlock").text = "AAAA"
+    full, snp = drift.project(root), drift.project(root, snp_only=True)
+    assert {k for k in full if drift.is_snp_setting(k)} == set(snp) and all(full[k] == snp[k] for k in snp)
+
+
+def test_a_repeated_launch_security_child_reads_as_libvirt_reads_it():
+    root = golden()
+    etree.SubElement(root.find("launchSecurity"), "policy").text = "0x30000"
+    root.find("launchSecurity/policy").text = "0xb0000"
+    assert drift.project(root)["launch_security.policy"] == "0xb0000"  # the first, like XPath string(./policy)
