@@ -7,15 +7,16 @@ domain's own XML, snpvirt's metadata left in place.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import libvirt
 import pytest
 from lxml import etree
 
-from snpvirt import domxml, drift, metadata, render, sevparams
+from snpvirt import domxml, drift, sevparams, snp_rules
 from snpvirt import spec as specs
 from snpvirt.connection import Connection
-from snpvirt.errors import ConflictError, ExitCode, SnpvirtError
+from snpvirt.errors import ConflictError, ExitCode
 from snpvirt.manager import Manager, SpecInput
 from tests.conftest import EXAMPLES, GOLDEN
 from tests.integration.test_manager import make_manager, spec
@@ -384,3 +385,24 @@ def test_a_domain_another_client_started_meanwhile_is_running_as_asked(clean_tes
         conn.races = ("start",)
         started = make_manager(conn).apply([spec(name="drift-11")])[0]
         assert (started.ok, started.state, started.details["started"]) == (True, "running", False), started.error
+
+
+START_REFUSED = ["policy", "host-data", "kernel-hashes", "vcpus", "cmdline", "kernel", "cpu-model"]
+
+
+@pytest.mark.parametrize("kind", START_REFUSED)
+def test_start_refuses_snp_settings_changed_since_the_recorded_spec(mgr, conn, clean_test_driver, kind):
+    """Every SNP rule still passes after these edits: only the comparison with the recorded spec sees them."""
+    edit, key = DRIFTS[kind]
+    mgr.apply([SpecInput("web-01", specs.load_spec(EXAMPLES / "web-01.toml"))], start=False)
+    stored = edit_outside(clean_test_driver, "web-01", edit)
+    assert not [f for f in snp_rules.check_rules(domxml.parse(stored)) if f.severity == "error"]
+    with pytest.raises(ConflictError, match=rf"SEV-SNP settings were changed outside snpvirt \({re.escape(key)}:") as refused:
+        mgr.start("web-01")
+    assert "snpvirt apply SPEC" in refused.value.hint and conn.state("web-01") == "shutoff"
+
+
+def test_start_is_not_refused_for_changes_that_leave_the_launch_alone(mgr, conn, clean_test_driver):
+    mgr.apply([SpecInput("web-01", specs.load_spec(EXAMPLES / "web-01.toml"))], start=False)
+    edit_outside(clean_test_driver, "web-01", DRIFTS["memory"][0])  # e.g. `virsh setmaxmem --config`
+    assert mgr.start("web-01").changed is True
