@@ -63,8 +63,8 @@ def project(root: etree._Element, snp_only: bool = False) -> dict[str, Any]:
                                    if child.tag.startswith(_QEMU_TAG) for element in child.iter(etree.Element)]
     if snp_only:
         return out
-    out["memory_kib"] = _kib(top.get("memory"))
-    out["current_memory_kib"] = _kib(top.get("currentMemory")) or out["memory_kib"]
+    out["memory_kib"] = kib(top.get("memory"))
+    out["current_memory_kib"] = kib(top.get("currentMemory")) or out["memory_kib"]
     _memory_backing(top.get("memoryBacking"), out)
     out["features"] = sorted(_describe(f) for f in features.iterchildren(etree.Element) if f.tag != "smm") \
         if features is not None else []
@@ -261,7 +261,8 @@ def _int(text: str | None) -> int | None:
         return None
 
 
-def _kib(element: etree._Element | None) -> int | None:
+def kib(element: etree._Element | None) -> int | None:
+    """A <memory>-style element's size in KiB, whatever its unit (libvirt stores KiB)."""
     value = _int(element.text if element is not None else None)
     if value is None:
         return None

@@ -11,7 +11,6 @@ import dataclasses
 import datetime
 import difflib
 import hashlib
-import re
 import time
 from dataclasses import dataclass, field
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,7 +18,7 @@ from typing import Any, Callable, Iterable, Protocol
 
 from lxml import etree
 
-from snpvirt import domxml, drift, importer, launch, metadata, render, snp_rules
+from snpvirt import domxml, drift, importer, inventory, launch, metadata, render, snp_rules
 from snpvirt import spec as specs
 from snpvirt.errors import (BadInputError, ConflictError, HostNotReadyError, NotFoundError,
                             OperationTimeoutError, SnpvirtError)
@@ -120,13 +119,6 @@ def _keep_identity(spec: VmSpec, uuid: str, existing: etree._Element) -> VmSpec:
 def _drift_text(changes: list[dict[str, Any]]) -> str:
     shown = "; ".join(f"{c['key']}: {c['from']!r}, snpvirt defined {c['to']!r}" for c in changes[:3])
     return shown + (f" (and {len(changes) - 3} more)" if len(changes) > 3 else "")
-
-
-def _same_document(live_xml: str, persistent_xml: str) -> bool:
-    """The cheap path: a live definition that is the persistent one plus the running id (the test
-    driver's only difference) runs as defined. Anything else is compared part by part."""
-    head, sep, rest = live_xml.partition(">")
-    return re.sub(r" id='\d+'$", "", head) + sep + rest == persistent_xml
 
 
 def utc_now() -> str:
@@ -585,28 +577,15 @@ class Manager:
             root = domxml.parse(record.xml)
             info = metadata.read(root)
             if info is not None:
-                rows.append(self._row(record, root, info))
+                rows.append(inventory.row(record, root, info))
         return sorted(rows, key=lambda r: r["name"])
 
     def status(self, name: str) -> dict[str, Any]:
         record, info = self._managed(name)
         root = domxml.parse(record.xml)
-        return {**self._row(record, root, info), "origin": info.origin, "snpvirt_version": info.version,
+        return {**inventory.row(record, root, info), "origin": info.origin, "snpvirt_version": info.version,
                 "spec_digest": info.digest, "spec": info.spec, "launch": info.launch,
                 "defined_at": info.defined_at, "updated_at": info.updated_at}
-
-    def _row(self, record: DomainRecord, root: etree._Element, info: metadata.ManagedInfo) -> dict[str, Any]:
-        """What runs and what is pending. An active domain runs its live definition, which differs from the
-        persistent one after an update (or an import) until it restarts: show the live values, and the
-        persistent ones that differ under `pending`."""
-        row = summary(record, root, info)
-        if record.live_xml is None or _same_document(record.live_xml, record.xml):
-            return {**row, "restart_required": False, "pending": {}}
-        live = domxml.parse(record.live_xml)
-        running = summary(record, live, metadata.read(live))
-        changes = drift.differences(drift.project(root), drift.project(live))
-        pending = {key: value for key, value in row.items() if running[key] != value} if changes else {}
-        return {**running, "restart_required": bool(changes), "pending": pending}
 
 
 def _int_or_none(text: str | None) -> int | None:
@@ -614,85 +593,3 @@ def _int_or_none(text: str | None) -> int | None:
         return int(text.strip()) if text is not None else None
     except ValueError:
         return None
-
-
-def summary(record: DomainRecord, root: etree._Element, info: metadata.ManagedInfo | None) -> dict[str, Any]:
-    """One definition's values as `list` shows them. The expected measurement only while the launch inputs
-    it was computed for (recorded in snpvirt's metadata) are still the definition's own."""
-    from snpvirt import policy as snp_policy
-
-    ls = root.find("launchSecurity")
-    snp = ls if ls is not None and ls.get("type") == "sev-snp" else None
-    policy = _policy_of(snp)
-    memory = root.find("memory")
-    recorded = info.launch if info is not None else {}
-    measurement = recorded.get("measurement") if isinstance(recorded.get("measurement"), dict) else {}
-    stale = _inputs_changed_since_measured(root, policy, recorded)
-    return {
-        "name": record.name,
-        "uuid": record.uuid,
-        "state": record.state,
-        "vcpus": int(root.findtext("vcpu") or 0),
-        "memory_mib": _mib(memory) if memory is not None else None,
-        "launch_security": ls.get("type") if ls is not None else None,
-        "policy": snp_policy.to_hex(policy) if policy is not None else None,
-        "policy_flags": snp_policy.set_flag_names(policy) if policy is not None else [],
-        "kernel_hashes": snp is not None and snp.get("kernelHashes") == "yes",
-        "expected_measurement": None if stale else measurement.get("value"),
-        "measurement_stale": stale,
-    }
-
-
-def _policy_of(snp: etree._Element | None) -> int | None:
-    from snpvirt import policy as snp_policy
-
-    if snp is None:
-        return None
-    text = snp.findtext("policy")
-    if text is None:
-        return snp_policy.DEFAULT_POLICY
-    try:
-        return snp_policy.parse_hex(text)
-    except BadInputError:
-        return None  # not hex: the SNP rules refuse to start it; list shows no policy
-
-
-def _inputs_changed_since_measured(root: etree._Element, policy: int | None, recorded: dict[str, Any]) -> list[str]:
-    """The launch inputs snpvirt recorded with the measurement that the definition no longer has (another
-    tool redefined it): a measurement computed for 4 vCPUs says nothing about a launch with 2."""
-    if not recorded:
-        return []
-    from snpvirt import policy as snp_policy
-
-    def path(kind: str) -> str | None:
-        return recorded[kind].get("path") if isinstance(recorded.get(kind), dict) else None
-
-    vcpus = recorded.get("vcpus") if isinstance(recorded.get("vcpus"), dict) else {}
-    recorded_policy = recorded.get("policy")
-    have_want = {
-        "vcpus": (root.findtext("vcpu", "").strip(), vcpus.get("count")),
-        "policy": (snp_policy.to_hex(policy) if policy is not None else None,
-                   _hex_or_text(recorded_policy) if recorded_policy is not None else None),
-        "firmware": (root.findtext("os/loader", "").strip() or None, path("firmware")),
-        "kernel": (root.findtext("os/kernel"), path("kernel")),
-        "initrd": (root.findtext("os/initrd"), path("initrd")),
-        "cmdline": (root.findtext("os/cmdline"), recorded.get("cmdline")),
-    }
-    return [what for what, (have, want) in have_want.items() if have != want]
-
-
-def _hex_or_text(text: str) -> str:
-    from snpvirt import policy as snp_policy
-
-    try:
-        return snp_policy.to_hex(snp_policy.parse_hex(text))
-    except BadInputError:
-        return text
-
-
-_UNITS = {"b": 1, "bytes": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1024 ** 2, "mib": 1024 ** 2, "mb": 1000 ** 2,
-          "g": 1024 ** 3, "gib": 1024 ** 3, "gb": 1000 ** 3, "t": 1024 ** 4, "tib": 1024 ** 4, "tb": 1000 ** 4}
-
-
-def _mib(element: etree._Element) -> int:
-    return int(element.text) * _UNITS.get(element.get("unit", "KiB").lower(), 1024) // (1024 ** 2)
