@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
+from typing import Iterator
 
 import libvirt
 
@@ -24,6 +26,10 @@ _HOST_CODES = {libvirt.VIR_ERR_CONFIG_UNSUPPORTED, libvirt.VIR_ERR_OPERATION_UNS
 STATE_NAMES = {getattr(libvirt, f"VIR_DOMAIN_{name.upper()}"): name for name in (
     "nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed", "pmsuspended")}
 QEMU_LOG_DIR = "/var/log/libvirt/qemu"
+_ACTIVE = {libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED, libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_SHUTDOWN,
+           libvirt.VIR_DOMAIN_PMSUSPENDED}  # the states in which a live definition runs
+_XML_FETCHERS = 4
+_PARALLEL_FROM = 16  # domains; fewer are not worth the threads
 
 
 def translate(exc: libvirt.libvirtError, action: str, uri: str | None) -> SnpvirtError:
@@ -125,17 +131,25 @@ class Connection:
         return self.driver == "TEST"
 
     def _record(self, dom: libvirt.virDomain, state: int | None = None) -> DomainRecord:
+        """The domain's persistent definition, and for an active one its live definition too (they differ
+        after a redefinition, until it restarts)."""
         self._handles[dom.name()] = dom
         if state is None:
             state = dom.state()[0]
         return DomainRecord(dom.name(), dom.UUIDString(), STATE_NAMES.get(state, "nostate"),
-                            dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+                            dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), dom.XMLDesc(0) if state in _ACTIVE else None)
 
-    def domains(self) -> list[DomainRecord]:
-        """Every domain with its state and inactive XML: one stats call for all states, one XML call each."""
+    def domains(self) -> Iterator[DomainRecord]:
+        """Every domain with its state and XML, in libvirt's order: one stats call for all states, then the
+        XML calls from a few threads (libvirt's client pipelines them on the one connection: a third of the
+        time for 1,000), yielded as they arrive so the caller works while the rest are on their way."""
         try:
-            return [self._record(dom, stats.get("state.state")) for dom, stats in
-                    self._conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE)]
+            stats = self._conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE)
+            if len(stats) < _PARALLEL_FROM:
+                yield from (self._record(dom, values.get("state.state")) for dom, values in stats)
+                return
+            with ThreadPoolExecutor(_XML_FETCHERS, thread_name_prefix="snpvirt-xml") as pool:
+                yield from pool.map(lambda item: self._record(item[0], item[1].get("state.state")), stats)
         except libvirt.libvirtError as exc:
             raise translate(exc, "list domains", self.uri) from None
 

@@ -18,7 +18,8 @@ from typing import Any, Callable, Iterable, Protocol
 
 from lxml import etree
 
-from snpvirt import domxml, importer, launch, metadata, render, snp_rules
+from snpvirt import domxml, drift, importer, inventory, launch, metadata, render, snp_rules
+from snpvirt import spec as specs
 from snpvirt.errors import (BadInputError, ConflictError, HostNotReadyError, NotFoundError,
                             OperationTimeoutError, SnpvirtError)
 from snpvirt.models import DomainRecord, Finding, HostReport, Stamp, VmSpec
@@ -32,7 +33,7 @@ class Hypervisor(Protocol):
     simulated: bool
 
     def domain_names(self) -> set[str]: ...
-    def domains(self) -> list[DomainRecord]: ...
+    def domains(self) -> Iterable[DomainRecord]: ...
     def lookup(self, name: str) -> DomainRecord | None: ...
     def define(self, xml: str) -> DomainRecord: ...
     def state(self, name: str) -> str: ...
@@ -84,21 +85,40 @@ class _Plan:
     start: bool
     diff: list[dict[str, Any]] = field(default_factory=list)
     xml: str | None = None
+    restart_required: bool = False  # the running domain's live definition differs from the desired one
 
 
-def _keeps_snp(libvirt_xml: str) -> bool:
-    """Fast path for the check after define: libvirt writes its XML in one canonical form, so these
-    markers show it kept SEV-SNP launch security and stateless firmware. Anything else gets the full rules."""
-    loader = libvirt_xml.find("<loader ")
-    return ("<launchSecurity type='sev-snp'" in libvirt_xml and "<nvram" not in libvirt_xml and loader >= 0
-            and any(marker in libvirt_xml[loader:libvirt_xml.find(">", loader)] for marker in ("type='rom'", "stateless='yes'")))
+class _DefinedMeanwhile(ConflictError):
+    """A create lost a race: another client defined the same name between our look-up and our define."""
 
 
-def _snp_errors(libvirt_xml: str) -> list[Finding]:
-    """The SNP rules a libvirt definition breaks; the canonical-form fast path first."""
-    if _keeps_snp(libvirt_xml):
-        return []
-    return [f for f in snp_rules.check_rules(domxml.parse(libvirt_xml)) if f.severity == "error"]
+RACE_RETRIES = 3  # re-plans after losing a create race; each one sees the domain the other client made
+
+
+def _snp_errors(definition: str | etree._Element, allow_debug: bool) -> list[Finding]:
+    """The SNP rules a definition breaks, decided on the parsed document with every rule. Never on its
+    text: a comment or another tool's <metadata> child can contain anything, libvirt keeps both."""
+    try:
+        root = domxml.parse(definition) if isinstance(definition, str) else definition
+    except etree.XMLSyntaxError as exc:
+        return [Finding("xml.well_formed", "error", f"the definition is not well-formed XML ({exc})",
+                        "redefine it from its spec: snpvirt apply SPEC")]
+    return [f for f in snp_rules.check_rules(root, allow_debug) if f.severity == "error"]
+
+
+def _keep_identity(spec: VmSpec, uuid: str, existing: etree._Element) -> VmSpec:
+    """A redefinition keeps the domain's identity: its UUID, and the MAC address libvirt gave each interface
+    the spec leaves without one (a new MAC after every update would change the guest's network identity)."""
+    macs = [interface.find("mac").get("address") if interface.find("mac") is not None else None
+            for interface in existing.iterfind("devices/interface")]
+    networks = tuple(dataclasses.replace(net, mac=macs[i]) if net.mac is None and i < len(macs) and macs[i] else net
+                     for i, net in enumerate(spec.networks))
+    return dataclasses.replace(spec, uuid=uuid, networks=networks)
+
+
+def _drift_text(changes: list[dict[str, Any]]) -> str:
+    shown = "; ".join(f"{c['key']}: {c['from']!r}, snpvirt defined {c['to']!r}" for c in changes[:3])
+    return shown + (f" (and {len(changes) - 3} more)" if len(changes) > 3 else "")
 
 
 def utc_now() -> str:
@@ -149,25 +169,103 @@ class Manager:
             raise ConflictError(f"domain {name} is not managed by snpvirt", f"bring it under management first: snpvirt import {name}")
         return record, info
 
-    def _refuse_without_snp(self, record: DomainRecord) -> None:
-        """Never start a definition that would not launch as SEV-SNP (it may have been edited since)."""
-        errors = _snp_errors(record.xml)
+    def _refuse_to_start(self, record: DomainRecord) -> None:
+        """Never start a definition that would not launch as the SEV-SNP guest snpvirt defined: it must pass
+        every SNP rule, and its SNP settings must still be the recorded spec's (it may have been edited since)."""
+        root = domxml.parse(record.xml)
+        errors = _snp_errors(root, self.allow_debug)
         if errors:
             raise ConflictError(f"{record.name}'s definition breaks {errors[0].rule_id} ({errors[0].message}); "
-                                "snpvirt does not start it", f"restore it: snpvirt apply SPEC, or snpvirt import {record.name} --fix")
+                                "snpvirt does not start it",
+                                f"restore it: snpvirt apply SPEC, or snpvirt import {record.name} --fix"
+                                + (", or pass --allow-debug for a throw-away test guest"
+                                   if errors[0].rule_id == "snp.policy_debug" else ""))
+        drifted = self._drift_from_recorded_spec(root)
+        if drifted:
+            raise ConflictError(f"{record.name}'s SEV-SNP settings were changed outside snpvirt ({_drift_text(drifted)}); "
+                                "snpvirt does not start it",
+                                f"restore them from the spec: snpvirt apply SPEC (snpvirt status {record.name} shows it)")
+
+    def _drift_from_recorded_spec(self, root: etree._Element) -> list[dict[str, Any]]:
+        """The SNP settings in which a definition differs from what its recorded spec renders. Only for domains
+        defined from a spec: an imported or hand-written document has no spec to compare with."""
+        info = metadata.read(root)
+        if info is None or info.origin != "spec" or info.xml_digest is not None or info.spec is None:
+            return []
+        try:
+            spec = specs.parse_spec(info.spec, allow_debug=True)  # the debug bit is the rules' to judge
+        except SnpvirtError as err:
+            return [{"key": "(recorded spec)", "from": err.message, "to": "a spec snpvirt can read"}]
+        desired = self._desired_projection(spec, root, launch_record=None)
+        return [c for c in drift.differences(desired, drift.project(root)) if drift.is_snp_setting(c["key"])]
+
+    def _desired_projection(self, spec: VmSpec, existing: etree._Element,
+                            launch_record: launch.LaunchRecord | None) -> dict[str, Any]:
+        """What the spec renders, in the canonical projection. cbitpos/reducedPhysBits that the spec leaves to
+        the host are the host's to fill in: taken from the existing definition, or left out of the comparison,
+        so nothing asks the host here. Signed ID blocks need the launch record; without it they are left out."""
+        ls = existing.find("launchSecurity")
+        host = lambda tag: _int_or_none(ls.findtext(tag)) if ls is not None else None  # noqa: E731
+        cbitpos = spec.snp.cbitpos if spec.snp.cbitpos is not None else host("cbitpos")
+        reduced = spec.snp.reduced_phys_bits if spec.snp.reduced_phys_bits is not None else host("reducedPhysBits")
+        sev = SevParams(cbitpos if cbitpos is not None else 0, reduced if reduced is not None else 0, "comparison")
+        projection = drift.project(domxml.parse(render.render_xml(spec, sev, None, launch_record)))
+        left_out = {"launch_security.cbitpos": cbitpos is None, "launch_security.reducedPhysBits": reduced is None,
+                    "launch_security.idBlock": spec.snp.id_key and launch_record is None,
+                    "launch_security.idAuth": spec.snp.id_key and launch_record is None}
+        return {key: value for key, value in projection.items() if not left_out.get(key)}
+
+    def _restart_required(self, record: DomainRecord, persistent: etree._Element) -> bool:
+        """An active domain whose live definition differs from `persistent`: it runs the old one."""
+        return is_active(record.state) and self._runs_otherwise(record, drift.project(persistent))
+
+    @staticmethod
+    def _runs_otherwise(record: DomainRecord, desired: dict[str, Any]) -> bool:
+        """Whether an active domain's live definition differs from `desired` (restart required)."""
+        if record.live_xml is None:
+            return False
+        return bool(drift.differences(desired, drift.project(domxml.parse(record.live_xml))))
 
     def _define_checked(self, xml: str, previous: DomainRecord | None) -> DomainRecord:
-        """Define, then check libvirt's own view of it; roll back what a failed check left behind."""
-        record = self.hv.define(xml)
-        errors = _snp_errors(record.xml)
-        if errors:
+        """Define, then check libvirt's own view of it: every SNP setting it was given kept, so every SNP rule
+        holds. A failed check rolls back: an update puts the previous definition back (never an undefine,
+        which would delete the user's domain); a new domain is removed."""
+        asked = domxml.parse(xml)
+        try:
+            record = self.hv.define(xml)
+        except SnpvirtError:
+            name = asked.findtext("name")
+            if previous is None and self.hv.lookup(name) is not None:
+                raise _DefinedMeanwhile(f"domain {name} was defined by another client at the same time",
+                                        "run the command again: it will see that domain") from None
+            raise
+        problem = self._not_kept(asked, record.xml)
+        if problem is not None:
             if previous is None:
                 self.hv.undefine(record.name)
             else:
                 self.hv.define(previous.xml)
-            raise SnpvirtError(f"libvirt's definition of {record.name} breaks {errors[0].rule_id} "
-                               f"({errors[0].message}); the change was rolled back", errors[0].hint)
+            message, hint = problem
+            raise SnpvirtError(f"libvirt's definition of {record.name} {message}; the change was rolled back", hint)
         return record
+
+    @staticmethod
+    def _not_kept(asked: etree._Element, stored_xml: str) -> tuple[str, str] | None:
+        """(message, hint) when libvirt's stored definition lost or changed an SEV-SNP setting it was given.
+
+        Every document defined here passed every SNP rule first (render, define_xml and import check it),
+        and every rule reads only parts that the SNP projection holds (domain type, machine, firmware,
+        NVRAM, SMM, kernel, launch security with all its attributes and children). So equal projections
+        mean the stored definition passes the rules too, without running them (or the schema) again."""
+        try:
+            stored = domxml.parse(stored_xml)
+        except etree.XMLSyntaxError as exc:
+            return f"is not well-formed XML ({exc})", "see the libvirt log of this host"
+        lost = drift.differences(drift.project(asked, snp_only=True), drift.project(stored, snp_only=True))
+        if lost:
+            return (f"does not keep what it was given ({_drift_text(lost)})",
+                    "this libvirt does not keep these SEV-SNP settings: use libvirt >= 10.5 on this host")
+        return None
 
     # --- apply / define from specs -----------------------------------------------------------------
 
@@ -175,29 +273,52 @@ class Manager:
         existing = self.hv.lookup(spec.name) if spec.name in existing_names else None
         now = self.clock()
         if existing is None:
-            action, defined_at, diff = "create", now, []
-        else:
-            info = metadata.read(domxml.parse(existing.xml))
-            if info is None:
-                raise ConflictError(f"a domain named {spec.name} exists and is not managed by snpvirt; it is left untouched",
-                                    f"choose another name, or bring it under management: snpvirt import {spec.name}")
-            if spec.uuid is not None and spec.uuid != existing.uuid:
-                raise ConflictError(f"domain {spec.name} exists with UUID {existing.uuid}, the spec says {spec.uuid}",
-                                    "remove uuid from the spec or fix it; snpvirt never replaces another domain")
-            same = info.digest == "sha256:" + hashlib.sha256(render.spec_json(spec).encode()).hexdigest()
-            drift = _snp_errors(existing.xml)
-            action = "unchanged" if same and not drift else "update"
-            defined_at = info.defined_at or now
-            diff = metadata.spec_diff(info.spec, spec.source) if not same else []
-            if drift:  # edited outside snpvirt so that it no longer launches as SEV-SNP: the spec puts it back
-                diff.append({"key": "(definition)", "from": f"breaks {drift[0].rule_id}", "to": "as the spec renders it"})
-            spec = dataclasses.replace(spec, uuid=existing.uuid)  # a redefinition keeps the domain's identity
-        xml = None
-        if action != "unchanged":
-            record = launch.record(spec)
-            stamp = Stamp(defined_at, now, record.expected.digests)
-            xml = render.render(spec, self._resolve_sev(spec), self.allow_debug, stamp, record).xml
-        return _Plan(spec, action, existing, existing is None or not is_active(existing.state), diff, xml)
+            return self._with_xml(_Plan(spec, "create", None, True), now, now)
+        root = domxml.parse(existing.xml)
+        info = metadata.read(root)
+        if info is None:
+            raise ConflictError(f"a domain named {spec.name} exists and is not managed by snpvirt; it is left untouched",
+                                f"choose another name, or bring it under management: snpvirt import {spec.name}")
+        if spec.uuid is not None and spec.uuid != existing.uuid:
+            raise ConflictError(f"domain {spec.name} exists with UUID {existing.uuid}, the spec says {spec.uuid}",
+                                "remove uuid from the spec or fix it; snpvirt never replaces another domain")
+        spec = _keep_identity(spec, existing.uuid, root)
+        # Desired state is what the spec renders compared with what libvirt holds, not the digest snpvirt
+        # wrote earlier: another tool may have redefined the domain since, metadata and all.
+        record = self._id_block_record(spec)
+        desired = self._desired_projection(spec, root, record)
+        drifted = drift.differences(desired, drift.project(root))
+        broken = _snp_errors(root, self.allow_debug)
+        same_spec = info.digest == "sha256:" + hashlib.sha256(render.spec_json(spec).encode()).hexdigest()
+        diff = metadata.spec_diff(info.spec, spec.source) if not same_spec else \
+            [{**c, "key": f"definition.{c['key']}"} for c in drifted]
+        if broken:  # edited outside snpvirt so that it no longer launches as SEV-SNP: the spec puts it back
+            diff.append({"key": "(definition)", "from": f"breaks {broken[0].rule_id}", "to": "as the spec renders it"})
+        action = "unchanged" if same_spec and not drifted and not broken else "update"
+        active = is_active(existing.state)
+        plan = _Plan(spec, action, existing, not active, diff,
+                     restart_required=active and self._runs_otherwise(existing, desired))
+        if action == "unchanged":
+            return plan
+        return self._with_xml(plan, info.defined_at or now, now, record)
+
+    @staticmethod
+    def _id_block_record(spec: VmSpec) -> launch.LaunchRecord | None:
+        """The launch record, only for a spec whose ID block snpvirt signs (its blocks are part of the
+        definition); None when the launch files are not readable here (the comparison leaves them out)."""
+        if not spec.snp.id_key:
+            return None
+        try:
+            return launch.record(spec)
+        except BadInputError:
+            return None
+
+    def _with_xml(self, plan: _Plan, defined_at: str, now: str, record: launch.LaunchRecord | None = None) -> _Plan:
+        """The document to define: rendered with the launch record and the stamp, checked by render."""
+        record = record or launch.record(plan.spec)
+        stamp = Stamp(defined_at, now, record.expected.digests)
+        plan.xml = render.render(plan.spec, self._resolve_sev(plan.spec), self.allow_debug, stamp, record).xml
+        return plan
 
     def apply(self, inputs: Iterable[SpecInput], check: bool = False, start: bool = True) -> list[Outcome]:
         """Make each spec's domain exist as specified (and run, with start); `check` only plans.
@@ -233,12 +354,11 @@ class Manager:
         except SnpvirtError as err:
             return Outcome(spec.name, "invalid").fail(err)
 
-    def _execute(self, plan: _Plan, check: bool, start: bool) -> Outcome:
+    def _execute(self, plan: _Plan, check: bool, start: bool, retries: int = RACE_RETRIES) -> Outcome:
         existing_state = plan.existing.state if plan.existing else None
         will_start = start and plan.start
         out = Outcome(plan.spec.name, plan.action, state=existing_state or "absent", details={
-            "diff": plan.diff, "restart_required": plan.action == "update" and is_active(existing_state),
-            "will_start": will_start})
+            "diff": plan.diff, "restart_required": plan.restart_required, "will_start": will_start})
         if check:
             out.changed = plan.action != "unchanged" or will_start
             out.details["planned"] = True
@@ -248,16 +368,39 @@ class Manager:
                 self._define_checked(plan.xml, plan.existing)
                 out.changed, out.state = True, existing_state or "shutoff"
             if will_start:
-                if plan.xml is None:  # starting the existing definition: it must still be SEV-SNP
-                    self._refuse_without_snp(plan.existing)
-                self.hv.start(plan.spec.name)
-                out.changed, out.state = True, "running"
-                out.details["started"] = True
+                if plan.xml is None:  # starting the existing definition: it must still be the SEV-SNP one
+                    self._refuse_to_start(plan.existing)
+                out.details["started"] = self._start_once(plan.spec.name)
+                out.changed, out.state = out.changed or out.details["started"], "running"
+        except _DefinedMeanwhile as err:
+            if not retries:
+                return out.fail(err)
+            return self._replan(plan, start, retries - 1)
         except SnpvirtError as err:
             defined = plan.xml is None or out.changed
             out.details.update(defined=defined, started=False)
             return out.fail(err)
         return out
+
+    def _replan(self, plan: _Plan, start: bool, retries: int) -> Outcome:
+        """Another client (a second `apply` of the same spec) created the domain first: plan again against
+        the domain that now exists, as if this run had started a moment later."""
+        try:
+            replanned = self._plan(plan.spec, {plan.spec.name})
+        except SnpvirtError as err:
+            return Outcome(plan.spec.name, "invalid").fail(err)
+        return self._execute(replanned, False, start, retries)
+
+    def _start_once(self, name: str) -> bool:
+        """Start; True when this call started it. A domain another client started meanwhile is running,
+        which is what was asked: not an error."""
+        try:
+            self.hv.start(name)
+        except SnpvirtError:
+            if is_active(self.hv.state(name)):
+                return False
+            raise
+        return True
 
     # --- define an XML document ------------------------------------------------------------------
 
@@ -277,12 +420,14 @@ class Manager:
         name = root.findtext("name")
         existing = self.hv.lookup(name)
         if existing is not None:
-            info = metadata.read(domxml.parse(existing.xml))
+            existing_root = domxml.parse(existing.xml)
+            info = metadata.read(existing_root)
             uuid = root.findtext("uuid")
             if info is None or (uuid and uuid != existing.uuid):
                 raise ConflictError(f"a domain named {name} already exists" + (" and is not managed by snpvirt" if info is None
                                     else f" with UUID {existing.uuid}"), f"bring it under management with: snpvirt import {name}")
-            if info.xml_digest == digest:
+            # The same document again, and libvirt still holds what it said (no other tool redefined it).
+            if info.xml_digest == digest and not drift.differences(drift.project(root), drift.project(existing_root)):
                 return Outcome(name, "unchanged", state=existing.state)
             if not uuid:
                 etree.SubElement(root, "uuid").text = existing.uuid
@@ -298,7 +443,8 @@ class Manager:
         root = domxml.parse(xml)
         name = root.findtext("name") or "(unnamed)"
         if from_domain is not None and metadata.read(root) is not None:
-            return Outcome(name, "unchanged", state=from_domain.state, details={"managed": True})
+            return Outcome(name, "unchanged", state=from_domain.state, details={
+                "managed": True, "restart_required": self._restart_required(from_domain, root)})
         before = domxml.check(xml, self.allow_debug)
         changes = importer.fix(root, sev, firmware) if fix else []
         fixed = etree.tostring(root, encoding="unicode") + ("\n" if xml.endswith(b"\n") else "")
@@ -312,6 +458,8 @@ class Manager:
         if errors:
             hint = "run again with --fix" if not fix and changes == [] else errors[0].hint
             return out.fail(BadInputError(f"{name} breaks {len(errors)} SEV-SNP rule(s): {', '.join(f.rule_id for f in errors)}", hint))
+        if from_domain is not None:  # a running domain keeps running as it was until it restarts
+            out.details["restart_required"] = self._restart_required(from_domain, root)
         if check:
             out.changed = True
             out.details["planned"] = True
@@ -337,7 +485,7 @@ class Manager:
         record, _ = self._managed(name)
         if is_active(record.state):
             return Outcome(name, "start", state=record.state)
-        self._refuse_without_snp(record)
+        self._refuse_to_start(record)
         self.ensure_ready()
         self.hv.start(name)
         return Outcome(name, "start", changed=True, state="running")
@@ -444,41 +592,19 @@ class Manager:
             root = domxml.parse(record.xml)
             info = metadata.read(root)
             if info is not None:
-                rows.append(summary(record, root, info))
+                rows.append(inventory.row(record, root, info))
         return sorted(rows, key=lambda r: r["name"])
 
     def status(self, name: str) -> dict[str, Any]:
         record, info = self._managed(name)
         root = domxml.parse(record.xml)
-        return {**summary(record, root, info), "origin": info.origin, "snpvirt_version": info.version,
+        return {**inventory.row(record, root, info), "origin": info.origin, "snpvirt_version": info.version,
                 "spec_digest": info.digest, "spec": info.spec, "launch": info.launch,
                 "defined_at": info.defined_at, "updated_at": info.updated_at}
 
 
-def summary(record: DomainRecord, root: etree._Element, info: metadata.ManagedInfo) -> dict[str, Any]:
-    from snpvirt import policy as snp_policy
-
-    ls = root.find("launchSecurity")
-    policy_text = ls.findtext("policy") if ls is not None else None
-    policy = snp_policy.parse_hex(policy_text) if policy_text else (snp_policy.DEFAULT_POLICY if ls is not None else None)
-    memory = root.find("memory")
-    return {
-        "name": record.name,
-        "uuid": record.uuid,
-        "state": record.state,
-        "vcpus": int(root.findtext("vcpu") or 0),
-        "memory_mib": _mib(memory) if memory is not None else None,
-        "policy": snp_policy.to_hex(policy) if policy is not None else None,
-        "policy_flags": snp_policy.set_flag_names(policy) if policy is not None else [],
-        "kernel_hashes": ls is not None and ls.get("kernelHashes") == "yes",
-        "expected_measurement": (info.launch.get("measurement") or {}).get("value") if isinstance(
-            info.launch.get("measurement"), dict) else None,
-    }
-
-
-_UNITS = {"b": 1, "bytes": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1024 ** 2, "mib": 1024 ** 2, "mb": 1000 ** 2,
-          "g": 1024 ** 3, "gib": 1024 ** 3, "gb": 1000 ** 3, "t": 1024 ** 4, "tib": 1024 ** 4, "tb": 1000 ** 4}
-
-
-def _mib(element: etree._Element) -> int:
-    return int(element.text) * _UNITS.get(element.get("unit", "KiB").lower(), 1024) // (1024 ** 2)
+def _int_or_none(text: str | None) -> int | None:
+    try:
+        return int(text.strip()) if text is not None else None
+    except ValueError:
+        return None

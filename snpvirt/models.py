@@ -170,3 +170,4 @@ class DomainRecord:
     uuid: str
     state: str  # libvirt's state name, lowercase: running, shutoff, paused, ...
     xml: str  # the inactive (persistent) definition
+    live_xml: str | None = None  # an active domain's live definition: what runs until it restarts

@@ -10,12 +10,27 @@ from snpvirt.errors import SnpvirtError
 
 
 def envelope(ok: bool, changed: bool = False, results: list[dict[str, Any]] | None = None,
-             error: SnpvirtError | None = None, **extra: Any) -> dict[str, Any]:
+             error: SnpvirtError | dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:
     doc: dict[str, Any] = {"ok": ok, "changed": changed, "results": results or []}
     doc.update(extra)
-    if error is not None:
+    if isinstance(error, SnpvirtError):
         doc["error"] = {"kind": error.kind, "message": error.message, "hint": error.hint}
+    elif error is not None:
+        doc["error"] = error
     return doc
+
+
+def batch_error(errors: list[dict[str, str]], total: int) -> dict[str, str] | None:
+    """A failed batch's top-level error, so a script looks in one place: the first failure's when every
+    item failed, `partial` when some succeeded. `errors` are the failed items' own errors, in order."""
+    if not errors:
+        return None
+    first = errors[0]
+    if len(errors) < total:
+        return {"kind": "partial", "message": f"{len(errors)} of {total} failed; the first: {first['message']}",
+                "hint": first["hint"] or "see each result's error"}
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return {"kind": first["kind"], "message": first["message"] + more, "hint": first["hint"]}
 
 
 def print_json(doc: dict[str, Any]) -> None:

@@ -204,7 +204,8 @@ def verify(
                         "failed": verdict.failed(), "checks": [c.as_dict() for c in verdict.checks]})
     all_verified = all(r["verified"] for r in results)
     if json_output:
-        output.print_json(output.envelope(all_verified, False, results))
+        output.print_json(output.envelope(all_verified, False, results, error=output.batch_error(
+            [_report_error(r) for r in results if not r["verified"]], len(results))))
     else:
         for r in results:
             typer.echo(f"{'VERIFIED' if r['verified'] else 'NOT VERIFIED'}  {r['report']}")
@@ -220,6 +221,14 @@ def verify(
             output.print_error(f"{len(failed)} of {len(results)} report(s) NOT verified: "
                                f"{', '.join(r['report'] for r in failed)}", "see the failed checks above")
         raise typer.Exit(int(ExitCode.BAD_INPUT if bad_input else ExitCode.FAILURE))
+
+
+def _report_error(result: dict) -> dict:
+    """A report's error for the envelope's top level: the one it raised, or the checks it failed."""
+    if "error" in result:
+        return result["error"]
+    return {"kind": "failure", "message": f"{result['report']}: NOT verified: failed {', '.join(result['failed'])}",
+            "hint": "see the failed checks in its result"}
 
 
 def _fetched(service, data: bytes, origin: str, product: Optional[str], pool: list) -> list:

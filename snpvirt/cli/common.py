@@ -93,8 +93,10 @@ def report(outcomes: list, json_output: bool, warnings: list = ()) -> None:
     for warning in warnings:
         output.print_warning(warning.message, warning.hint)
     if json_output:
-        output.print_json(output.envelope(all(o.ok for o in outcomes), any(o.changed for o in outcomes),
-                                          [o.as_dict() for o in outcomes], warnings=[w.as_dict() for w in warnings]))
+        results = [o.as_dict() for o in outcomes]
+        error = output.batch_error([r["error"] for r in results if "error" in r], len(results))
+        output.print_json(output.envelope(all(o.ok for o in outcomes), any(o.changed for o in outcomes), results,
+                                          error=error, warnings=[w.as_dict() for w in warnings]))
     else:
         rows = [(o.name, o.action, o.state or "-", _result_text(o)) for o in outcomes]
         typer.echo(output.table(("NAME", "ACTION", "STATE", "RESULT"), rows))

@@ -111,16 +111,21 @@ def _each(names: List[str], action: str, verb) -> list:
 NAMES = typer.Argument(..., metavar="NAME...", help="One or more domain names.")
 
 
-def start(names: List[str] = NAMES, connect: Optional[str] = connect_option(), json_output: bool = json_option(),
+def start(names: List[str] = NAMES,
+          allow_debug: bool = typer.Option(False, "--allow-debug", help="Permit starting a definition whose policy has DEBUG set."),
+          connect: Optional[str] = connect_option(), json_output: bool = json_option(),
           sysroot: Optional[Path] = sysroot_option(),
           host_caps: Optional[Path] = typer.Option(None, "--host-caps", metavar="FILE", hidden=True,
                                                    help="With --sysroot: the captured host's saved domcapabilities.")) -> None:
-    """Start managed domains (after the readiness gate); running ones are left as they are."""
+    """Start managed domains (after the readiness gate); running ones are left as they are.
+
+    A definition that breaks an SEV-SNP rule, or whose SEV-SNP settings were changed outside snpvirt, is refused (exit 5).
+    """
     if host_caps is not None and sysroot is None:
         from snpvirt.errors import BadInputError
         raise BadInputError("start reads --host-caps only as a captured host's domcapabilities, with --sysroot",
                             "drop --host-caps: start checks the connected host")
-    with manager(connect, host_caps, sysroot=sysroot) as m:
+    with manager(connect, host_caps, allow_debug=allow_debug, sysroot=sysroot) as m:
         report(_each(names, "start", m.start), json_output, m.warnings)
 
 

@@ -34,12 +34,16 @@ def validate(
             findings = domxml.check(path.read_bytes(), allow_debug)
         except OSError as exc:
             findings = [Finding("file.read", "error", f"cannot read: {exc.strerror}", "check the path and permissions")]
-        valid = not any(f.severity == "error" for f in findings)
-        results.append({"file": str(path), "valid": valid, "findings": [f.as_dict() for f in findings]})
+        errors = [f for f in findings if f.severity == "error"]
+        results.append({"file": str(path), "valid": not errors, "findings": [f.as_dict() for f in findings]})
+        if errors:
+            results[-1]["error"] = {"kind": "bad_input", "message": f"{path}: {errors[0].rule_id}: {errors[0].message}"
+                                    + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""), "hint": errors[0].hint}
 
     all_valid = all(r["valid"] for r in results)
     if json_output:
-        output.print_json(output.envelope(all_valid, False, results))
+        output.print_json(output.envelope(all_valid, False, results, error=output.batch_error(
+            [r["error"] for r in results if "error" in r], len(results))))
     else:
         for r in results:
             typer.echo(f"{'valid  ' if r['valid'] else 'INVALID'}  {r['file']}")

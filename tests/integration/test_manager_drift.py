@@ -1,0 +1,408 @@
+"""Definitions edited outside snpvirt, and running domains whose definition changed: on the test driver.
+
+The edits are made the way `virsh define` makes them: libvirt-python defines a modified copy of the
+domain's own XML, snpvirt's metadata left in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import libvirt
+import pytest
+from lxml import etree
+
+from snpvirt import domxml, drift, sevparams, snp_rules
+from snpvirt import spec as specs
+from snpvirt.connection import Connection
+from snpvirt.errors import ConflictError, ExitCode
+from snpvirt.manager import Manager, SpecInput
+from tests.conftest import EXAMPLES, GOLDEN
+from tests.integration.test_manager import make_manager, spec
+
+FOREIGN_NS = "urn:example:other-tool"
+
+
+@pytest.fixture
+def conn(clean_test_driver):
+    with Connection("test:///default") as connection:
+        yield connection
+
+
+@pytest.fixture
+def mgr(conn):
+    return make_manager(conn)
+
+
+def edit_outside(raw: libvirt.virConnect, name: str, edit) -> str:
+    """What `virsh edit` does: the domain's persistent XML, changed by `edit(root)`, defined again."""
+    dom = raw.lookupByName(name)
+    root = etree.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).encode())
+    edit(root)
+    raw.defineXML(etree.tostring(root, encoding="unicode"))
+    return dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+
+
+def strip_snp_behind_a_comment(root: etree._Element) -> None:
+    """Issue 9 §2's edit: no <launchSecurity>, SMM on, machine 'pc', and the text the old check looked for
+    kept inside a comment in another tool's <metadata> child (libvirt keeps both)."""
+    root.remove(root.find("launchSecurity"))
+    root.find("features/smm").set("state", "on")
+    root.find("os/type").set("machine", "pc")
+    note = etree.SubElement(root.find("metadata"), f"{{{FOREIGN_NS}}}note")
+    note.append(etree.Comment(" <launchSecurity type='sev-snp'> "))
+
+
+def debug_policy(root: etree._Element) -> None:
+    root.find("launchSecurity/policy").text = "0x000f0000"  # DEBUG and MIGRATE_MA
+
+
+def two_vcpus_and_debug(root: etree._Element) -> None:
+    """Issue 9 §3's edit: 2 vCPUs and policy 0xb0000 (DEBUG on)."""
+    root.find("vcpu").text = "2"
+    root.find("launchSecurity/policy").text = "0xb0000"
+
+
+# --- §2: never start a domain that lost SEV-SNP ---------------------------------------------------------
+
+@pytest.mark.parametrize("edit", [strip_snp_behind_a_comment, debug_policy], ids=["no-launch-security", "debug-policy"])
+def test_a_definition_edited_to_lose_snp_is_refused_by_start_and_restored_by_apply(mgr, conn, clean_test_driver, edit):
+    mgr.apply([spec(name="drift-01")], start=False)
+    stored = edit_outside(clean_test_driver, "drift-01", edit)
+    if edit is strip_snp_behind_a_comment:
+        assert "<!-- <launchSecurity type='sev-snp'> -->" in stored and "machine='pc'" in stored
+
+    plan = mgr.apply([spec(name="drift-01")], check=True)[0]
+    assert (plan.action, plan.changed) == ("update", True), "a drifted definition is never 'unchanged'"
+    assert [d for d in plan.details["diff"] if d["key"].startswith("definition.launch_security")]
+
+    with pytest.raises(ConflictError, match="snpvirt does not start it") as refused:
+        mgr.start("drift-01")
+    assert refused.value.exit_code == ExitCode.CONFLICT and "snpvirt apply" in refused.value.hint
+    assert conn.state("drift-01") == "shutoff"
+
+    done = mgr.apply([spec(name="drift-01")])[0]
+    assert (done.ok, done.action, done.state) == (True, "update", "running")
+    restored = domxml.parse(conn.lookup("drift-01").xml)
+    assert restored.find("launchSecurity").get("type") == "sev-snp"
+    assert restored.findtext("launchSecurity/policy") == "0x00030000"
+    assert restored.find("features/smm").get("state") == "off" and restored.find("os/type").get("machine") == "q35"
+    assert mgr.apply([spec(name="drift-01")], check=True)[0].action == "unchanged"
+
+
+def test_a_debug_definition_starts_only_with_allow_debug(conn, clean_test_driver):
+    debug = make_manager(conn)
+    debug.allow_debug = True
+    debug.apply([SpecInput("d", specs.parse_spec({**_base("drift-02"), "snp": {"cbitpos": 51, "reduced_phys_bits": 1, "policy": "0xb0000"}}, allow_debug=True))],
+                start=False)
+    with pytest.raises(ConflictError, match="snp.policy_debug"):
+        make_manager(conn).start("drift-02")
+    assert debug.start("drift-02").changed is True
+
+
+def test_the_check_before_start_reads_the_parsed_document_not_its_text(mgr, conn, clean_test_driver):
+    """An imported domain has no spec to compare with: the SNP rules alone decide, on the parsed document."""
+    mgr.define_xml((GOLDEN / "web-01.xml").read_bytes(), "web-01.xml")
+    edit_outside(clean_test_driver, "web-01", strip_snp_behind_a_comment)
+    with pytest.raises(ConflictError, match="breaks snp.launch_security"):
+        mgr.start("web-01")
+    assert conn.state("web-01") == "shutoff"
+
+
+def _base(name: str) -> dict:
+    from tests.integration.test_manager import BASE
+    return {**BASE, "name": name}
+
+
+# --- the check after define, and its rollback (issue 10) --------------------------------------------------
+
+class MangledDefine(Connection):
+    """The real test driver, but the next define's returned record is mangled by `mangle` (as an SNP-unaware
+    or broken libvirt would return it); the restore that follows goes through unmangled."""
+
+    mangle = None
+
+    def define(self, xml):
+        record = super().define(xml)
+        mangle, self.mangle = self.mangle, None
+        return record if mangle is None else dataclasses.replace(record, xml=mangle(record.xml))
+
+
+def without(tag):
+    def mangle(xml):
+        root = etree.fromstring(xml.encode())
+        for element in root.iter(tag):
+            element.getparent().remove(element)
+        return etree.tostring(root, encoding="unicode")
+    return mangle
+
+
+@pytest.mark.parametrize("running", [True, False], ids=["running", "stopped"])
+@pytest.mark.parametrize("mangle", [without("launchSecurity"), without("hostData")], ids=["launch-security", "host-data"])
+def test_a_failed_update_puts_the_previous_definition_back(clean_test_driver, mangle, running):
+    """Not an undefine (which would delete the user's domain), and not left as the new definition."""
+    with MangledDefine("test:///default") as conn:
+        m = make_manager(conn)
+        created = m.apply([spec(name="drift-03", snp={"cbitpos": 51, "reduced_phys_bits": 1, "host_data": HOST_DATA})],
+                          start=running)[0]
+        assert created.ok
+        before = conn.lookup("drift-03")
+        conn.mangle = mangle
+        failed = m.apply([spec(name="drift-03", vcpus=4, snp={"cbitpos": 51, "reduced_phys_bits": 1, "host_data": HOST_DATA})],
+                         start=running)[0]
+        assert not failed.ok and "the change was rolled back" in failed.error.message
+        after = conn.lookup("drift-03")
+        assert after is not None, "the user's domain still exists"
+        assert (after.uuid, after.state, after.xml) == (before.uuid, before.state, before.xml), "the previous definition is back"
+
+
+def test_a_failed_create_leaves_nothing_behind(clean_test_driver):
+    with MangledDefine("test:///default") as conn:
+        conn.mangle = without("hostData")
+        failed = make_manager(conn).apply([spec(name="drift-04", snp={"cbitpos": 51, "reduced_phys_bits": 1,
+                                                                      "host_data": HOST_DATA})])[0]
+        assert not failed.ok and "does not keep what it was given" in failed.error.message
+        assert "launch_security.hostData" in failed.error.message and conn.lookup("drift-04") is None
+
+
+HOST_DATA = "5rLtUUmoVQtIr7RBa3FJ/DnMhGnRKMc8pDdejNg2ldQ="
+
+
+# --- §3: what runs is what is reported ----------------------------------------------------------------------
+
+def test_restart_required_holds_until_the_domain_restarts(mgr, conn):
+    mgr.apply([spec(name="drift-05")])
+    updated = mgr.apply([spec(name="drift-05", vcpus=4, snp={"cbitpos": 51, "reduced_phys_bits": 1, "policy": "0x20000"})])[0]
+    assert (updated.action, updated.details["restart_required"]) == ("update", True)
+    for _ in range(2):  # apply after apply: the definition is as specified, the running domain is not
+        again = mgr.apply([spec(name="drift-05", vcpus=4, snp={"cbitpos": 51, "reduced_phys_bits": 1, "policy": "0x20000"})])[0]
+        assert (again.action, again.changed, again.details["restart_required"]) == ("unchanged", False, True)
+    row = {r["name"]: r for r in mgr.list()}["drift-05"]
+    assert (row["vcpus"], row["policy"], row["policy_flags"], row["restart_required"]) == (2, "0x30000", ["smt"], True)
+    assert row["pending"] == {"vcpus": 4, "policy": "0x20000", "policy_flags": []}
+    status = mgr.status("drift-05")
+    assert status["vcpus"] == 2 and status["pending"]["vcpus"] == 4 and status["restart_required"] is True
+    mgr.destroy("drift-05")
+    mgr.start("drift-05")
+    row = {r["name"]: r for r in mgr.list()}["drift-05"]
+    assert (row["vcpus"], row["policy"], row["restart_required"], row["pending"]) == (4, "0x20000", False, {})
+    assert mgr.apply([spec(name="drift-05", vcpus=4, snp={"cbitpos": 51, "reduced_phys_bits": 1, "policy": "0x20000"})],
+                     check=True)[0].details["restart_required"] is False
+
+
+def test_import_fix_of_a_running_domain_lists_what_runs_and_what_is_pending(mgr, conn, clean_test_driver):
+    xml = (GOLDEN / "web-01.xml").read_text().replace("<name>web-01</name>", "<name>drift-06</name>")
+    root = etree.fromstring(xml.encode())
+    root.remove(root.find("metadata"))
+    root.remove(root.find("launchSecurity"))
+    clean_test_driver.defineXML(etree.tostring(root, encoding="unicode")).create()  # running without SEV-SNP
+    record = conn.lookup("drift-06")
+    outcome = mgr.import_domain(record.xml.encode(), record, fix=True, check=False, sev=None, firmware=None)
+    assert outcome.ok and outcome.changed and outcome.details["restart_required"] is True
+    row = {r["name"]: r for r in mgr.list()}["drift-06"]
+    assert row["state"] == "running" and row["restart_required"] is True
+    assert (row["launch_security"], row["policy"], row["policy_flags"]) == (None, None, [])
+    assert row["pending"] == {"launch_security": "sev-snp", "policy": "0x30000", "policy_flags": ["smt"]}
+    again = mgr.import_domain(conn.lookup("drift-06").xml.encode(), conn.lookup("drift-06"), fix=True, check=False,
+                              sev=None, firmware=None)
+    assert (again.action, again.details["restart_required"]) == ("unchanged", True)
+
+
+def test_drift_by_another_tool_is_planned_and_applied_as_an_update(mgr, conn, clean_test_driver):
+    mgr.apply([spec(name="drift-07", vcpus=4)], start=False)
+    edit_outside(clean_test_driver, "drift-07", two_vcpus_and_debug)
+    row = {r["name"]: r for r in mgr.list(include_inactive=True)}["drift-07"]
+    assert (row["vcpus"], row["policy_flags"]) == (2, ["smt", "debug"])
+    assert row["expected_measurement"] is None and row["measurement_stale"] == ["vcpus", "policy"]
+    plan = mgr.apply([spec(name="drift-07", vcpus=4)], check=True)[0]
+    assert (plan.action, plan.changed) == ("update", True)
+    assert {d["key"]: (d["from"], d["to"]) for d in plan.details["diff"] if d["key"].startswith("definition.")} == {
+        "definition.vcpus": (2, 4), "definition.vcpus.current": (2, 4), "definition.launch_security.policy": ("0xb0000", "0x30000")}
+    done = mgr.apply([spec(name="drift-07", vcpus=4)])[0]
+    assert (done.ok, done.action, done.state) == (True, "update", "running")
+    assert mgr.apply([spec(name="drift-07", vcpus=4)], check=True)[0].action == "unchanged"
+    row = {r["name"]: r for r in mgr.list()}["drift-07"]
+    assert (row["vcpus"], row["policy"], row["measurement_stale"], row["restart_required"]) == (4, "0x30000", [], False)
+
+
+def test_drift_of_a_running_domain_shows_the_live_values_and_apply_puts_the_definition_back(mgr, conn, clean_test_driver):
+    mgr.apply([spec(name="drift-08", vcpus=4)])
+    edit_outside(clean_test_driver, "drift-08", two_vcpus_and_debug)
+    row = {r["name"]: r for r in mgr.list()}["drift-08"]
+    assert (row["vcpus"], row["policy"], row["restart_required"]) == (4, "0x30000", True)
+    assert row["pending"] == {"vcpus": 2, "policy": "0xb0000", "policy_flags": ["smt", "debug"],
+                              "measurement_stale": ["vcpus", "policy"]}
+    done = mgr.apply([spec(name="drift-08", vcpus=4)])[0]
+    assert (done.action, done.details["restart_required"]) == ("update", False), "the live domain already runs the spec"
+    assert {r["name"]: r for r in mgr.list()}["drift-08"]["pending"] == {}
+
+
+# --- the comparison: no false drift, and every kind of drift seen -----------------------------------------
+
+def fixed_sev(vm):
+    """cbitpos/reducedPhysBits for specs that leave them to the host (db-01), as a Genoa host gives them."""
+    return sevparams.resolve(vm, []) if vm.snp.cbitpos is not None else sevparams.SevParams(51, 1, "test host")
+
+
+@pytest.mark.parametrize("example", ["web-01", "db-01"])
+def test_a_fresh_apply_is_unchanged_afterwards(conn, example):
+    m = Manager(conn, gate=lambda: None, resolve_sev=fixed_sev)
+    item = SpecInput(example, specs.load_spec(EXAMPLES / f"{example}.toml"))
+    assert m.apply([item])[0].action == "create"
+    plan = m.apply([item], check=True)[0]
+    assert (plan.action, plan.changed, plan.details["diff"], plan.details["restart_required"]) == ("unchanged", False, [], False)
+    assert m.apply([item])[0].changed is False
+
+
+@pytest.mark.parametrize("golden", ["web-01", "db-01"])
+def test_a_defined_golden_is_unchanged_afterwards(mgr, conn, golden):
+    document = (GOLDEN / f"{golden}.xml").read_bytes()
+    assert mgr.define_xml(document, golden).action == "define"
+    stored = domxml.parse(conn.lookup(golden).xml)
+    assert drift.differences(drift.project(domxml.parse(document)), drift.project(stored)) == []
+    assert mgr.define_xml(document, golden).action == "unchanged"
+
+
+def _set(path, attr=None, value=None, text=None):
+    def edit(root):
+        element = root.find(path)
+        if attr:
+            element.set(attr, value)
+        if text is not None:
+            element.text = text
+    return edit
+
+
+def _remove(path):
+    def edit(root):
+        element = root.find(path)
+        element.getparent().remove(element)
+    return edit
+
+
+def _add(parent, xml):
+    def edit(root):
+        root.find(parent).append(etree.fromstring(xml))
+    return edit
+
+
+def _pflash(root):
+    loader = root.find("os/loader")
+    loader.attrib.clear()
+    loader.set("type", "pflash")
+
+
+def _pflash_with_nvram(root):
+    _pflash(root)
+    _add("os", "<nvram>/var/lib/libvirt/qemu/nvram/x_VARS.fd</nvram>")(root)
+
+
+DRIFTS = {
+    "vcpus": (_set("vcpu", text="3"), "vcpus"),
+    "memory": (_set("memory", text="1048576"), "memory_kib"),
+    "policy": (_set("launchSecurity/policy", text="0x70000"), "launch_security.policy"),
+    "host-data": (_remove("launchSecurity/hostData"), "launch_security.hostData"),
+    "kernel-hashes": (lambda root: root.find("launchSecurity").attrib.pop("kernelHashes"), "launch_security.@kernelHashes"),
+    "launch-security": (_remove("launchSecurity"), "launch_security.type"),
+    "cbitpos": (_set("launchSecurity/cbitpos", text="47"), "launch_security.cbitpos"),
+    "kernel": (_set("os/kernel", text="/boot/other"), "kernel"),
+    "initrd": (_set("os/initrd", text="/boot/other.img"), "initrd"),
+    "cmdline": (_set("os/cmdline", text="console=ttyS0 init=/bin/sh"), "cmdline"),
+    "firmware": (_set("os/loader", text="/usr/share/OVMF/OVMF_CODE.fd"), "loader.path"),
+    "pflash": (_pflash, "loader.type"),
+    "nvram": (_pflash_with_nvram, "nvram"),
+    "machine": (_set("os/type", "machine", "pc"), "machine"),
+    "smm": (_set("features/smm", "state", "on"), "features.smm"),
+    "cpu-model": (_set("cpu/model", text="EPYC-Milan"), "cpu.model"),
+    "disk-source": (_set("devices/disk/source", "file", "/tmp/other.qcow2"), "disk[vda].source"),
+    "disk-added": (_add("devices", "<disk type='file' device='disk'><source file='/tmp/x.raw'/>"
+                                   "<target dev='vdb' bus='virtio'/></disk>"), "disk[vdb].source"),
+    "interface": (_set("devices/interface/source", "network", "other"), "interface[0].source"),
+    "hostdev": (_add("devices", "<hostdev mode='subsystem' type='pci' managed='yes'><source>"
+                                "<address domain='0' bus='1' slot='0' function='0'/></source></hostdev>"), "devices.hostdev"),
+    "memory-backing": (_remove("memoryBacking"), "memory_backing"),
+}
+
+
+@pytest.mark.parametrize("kind", DRIFTS)
+def test_each_kind_of_drift_is_seen_and_restored(mgr, conn, clean_test_driver, kind):
+    edit, key = DRIFTS[kind]
+    item = SpecInput("web-01", specs.load_spec(EXAMPLES / "web-01.toml"))
+    mgr.apply([item], start=False)
+    edit_outside(clean_test_driver, "web-01", edit)
+    plan = mgr.apply([item], check=True)[0]
+    assert plan.action == "update" and f"definition.{key}" in [d["key"] for d in plan.details["diff"]], plan.details["diff"]
+    assert mgr.apply([item], start=False)[0].action == "update"
+    assert mgr.apply([item], check=True, start=False)[0].action == "unchanged"
+
+
+def test_an_update_keeps_the_mac_address_libvirt_gave(mgr, conn):
+    mgr.apply([spec(name="drift-09", networks=[{"network": "default"}])])
+    mac = domxml.parse(conn.lookup("drift-09").xml).find("devices/interface/mac").get("address")
+    assert mgr.apply([spec(name="drift-09", vcpus=4, networks=[{"network": "default"}])])[0].action == "update"
+    assert domxml.parse(conn.lookup("drift-09").xml).find("devices/interface/mac").get("address") == mac
+    row = {r["name"]: r for r in mgr.list()}["drift-09"]
+    assert row["pending"] == {"vcpus": 4} and row["restart_required"] is True
+
+
+# --- two clients at once (issue 9 §8): deterministic versions of the race the daemon test repeats ------------
+
+class AnotherClientFirst(Connection):
+    """Another client defines (or starts) the same domain just before this one does."""
+
+    races = ("define", "start")
+
+    def define(self, xml):
+        if "define" in self.races:
+            self._as_another_client(lambda other: other.defineXML(xml))  # no UUID: ours fails "already exists with uuid"
+        return super().define(xml)
+
+    def start(self, name):
+        if "start" in self.races:
+            self._as_another_client(lambda other: other.lookupByName(name).create())
+        super().start(name)  # "domain is already running"
+
+    @staticmethod
+    def _as_another_client(call):
+        other = libvirt.open("test:///default")
+        try:
+            call(other)
+        finally:
+            other.close()
+
+
+def test_losing_the_create_race_replans_against_the_domain_the_other_client_made(clean_test_driver):
+    with AnotherClientFirst("test:///default") as conn:
+        conn.races = ("define",)
+        outcome = make_manager(conn).apply([spec(name="drift-10")], start=False)[0]
+        assert (outcome.ok, outcome.action, outcome.changed) == (True, "unchanged", False), outcome.error
+        assert [d.name() for d in clean_test_driver.listAllDomains()].count("drift-10") == 1
+
+
+def test_a_domain_another_client_started_meanwhile_is_running_as_asked(clean_test_driver):
+    with AnotherClientFirst("test:///default") as conn:
+        conn.races = ("start",)
+        started = make_manager(conn).apply([spec(name="drift-11")])[0]
+        assert (started.ok, started.state, started.details["started"]) == (True, "running", False), started.error
+
+
+START_REFUSED = ["policy", "host-data", "kernel-hashes", "vcpus", "cmdline", "kernel", "cpu-model"]
+
+
+@pytest.mark.parametrize("kind", START_REFUSED)
+def test_start_refuses_snp_settings_changed_since_the_recorded_spec(mgr, conn, clean_test_driver, kind):
+    """Every SNP rule still passes after these edits: only the comparison with the recorded spec sees them."""
+    edit, key = DRIFTS[kind]
+    mgr.apply([SpecInput("web-01", specs.load_spec(EXAMPLES / "web-01.toml"))], start=False)
+    stored = edit_outside(clean_test_driver, "web-01", edit)
+    assert not [f for f in snp_rules.check_rules(domxml.parse(stored)) if f.severity == "error"]
+    with pytest.raises(ConflictError, match=rf"SEV-SNP settings were changed outside snpvirt \({re.escape(key)}:") as refused:
+        mgr.start("web-01")
+    assert "snpvirt apply SPEC" in refused.value.hint and conn.state("web-01") == "shutoff"
+
+
+def test_start_is_not_refused_for_changes_that_leave_the_launch_alone(mgr, conn, clean_test_driver):
+    mgr.apply([SpecInput("web-01", specs.load_spec(EXAMPLES / "web-01.toml"))], start=False)
+    edit_outside(clean_test_driver, "web-01", DRIFTS["memory"][0])  # e.g. `virsh setmaxmem --config`
+    assert mgr.start("web-01").changed is True
