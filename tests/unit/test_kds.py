@@ -274,10 +274,13 @@ def _chain_cases():
         "Turin's chain": (vector("attestation/virtee-sev/cert_chain_turin.pem").read_bytes(),
                           "not one ASK and one ARK for milan"),
         "the ARK alone": (pem(real_ark), "not one ASK and one ARK for milan"),
+        "an extra certificate": (vector("attestation/virtee-sev/cert_chain_milan.pem").read_bytes() + pem(lab.ark),
+                                 "not one ASK and one ARK for milan"),
     }
 
 
-@pytest.mark.parametrize("case", ["a lab root", "an ASK the pinned ARK did not sign", "Turin's chain", "the ARK alone"])
+@pytest.mark.parametrize("case", ["a lab root", "an ASK the pinned ARK did not sign", "Turin's chain", "the ARK alone",
+                                  "an extra certificate"])
 def test_a_chain_that_does_not_lead_to_the_pinned_ark_is_refused_and_not_cached(case, server, tmp_path, monkeypatch,
                                                                                 capsys):
     body, message = _chain_cases()[case]
@@ -552,11 +555,22 @@ sys.exit(run(sys.argv[1:]))
 
 def test_a_failed_cache_write_leaves_no_partial_entry_and_no_temp_file(server, tmp_path):
     """The disk fills up in the middle of writing each entry: the command still verifies (the certificates
-    are good), and the cache holds no half-written entry that the next run would have to distrust."""
+    are good), and the cache holds no half-written entry: none where there was none, the old one whole
+    where an expired one is being refreshed."""
     env = {**os.environ, "SNPVIRT_CACHE_DIR": str(tmp_path), "PYTHONDONTWRITEBYTECODE": "1"}
-    proc = subprocess.run([sys.executable, "-c", FILE_SIZE_LIMITED, "attest", "verify", str(vector(REPORT)), "--fetch",
-                           "--kds-url", server, "--product", "milan", "--expected-measurement", MEASUREMENT,
-                           "--no-nonce"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stderr.count("snpvirt: warning: could not cache") == 2, proc.stderr
+
+    def verify_with_a_full_disk():
+        proc = subprocess.run([sys.executable, "-c", FILE_SIZE_LIMITED, "attest", "verify", str(vector(REPORT)),
+                               "--fetch", "--kds-url", server, "--product", "milan", "--expected-measurement",
+                               MEASUREMENT, "--no-nonce"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stderr.count("snpvirt: warning: could not cache") == 2, proc.stderr
+
+    verify_with_a_full_disk()
     assert entries(tmp_path / "kds") == []
+    kds.Kds(server, tmp_path / "kds").vcek(reports.parse(vector(REPORT).read_bytes()), "milan")
+    before = {path: (tmp_path / "kds" / path).read_bytes() for path in entries(tmp_path / "kds")}
+    for path in before:
+        _age(tmp_path / "kds" / path, 60 * 24 * 3600)
+    verify_with_a_full_disk()
+    assert {path: (tmp_path / "kds" / path).read_bytes() for path in entries(tmp_path / "kds")} == before
