@@ -227,3 +227,13 @@ def verify_chain(pool: list[Cert], leaf: Cert | None, signer: str, product: str 
     for cert in (ark, intermediate, leaf):
         add(f"cert.validity.{cert.role}", *_valid_at(cert, now))
     return chain
+
+
+def signed_by(child: Cert, parent: Cert) -> tuple[bool, str]:
+    """Whether `parent`'s key signed `child`, and a sentence saying so (the KDS client checks downloads with it)."""
+    return _signed_by(child, parent)
+
+
+def valid_at(cert: Cert, now: datetime.datetime) -> tuple[bool, str]:
+    """Whether `now` is inside the certificate's validity period, and a sentence saying so."""
+    return _valid_at(cert, now)

@@ -165,7 +165,7 @@ def verify(
     policy, nonce and host data. Every check is listed; any failure means not verified."""
     import datetime
 
-    from snpvirt import certs, kds, output
+    from snpvirt import certs, output
     from snpvirt import verify as verifier
     from snpvirt.errors import BadInputError, ExitCode, SnpvirtError
 
@@ -181,7 +181,7 @@ def verify(
     root = certs.load(_read(trust_root), str(trust_root))[0] if trust_root else None
     expect = _expectations(domain, connect, expected_measurement, report_data, host_data, allow_debug, vmpl, no_nonce,
                            allow_migration_agent, min_tcb)
-    service = kds.Kds(kds_url or kds.DEFAULT_URL, kds.default_cache()) if fetch else None
+    service = _kds(kds_url, root) if fetch else None
     results, bad_input = [], False
     for path in report_files:
         try:
@@ -231,6 +231,14 @@ def _report_error(result: dict) -> dict:
             "hint": "see the failed checks in its result"}
 
 
+def _kds(kds_url: Optional[str], trust_root=None):
+    """The KDS client, cached on disk, saying each retry on stderr (a silent 7 s wait looks like a hang)."""
+    from snpvirt import kds, output
+
+    return kds.Kds(kds_url or kds.DEFAULT_URL, kds.default_cache(), progress=output.print_warning,
+                   trust_root=trust_root)
+
+
 def _fetched(service, data: bytes, origin: str, product: Optional[str], pool: list) -> list:
     """Certificates KDS has for this report that the pool lacks."""
     from snpvirt import certs, report as reports
@@ -264,7 +272,7 @@ def fetch_certs(
     json_output: bool = json_option(),
 ) -> None:
     """Get ARK, ASK and the report's VCEK from AMD's key distribution service (cached on disk)."""
-    from snpvirt import certs, kds, output
+    from snpvirt import certs, output
     from snpvirt import report as reports
     from snpvirt.errors import BadInputError
 
@@ -273,9 +281,10 @@ def fetch_certs(
     if product is None:
         raise BadInputError(f"{report_file}: a version {rep.version} report does not say its product",
                             "give --product milan, genoa or turin")
-    service = kds.Kds(kds_url or kds.DEFAULT_URL, kds.default_cache())
+    service = _kds(kds_url)
     signer = "vlek" if rep.signing_key == "vlek" else "vcek"
     chain = certs.load(service.cert_chain(product, signer), "cert_chain")
+    vcek = service.vcek(rep, product) if signer == "vcek" else None  # fetched and checked before anything is written
     files = {}
     out_dir.mkdir(parents=True, exist_ok=True)
     from cryptography.hazmat.primitives import serialization
@@ -283,8 +292,8 @@ def fetch_certs(
         name = f"{cert.role}.pem"
         (out_dir / name).write_bytes(cert.cert.public_bytes(serialization.Encoding.PEM))
         files[cert.role] = str(out_dir / name)
-    if signer == "vcek":
-        (out_dir / "vcek.der").write_bytes(service.vcek(rep, product))
+    if vcek is not None:
+        (out_dir / "vcek.der").write_bytes(vcek)
         files["vcek"] = str(out_dir / "vcek.der")
     if json_output:
         output.print_json(output.envelope(True, True, [{"report": str(report_file), "product": product,
