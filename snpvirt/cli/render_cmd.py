@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -25,7 +26,8 @@ def render(
     host_caps: Optional[Path] = typer.Option(None, "--host-caps", metavar="FILE",
                                              help="A saved `virsh domcapabilities` document: source of cbitpos/reducedPhysBits."),
     connect: Optional[str] = typer.Option(None, "--connect", "-c", metavar="URI",
-                                          help="Ask this libvirt host for cbitpos/reducedPhysBits when the spec lacks them."),
+                                          help="Ask this libvirt host for cbitpos/reducedPhysBits when the spec and "
+                                               "--host-caps lack them (default: LIBVIRT_DEFAULT_URI when set)."),
     allow_debug: bool = typer.Option(False, "--allow-debug", help="Permit a policy with DEBUG set (test guests only)."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON document."),
 ) -> None:
@@ -34,6 +36,9 @@ def render(
     from snpvirt.cli.common import SevSources
 
     vm = specs.load_spec(spec, overrides, allow_debug)
+    # Like the lifecycle commands and virsh, LIBVIRT_DEFAULT_URI names the host; libvirt's own default is not
+    # asked unbidden, so render keeps working (and refusing to guess) on a machine without a daemon.
+    connect = connect or os.environ.get("LIBVIRT_DEFAULT_URI") or None
     sev = SevSources(host_caps, (lambda: (_domain_capabilities(connect), f"host {connect}")) if connect else None)
     record = launch.record(vm)  # expected measurement (and ID blocks) from the files readable here
     result = renderer.render(vm, sev.resolve(vm), allow_debug, launch=record)

@@ -41,3 +41,130 @@ def test_host_check_reads_host_caps_and_still_the_old_domcaps(ready_host):
 def test_host_check_refuses_both_names_at_once(ready_host):
     result = run_cli("host", "check", "--sysroot", ready_host, "--host-caps", genoa_domcaps(), "--domcaps", genoa_domcaps())
     assert_clean_error(result, ExitCode.BAD_INPUT, "--domcaps is the old name of --host-caps")
+
+
+# --- global options before or after the command, as virsh and git users type them ---------------------
+
+def test_no_arguments_prints_the_help_and_exits_0():
+    for args in ((), ("host",), ("attest",)):
+        result = run_cli(*args)
+        assert result.code == 0 and result.stderr == "", (args, result.stderr)
+        assert result.stdout.startswith(f"Usage: snpvirt {' '.join(args)}".rstrip() + " [OPTIONS] COMMAND"), result.stdout
+
+
+@pytest.mark.parametrize("args", [
+    ("-c", "test:///default", "host", "check", "--json"),          # virsh -c URI COMMAND
+    ("--connect", "test:///default", "host", "check", "--json"),
+    ("host", "check", "-c", "test:///default", "--json"),          # COMMAND ... -c URI
+    ("-c", "bogus:///nowhere", "host", "check", "--connect", "test:///default", "--json"),  # the command's own wins
+])
+def test_connect_before_or_after_the_command(args):
+    result = run_cli(*args)
+    assert json.loads(result.stdout)["host"]["uri"] == "test:///default", result.stderr
+
+
+def test_connect_before_the_command_reaches_every_command_that_connects():
+    listed = run_cli("-c", "test:///default", "list", "--json")
+    assert listed.code == 0 and json.loads(listed.stdout)["ok"] is True, listed.stderr
+    refused = run_cli("-c", "bogus:///nowhere", "status", "web-01")  # proof the root's URI was the one used
+    assert_clean_error(refused, ExitCode.CONNECTION, "bogus:///nowhere")
+
+
+def test_connect_before_a_command_that_never_connects_is_accepted():
+    assert run_cli("-c", "test:///default", "validate", EXAMPLES.parent / "tests/golden/web-01.xml").code == 0
+
+
+@pytest.mark.parametrize("args", [("--debug", "render", WEB), ("render", WEB, "--debug"),
+                                  ("host", "check", "--debug", "--sysroot", "/nonexistent"),
+                                  ("--debug", "host", "check", "--sysroot", "/nonexistent")])
+def test_debug_before_or_after_the_command(args):
+    result = run_cli(*args)
+    assert "No such option" not in result.stderr
+    assert result.code == (ExitCode.BAD_INPUT if "/nonexistent" in args else 0), result.stderr
+
+
+def test_render_asks_the_host_named_by_libvirt_default_uri_like_the_lifecycle_commands():
+    db = EXAMPLES / "db-01.toml"  # no cbitpos in the spec: render must ask a host or refuse to guess
+    unset = run_cli("render", db, env={"LIBVIRT_DEFAULT_URI": None})
+    assert_clean_error(unset, ExitCode.BAD_INPUT, "snp.cbitpos is not known")
+    # The test driver was asked (its capabilities offer no SEV): the environment named the host, as for virsh.
+    from_env = run_cli("render", db, env={"LIBVIRT_DEFAULT_URI": "test:///default"})
+    assert_clean_error(from_env, ExitCode.NOT_READY, "host test:///default")
+    from_root = run_cli("-c", "test:///default", "render", db, env={"LIBVIRT_DEFAULT_URI": None})
+    assert_clean_error(from_root, ExitCode.NOT_READY, "host test:///default")
+    # A spec that has its host facts never connects, whatever the environment says.
+    assert run_cli("render", WEB, env={"LIBVIRT_DEFAULT_URI": "bogus:///nowhere"}).code == 0
+
+
+# --- shell completion ----------------------------------------------------------------------------
+
+def completion_shim(tmp_path):
+    """A `snpvirt` on PATH that runs this checkout, as the completion scripts call it by name."""
+    import os
+    import sys
+
+    from tests.conftest import ROOT
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    shim = bindir / "snpvirt"
+    shim.write_text(f'#!/bin/sh\nPYTHONPATH={ROOT} exec {sys.executable} -m snpvirt "$@"\n')
+    shim.chmod(0o755)
+    return {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
+
+
+def completions(words: str, cword: int, instruction: str = "complete_bash") -> list[str]:
+    result = run_cli(env={"_SNPVIRT_COMPLETE": instruction, "COMP_WORDS": words, "COMP_CWORD": str(cword)})
+    assert result.code == 0, result.stderr
+    return result.stdout.split()
+
+
+@pytest.mark.parametrize("shell,marker", [("bash", "complete -o default -F _snpvirt_completion snpvirt"),
+                                          ("zsh", "compdef _snpvirt_completion snpvirt"),
+                                          ("fish", "complete --command snpvirt")])
+def test_completion_prints_a_script_for_each_shell(shell, marker):
+    result = run_cli("completion", shell)
+    assert result.code == 0 and marker in result.stdout and "_SNPVIRT_COMPLETE" in result.stdout, result.stderr
+
+
+def test_the_bash_script_parses_and_completes_a_command_in_a_real_bash(tmp_path):
+    import shutil
+    import subprocess
+
+    script = run_cli("completion", "bash").stdout
+    (tmp_path / "snpvirt.bash").write_text(script)
+    assert subprocess.run(["bash", "-n", tmp_path / "snpvirt.bash"], capture_output=True).returncode == 0
+    # Source it and call its completion function the way bash does on TAB after `snpvirt ap`.
+    probe = f'source {tmp_path}/snpvirt.bash; COMP_WORDS=(snpvirt ap); COMP_CWORD=1; _snpvirt_completion snpvirt; ' \
+            'printf "%s\\n" "${COMPREPLY[@]}"'
+    done = subprocess.run([shutil.which("bash"), "--norc", "-c", probe], capture_output=True, text=True,
+                          env=completion_shim(tmp_path), timeout=60)
+    assert done.stdout.split() == ["apply"], done.stderr
+
+
+def test_completion_requests_in_typers_and_clicks_spelling():
+    assert completions("snpvirt ap", 1) == ["apply"]
+    assert completions("snpvirt ap", 1, "bash_complete") == ["apply"]  # click's order: SHELL_ACTION
+    assert set(completions("snpvirt ", 1)) >= {"apply", "render", "host", "completion"}
+    assert completions("snpvirt host ch", 2) == ["check"]
+    assert "--host-caps" in completions("snpvirt apply --ho", 2)
+
+
+def test_help_and_completion_import_no_command_module():
+    """`snpvirt --help` and completing a command name stay as cheap as importing typer (the lazy table)."""
+    import subprocess
+    import sys
+
+    heavy = ("libvirt", "lxml", "jinja2")
+    code = ("import os, sys\nfrom snpvirt.cli.app import run\n"
+            "try:\n    run(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            f"loaded = sorted(m for m in sys.modules if m.startswith('snpvirt.cli.') and m != 'snpvirt.cli.app' "
+            f"or m.split('.')[0] in {heavy!r})\n"
+            "sys.stderr.write(repr(loaded))\n")
+    env = {"_SNPVIRT_COMPLETE": "complete_bash", "COMP_WORDS": "snpvirt ", "COMP_CWORD": "1"}
+    import os
+    from tests.conftest import ROOT
+    for args, extra in ((["--help"], {}), ([], {}), ([], env)):
+        done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT,
+                              env={**os.environ, **extra}, timeout=60)
+        assert done.stderr.strip() == "[]", (args, extra, done.stderr)
+        assert "apply" in done.stdout
