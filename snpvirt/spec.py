@@ -261,10 +261,7 @@ def apply_overrides(raw: dict[str, Any], assignments: list[str]) -> dict[str, An
         return raw
     spec = copy.deepcopy(raw)
     for assignment in assignments:
-        key, sep, text = assignment.partition("=")
-        parts = key.strip().split(".")
-        if not sep or not all(parts):
-            raise BadInputError(f"--set {quoted(assignment, key)} is not KEY=VALUE", "write it as --set vcpus=8 or --set snp.policy.smt=false")
+        key, parts, text = _split_assignment(assignment)
         node: dict[str, Any] | list[Any] = spec
         for depth, part in enumerate(parts[:-1]):
             node = _descend(node, part, ".".join(parts[: depth + 1]))
@@ -274,6 +271,20 @@ def apply_overrides(raw: dict[str, Any], assignments: list[str]) -> dict[str, An
         else:
             node[parts[-1]] = value
     return spec
+
+
+def check_assignments(assignments: list[str]) -> None:
+    """The KEY=VALUE form of every --set, checked once before any spec is read (a usage error, not a spec's)."""
+    for assignment in assignments:
+        _split_assignment(assignment)
+
+
+def _split_assignment(assignment: str) -> tuple[str, list[str], str]:
+    key, sep, text = assignment.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise BadInputError(f"--set {quoted(assignment, key)} is not KEY=VALUE", "write it as --set vcpus=8 or --set snp.policy.smt=false")
+    return key, parts, text
 
 
 def _descend(node: dict[str, Any] | list[Any], part: str, where: str) -> dict[str, Any] | list[Any]:

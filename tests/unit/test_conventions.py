@@ -168,3 +168,26 @@ def test_help_and_completion_import_no_command_module():
                               env={**os.environ, **extra}, timeout=60)
         assert done.stderr.strip() == "[]", (args, extra, done.stderr)
         assert "apply" in done.stdout
+
+
+# --- apply --set, as on render -------------------------------------------------------------------
+
+def test_apply_set_changes_every_spec_given():
+    db = EXAMPLES / "db-01.toml"  # leaves cbitpos/reducedPhysBits to the host; the test driver has none
+    without = run_cli("apply", WEB, db, "--check", "-c", "test:///default", "--json")
+    assert without.code == ExitCode.PARTIAL
+    assert [r["ok"] for r in json.loads(without.stdout)["results"]] == [True, False]
+    given = run_cli("apply", WEB, db, "--check", "-c", "test:///default", "--json",
+                    "--set", "snp.cbitpos=51", "--set", "snp.reduced_phys_bits=1")
+    doc = json.loads(given.stdout)
+    assert given.code == 0 and [(r["name"], r["ok"], r["action"]) for r in doc["results"]] == [
+        ("web-01", True, "create"), ("db-01", True, "create")], given.stderr
+
+
+def test_apply_set_errors_are_the_same_as_renders():
+    for command in ("render", "apply"):
+        bad_value = run_cli(command, WEB, "--set", "vcpus=0", "-c", "test:///default")
+        assert_clean_error(bad_value, ExitCode.BAD_INPUT, "vcpus: 0 is out of range 1..512")
+    # A malformed --set is the call's usage error, found before connecting (the URI is never tried).
+    malformed = run_cli("apply", WEB, "--set", "vcpus", "-c", "bogus:///nowhere")
+    assert_clean_error(malformed, ExitCode.BAD_INPUT, "--set 'vcpus' is not KEY=VALUE")
