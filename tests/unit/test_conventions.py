@@ -191,3 +191,37 @@ def test_apply_set_errors_are_the_same_as_renders():
     # A malformed --set is the call's usage error, found before connecting (the URI is never tried).
     malformed = run_cli("apply", WEB, "--set", "vcpus", "-c", "bogus:///nowhere")
     assert_clean_error(malformed, ExitCode.BAD_INPUT, "--set 'vcpus' is not KEY=VALUE")
+
+
+# --- one table of CPU models for the spec and for measure ------------------------------------------
+
+def test_a_cpu_model_snpvirt_cannot_measure_is_refused_by_render_and_measure_alike():
+    from tests.conftest import vector
+    rendered = run_cli("render", WEB, "--set", "cpu_model=EPYC-Milan-v9")
+    assert_clean_error(rendered, ExitCode.BAD_INPUT, "cpu_model: 'EPYC-Milan-v9' is not a QEMU EPYC model snpvirt can measure")
+    measured = run_cli("measure", "--firmware", vector("measurement/ovmf/ovmf_AmdSev_suffix.bin"), "--vcpus", "4",
+                       "--vcpu-type", "EPYC-Milan-v9")
+    assert_clean_error(measured, ExitCode.BAD_INPUT, "'EPYC-Milan-v9' is not a QEMU EPYC model snpvirt can measure")
+    hints = [next(line for line in run.stderr.splitlines() if line.startswith("hint: ")) for run in (rendered, measured)]
+    for hint in hints:
+        assert "EPYC-Milan-v3, EPYC-Genoa" in hint and "EPYC-v4" in hint  # the same list, from the same table
+
+
+@pytest.mark.parametrize("model", ["EPYC-Milan-v3", "EPYC-Genoa-v2", "EPYC-v5", "EPYC-IBPB"])
+def test_a_model_in_the_table_renders_with_the_measurement_measure_gives(model):
+    from tests.conftest import vector
+    firmware = vector("measurement/ovmf/ovmf_AmdSev_suffix.bin")
+    rendered = run_cli("render", WEB, "--json", "--set", f"cpu_model={model}", "--set", f"firmware={firmware}",
+                       "--set", "snp.kernel_hashes=false")
+    expected = json.loads(rendered.stdout)["results"][0]["expected_measurement"]
+    measured = run_cli("measure", "--firmware", firmware, "--vcpus", "4", "--vcpu-type", model)
+    assert rendered.code == measured.code == 0 and expected and measured.stdout.strip() == expected, rendered.stderr
+
+
+def test_every_version_of_a_model_measures_like_the_model():
+    from snpvirt import measure, spec
+    raw = spec.load_spec_file(WEB)
+    for model in measure.CPU_MODELS:
+        base = model.rsplit("-v", 1)[0] if model != "EPYC-IBPB" else "EPYC"
+        assert spec.parse_spec({**raw, "cpu_model": model}).cpu_model == model
+        assert measure.vcpu_signature(model) == measure.vcpu_signature(base), model
