@@ -32,7 +32,7 @@ def render(
     json_output: bool = typer.Option(False, "--json", help="Print one JSON document."),
 ) -> None:
     """Render SPEC to libvirt domain XML, checked by libvirt's schema and snpvirt's SNP rules."""
-    from snpvirt import launch, output, policy, render as renderer, spec as specs
+    from snpvirt import launch, localfiles, output, policy, render as renderer, spec as specs
     from snpvirt.cli.common import SevSources
 
     vm = specs.load_spec(spec, overrides, allow_debug)
@@ -46,7 +46,8 @@ def render(
     changed = False
     if output_file is not None:
         changed = _write_atomically(output_file, result.xml)
-    for warning in result.warnings:
+    warnings = localfiles.missing_paths(vm) + tuple(result.warnings)  # a path missing here: for another host?
+    for warning in warnings:
         output.print_warning(warning.message, warning.hint)
     if json_output:
         item = {
@@ -61,11 +62,11 @@ def render(
             "cbitpos": result.cbitpos,
             "reduced_phys_bits": result.reduced_phys_bits,
             "sev_params_source": result.sev_params_source,
-            "warnings": [w.as_dict() for w in result.warnings],
+            "warnings": [w.as_dict() for w in warnings],
         }
         if output_file is None:
             item["xml"] = result.xml
-        output.print_json(output.envelope(True, changed, [item]))
+        output.print_json(output.envelope(True, changed, [item], warnings=[w.as_dict() for w in warnings]))
     elif output_file is None:
         typer.echo(result.xml, nl=False)
     else:

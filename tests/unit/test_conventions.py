@@ -225,3 +225,45 @@ def test_every_version_of_a_model_measures_like_the_model():
         base = model.rsplit("-v", 1)[0] if model != "EPYC-IBPB" else "EPYC"
         assert spec.parse_spec({**raw, "cpu_model": model}).cpu_model == model
         assert measure.vcpu_signature(model) == measure.vcpu_signature(base), model
+
+
+# --- render warns about paths that do not exist here (rendering for another host stays legitimate) ----
+
+@pytest.fixture
+def local_spec(tmp_path):
+    """web-01 with every path it names present on this machine."""
+    from tests.conftest import vector
+    files = {"firmware": str(vector("measurement/ovmf/ovmf_AmdSev_suffix.bin"))}
+    for key, name in (("boot.kernel", "vmlinuz"), ("boot.initrd", "initrd.img"), ("disks.0.path", "web-01.qcow2")):
+        (tmp_path / name).write_bytes(b"x" * 4096)
+        files[key] = str(tmp_path / name)
+    return files
+
+
+def render_with(files, *extra):
+    return run_cli("render", WEB, "--json", *[arg for key, path in files.items() for arg in ("--set", f'{key}="{path}"')],
+                   *extra)
+
+
+def test_render_is_quiet_when_every_path_exists(local_spec):
+    result = render_with(local_spec)
+    doc = json.loads(result.stdout)
+    assert result.code == 0 and result.stderr == "" and doc["warnings"] == [] and doc["results"][0]["warnings"] == []
+    assert doc["results"][0]["expected_measurement"]
+
+
+@pytest.mark.parametrize("key,measured", [("firmware", True), ("boot.kernel", True), ("boot.initrd", True),
+                                          ("disks.0.path", False)])
+def test_render_warns_about_each_path_missing_here_and_still_renders(local_spec, tmp_path, key, measured):
+    missing = str(tmp_path / "nowhere" / "file")
+    result = render_with({**local_spec, key: missing})
+    doc = json.loads(result.stdout)
+    assert result.code == 0 and doc["ok"] is True and doc["results"][0]["xml"].startswith("<domain")
+    assert [w["id"] for w in doc["warnings"]] == ["path.not_found"] and doc["warnings"] == doc["results"][0]["warnings"]
+    warning = doc["warnings"][0]
+    assert warning["message"].startswith(f"{key} {missing} does not exist on this machine")
+    assert ("expected measurement is recorded as unknown" in warning["message"]) is measured
+    assert doc["results"][0]["expected_measurement"] is None if measured else doc["results"][0]["expected_measurement"]
+    assert "another host" in warning["hint"]
+    lines = result.stderr.splitlines()
+    assert lines == [f"snpvirt: warning: {warning['message']}", f"hint: {warning['hint']}"]
