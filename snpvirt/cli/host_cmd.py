@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -85,6 +86,10 @@ def _policy(value: str | None) -> tuple[int | None, str | None]:
     if Path(value).is_file():
         vm = specs.load_spec(value, allow_debug=True)  # host check reports DEBUG as a warning instead
         return vm.snp.policy, vm.firmware
+    if value.endswith(".toml") or "/" in value:  # meant as a spec file: say what is wrong with the file
+        what = "not a regular file" if os.path.lexists(value) else "no such file"
+        raise BadInputError(f"--policy {value}: {what}",
+                            "check the path, or write the spec first (examples/ has specs to copy)")
     try:
         return snp_policy.parse_hex(value), None
     except BadInputError:

@@ -267,3 +267,20 @@ def test_render_warns_about_each_path_missing_here_and_still_renders(local_spec,
     assert "another host" in warning["hint"]
     lines = result.stderr.splitlines()
     assert lines == [f"snpvirt: warning: {warning['message']}", f"hint: {warning['hint']}"]
+
+
+# --- host check --policy: a spec file that is not there is a missing file -----------------------------
+
+@pytest.mark.parametrize("value,fragment", [("web-01.toml", "--policy web-01.toml: no such file"),
+                                            ("specs/web-01", "--policy specs/web-01: no such file"),
+                                            ("examples", "neither a spec file nor a hexadecimal policy"),
+                                            ("0xzz", "neither a spec file nor a hexadecimal policy")])
+def test_host_check_policy_that_looks_like_a_path_says_the_file_is_missing(tmp_path, value, fragment):
+    result = run_cli("host", "check", "--policy", value, "--sysroot", tmp_path, cwd=tmp_path)
+    assert_clean_error(result, ExitCode.BAD_INPUT, fragment)
+
+
+def test_host_check_policy_names_a_folder_as_not_a_file(tmp_path):
+    (tmp_path / "specs").mkdir()
+    result = run_cli("host", "check", "--policy", "specs/", "--sysroot", tmp_path, cwd=tmp_path)
+    assert_clean_error(result, ExitCode.BAD_INPUT, "--policy specs/: not a regular file")
