@@ -109,6 +109,9 @@ class LazyGroup(TyperGroup):
         from typer.completion import completion_init
 
         completion_init()  # registers typer's bash, zsh and fish classes (add_completion=False leaves them out)
+        # zsh and fish show each candidate's help, which typer passes through rich: wrapped at 80 columns, a
+        # long help would become a second, bogus candidate line. One line per candidate.
+        os.environ["TERMINAL_WIDTH"] = "4096"
         first, _, second = instruction.partition("_")
         if first in ("bash", "zsh", "fish"):  # click's order: SHELL_ACTION
             os.environ[COMPLETE_VAR] = f"{second}_{first}"

@@ -149,6 +149,15 @@ def test_completion_requests_in_typers_and_clicks_spelling():
     assert "--host-caps" in completions("snpvirt apply --ho", 2)
 
 
+def test_zsh_and_fish_get_one_line_per_candidate_with_its_help():
+    fish = run_cli(env={"_SNPVIRT_COMPLETE": "complete_fish", "_TYPER_COMPLETE_FISH_ACTION": "get-args",
+                        "_TYPER_COMPLETE_ARGS": "snpvirt ap"})
+    assert fish.code == 0 and fish.stdout.splitlines() == [
+        "apply\tMake each spec's domain exist as specified and run: define, redefine when changed, start."], fish.stdout
+    zsh = run_cli(env={"_SNPVIRT_COMPLETE": "complete_zsh", "_TYPER_COMPLETE_ARGS": "snpvirt ap"})
+    assert zsh.code == 0 and len(zsh.stdout.strip().splitlines()) == 1 and '"apply":"Make each spec' in zsh.stdout
+
+
 def test_help_and_completion_import_no_command_module():
     """`snpvirt --help` and completing a command name stay as cheap as importing typer (the lazy table)."""
     import subprocess
