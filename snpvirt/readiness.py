@@ -37,14 +37,14 @@ def assess(
     libvirt_skip = "no libvirt connection" + (" (--sysroot without --connect)" if sysroot != "/" and not connection_error else "")
 
     caps: HostSevCaps | None = None
-    caps_source, caps_skip = "", "no domain capabilities: give --connect URI or --domcaps FILE"
+    caps_source, caps_skip = "", "no domain capabilities: give --connect URI or --host-caps FILE"
     if domcaps_file is not None:
         try:
             data = domcaps_file.read_bytes()
         except OSError as exc:
-            raise BadInputError(f"cannot read --domcaps {domcaps_file}: {exc.strerror}",
+            raise BadInputError(f"cannot read --host-caps {domcaps_file}: {exc.strerror}",
                                 "save it on the host with: virsh domcapabilities > domcaps.xml") from None
-        caps, caps_source = domcaps_parser.parse_domcaps(data, f"--domcaps {domcaps_file}"), f"--domcaps {domcaps_file}"
+        caps, caps_source = domcaps_parser.parse_domcaps(data, f"--host-caps {domcaps_file}"), f"--host-caps {domcaps_file}"
     elif libvirt is not None and libvirt.domcaps_xml is not None:
         caps, caps_source = domcaps_parser.parse_domcaps(libvirt.domcaps_xml, libvirt.uri), libvirt.uri
     elif libvirt is not None:

@@ -16,13 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from snpvirt import measure
 from snpvirt import policy as snp_policy
 from snpvirt.errors import NOT_REPEATED, BadInputError, quoted
 from snpvirt.models import BootSpec, DiskSpec, NetworkSpec, SnpSpec, VmSpec
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-CPU_MODEL_RE = re.compile(r"EPYC(-(Rome|Milan|Genoa|Turin))?(-v[1-9])?|EPYC-IBPB|host-passthrough")
-CPU_MODEL_EXAMPLES = "EPYC-v4, EPYC-Rome, EPYC-Milan, EPYC-Genoa, EPYC-Turin (optionally -vN), host-passthrough"
 MAC_RE = re.compile(r"([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}")
 BRIDGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,14}")  # Linux interface names: at most 15 chars
 MEMORY_MIB_RANGE = (128, 4 * 1024 * 1024)
@@ -109,6 +108,14 @@ def _base64_blob(key: str) -> Callable[[str, Any], Any]:
     return check
 
 
+def _cpu_model(path: str, value: str) -> str:
+    """A model from the measurement's table (or host-passthrough): what libvirt runs is what snpvirt measures."""
+    if value in measure.CPU_MODELS or value == measure.HOST_PASSTHROUGH:
+        return value
+    message, hint = measure.cpu_model_error(value, f"{path}:", "host-passthrough with snp.vcpu_signature (the host CPU's signature)")
+    raise BadInputError(message, hint)
+
+
 def _hex16(path: str, value: str) -> str:
     try:
         if len(bytes.fromhex(value)) == 16:
@@ -139,8 +146,7 @@ SCHEMA: dict[str, Any] = {
     "description": Key(str, check=_text),
     "memory_mib": Key(int, True, _in_range(*MEMORY_MIB_RANGE)),
     "vcpus": Key(int, True, _in_range(*VCPUS_RANGE)),
-    "cpu_model": Key(str, check=_matches(CPU_MODEL_RE, "a QEMU EPYC CPU model or host-passthrough",
-                                         f"use one of {CPU_MODEL_EXAMPLES}")),
+    "cpu_model": Key(str, check=_cpu_model),
     "firmware": Key(str, True, _absolute_path),
     "memory_backing": Key(str, check=_one_of("memfd", "default")),
     "boot": {
@@ -261,10 +267,7 @@ def apply_overrides(raw: dict[str, Any], assignments: list[str]) -> dict[str, An
         return raw
     spec = copy.deepcopy(raw)
     for assignment in assignments:
-        key, sep, text = assignment.partition("=")
-        parts = key.strip().split(".")
-        if not sep or not all(parts):
-            raise BadInputError(f"--set {quoted(assignment, key)} is not KEY=VALUE", "write it as --set vcpus=8 or --set snp.policy.smt=false")
+        key, parts, text = _split_assignment(assignment)
         node: dict[str, Any] | list[Any] = spec
         for depth, part in enumerate(parts[:-1]):
             node = _descend(node, part, ".".join(parts[: depth + 1]))
@@ -274,6 +277,20 @@ def apply_overrides(raw: dict[str, Any], assignments: list[str]) -> dict[str, An
         else:
             node[parts[-1]] = value
     return spec
+
+
+def check_assignments(assignments: list[str]) -> None:
+    """The KEY=VALUE form of every --set, checked once before any spec is read (a usage error, not a spec's)."""
+    for assignment in assignments:
+        _split_assignment(assignment)
+
+
+def _split_assignment(assignment: str) -> tuple[str, list[str], str]:
+    key, sep, text = assignment.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise BadInputError(f"--set {quoted(assignment, key)} is not KEY=VALUE", "write it as --set vcpus=8 or --set snp.policy.smt=false")
+    return key, parts, text
 
 
 def _descend(node: dict[str, Any] | list[Any], part: str, where: str) -> dict[str, Any] | list[Any]:

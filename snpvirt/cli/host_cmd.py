@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -21,7 +22,7 @@ Examples:
   snpvirt host check
   snpvirt host check --connect qemu:///system --policy 0x30000 --json
   snpvirt host check --policy examples/web-01.toml
-  snpvirt host check --sysroot ./captured-host --domcaps ./captured-host/domcaps.xml
+  snpvirt host check --sysroot ./captured-host --host-caps ./captured-host/domcaps.xml
   snpvirt host check --connect qemu+ssh://root@host/system     # remote: libvirt facts only
 Exit 0: ready (warnings allowed) · 3: not ready · 2: bad arguments.
 """
@@ -33,8 +34,10 @@ def check(
                                           help="libvirt URI (default: LIBVIRT_DEFAULT_URI, then libvirt's default)."),
     sysroot: Path = typer.Option(Path("/"), "--sysroot", metavar="DIR",
                                  help="Read sysfs, procfs, /dev and firmware files below DIR (a captured host)."),
-    domcaps_file: Optional[Path] = typer.Option(None, "--domcaps", metavar="FILE",
-                                                help="A saved `virsh domcapabilities` instead of asking libvirt."),
+    host_caps: Optional[Path] = typer.Option(None, "--host-caps", metavar="FILE",
+                                             help="A saved `virsh domcapabilities` instead of asking libvirt."),
+    # The name this option had before it took the one render/apply/define/import/start use; kept for scripts.
+    domcaps_alias: Optional[Path] = typer.Option(None, "--domcaps", metavar="FILE", hidden=True),
     policy_arg: Optional[str] = typer.Option(None, "--policy", metavar="HEX|SPEC",
                                              help="Also check a guest policy (hex, or a spec file's policy and firmware)."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON document."),
@@ -43,6 +46,9 @@ def check(
     from snpvirt import output, readiness
     from snpvirt.errors import BadInputError, ExitCode, SnpvirtError
 
+    if host_caps is not None and domcaps_alias is not None:
+        raise BadInputError("--domcaps is the old name of --host-caps: give the file once", "use --host-caps FILE")
+    host_caps = host_caps or domcaps_alias
     if not sysroot.is_dir():
         raise BadInputError(f"--sysroot {sysroot} is not a directory", "give the folder that holds the captured sys/, proc/, dev/")
     policy, spec_firmware = _policy(policy_arg)
@@ -55,7 +61,7 @@ def check(
             error = exc.message
     try:
         report = readiness.assess(connection, uri=connect, connection_error=error, sysroot=str(sysroot),
-                                  domcaps_file=domcaps_file, policy=policy, spec_firmware=spec_firmware)
+                                  domcaps_file=host_caps, policy=policy, spec_firmware=spec_firmware)
     finally:
         if connection is not None:
             connection.close()
@@ -80,6 +86,10 @@ def _policy(value: str | None) -> tuple[int | None, str | None]:
     if Path(value).is_file():
         vm = specs.load_spec(value, allow_debug=True)  # host check reports DEBUG as a warning instead
         return vm.snp.policy, vm.firmware
+    if value.endswith(".toml") or "/" in value:  # meant as a spec file: say what is wrong with the file
+        what = "not a regular file" if os.path.lexists(value) else "no such file"
+        raise BadInputError(f"--policy {value}: {what}",
+                            "check the path, or write the spec first (examples/ has specs to copy)")
     try:
         return snp_policy.parse_hex(value), None
     except BadInputError:

@@ -14,6 +14,7 @@ Examples:
   snpvirt apply examples/web-01.toml --connect qemu:///system
   snpvirt apply specs/*.toml --check            # the plan: create / update / unchanged, with a diff
   snpvirt apply specs/*.toml --json -c test:///default
+  snpvirt apply examples/web-01.toml --set vcpus=8 --check   # --set changes every spec given, before checking
 Exit 0 all applied · 3 host not ready (nothing changed) · 5 conflict · 9 some specs failed.
 """
 DEFINE_EPILOG = """\b
@@ -36,15 +37,16 @@ Exit 7 when the guest did not shut down in time (without --force).
 """
 
 
-def _load_specs(paths: List[Path], allow_debug: bool):
-    """Specs one at a time, as the manager asks for them (it overlaps parsing with libvirt calls)."""
+def _load_specs(paths: List[Path], allow_debug: bool, overrides: List[str] = ()):
+    """Specs one at a time, as the manager asks for them (it overlaps parsing with libvirt calls).
+    `overrides` (--set KEY=VALUE, as on render) change every spec before it is checked."""
     from snpvirt import spec as specs
     from snpvirt.errors import SnpvirtError
     from snpvirt.manager import SpecInput
 
     for path in paths:
         try:
-            yield SpecInput(str(path), specs.load_spec(path, allow_debug=allow_debug))
+            yield SpecInput(str(path), specs.load_spec(path, list(overrides), allow_debug=allow_debug))
         except SnpvirtError as err:
             yield SpecInput(str(path), error=err)
 
@@ -52,6 +54,8 @@ def _load_specs(paths: List[Path], allow_debug: bool):
 def apply(
     spec_files: List[Path] = typer.Argument(..., metavar="SPEC", help="One or more VM specs (TOML)."),
     check: bool = typer.Option(False, "--check", help="Print the plan, change nothing."),
+    overrides: List[str] = typer.Option([], "--set", metavar="KEY=VALUE",
+                                        help="Override a key of every spec, dotted: --set snp.policy.smt=false. Repeatable."),
     host_caps: Optional[Path] = typer.Option(None, "--host-caps", metavar="FILE",
                                              help="Saved domcapabilities: cbitpos/reducedPhysBits for specs without them."),
     allow_debug: bool = typer.Option(False, "--allow-debug", help="Permit a policy with DEBUG set."),
@@ -63,7 +67,10 @@ def apply(
 
     A running domain whose spec changed is redefined and reported restart_required; nothing restarts by itself.
     """
-    inputs = _load_specs(spec_files, allow_debug)
+    from snpvirt import spec as specs
+
+    specs.check_assignments(overrides)  # a malformed --set is the call's error, found before connecting
+    inputs = _load_specs(spec_files, allow_debug, overrides)
     with manager(connect, host_caps, allow_debug, sysroot) as m:
         outcomes = m.apply(inputs, check=check)
         report(outcomes, json_output, m.warnings)

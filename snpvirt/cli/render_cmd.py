@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -25,15 +26,19 @@ def render(
     host_caps: Optional[Path] = typer.Option(None, "--host-caps", metavar="FILE",
                                              help="A saved `virsh domcapabilities` document: source of cbitpos/reducedPhysBits."),
     connect: Optional[str] = typer.Option(None, "--connect", "-c", metavar="URI",
-                                          help="Ask this libvirt host for cbitpos/reducedPhysBits when the spec lacks them."),
+                                          help="Ask this libvirt host for cbitpos/reducedPhysBits when the spec and "
+                                               "--host-caps lack them (default: LIBVIRT_DEFAULT_URI when set)."),
     allow_debug: bool = typer.Option(False, "--allow-debug", help="Permit a policy with DEBUG set (test guests only)."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON document."),
 ) -> None:
     """Render SPEC to libvirt domain XML, checked by libvirt's schema and snpvirt's SNP rules."""
-    from snpvirt import launch, output, policy, render as renderer, spec as specs
+    from snpvirt import launch, localfiles, output, policy, render as renderer, spec as specs
     from snpvirt.cli.common import SevSources
 
     vm = specs.load_spec(spec, overrides, allow_debug)
+    # Like the lifecycle commands and virsh, LIBVIRT_DEFAULT_URI names the host; libvirt's own default is not
+    # asked unbidden, so render keeps working (and refusing to guess) on a machine without a daemon.
+    connect = connect or os.environ.get("LIBVIRT_DEFAULT_URI") or None
     sev = SevSources(host_caps, (lambda: (_domain_capabilities(connect), f"host {connect}")) if connect else None)
     record = launch.record(vm)  # expected measurement (and ID blocks) from the files readable here
     result = renderer.render(vm, sev.resolve(vm), allow_debug, launch=record)
@@ -41,7 +46,8 @@ def render(
     changed = False
     if output_file is not None:
         changed = _write_atomically(output_file, result.xml)
-    for warning in result.warnings:
+    warnings = localfiles.missing_paths(vm) + tuple(result.warnings)  # a path missing here: for another host?
+    for warning in warnings:
         output.print_warning(warning.message, warning.hint)
     if json_output:
         item = {
@@ -56,11 +62,11 @@ def render(
             "cbitpos": result.cbitpos,
             "reduced_phys_bits": result.reduced_phys_bits,
             "sev_params_source": result.sev_params_source,
-            "warnings": [w.as_dict() for w in result.warnings],
+            "warnings": [w.as_dict() for w in warnings],
         }
         if output_file is None:
             item["xml"] = result.xml
-        output.print_json(output.envelope(True, changed, [item]))
+        output.print_json(output.envelope(True, changed, [item], warnings=[w.as_dict() for w in warnings]))
     elif output_file is None:
         typer.echo(result.xml, nl=False)
     else:
