@@ -333,11 +333,14 @@ class Manager:
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="snpvirt-apply") as libvirt_workers:
             for item in inputs:
                 planned = self._plan_item(item, seen, existing_names)
-                if isinstance(planned, Outcome) or check:
-                    results.append(planned if isinstance(planned, Outcome) else self._execute(planned, True, start))
+                if isinstance(planned, Outcome):
+                    results.append(planned)
                     continue
                 if planned.action != "unchanged" or (start and planned.start):
-                    self.ensure_ready()  # before the first change is handed to libvirt
+                    self.ensure_ready()  # before the first change is handed to libvirt; a plan is refused alike
+                if check:
+                    results.append(self._execute(planned, True, start))
+                    continue
                 results.append(libvirt_workers.submit(self._execute, planned, False, start))
         return [r.result() if isinstance(r, Future) else r for r in results]
 
@@ -362,6 +365,11 @@ class Manager:
         if check:
             out.changed = plan.action != "unchanged" or will_start
             out.details["planned"] = True
+            if will_start and plan.xml is None:  # the run would refuse to start this definition: so does the plan
+                try:
+                    self._refuse_to_start(plan.existing)
+                except SnpvirtError as err:
+                    return out.fail(err)
             return out
         try:
             if plan.xml is not None:
@@ -404,7 +412,7 @@ class Manager:
 
     # --- define an XML document ------------------------------------------------------------------
 
-    def define_xml(self, xml: bytes, label: str) -> Outcome:
+    def define_xml(self, xml: bytes, label: str, check: bool = False) -> Outcome:
         errors = [f for f in domxml.check(xml, self.allow_debug) if f.severity == "error"]
         if errors:
             raise BadInputError(f"{label}: {errors[0].rule_id}: {errors[0].message}"
@@ -414,9 +422,9 @@ class Manager:
         if metadata.read(root) is None:
             metadata.add_import_record(root, xml, self.clock())
         metadata.find(root).set("xml_digest", digest)
-        return self._define_document(root, "define", digest)
+        return self._define_document(root, "define", digest, check)
 
-    def _define_document(self, root: etree._Element, action: str, digest: str) -> Outcome:
+    def _define_document(self, root: etree._Element, action: str, digest: str, check: bool = False) -> Outcome:
         name = root.findtext("name")
         existing = self.hv.lookup(name)
         if existing is not None:
@@ -432,6 +440,9 @@ class Manager:
             if not uuid:
                 etree.SubElement(root, "uuid").text = existing.uuid
         self.ensure_ready()
+        if check:  # the same conflicts and the same gate as the run, then stop short of libvirt
+            return Outcome(name, action if existing is None else "update", changed=True,
+                           state=existing.state if existing else "absent", details={"planned": True})
         self._define_checked(etree.tostring(root, encoding="unicode"), existing)
         return Outcome(name, action if existing is None else "update", changed=True,
                        state=existing.state if existing else "shutoff")
@@ -460,10 +471,6 @@ class Manager:
             return out.fail(BadInputError(f"{name} breaks {len(errors)} SEV-SNP rule(s): {', '.join(f.rule_id for f in errors)}", hint))
         if from_domain is not None:  # a running domain keeps running as it was until it restarts
             out.details["restart_required"] = self._restart_required(from_domain, root)
-        if check:
-            out.changed = True
-            out.details["planned"] = True
-            return out
         metadata.add_import_record(root, xml, self.clock())
         digest = metadata.read(root).digest
         if from_domain is None:
@@ -475,6 +482,10 @@ class Manager:
                     return out
                 return out.fail(ConflictError(f"a domain named {name} already exists", f"import it by name: snpvirt import {name}"))
         self.ensure_ready()
+        if check:  # after the same conflict checks and gate as the run: the plan promises only what it would do
+            out.changed = True
+            out.details["planned"] = True
+            return out
         self._define_checked(etree.tostring(root, encoding="unicode"), from_domain)
         out.changed, out.state = True, from_domain.state if from_domain else "shutoff"
         return out

@@ -12,7 +12,7 @@ from snpvirt.cli.common import connect_option, json_option, manager, report, sys
 APPLY_EPILOG = """\b
 Examples:
   snpvirt apply examples/web-01.toml --connect qemu:///system
-  snpvirt apply specs/*.toml --check            # the plan: create / update / unchanged, with a diff
+  snpvirt apply specs/*.toml --check            # the plan, after the same gate and conflict checks as the run
   snpvirt apply specs/*.toml --json -c test:///default
 Exit 0 all applied · 3 host not ready (nothing changed) · 5 conflict · 9 some specs failed.
 """
@@ -20,6 +20,7 @@ DEFINE_EPILOG = """\b
 Examples:
   snpvirt define examples/web-01.toml
   snpvirt define web-01.xml --connect qemu:///system     # XML must pass snpvirt validate
+  snpvirt define web-01.xml --check                      # what it would do; same exit code as the run
 """
 VERB_EPILOG = """\b
 Examples:
@@ -71,6 +72,7 @@ def apply(
 
 def define(
     source: Path = typer.Argument(..., metavar="SPEC|XML", help="A VM spec (TOML) or domain XML."),
+    check: bool = typer.Option(False, "--check", help="Print the plan (after the same gate and conflict checks), change nothing."),
     host_caps: Optional[Path] = typer.Option(None, "--host-caps", metavar="FILE", help="Saved domcapabilities."),
     allow_debug: bool = typer.Option(False, "--allow-debug", help="Permit a policy with DEBUG set."),
     connect: Optional[str] = connect_option(),
@@ -86,9 +88,9 @@ def define(
         raise BadInputError(f"cannot read {source}: {exc.strerror}", "check the path") from None
     with manager(connect, host_caps, allow_debug, sysroot) as m:
         if data.lstrip().startswith(b"<"):
-            outcomes = [m.define_xml(data, str(source))]
+            outcomes = [m.define_xml(data, str(source), check=check)]
         else:
-            outcomes = m.apply(_load_specs([source], allow_debug), start=False)
+            outcomes = m.apply(_load_specs([source], allow_debug), check=check, start=False)
         report(outcomes, json_output, m.warnings)
 
 
