@@ -502,21 +502,70 @@ class Manager:
         return Outcome(name, "start", changed=True, state="running")
 
     def stop(self, name: str, timeout_s: float, force: bool, poll_s: float = 0.2) -> Outcome:
-        record, _ = self._managed(name)
-        if not is_active(record.state):
-            return Outcome(name, "stop", state=record.state)
-        self.hv.shutdown(name)
+        """Shut one domain down (see stop_all); its failure is raised."""
+        outcome = self.stop_all([name], timeout_s, force, poll_s)[0]
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome
+
+    def stop_all(self, names: list[str], timeout_s: float, force: bool, poll_s: float = 0.2,
+                 waiting: Callable[[list[str], float], None] | None = None) -> list[Outcome]:
+        """Ask every domain to shut down at once, then wait for all of them under one deadline (not one
+        timeout per domain, one after another). The state is read once more when the deadline has passed:
+        a guest that stopped in time is never reported as timed out. `waiting(names, seconds_left)` hears
+        which are still shutting down between polls. Each name gets its own outcome, in the order given."""
+        if timeout_s < 0:
+            raise BadInputError(f"--timeout must be 0 or more seconds, not {timeout_s:g}", "give the seconds to wait, e.g. --timeout 60")
+        outcomes: dict[str, Outcome] = {}
+        pending = [name for name in dict.fromkeys(names) if self._ask_to_shut_down(name, outcomes)]
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        while pending:
+            pending = [name for name in pending if not self._stopped(name, outcomes)]
+            remaining = deadline - time.monotonic()
+            if not pending or remaining <= 0:
+                break
+            if waiting is not None:
+                waiting(list(pending), remaining)
+            time.sleep(min(poll_s, remaining))
+        for name in pending:
+            outcomes[name] = self._after_timeout(name, timeout_s, force)
+        return [outcomes[name] for name in names]
+
+    def _ask_to_shut_down(self, name: str, outcomes: dict[str, Outcome]) -> bool:
+        """True when `name` was asked to shut down and must be waited for; otherwise its outcome is set."""
+        try:
+            record, _ = self._managed(name)
+            if not is_active(record.state):
+                outcomes[name] = Outcome(name, "stop", state=record.state)
+                return False
+            self.hv.shutdown(name)
+        except SnpvirtError as err:
+            outcomes[name] = Outcome(name, "stop").fail(err)
+            return False
+        return True
+
+    def _stopped(self, name: str, outcomes: dict[str, Outcome]) -> bool:
+        try:
             state = self.hv.state(name)
-            if not is_active(state):
-                return Outcome(name, "stop", changed=True, state=state)
-            time.sleep(poll_s)
-        if not force:
-            raise OperationTimeoutError(f"{name} did not shut down within {timeout_s:g} s (it is still {self.hv.state(name)})",
-                                        "wait longer (--timeout), or add --force to destroy it after the timeout")
-        self.hv.destroy(name)
-        return Outcome(name, "stop", changed=True, state=self.hv.state(name), details={"forced": True})
+        except SnpvirtError as err:  # undefined meanwhile by another client, or the connection went away
+            outcomes[name] = Outcome(name, "stop").fail(err)
+            return True
+        if is_active(state):
+            return False
+        outcomes[name] = Outcome(name, "stop", changed=True, state=state)
+        return True
+
+    def _after_timeout(self, name: str, timeout_s: float, force: bool) -> Outcome:
+        try:
+            if not force:
+                state = self.hv.state(name)
+                return Outcome(name, "stop", state=state).fail(OperationTimeoutError(
+                    f"{name} did not shut down within {timeout_s:g} s (it is still {state})",
+                    "wait longer (--timeout), or add --force to destroy it after the timeout"))
+            self.hv.destroy(name)
+            return Outcome(name, "stop", changed=True, state=self.hv.state(name), details={"forced": True})
+        except SnpvirtError as err:
+            return Outcome(name, "stop").fail(err)
 
     def destroy(self, name: str) -> Outcome:
         record, _ = self._managed(name)
@@ -530,8 +579,8 @@ class Manager:
             return Outcome(name, "undefine", state="absent")
         record, _ = self._managed(name)
         if is_active(record.state):
-            raise SnpvirtError(f"{name} is {record.state}; snpvirt undefines only stopped domains",
-                               f"stop it first: snpvirt stop {name}")
+            raise ConflictError(f"{name} is {record.state}; snpvirt undefines only stopped domains",
+                                f"stop it first: snpvirt stop {name}")
         self.hv.undefine(name)
         return Outcome(name, "undefine", changed=True, state="absent")
 

@@ -32,8 +32,8 @@ STOP_EPILOG = """\b
 Examples:
   snpvirt stop web-01                      # graceful shutdown, wait up to 60 s
   snpvirt stop web-01 --timeout 20 --force # destroy if still running after 20 s
-  snpvirt stop web-01 db-01 --json
-Exit 7 when the guest did not shut down in time (without --force).
+  snpvirt stop web-01 db-01 --json         # both shut down at once, under one 60 s deadline
+Exit 7 when the guest did not shut down in time (without --force); 9 when some of several failed.
 """
 
 
@@ -132,12 +132,38 @@ def start(names: List[str] = NAMES,
 
 
 def stop(names: List[str] = NAMES,
-         timeout: float = typer.Option(60.0, "--timeout", metavar="S", help="Seconds to wait for each guest to shut down."),
+         timeout: float = typer.Option(60.0, "--timeout", metavar="S",
+                                       help="Seconds to wait for the guests (all at once) to shut down; 0 or more."),
          force: bool = typer.Option(False, "--force", help="Destroy a domain that is still running after the timeout."),
          connect: Optional[str] = connect_option(), json_output: bool = json_option()) -> None:
-    """Shut managed domains down gracefully; with --force, destroy them after the timeout."""
+    """Shut managed domains down gracefully, all at once; with --force, destroy them after the timeout."""
+    from snpvirt.errors import BadInputError
+
+    if not timeout >= 0:  # also refuses nan
+        raise BadInputError(f"--timeout must be 0 or more seconds, not {timeout:g}", "give the seconds to wait, e.g. --timeout 60")
     with manager(connect) as m:
-        report(_each(names, "stop", lambda name: m.stop(name, timeout, force)), json_output, m.warnings)
+        waiting = None if json_output else ShutdownProgress()
+        report(m.stop_all(names, timeout, force, waiting=waiting), json_output, m.warnings)
+
+
+class ShutdownProgress:
+    """Tells people which guests are still shutting down: when that set changes, and every few seconds."""
+
+    EVERY_S = 5.0
+
+    def __init__(self) -> None:
+        self._last: tuple[list[str], float] | None = None
+
+    def __call__(self, names: list[str], seconds_left: float) -> None:
+        import time
+
+        from snpvirt import output
+
+        now = time.monotonic()
+        if self._last is not None and self._last[0] == names and now - self._last[1] < self.EVERY_S:
+            return
+        self._last = (names, now)
+        output.print_progress(f"waiting for {', '.join(names)} to shut down ({seconds_left:.0f} s left)")
 
 
 def destroy(names: List[str] = NAMES, connect: Optional[str] = connect_option(), json_output: bool = json_option()) -> None:
@@ -147,7 +173,7 @@ def destroy(names: List[str] = NAMES, connect: Optional[str] = connect_option(),
 
 
 def undefine(names: List[str] = NAMES, connect: Optional[str] = connect_option(), json_output: bool = json_option()) -> None:
-    """Remove stopped managed domains' definitions; absent ones are already done."""
+    """Remove stopped managed domains' definitions; absent ones are already done, running ones are refused (exit 5)."""
     with manager(connect) as m:
         report(_each(names, "undefine", m.undefine), json_output, m.warnings)
 

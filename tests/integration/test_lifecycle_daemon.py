@@ -98,6 +98,32 @@ def test_cli_errors_have_their_exit_codes(libvirtd, held):
     assert several.code == ExitCode.PARTIAL and [r["ok"] for r in doc["results"]] == [True, False]
 
 
+def test_stop_several_at_once_and_the_bounds_of_waiting(libvirtd, held, tmp_path):
+    uri = libvirtd.test_uri
+    db = tmp_path / "db-01.toml"
+    db.write_text(WEB.read_text().replace('name = "web-01"', 'name = "db-01"'))
+    assert run_cli("apply", WEB, db, "-c", uri).code == 0
+    for bad in ("-5", "nan"):
+        result = run_cli("stop", "web-01", "--timeout", bad, "-c", uri)
+        assert result.code == ExitCode.BAD_INPUT and "--timeout must be 0 or more seconds" in result.stderr
+    assert all(held.lookupByName(n).isActive() for n in ("web-01", "db-01")), "a bad --timeout changes nothing"
+    result, doc = cli_json("stop", "web-01", "db-01", "--timeout", "0", "-c", uri)
+    assert result.code == 0, result.stderr  # the test driver's guests stop at once: no timeout
+    assert [(r["name"], r["changed"], r["state"]) for r in doc["results"]] == [("web-01", True, "shutoff"),
+                                                                               ("db-01", True, "shutoff")]
+    assert "waiting for" not in result.stderr, "nothing for people on stderr with --json"
+
+
+def test_undefine_of_a_running_domain_is_a_conflict(libvirtd, held):
+    uri = libvirtd.test_uri
+    assert run_cli("apply", WEB, "-c", uri).code == 0
+    result = run_cli("undefine", "web-01", "-c", uri)
+    assert result.code == ExitCode.CONFLICT and "hint: stop it first: snpvirt stop web-01" in result.stderr
+    result, doc = cli_json("undefine", "web-01", "-c", uri)
+    assert result.code == ExitCode.CONFLICT and doc["error"]["kind"] == "conflict"
+    assert held.lookupByName("web-01").isActive()
+
+
 def test_apply_on_the_real_qemu_driver_stops_at_the_gate(libvirtd):
     result = run_cli("apply", WEB, "-c", libvirtd.qemu_uri)
     assert result.code == ExitCode.NOT_READY and "Traceback" not in result.stderr

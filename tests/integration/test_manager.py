@@ -11,7 +11,7 @@ from lxml import etree
 from snpvirt import events, readiness, sevparams
 from snpvirt import spec as specs
 from snpvirt.connection import Connection
-from snpvirt.errors import (ConflictError, ExitCode, NotFoundError, OperationTimeoutError, SnpvirtError,
+from snpvirt.errors import (BadInputError, ConflictError, ExitCode, NotFoundError, OperationTimeoutError, SnpvirtError,
                             StartFailedError)
 from snpvirt.manager import Manager, SpecInput
 from tests.conftest import GOLDEN, vector
@@ -154,10 +154,66 @@ def test_verbs_are_idempotent(mgr, conn):
         mgr.start("mgr-01")
 
 
-def test_undefine_refuses_a_running_domain(mgr):
+def test_undefine_refuses_a_running_domain_as_a_conflict(mgr, conn):
     mgr.apply([spec()])
-    with pytest.raises(SnpvirtError, match="undefines only stopped domains"):
+    with pytest.raises(ConflictError, match="undefines only stopped domains") as info:
         mgr.undefine("mgr-01")
+    assert info.value.exit_code == ExitCode.CONFLICT and "snpvirt stop mgr-01" in info.value.hint
+    assert conn.state("mgr-01") == "running"
+
+
+def test_stop_with_no_time_to_wait_reads_the_state_again(mgr, conn):
+    """The test driver's guests stop the moment they are asked: with --timeout 0 the deadline has passed
+    by the time anyone looks, and the guest is stopped. That is a stop, not a timeout."""
+    mgr.apply([spec()])
+    done = mgr.stop("mgr-01", 0, False)
+    assert (done.ok, done.changed, done.state) == (True, True, "shutoff")
+
+
+def test_a_negative_stop_timeout_is_bad_input(mgr, conn):
+    mgr.apply([spec()])
+    with pytest.raises(BadInputError, match="0 or more seconds"):
+        mgr.stop_all(["mgr-01"], -5, False)
+    assert conn.state("mgr-01") == "running"
+
+
+class RecordsCalls(Connection):
+    """Records the order of shutdown requests and state reads; with `ignore`, guests never react."""
+
+    def __init__(self, uri, ignore=False):
+        super().__init__(uri)
+        self.calls, self.ignore = [], ignore
+
+    def shutdown(self, name):
+        self.calls.append(("shutdown", name))
+        if not self.ignore:
+            super().shutdown(name)
+
+    def state(self, name):
+        self.calls.append(("state", name))
+        return super().state(name)
+
+
+def test_stop_asks_every_domain_before_waiting_for_any(clean_test_driver):
+    with RecordsCalls("test:///default", ignore=True) as conn:
+        m = make_manager(conn)
+        names = ["mgr-21", "mgr-22", "mgr-23"]
+        m.apply([spec(name=n) for n in names])
+        heard = []
+        outcomes = m.stop_all(names + ["nosuch"], 0.2, False, poll_s=0.05, waiting=lambda left, _s: heard.append(left))
+        first_read = next(i for i, call in enumerate(conn.calls) if call[0] == "state")
+        assert [c for c in conn.calls[:first_read]] == [("shutdown", n) for n in names]
+        assert heard and heard[0] == names, "people hear which guests are still shutting down"
+        assert [o.error.kind for o in outcomes] == ["timeout", "timeout", "timeout", "not_found"]
+        assert [conn.state(n) for n in names] == ["running"] * 3
+
+
+def test_stop_all_stops_them_all(clean_test_driver):
+    with RecordsCalls("test:///default") as conn:
+        m = make_manager(conn)
+        m.apply([spec(name="mgr-24"), spec(name="mgr-25")])
+        outcomes = m.stop_all(["mgr-24", "mgr-25"], 5, False)
+        assert [(o.ok, o.changed, o.state) for o in outcomes] == [(True, True, "shutoff")] * 2
 
 
 class IgnoresShutdown(Connection):
