@@ -11,6 +11,7 @@ import dataclasses
 import datetime
 import difflib
 import hashlib
+import threading
 import time
 from dataclasses import dataclass, field
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,6 +42,8 @@ class Hypervisor(Protocol):
     def shutdown(self, name: str) -> None: ...
     def destroy(self, name: str) -> None: ...
     def undefine(self, name: str) -> None: ...
+    def autostart(self, name: str) -> bool: ...
+    def set_autostart(self, name: str, on: bool) -> None: ...
     def set_metadata(self, name: str, element_xml: str, namespace: str) -> None: ...
 
 
@@ -82,10 +85,22 @@ class _Plan:
     spec: VmSpec
     action: str  # create | update | unchanged
     existing: DomainRecord | None
-    start: bool
+    start: bool  # the spec wants it running and it is not
     diff: list[dict[str, Any]] = field(default_factory=list)
     xml: str | None = None
     restart_required: bool = False  # the running domain's live definition differs from the desired one
+    restart: bool = False  # apply --restart: shut it down and start it again on the desired definition
+    stop: bool = False  # the spec wants it shut off and it is active
+    autostart: bool | None = None  # the autostart flag to set; None: it is as the spec wants (or the spec is silent)
+
+    def run_state_diff(self) -> list[dict[str, Any]]:
+        """The run-state changes, in the diff's form (keys without a `definition.` prefix)."""
+        changes = []
+        if self.autostart is not None:
+            changes.append({"key": "autostart", "from": not self.autostart, "to": self.autostart})
+        if self.stop:
+            changes.append({"key": "state", "from": self.existing.state, "to": "shutoff"})
+        return changes
 
 
 class _DefinedMeanwhile(ConflictError):
@@ -139,6 +154,8 @@ class Manager:
         self.clock = clock
         self.warnings: list[Finding] = []
         self._ready = False
+        self.shutdown_timeout_s = 60.0  # how long apply waits for a graceful shutdown (state = "shutoff", --restart)
+        self._restarting = threading.Lock()  # --restart: one domain of this host at a time
 
     # --- the readiness gate ----------------------------------------------------------------------
 
@@ -272,8 +289,9 @@ class Manager:
     def _plan(self, spec: VmSpec, existing_names: set[str]) -> _Plan:
         existing = self.hv.lookup(spec.name) if spec.name in existing_names else None
         now = self.clock()
-        if existing is None:
-            return self._with_xml(_Plan(spec, "create", None, True), now, now)
+        if existing is None:  # libvirt defines a new domain without autostart: only `true` is a change
+            return self._with_xml(_Plan(spec, "create", None, spec.state == "running",
+                                        autostart=True if spec.autostart else None), now, now)
         root = domxml.parse(existing.xml)
         info = metadata.read(root)
         if info is None:
@@ -296,11 +314,19 @@ class Manager:
             diff.append({"key": "(definition)", "from": f"breaks {broken[0].rule_id}", "to": "as the spec renders it"})
         action = "unchanged" if same_spec and not drifted and not broken else "update"
         active = is_active(existing.state)
-        plan = _Plan(spec, action, existing, not active, diff,
-                     restart_required=active and self._runs_otherwise(existing, desired))
+        wants_running = spec.state == "running"
+        plan = _Plan(spec, action, existing, wants_running and not active, diff,
+                     restart_required=active and self._runs_otherwise(existing, desired),
+                     stop=active and not wants_running, autostart=self._autostart_change(spec))
         if action == "unchanged":
             return plan
         return self._with_xml(plan, info.defined_at or now, now, record)
+
+    def _autostart_change(self, spec: VmSpec) -> bool | None:
+        """The autostart flag to set on an existing domain, or None (the spec is silent, or it is set so)."""
+        if spec.autostart is None or self.hv.autostart(spec.name) == spec.autostart:
+            return None
+        return spec.autostart
 
     @staticmethod
     def _id_block_record(spec: VmSpec) -> launch.LaunchRecord | None:
@@ -320,8 +346,11 @@ class Manager:
         plan.xml = render.render(plan.spec, self._resolve_sev(plan.spec), self.allow_debug, stamp, record).xml
         return plan
 
-    def apply(self, inputs: Iterable[SpecInput], check: bool = False, start: bool = True) -> list[Outcome]:
-        """Make each spec's domain exist as specified (and run, with start); `check` only plans.
+    def apply(self, inputs: Iterable[SpecInput], check: bool = False, start: bool = True,
+              restart: bool = False) -> list[Outcome]:
+        """Make each spec's domain exist as specified, with its autostart flag, and (with start) in its
+        run state: running or shut off; `restart`: restart the ones running an older definition. `check`
+        only plans.
 
         Specs are planned (parsed, rendered, validated) on this thread while two worker threads carry
         out earlier plans through libvirt: the CPU work and the RPC round trips overlap. Each domain's
@@ -336,7 +365,9 @@ class Manager:
                 if isinstance(planned, Outcome):
                     results.append(planned)
                     continue
-                if planned.action != "unchanged" or (start and planned.start):
+                planned.restart = start and restart and planned.restart_required and planned.spec.state == "running"
+                if planned.action != "unchanged" or planned.autostart is not None or (
+                        start and (planned.start or planned.stop or planned.restart)):
                     self.ensure_ready()  # before the first change is handed to libvirt; a plan is refused alike
                 if check:
                     results.append(self._execute(planned, True, start))
@@ -359,13 +390,15 @@ class Manager:
 
     def _execute(self, plan: _Plan, check: bool, start: bool, retries: int = RACE_RETRIES) -> Outcome:
         existing_state = plan.existing.state if plan.existing else None
-        will_start = start and plan.start
+        will_start, will_stop, will_restart = start and plan.start, start and plan.stop, plan.restart
+        run_state = [c for c in plan.run_state_diff() if start or c["key"] != "state"]  # define leaves it running
         out = Outcome(plan.spec.name, plan.action, state=existing_state or "absent", details={
-            "diff": plan.diff, "restart_required": plan.restart_required, "will_start": will_start})
+            "diff": plan.diff + run_state, "restart_required": plan.restart_required, "will_start": will_start,
+            "will_stop": will_stop, "will_restart": will_restart})
         if check:
-            out.changed = plan.action != "unchanged" or will_start
+            out.changed = plan.action != "unchanged" or bool(run_state) or will_start or will_restart
             out.details["planned"] = True
-            if will_start and plan.xml is None:  # the run would refuse to start this definition: so does the plan
+            if (will_start or will_restart) and plan.xml is None:  # the run would refuse to start it: so does the plan
                 try:
                     self._refuse_to_start(plan.existing)
                 except SnpvirtError as err:
@@ -375,11 +408,18 @@ class Manager:
             if plan.xml is not None:
                 self._define_checked(plan.xml, plan.existing)
                 out.changed, out.state = True, existing_state or "shutoff"
+            if plan.autostart is not None:
+                self.hv.set_autostart(plan.spec.name, plan.autostart)
+                out.changed = True
             if will_start:
                 if plan.xml is None:  # starting the existing definition: it must still be the SEV-SNP one
                     self._refuse_to_start(plan.existing)
                 out.details["started"] = self._start_once(plan.spec.name)
                 out.changed, out.state = out.changed or out.details["started"], "running"
+            elif will_stop:
+                out.state, out.changed = self._shut_down(plan.spec.name), True
+            elif will_restart:
+                self._restart(plan, out)
         except _DefinedMeanwhile as err:
             if not retries:
                 return out.fail(err)
@@ -398,6 +438,24 @@ class Manager:
         except SnpvirtError as err:
             return Outcome(plan.spec.name, "invalid").fail(err)
         return self._execute(replanned, False, start, retries)
+
+    def _shut_down(self, name: str) -> str:
+        """Graceful shutdown within the usual timeout (never forced); the state it ended in."""
+        outcome = self.stop_all([name], self.shutdown_timeout_s, force=False)[0]
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome.state
+
+    def _restart(self, plan: _Plan, out: Outcome) -> None:
+        """apply --restart: shut down, then start on the desired definition; one domain of this host at a
+        time, so a host's service never loses all its guests at once."""
+        with self._restarting:
+            if plan.xml is None:  # restarting on the existing definition: it must still be the SEV-SNP one
+                self._refuse_to_start(plan.existing)
+            out.state, out.changed = self._shut_down(plan.spec.name), True
+            self.hv.start(plan.spec.name)
+            out.state = "running"
+            out.details.update(restarted=True, restart_required=False)
 
     def _start_once(self, name: str) -> bool:
         """Start; True when this call started it. A domain another client started meanwhile is running,

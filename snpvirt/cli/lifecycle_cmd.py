@@ -14,6 +14,7 @@ Examples:
   snpvirt apply examples/web-01.toml --connect qemu:///system
   snpvirt apply specs/*.toml --check            # the plan, after the same gate and conflict checks as the run
   snpvirt apply specs/*.toml --json -c test:///default
+  snpvirt apply specs/*.toml --restart          # and restart those running an older definition, one at a time
 Exit 0 all applied · 3 host not ready (nothing changed) · 5 conflict · 9 some specs failed.
 """
 DEFINE_EPILOG = """\b
@@ -53,6 +54,10 @@ def _load_specs(paths: List[Path], allow_debug: bool):
 def apply(
     spec_files: List[Path] = typer.Argument(..., metavar="SPEC", help="One or more VM specs (TOML)."),
     check: bool = typer.Option(False, "--check", help="Print the plan, change nothing."),
+    restart: bool = typer.Option(False, "--restart",
+                                 help="Restart domains that run an older definition (graceful shutdown, then start; one at a time)."),
+    timeout: float = typer.Option(60.0, "--timeout", metavar="S",
+                                  help="Seconds to wait for a graceful shutdown (state = \"shutoff\", --restart); 0 or more."),
     host_caps: Optional[Path] = typer.Option(None, "--host-caps", metavar="FILE",
                                              help="Saved domcapabilities: cbitpos/reducedPhysBits for specs without them."),
     allow_debug: bool = typer.Option(False, "--allow-debug", help="Permit a policy with DEBUG set."),
@@ -60,13 +65,19 @@ def apply(
     json_output: bool = json_option(),
     sysroot: Optional[Path] = sysroot_option(),
 ) -> None:
-    """Make each spec's domain exist as specified and run: define, redefine when changed, start.
+    """Make each spec's domain exist as specified: define, redefine when changed, set autostart, and start
+    or shut down to the spec's state (running by default).
 
-    A running domain whose spec changed is redefined and reported restart_required; nothing restarts by itself.
+    A running domain whose spec changed is redefined and reported restart_required; it restarts only with --restart.
     """
+    from snpvirt.errors import BadInputError
+
+    if not timeout >= 0:  # also refuses nan
+        raise BadInputError(f"--timeout must be 0 or more seconds, not {timeout:g}", "give the seconds to wait, e.g. --timeout 60")
     inputs = _load_specs(spec_files, allow_debug)
     with manager(connect, host_caps, allow_debug, sysroot) as m:
-        outcomes = m.apply(inputs, check=check)
+        m.shutdown_timeout_s = timeout
+        outcomes = m.apply(inputs, check=check, restart=restart)
         report(outcomes, json_output, m.warnings)
 
 

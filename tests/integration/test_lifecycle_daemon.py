@@ -124,6 +124,30 @@ def test_undefine_of_a_running_domain_is_a_conflict(libvirtd, held):
     assert held.lookupByName("web-01").isActive()
 
 
+def test_apply_converges_the_run_state_and_restarts_only_when_asked(libvirtd, held, tmp_path):
+    uri = libvirtd.test_uri
+    off = tmp_path / "web-01.toml"
+    off.write_text('state = "shutoff"\nautostart = true\n' + WEB.read_text())
+    assert run_cli("apply", WEB, "-c", uri).code == 0
+    plan = run_cli("apply", off, "--check", "-c", uri)
+    assert plan.code == 0 and "would set autostart and shut down" in plan.stdout, plan.stdout
+    result, doc = cli_json("apply", off, "-c", uri)
+    assert result.code == 0 and doc["changed"] and doc["results"][0]["state"] == "shutoff"
+    dom = held.lookupByName("web-01")
+    assert (dom.isActive(), dom.autostart()) == (0, 1)
+    _, doc = cli_json("apply", off, "-c", uri)
+    assert doc["changed"] is False
+
+    bigger = tmp_path / "bigger.toml"
+    bigger.write_text(WEB.read_text().replace("vcpus = 4", "vcpus = 2"))
+    assert run_cli("apply", WEB, "-c", uri).code == 0
+    assert run_cli("apply", bigger, "-c", uri).stdout.count("snpvirt apply SPEC --restart") == 1
+    restarted = run_cli("apply", bigger, "--restart", "-c", uri)
+    assert restarted.code == 0 and "restarted on its new definition" in restarted.stdout, restarted.stdout
+    _, doc = cli_json("status", "web-01", "-c", uri)
+    assert doc["results"][0]["restart_required"] is False
+
+
 def test_apply_on_the_real_qemu_driver_stops_at_the_gate(libvirtd):
     result = run_cli("apply", WEB, "-c", libvirtd.qemu_uri)
     assert result.code == ExitCode.NOT_READY and "Traceback" not in result.stderr
