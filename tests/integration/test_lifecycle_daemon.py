@@ -198,16 +198,20 @@ class Lines:
                 return event
 
 
-def wait_until_watching(lines: Lines, conn, timeout: float = 30) -> None:
+def wait_until_watching(lines: Lines, conn, timeout: float = 30, skipped: list | None = None) -> None:
     """Define the probe domain until the watcher reports it: from then on it is subscribed. Events, not
-    sleeps: a watcher that never subscribes fails here after `timeout` seconds."""
+    sleeps: a watcher that never subscribes fails here after `timeout` seconds. `skipped` collects the
+    other events read meanwhile."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         conn.defineXML(PROBE_XML)  # each definition is an event ("defined", "added" then "updated")
         line = lines.next(0.25)
         while line is not None:
-            if json.loads(line)["domain"] == PROBE:
+            event = json.loads(line)
+            if event["domain"] == PROBE:
                 return
+            if skipped is not None:
+                skipped.append(event)
             line = lines.next(0)
     pytest.fail(f"the watcher reported none of the probe's events within {timeout} s")
 
@@ -265,7 +269,10 @@ def test_watch_reconnects_after_the_daemon_restarts(tmp_path, qemu_caps_cache):
         with IsolatedLibvirtd(tmp_path / "h", qemu_caps_cache) as second:  # same socket path: the host came back
             conn = libvirt.open(second.test_uri)
             try:
-                wait_until_watching(lines, conn)  # seen from the second daemon: reconnected
+                meanwhile = []
+                wait_until_watching(lines, conn, skipped=meanwhile)  # seen from the second daemon: reconnected
+                link = [(e["event"], e["uri"], e["domain"]) for e in meanwhile if e["domain"] is None]
+                assert link == [("disconnected", uri, None), ("reconnected", uri, None)], meanwhile
                 conn.defineXML(PROBE_XML.replace(PROBE, "after").replace("0a7c11", "0af7e2"))
                 event = lines.event()
                 assert (event["domain"], event["event"]) == ("after", "defined")
@@ -275,6 +282,35 @@ def test_watch_reconnects_after_the_daemon_restarts(tmp_path, qemu_caps_cache):
         _, err = watcher.communicate(timeout=10)
         assert watcher.returncode == 0, err
         assert b"lost; reconnecting" in err and b"reconnected to" in err
+    finally:
+        watcher.kill()
+        watcher.wait()
+
+
+def test_watch_that_ends_disconnected_says_so_and_exits_6(tmp_path, qemu_caps_cache):
+    reason = libvirtd_available()
+    if reason:
+        pytest.skip(reason)
+    with IsolatedLibvirtd(tmp_path / "h", qemu_caps_cache) as daemon:
+        uri = daemon.test_uri
+        watcher = start_watch(uri, "--timeout", "10")  # ends by itself, after the daemon is gone
+        lines = Lines(watcher.stdout)
+        conn = libvirt.open(uri)
+        try:
+            wait_until_watching(lines, conn)
+        finally:
+            conn.close()
+    try:
+        deadline = time.monotonic() + 30
+        line = lines.next(30)
+        while line is not None and json.loads(line)["domain"] is not None and time.monotonic() < deadline:
+            line = lines.next(max(0.0, deadline - time.monotonic()))  # the probe's last events
+        assert line is not None, "no disconnected event"
+        event = json.loads(line)
+        assert (event["event"], event["uri"], event["domain"]) == ("disconnected", uri, None)
+        _, err = watcher.communicate(timeout=30)
+        assert watcher.returncode == ExitCode.CONNECTION, err
+        assert b"snpvirt: error: the watch ended while disconnected" in err and b"Traceback" not in err
     finally:
         watcher.kill()
         watcher.wait()
