@@ -65,9 +65,9 @@ def apply(
     json_output: bool = json_option(),
     sysroot: Optional[Path] = sysroot_option(),
 ) -> None:
-    """Make each spec's domain exist as specified: define, redefine when changed, set autostart, and start
-    or shut down to the spec's state (running by default).
+    """Make each spec's domain exist as specified and run: define, redefine when changed, start.
 
+    The spec's state (running by default, or shutoff: a graceful shutdown) and autostart are converged too.
     A running domain whose spec changed is redefined and reported restart_required; it restarts only with --restart.
     """
     from snpvirt.errors import BadInputError
@@ -147,7 +147,10 @@ def stop(names: List[str] = NAMES,
                                        help="Seconds to wait for the guests (all at once) to shut down; 0 or more."),
          force: bool = typer.Option(False, "--force", help="Destroy a domain that is still running after the timeout."),
          connect: Optional[str] = connect_option(), json_output: bool = json_option()) -> None:
-    """Shut managed domains down gracefully, all at once; with --force, destroy them after the timeout."""
+    """Shut managed domains down gracefully; with --force, destroy them after the timeout.
+
+    All are asked at once and waited for under one deadline; stderr shows which are still shutting down.
+    """
     from snpvirt.errors import BadInputError
 
     if not timeout >= 0:  # also refuses nan
@@ -184,7 +187,10 @@ def destroy(names: List[str] = NAMES, connect: Optional[str] = connect_option(),
 
 
 def undefine(names: List[str] = NAMES, connect: Optional[str] = connect_option(), json_output: bool = json_option()) -> None:
-    """Remove stopped managed domains' definitions; absent ones are already done, running ones are refused (exit 5)."""
+    """Remove stopped managed domains' definitions; absent ones are already done.
+
+    A running domain is refused as a conflict (exit 5): stop it first.
+    """
     with manager(connect) as m:
         report(_each(names, "undefine", m.undefine), json_output, m.warnings)
 
