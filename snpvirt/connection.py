@@ -207,6 +207,16 @@ class Connection:
         self._call(name, "undefine", lambda dom: dom.undefine())
         self._handles.pop(name, None)
 
+    def autostart(self, name: str) -> bool:
+        """libvirt's own autostart flag: whether the host starts this domain when libvirtd starts."""
+        try:
+            return bool(self._handle(name).autostart())
+        except libvirt.libvirtError as exc:
+            raise translate(exc, f"read the autostart flag of {name}", self.uri) from None
+
+    def set_autostart(self, name: str, on: bool) -> None:
+        self._call(name, "set the autostart flag of", lambda dom: dom.setAutostart(int(on)))
+
     def set_metadata(self, name: str, element_xml: str, namespace: str) -> None:
         """Replace snpvirt's metadata element in the persistent definition (and the live one if running)."""
         def update(dom: libvirt.virDomain) -> None:

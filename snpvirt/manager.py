@@ -11,6 +11,7 @@ import dataclasses
 import datetime
 import difflib
 import hashlib
+import threading
 import time
 from dataclasses import dataclass, field
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,6 +42,8 @@ class Hypervisor(Protocol):
     def shutdown(self, name: str) -> None: ...
     def destroy(self, name: str) -> None: ...
     def undefine(self, name: str) -> None: ...
+    def autostart(self, name: str) -> bool: ...
+    def set_autostart(self, name: str, on: bool) -> None: ...
     def set_metadata(self, name: str, element_xml: str, namespace: str) -> None: ...
 
 
@@ -82,10 +85,22 @@ class _Plan:
     spec: VmSpec
     action: str  # create | update | unchanged
     existing: DomainRecord | None
-    start: bool
+    start: bool  # the spec wants it running and it is not
     diff: list[dict[str, Any]] = field(default_factory=list)
     xml: str | None = None
     restart_required: bool = False  # the running domain's live definition differs from the desired one
+    restart: bool = False  # apply --restart: shut it down and start it again on the desired definition
+    stop: bool = False  # the spec wants it shut off and it is active
+    autostart: bool | None = None  # the autostart flag to set; None: it is as the spec wants (or the spec is silent)
+
+    def run_state_diff(self) -> list[dict[str, Any]]:
+        """The run-state changes, in the diff's form (keys without a `definition.` prefix)."""
+        changes = []
+        if self.autostart is not None:
+            changes.append({"key": "autostart", "from": not self.autostart, "to": self.autostart})
+        if self.stop:
+            changes.append({"key": "state", "from": self.existing.state, "to": "shutoff"})
+        return changes
 
 
 class _DefinedMeanwhile(ConflictError):
@@ -139,6 +154,8 @@ class Manager:
         self.clock = clock
         self.warnings: list[Finding] = []
         self._ready = False
+        self.shutdown_timeout_s = 60.0  # how long apply waits for a graceful shutdown (state = "shutoff", --restart)
+        self._restarting = threading.Lock()  # --restart: one domain of this host at a time
 
     # --- the readiness gate ----------------------------------------------------------------------
 
@@ -272,8 +289,9 @@ class Manager:
     def _plan(self, spec: VmSpec, existing_names: set[str]) -> _Plan:
         existing = self.hv.lookup(spec.name) if spec.name in existing_names else None
         now = self.clock()
-        if existing is None:
-            return self._with_xml(_Plan(spec, "create", None, True), now, now)
+        if existing is None:  # libvirt defines a new domain without autostart: only `true` is a change
+            return self._with_xml(_Plan(spec, "create", None, spec.state == "running",
+                                        autostart=True if spec.autostart else None), now, now)
         root = domxml.parse(existing.xml)
         info = metadata.read(root)
         if info is None:
@@ -296,11 +314,19 @@ class Manager:
             diff.append({"key": "(definition)", "from": f"breaks {broken[0].rule_id}", "to": "as the spec renders it"})
         action = "unchanged" if same_spec and not drifted and not broken else "update"
         active = is_active(existing.state)
-        plan = _Plan(spec, action, existing, not active, diff,
-                     restart_required=active and self._runs_otherwise(existing, desired))
+        wants_running = spec.state == "running"
+        plan = _Plan(spec, action, existing, wants_running and not active, diff,
+                     restart_required=active and self._runs_otherwise(existing, desired),
+                     stop=active and not wants_running, autostart=self._autostart_change(spec))
         if action == "unchanged":
             return plan
         return self._with_xml(plan, info.defined_at or now, now, record)
+
+    def _autostart_change(self, spec: VmSpec) -> bool | None:
+        """The autostart flag to set on an existing domain, or None (the spec is silent, or it is set so)."""
+        if spec.autostart is None or self.hv.autostart(spec.name) == spec.autostart:
+            return None
+        return spec.autostart
 
     @staticmethod
     def _id_block_record(spec: VmSpec) -> launch.LaunchRecord | None:
@@ -320,8 +346,11 @@ class Manager:
         plan.xml = render.render(plan.spec, self._resolve_sev(plan.spec), self.allow_debug, stamp, record).xml
         return plan
 
-    def apply(self, inputs: Iterable[SpecInput], check: bool = False, start: bool = True) -> list[Outcome]:
-        """Make each spec's domain exist as specified (and run, with start); `check` only plans.
+    def apply(self, inputs: Iterable[SpecInput], check: bool = False, start: bool = True,
+              restart: bool = False) -> list[Outcome]:
+        """Make each spec's domain exist as specified, with its autostart flag, and (with start) in its
+        run state: running or shut off; `restart`: restart the ones running an older definition. `check`
+        only plans.
 
         Specs are planned (parsed, rendered, validated) on this thread while two worker threads carry
         out earlier plans through libvirt: the CPU work and the RPC round trips overlap. Each domain's
@@ -333,11 +362,16 @@ class Manager:
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="snpvirt-apply") as libvirt_workers:
             for item in inputs:
                 planned = self._plan_item(item, seen, existing_names)
-                if isinstance(planned, Outcome) or check:
-                    results.append(planned if isinstance(planned, Outcome) else self._execute(planned, True, start))
+                if isinstance(planned, Outcome):
+                    results.append(planned)
                     continue
-                if planned.action != "unchanged" or (start and planned.start):
-                    self.ensure_ready()  # before the first change is handed to libvirt
+                planned.restart = start and restart and planned.restart_required and planned.spec.state == "running"
+                if planned.action != "unchanged" or planned.autostart is not None or (
+                        start and (planned.start or planned.stop or planned.restart)):
+                    self.ensure_ready()  # before the first change is handed to libvirt; a plan is refused alike
+                if check:
+                    results.append(self._execute(planned, True, start))
+                    continue
                 results.append(libvirt_workers.submit(self._execute, planned, False, start))
         return [r.result() if isinstance(r, Future) else r for r in results]
 
@@ -356,22 +390,36 @@ class Manager:
 
     def _execute(self, plan: _Plan, check: bool, start: bool, retries: int = RACE_RETRIES) -> Outcome:
         existing_state = plan.existing.state if plan.existing else None
-        will_start = start and plan.start
+        will_start, will_stop, will_restart = start and plan.start, start and plan.stop, plan.restart
+        run_state = [c for c in plan.run_state_diff() if start or c["key"] != "state"]  # define leaves it running
         out = Outcome(plan.spec.name, plan.action, state=existing_state or "absent", details={
-            "diff": plan.diff, "restart_required": plan.restart_required, "will_start": will_start})
+            "diff": plan.diff + run_state, "restart_required": plan.restart_required, "will_start": will_start,
+            "will_stop": will_stop, "will_restart": will_restart})
         if check:
-            out.changed = plan.action != "unchanged" or will_start
+            out.changed = plan.action != "unchanged" or bool(run_state) or will_start or will_restart
             out.details["planned"] = True
+            if (will_start or will_restart) and plan.xml is None:  # the run would refuse to start it: so does the plan
+                try:
+                    self._refuse_to_start(plan.existing)
+                except SnpvirtError as err:
+                    return out.fail(err)
             return out
         try:
             if plan.xml is not None:
                 self._define_checked(plan.xml, plan.existing)
                 out.changed, out.state = True, existing_state or "shutoff"
+            if plan.autostart is not None:
+                self.hv.set_autostart(plan.spec.name, plan.autostart)
+                out.changed = True
             if will_start:
                 if plan.xml is None:  # starting the existing definition: it must still be the SEV-SNP one
                     self._refuse_to_start(plan.existing)
                 out.details["started"] = self._start_once(plan.spec.name)
                 out.changed, out.state = out.changed or out.details["started"], "running"
+            elif will_stop:
+                out.state, out.changed = self._shut_down(plan.spec.name), True
+            elif will_restart:
+                self._restart(plan, out)
         except _DefinedMeanwhile as err:
             if not retries:
                 return out.fail(err)
@@ -391,6 +439,24 @@ class Manager:
             return Outcome(plan.spec.name, "invalid").fail(err)
         return self._execute(replanned, False, start, retries)
 
+    def _shut_down(self, name: str) -> str:
+        """Graceful shutdown within the usual timeout (never forced); the state it ended in."""
+        outcome = self.stop_all([name], self.shutdown_timeout_s, force=False)[0]
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome.state
+
+    def _restart(self, plan: _Plan, out: Outcome) -> None:
+        """apply --restart: shut down, then start on the desired definition; one domain of this host at a
+        time, so a host's service never loses all its guests at once."""
+        with self._restarting:
+            if plan.xml is None:  # restarting on the existing definition: it must still be the SEV-SNP one
+                self._refuse_to_start(plan.existing)
+            out.state, out.changed = self._shut_down(plan.spec.name), True
+            self.hv.start(plan.spec.name)
+            out.state = "running"
+            out.details.update(restarted=True, restart_required=False)
+
     def _start_once(self, name: str) -> bool:
         """Start; True when this call started it. A domain another client started meanwhile is running,
         which is what was asked: not an error."""
@@ -404,7 +470,7 @@ class Manager:
 
     # --- define an XML document ------------------------------------------------------------------
 
-    def define_xml(self, xml: bytes, label: str) -> Outcome:
+    def define_xml(self, xml: bytes, label: str, check: bool = False) -> Outcome:
         errors = [f for f in domxml.check(xml, self.allow_debug) if f.severity == "error"]
         if errors:
             raise BadInputError(f"{label}: {errors[0].rule_id}: {errors[0].message}"
@@ -414,9 +480,9 @@ class Manager:
         if metadata.read(root) is None:
             metadata.add_import_record(root, xml, self.clock())
         metadata.find(root).set("xml_digest", digest)
-        return self._define_document(root, "define", digest)
+        return self._define_document(root, "define", digest, check)
 
-    def _define_document(self, root: etree._Element, action: str, digest: str) -> Outcome:
+    def _define_document(self, root: etree._Element, action: str, digest: str, check: bool = False) -> Outcome:
         name = root.findtext("name")
         existing = self.hv.lookup(name)
         if existing is not None:
@@ -432,6 +498,9 @@ class Manager:
             if not uuid:
                 etree.SubElement(root, "uuid").text = existing.uuid
         self.ensure_ready()
+        if check:  # the same conflicts and the same gate as the run, then stop short of libvirt
+            return Outcome(name, action if existing is None else "update", changed=True,
+                           state=existing.state if existing else "absent", details={"planned": True})
         self._define_checked(etree.tostring(root, encoding="unicode"), existing)
         return Outcome(name, action if existing is None else "update", changed=True,
                        state=existing.state if existing else "shutoff")
@@ -460,10 +529,6 @@ class Manager:
             return out.fail(BadInputError(f"{name} breaks {len(errors)} SEV-SNP rule(s): {', '.join(f.rule_id for f in errors)}", hint))
         if from_domain is not None:  # a running domain keeps running as it was until it restarts
             out.details["restart_required"] = self._restart_required(from_domain, root)
-        if check:
-            out.changed = True
-            out.details["planned"] = True
-            return out
         metadata.add_import_record(root, xml, self.clock())
         digest = metadata.read(root).digest
         if from_domain is None:
@@ -475,6 +540,10 @@ class Manager:
                     return out
                 return out.fail(ConflictError(f"a domain named {name} already exists", f"import it by name: snpvirt import {name}"))
         self.ensure_ready()
+        if check:  # after the same conflict checks and gate as the run: the plan promises only what it would do
+            out.changed = True
+            out.details["planned"] = True
+            return out
         self._define_checked(etree.tostring(root, encoding="unicode"), from_domain)
         out.changed, out.state = True, from_domain.state if from_domain else "shutoff"
         return out
@@ -491,21 +560,70 @@ class Manager:
         return Outcome(name, "start", changed=True, state="running")
 
     def stop(self, name: str, timeout_s: float, force: bool, poll_s: float = 0.2) -> Outcome:
-        record, _ = self._managed(name)
-        if not is_active(record.state):
-            return Outcome(name, "stop", state=record.state)
-        self.hv.shutdown(name)
+        """Shut one domain down (see stop_all); its failure is raised."""
+        outcome = self.stop_all([name], timeout_s, force, poll_s)[0]
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome
+
+    def stop_all(self, names: list[str], timeout_s: float, force: bool, poll_s: float = 0.2,
+                 waiting: Callable[[list[str], float], None] | None = None) -> list[Outcome]:
+        """Ask every domain to shut down at once, then wait for all of them under one deadline (not one
+        timeout per domain, one after another). The state is read once more when the deadline has passed:
+        a guest that stopped in time is never reported as timed out. `waiting(names, seconds_left)` hears
+        which are still shutting down between polls. Each name gets its own outcome, in the order given."""
+        if timeout_s < 0:
+            raise BadInputError(f"--timeout must be 0 or more seconds, not {timeout_s:g}", "give the seconds to wait, e.g. --timeout 60")
+        outcomes: dict[str, Outcome] = {}
+        pending = [name for name in dict.fromkeys(names) if self._ask_to_shut_down(name, outcomes)]
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        while pending:
+            pending = [name for name in pending if not self._stopped(name, outcomes)]
+            remaining = deadline - time.monotonic()
+            if not pending or remaining <= 0:
+                break
+            if waiting is not None:
+                waiting(list(pending), remaining)
+            time.sleep(min(poll_s, remaining))
+        for name in pending:
+            outcomes[name] = self._after_timeout(name, timeout_s, force)
+        return [outcomes[name] for name in names]
+
+    def _ask_to_shut_down(self, name: str, outcomes: dict[str, Outcome]) -> bool:
+        """True when `name` was asked to shut down and must be waited for; otherwise its outcome is set."""
+        try:
+            record, _ = self._managed(name)
+            if not is_active(record.state):
+                outcomes[name] = Outcome(name, "stop", state=record.state)
+                return False
+            self.hv.shutdown(name)
+        except SnpvirtError as err:
+            outcomes[name] = Outcome(name, "stop").fail(err)
+            return False
+        return True
+
+    def _stopped(self, name: str, outcomes: dict[str, Outcome]) -> bool:
+        try:
             state = self.hv.state(name)
-            if not is_active(state):
-                return Outcome(name, "stop", changed=True, state=state)
-            time.sleep(poll_s)
-        if not force:
-            raise OperationTimeoutError(f"{name} did not shut down within {timeout_s:g} s (it is still {self.hv.state(name)})",
-                                        "wait longer (--timeout), or add --force to destroy it after the timeout")
-        self.hv.destroy(name)
-        return Outcome(name, "stop", changed=True, state=self.hv.state(name), details={"forced": True})
+        except SnpvirtError as err:  # undefined meanwhile by another client, or the connection went away
+            outcomes[name] = Outcome(name, "stop").fail(err)
+            return True
+        if is_active(state):
+            return False
+        outcomes[name] = Outcome(name, "stop", changed=True, state=state)
+        return True
+
+    def _after_timeout(self, name: str, timeout_s: float, force: bool) -> Outcome:
+        try:
+            if not force:
+                state = self.hv.state(name)
+                return Outcome(name, "stop", state=state).fail(OperationTimeoutError(
+                    f"{name} did not shut down within {timeout_s:g} s (it is still {state})",
+                    "wait longer (--timeout), or add --force to destroy it after the timeout"))
+            self.hv.destroy(name)
+            return Outcome(name, "stop", changed=True, state=self.hv.state(name), details={"forced": True})
+        except SnpvirtError as err:
+            return Outcome(name, "stop").fail(err)
 
     def destroy(self, name: str) -> Outcome:
         record, _ = self._managed(name)
@@ -519,8 +637,8 @@ class Manager:
             return Outcome(name, "undefine", state="absent")
         record, _ = self._managed(name)
         if is_active(record.state):
-            raise SnpvirtError(f"{name} is {record.state}; snpvirt undefines only stopped domains",
-                               f"stop it first: snpvirt stop {name}")
+            raise ConflictError(f"{name} is {record.state}; snpvirt undefines only stopped domains",
+                                f"stop it first: snpvirt stop {name}")
         self.hv.undefine(name)
         return Outcome(name, "undefine", changed=True, state="absent")
 

@@ -63,6 +63,10 @@ class VmSpec:
     description: str | None = None
     disks: tuple[DiskSpec, ...] = ()
     networks: tuple[NetworkSpec, ...] = ()
+    # Desired run state, converged by `apply` (not part of the definition): running | shutoff, and
+    # libvirt's autostart flag (None: leave it as it is).
+    state: str = "running"
+    autostart: bool | None = None
     # The spec as the user wrote it (after --set overrides): stored in the domain's metadata.
     source: dict[str, Any] = field(default_factory=dict, compare=False)
 

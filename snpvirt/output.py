@@ -49,6 +49,12 @@ def print_warning(message: str, hint: str = "") -> None:
         sys.stderr.write(f"hint: {hint}\n")
 
 
+def print_progress(message: str) -> None:
+    """A progress line for people, on stderr (never with --json: stdout holds one document, stderr errors)."""
+    sys.stderr.write(f"snpvirt: {message}\n")
+    sys.stderr.flush()
+
+
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     """A plain left-aligned table; the last column is never padded."""
     rows = [list(map(str, r)) for r in rows]

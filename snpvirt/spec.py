@@ -149,6 +149,8 @@ SCHEMA: dict[str, Any] = {
     "cpu_model": Key(str, check=_cpu_model),
     "firmware": Key(str, True, _absolute_path),
     "memory_backing": Key(str, check=_one_of("memfd", "default")),
+    "state": Key(str, check=_one_of("running", "shutoff")),
+    "autostart": Key(bool),
     "boot": {
         "kernel": Key(str, check=_absolute_path),
         "initrd": Key(str, check=_absolute_path),
@@ -180,6 +182,8 @@ SCHEMA: dict[str, Any] = {
         "mac": Key(str, check=_matches(MAC_RE, "a MAC address", "write it as 52:54:00:xx:xx:xx")),
     }],
 }
+
+RUN_STATE_KEYS = ("state", "autostart")  # converged by apply, not rendered into the domain XML
 
 TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", dict: "a table", list: "an array of tables"}
 
@@ -361,7 +365,10 @@ def parse_spec(raw: dict[str, Any], allow_debug: bool = False) -> VmSpec:
     top = {k: v for k, v in checked.items() if k not in ("boot", "snp", "disks", "networks")}
     top.setdefault("cpu_model", "EPYC-v4")
     top.setdefault("memory_backing", "memfd")
-    return VmSpec(boot=boot, snp=snp, disks=disks, networks=tuple(networks), source=raw, **top)
+    # The run state is not part of the definition: changing it never redefines (or restarts) a domain,
+    # so it stays out of the source that the definition's digest and metadata are made from.
+    source = {k: v for k, v in raw.items() if k not in RUN_STATE_KEYS}
+    return VmSpec(boot=boot, snp=snp, disks=disks, networks=tuple(networks), source=source, **top)
 
 
 def _disk_target(index: int) -> str:

@@ -103,9 +103,11 @@ def report(outcomes: list, json_output: bool, warnings: list = ()) -> None:
         for o in outcomes:
             for change in o.details.get("diff", []):
                 typer.echo(f"  {o.name}: {change['key']}: {change['from']!r} -> {change['to']!r}")
-            if o.details.get("restart_required"):
+            if o.details.get("restarted"):
+                typer.echo(f"  {o.name}: restarted on its new definition")
+            elif o.details.get("restart_required") and not o.details.get("will_restart"):
                 typer.echo(f"  {o.name}: running with the old definition; restart it to apply: "
-                           f"snpvirt stop {o.name} && snpvirt start {o.name}")
+                           f"snpvirt apply SPEC --restart (or snpvirt stop {o.name} && snpvirt start {o.name})")
         failed = [o for o in outcomes if not o.ok]
         for o in failed:
             output.print_error(f"{o.name}: {o.error.message}", o.error.hint)
@@ -118,8 +120,13 @@ def _result_text(outcome) -> str:
         defined = outcome.details.get("defined")
         return "FAILED" + (" (defined, not started)" if defined and outcome.details.get("started") is False else "")
     if outcome.details.get("planned"):
-        return ("would " + outcome.action + (" and start" if outcome.details.get("will_start") else "")
-                if outcome.action != "unchanged" else "would start" if outcome.details.get("will_start") else "no change")
+        steps = [outcome.action] if outcome.action != "unchanged" else []
+        steps += ["set autostart"] * any(c["key"] == "autostart" for c in outcome.details.get("diff", []))
+        steps += [step for step, key in (("start", "will_start"), ("shut down", "will_stop"), ("restart", "will_restart"))
+                  if outcome.details.get(key)]
+        return "would " + " and ".join(steps) if steps else "no change"
+    if outcome.details.get("restarted"):
+        return "restarted"
     return "changed" if outcome.changed else "unchanged"
 
 
