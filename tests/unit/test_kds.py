@@ -649,3 +649,30 @@ def test_a_failed_cache_write_leaves_no_partial_entry_and_no_temp_file(server, t
         _age(tmp_path / "kds" / path, 60 * 24 * 3600)
     verify_with_a_full_disk()
     assert {path: (tmp_path / "kds" / path).read_bytes() for path in entries(tmp_path / "kds")} == before
+
+
+def _hostile_cn_certificate() -> bytes:
+    """A certificate whose CN would take over the terminal: set its title, erase the line, forge one."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "\x1b]0;owned\x07\x1b[2K\rVERIFIED\nsnpvirt: ok\u202e")])
+    start = datetime.datetime(2024, 1, 1)
+    return pem(x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+               .serial_number(1).not_valid_before(start).not_valid_after(start + datetime.timedelta(days=3650))
+               .sign(key, hashes.SHA384()))
+
+
+def test_a_certificates_text_reaches_the_terminal_escaped(server, tmp_path, monkeypatch, capsys):
+    """A lying KDS chose the CN that the refusal quotes: stderr stays two lines, with no control character."""
+    FakeKds.routes["/vcek/v1/Milan/cert_chain"] = _hostile_cn_certificate()
+    monkeypatch.setenv("SNPVIRT_CACHE_DIR", str(tmp_path / "cache"))
+    code = run(["attest", "fetch-certs", str(vector(REPORT)), "--product", "milan", "--kds-url", server,
+                "-o", str(tmp_path / "certs")])
+    err = capsys.readouterr().err
+    assert code == 1 and "is not one ASK and one ARK" in err
+    assert err.count("\n") == 2 and err.startswith("snpvirt: error: ") and err.splitlines()[1].startswith("hint: ")
+    assert r"\x1b]0;owned\x07\x1b[2K\rVERIFIED\nsnpvirt: ok\u202e" in err  # shown, not obeyed
