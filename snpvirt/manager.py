@@ -557,7 +557,22 @@ class Manager:
         self._refuse_to_start(record)
         self.ensure_ready()
         self.hv.start(name)
+        self._destroy_if_started_otherwise(name)
         return Outcome(name, "start", changed=True, state="running")
+
+    def _destroy_if_started_otherwise(self, name: str) -> None:
+        """The check before start and libvirt's create are two calls, and another tool can define the domain
+        in between: what runs is checked the same way, and a guest that did not start as the SEV-SNP guest
+        snpvirt defined is destroyed at once rather than reported as started."""
+        record = self.hv.lookup(name)
+        if record is None or record.live_xml is None:
+            return
+        try:
+            self._refuse_to_start(dataclasses.replace(record, xml=record.live_xml))
+        except ConflictError as err:
+            self.hv.destroy(name)
+            raise ConflictError(f"{name}'s definition was changed while snpvirt started it, and it started without "
+                                f"the SEV-SNP settings snpvirt defined; snpvirt destroyed it ({err.message})", err.hint) from None
 
     def stop(self, name: str, timeout_s: float, force: bool, poll_s: float = 0.2) -> Outcome:
         """Shut one domain down (see stop_all); its failure is raised."""
