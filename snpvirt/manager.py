@@ -23,6 +23,7 @@ from snpvirt import domxml, drift, importer, inventory, launch, metadata, render
 from snpvirt import spec as specs
 from snpvirt.errors import (BadInputError, ConflictError, HostNotReadyError, NotFoundError,
                             OperationTimeoutError, SnpvirtError)
+from snpvirt.firmware import InstalledFirmware
 from snpvirt.models import DomainRecord, Finding, HostReport, Stamp, VmSpec
 from snpvirt.sevparams import SevParams
 
@@ -508,7 +509,12 @@ class Manager:
     # --- import ----------------------------------------------------------------------------------
 
     def import_domain(self, xml: bytes, from_domain: DomainRecord | None, fix: bool, check: bool,
-                      sev: SevParams | None, firmware: str | None) -> Outcome:
+                      sev: SevParams | None, firmware: str | None,
+                      installed: InstalledFirmware = InstalledFirmware()) -> Outcome:
+        """`installed`: what the host's descriptors and files say about firmware (nothing known by default:
+        a domain's firmware path must then be an AmdSev build by name, or given as --firmware)."""
+        if firmware is not None:
+            self.warnings += installed.check_option(firmware)
         root = domxml.parse(xml)
         name = root.findtext("name") or "(unnamed)"
         if from_domain is not None and metadata.read(root) is not None:
@@ -527,6 +533,9 @@ class Manager:
         if errors:
             hint = "run again with --fix" if not fix and changes == [] else errors[0].hint
             return out.fail(BadInputError(f"{name} breaks {len(errors)} SEV-SNP rule(s): {', '.join(f.rule_id for f in errors)}", hint))
+        refused = _firmware_refused(name, root, installed, fix, firmware)
+        if refused is not None:
+            return out.fail(refused)
         if from_domain is not None:  # a running domain keeps running as it was until it restarts
             out.details["restart_required"] = self._restart_required(from_domain, root)
         metadata.add_import_record(root, xml, self.clock())
@@ -719,6 +728,22 @@ class Manager:
         return {**inventory.row(record, root, info), "origin": info.origin, "snpvirt_version": info.version,
                 "spec_digest": info.digest, "spec": info.spec, "launch": info.launch,
                 "defined_at": info.defined_at, "updated_at": info.updated_at}
+
+
+def _firmware_refused(name: str, root: etree._Element, installed: InstalledFirmware, fix: bool,
+                      firmware: str | None) -> BadInputError | None:
+    """A domain whose firmware is not an SEV-SNP build would be defined and then never launch (or launch
+    unmeasurable): refuse it unless descriptors or its name say it is one, or --firmware named it."""
+    loader = (root.findtext("os/loader") or "").strip()
+    if not loader or (fix and loader == firmware):
+        return None  # no path: libvirt picks a firmware whose descriptor offers amd-sev-snp
+    verdict = installed.verdict(loader)
+    if verdict.snp:
+        return None
+    what = "is not an SEV-SNP build" if verdict.snp is False else "is not known here as an SEV-SNP build"
+    return BadInputError(f"firmware {loader} {what} ({verdict.reason}); {name} was not imported",
+                         ("pass" if fix else "run again with --fix and") +
+                         f" --firmware PATH of an SEV-SNP build, e.g. --firmware {installed.example()}")
 
 
 def _int_or_none(text: str | None) -> int | None:
