@@ -524,8 +524,9 @@ class Manager:
         changes = importer.fix(root, sev, firmware) if fix else []
         fixed = etree.tostring(root, encoding="unicode") + ("\n" if xml.endswith(b"\n") else "")
         after = domxml.check(fixed, self.allow_debug)
-        diff = "".join(difflib.unified_diff(xml.decode(errors="replace").splitlines(True), fixed.splitlines(True),
-                                            "original", "fixed"))
+        # Both sides parsed and serialised alike: the diff shows the changes, not libvirt's quotes or spacing.
+        original = etree.tostring(domxml.parse(xml), encoding="unicode") + ("\n" if xml.endswith(b"\n") else "")
+        diff = "".join(difflib.unified_diff(original.splitlines(True), fixed.splitlines(True), "original", "fixed"))
         out = Outcome(name, "import", state=from_domain.state if from_domain else None, details={
             "broken_rules": [f.as_dict() for f in before if f.severity == "error"], "changes": changes,
             "remaining": [f.as_dict() for f in after], "xml_diff": diff})

@@ -114,3 +114,30 @@ def test_a_firmware_option_no_descriptor_names_is_taken_with_a_warning(host):
     doc = json.loads(result.stdout)
     assert result.code == 0 and doc["ok"], result.stderr
     assert [w["id"] for w in doc["warnings"]] == ["firmware.unknown_build"]
+
+
+# --- --print-diff --------------------------------------------------------------------------------------
+
+SNP_CHANGES = ['+    <loader stateless="yes"/>', "-    <policy>0x24</policy>", "+    <policy>0x20024</policy>"]
+
+
+@pytest.mark.parametrize("quote", ['"', "'"], ids=["as virt-install writes it", "single quotes, as libvirt writes"])
+def test_print_diff_shows_only_the_real_changes(host, tmp_path, quote):
+    domain = tmp_path / "vm1.xml"
+    domain.write_text(vector(PLAIN_SNP).read_text().replace('"', quote))
+    result = import_on(host, domain, "--fix", "--check", "--print-diff")
+    assert result.code == 0, result.stderr
+    assert changed_lines(result.stdout) == SNP_CHANGES
+
+
+def test_print_diff_of_a_domain_libvirt_holds_shows_only_the_real_changes(clean_test_driver):
+    from snpvirt.connection import Connection
+
+    clean_test_driver.defineXML(vector(PLAIN_SNP).read_text())
+    with Connection("test:///default") as conn:
+        record = conn.lookup("vm1")
+        assert "type='sev-snp'" in record.xml, "libvirt writes single quotes: the original differs in every line"
+        plan = make_manager(conn).import_domain(record.xml.encode(), record, fix=True, check=True, sev=None,
+                                                firmware=None)
+    libvirt_policy = [line.replace("0x24<", "0x00000024<") for line in SNP_CHANGES]  # libvirt writes 8 digits
+    assert plan.ok and changed_lines(plan.details["xml_diff"]) == libvirt_policy
