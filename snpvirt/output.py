@@ -38,8 +38,9 @@ def print_json(doc: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
 
 
-# C0 and C1 controls, DEL, and the bidi overrides: what a terminal acts on instead of showing.
-_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# C0 and C1 controls, DEL, the bidi overrides: what a terminal acts on instead of showing; and the
+# line and paragraph separators, where Python's splitlines() (and so a script reading stderr) breaks a line.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
 
 
 def printable(text: str) -> str:
