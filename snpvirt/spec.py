@@ -241,10 +241,39 @@ def _check_table(raw: dict[str, Any], schema: dict[str, Any], prefix: str) -> di
 
 def load_spec_text(text: str, origin: str = "spec") -> dict[str, Any]:
     try:
-        return tomllib.loads(text)
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         # tomllib's message already carries "(at line L, column C)".
         raise BadInputError(f"{origin}: malformed TOML: {exc}", "fix the TOML syntax at that line and column") from None
+    except RecursionError:  # tomllib reads nested arrays and inline tables recursively
+        raise _too_deep(origin) from None
+    except ValueError:  # tomllib's int() refuses numbers past Python's 4300-digit limit
+        raise BadInputError(f"{origin}: malformed TOML: a number has thousands of digits",
+                            "no spec value is that long: check the numbers in the spec") from None
+    if _nesting_depth(raw) > MAX_NESTING:
+        raise _too_deep(origin)
+    return raw
+
+
+# A spec nests 3 levels (snp.policy.smt, disks[0].path); deeper input is not a spec, and walking it
+# recursively (deepcopy, json) would exhaust the stack.
+MAX_NESTING = 16
+
+
+def _too_deep(origin: str) -> BadInputError:
+    return BadInputError(f"{origin}: tables or arrays nested more than {MAX_NESTING} levels deep",
+                         "a spec nests at most 3 levels: see examples/")
+
+
+def _nesting_depth(value: Any) -> int:
+    """How deep tables and arrays nest, walked without recursion."""
+    deepest, pending = 0, [(value, 0)]
+    while pending:
+        node, depth = pending.pop()
+        deepest = max(deepest, depth)
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        pending.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def load_spec_file(path: str | Path) -> dict[str, Any]:
@@ -261,7 +290,7 @@ def _override_value(text: str) -> Any:
     """`--set k=v`: v is a TOML value when it parses as one (8, true, "x", {smt=true}), else a string."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (ValueError, RecursionError):  # TOMLDecodeError, too many digits, nested too deep: not a TOML value
         return text
 
 
