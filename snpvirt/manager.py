@@ -515,7 +515,10 @@ class Manager:
         a domain's firmware path must then be an AmdSev build by name, or given as --firmware)."""
         if firmware is not None:
             self.warnings += installed.check_option(firmware)
-        root = domxml.parse(xml)
+        try:
+            root = domxml.parse(xml)
+        except etree.XMLSyntaxError as exc:  # a file that is not XML at all: bad input, like validate says
+            raise BadInputError(f"not well-formed XML: {exc}", "fix the XML syntax at that line") from None
         name = root.findtext("name") or "(unnamed)"
         if from_domain is not None and metadata.read(root) is not None:
             return Outcome(name, "unchanged", state=from_domain.state, details={
