@@ -13,8 +13,8 @@ from lxml import etree
 
 from snpvirt.domxml import METADATA_NS
 from tests.conftest import EXAMPLES, GOLDEN, vector
-from tests.hostile.conftest import SPECIAL_INPUTS, make_special
-from tests.hostile.contract import assert_contract, run_in_process, run_subprocess
+from tests.hostile.conftest import SPECIAL_INPUTS, make_special, run_with_special
+from tests.hostile.contract import assert_contract, run_in_process
 from tests.hostile.strategies import huge_text, odd_text
 
 HOSTILE = settings.get_profile("hostile")
@@ -202,7 +202,7 @@ def test_regression_import_of_a_file_that_is_not_xml(empty_test_driver, workdir)
 @pytest.mark.parametrize("kind", SPECIAL_INPUTS)
 def test_validate_a_file_that_is_not_a_regular_file(workdir, kind):
     path = make_special(kind, workdir / "validate-inputs", "vm.xml")
-    result = run_subprocess("validate", path, "--json")
+    result = run_with_special(kind, "validate", path, "--json")
     assert_contract(result)
     assert result.code == 2, result.describe()
 
@@ -210,7 +210,7 @@ def test_validate_a_file_that_is_not_a_regular_file(workdir, kind):
 @pytest.mark.parametrize("kind", SPECIAL_INPUTS)
 def test_import_a_file_that_is_not_a_regular_file(workdir, empty_test_driver, kind):
     path = make_special(kind, workdir / "import-inputs", "vm.xml")
-    result = run_subprocess("import", path, "-c", empty_test_driver, "--json")
+    result = run_with_special(kind, "import", path, "-c", empty_test_driver, "--json")
     assert_contract(result)
     assert result.code == 2, result.describe()
 
@@ -218,6 +218,6 @@ def test_import_a_file_that_is_not_a_regular_file(workdir, empty_test_driver, ki
 @pytest.mark.parametrize("kind", SPECIAL_INPUTS)
 def test_host_caps_that_are_not_a_regular_file(workdir, kind):
     path = make_special(kind, workdir / "host-caps-inputs", "domcaps.xml")
-    result = run_subprocess("render", EXAMPLES / "db-01.toml", "--host-caps", path, "--json")
+    result = run_with_special(kind, "render", EXAMPLES / "db-01.toml", "--host-caps", path, "--json")
     assert_contract(result)
     assert result.code == 2, result.describe()

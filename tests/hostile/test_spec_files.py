@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from snpvirt import policy as snp_policy
 from snpvirt import spec as specs
-from tests.conftest import EXAMPLES
-from tests.hostile.conftest import SPECIAL_INPUTS, SPECIAL_OUTPUTS, make_output, make_special
+from tests.conftest import EXAMPLES, vector
+from tests.hostile.conftest import SPECIAL_INPUTS, SPECIAL_OUTPUTS, make_output, make_special, run_with_special
 from tests.hostile.contract import Snapshot, assert_contract, run_in_process, run_subprocess
 from tests.hostile.strategies import RawToml, nested, odd_text, toml_document, toml_string, toml_value, values
 
@@ -191,7 +191,7 @@ def test_spec_file_that_is_not_a_regular_file(workdir, kind):
     spec = make_special(kind, workdir / "spec-files", "spec")
     target = make_output("regular", workdir / f"spec-target-{kind}")
     before = Snapshot.of(target)
-    result = run_subprocess("render", spec, "-o", target, "--json")
+    result = run_with_special(kind, "render", spec, "-o", target, "--json")
     assert_contract(result)
     assert result.code == 2, result.describe()
     before.assert_unchanged(result)
@@ -202,7 +202,7 @@ def test_spec_file_that_is_not_a_regular_file(workdir, kind):
 def test_launch_file_that_is_not_a_regular_file(workdir, key, kind):
     """A launch input that is a device, a FIFO or huge must be refused (or be 'unknown' when absent), fast."""
     path = make_special(kind, workdir / "launch-files", key)
-    result = run_subprocess("render", EXAMPLES / "web-01.toml", "--set", f"{key}={toml_string(str(path))}", "--json")
+    result = run_with_special(kind, "render", EXAMPLES / "web-01.toml", "--set", f"{key}={toml_string(str(path))}", "--json")
     assert_contract(result)
 
 
@@ -235,7 +235,30 @@ def test_render_output_target_kinds(workdir, kind):
 
 @pytest.mark.parametrize("sets", [["vcpus=1000000000"], [f"vcpus={2 ** 64}"], ["memory_mib=" + str(2 ** 64)]])
 def test_huge_counts_end_quickly(sets):
-    result = run_subprocess("render", EXAMPLES / "web-01.toml", *itertools.chain.from_iterable(("--set", s) for s in sets),
+    result = run_in_process("render", EXAMPLES / "web-01.toml", *itertools.chain.from_iterable(("--set", s) for s in sets),
                             "--json")
+    assert_contract(result)
+    assert result.code == 2, result.describe()
+
+
+@pytest.mark.parametrize("vcpus", ["1000000000", str(2 ** 64), "-1", "0"])
+def test_measure_with_huge_vcpu_counts_ends_quickly(vcpus):
+    """measure folds one VMSA page per vCPU: an unbounded count ran until killed."""
+    result = run_subprocess("measure", "--firmware", vector("measurement/ovmf/ovmf_AmdSev_suffix.bin"), "--vcpus", vcpus,
+                            "--vcpu-type", "EPYC-v4", "--json")
+    assert_contract(result)
+    assert result.code == 2, result.describe()
+
+
+@pytest.mark.parametrize("kind", SPECIAL_INPUTS)
+@pytest.mark.parametrize("option", ["--firmware", "--kernel", "--initrd"])
+def test_measure_inputs_that_are_not_regular_files(workdir, option, kind):
+    path = make_special(kind, workdir / f"measure{option}", option.strip("-"))
+    files = {"--firmware": vector("measurement/ovmf/ovmf_AmdSev_suffix.bin"),
+             "--kernel": vector("measurement/derived-inputs/kernel.bin"),
+             "--initrd": vector("measurement/derived-inputs/initrd.bin")}
+    files[option] = path
+    result = run_with_special(kind, "measure", *itertools.chain.from_iterable(files.items()), "--vcpus", "1",
+                              "--vcpu-type", "EPYC-v4", "--json")
     assert_contract(result)
     assert result.code == 2, result.describe()
