@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
@@ -115,11 +115,19 @@ def load(data: bytes, source: str) -> list[Cert]:
         warnings.simplefilter("ignore")
         try:
             if b"-----BEGIN CERTIFICATE-----" in data:
-                return [Cert(c, source) for c in x509.load_pem_x509_certificates(data)]
-            return [Cert(x509.load_der_x509_certificate(data), source)]
-        except ValueError as exc:
+                return [Cert(_parsed(c), source) for c in x509.load_pem_x509_certificates(data)]
+            return [Cert(_parsed(x509.load_der_x509_certificate(data)), source)]
+        except (ValueError, UnsupportedAlgorithm, x509.DuplicateExtension) as exc:
             raise BadInputError(f"{source}: not an X.509 certificate ({exc})",
                                 "give PEM or DER certificates (ARK, ASK, VCEK), e.g. from snpvirt attest fetch-certs") from None
+
+
+def _parsed(cert: x509.Certificate) -> x509.Certificate:
+    """The certificate with every part snpvirt reads parsed now. cryptography parses lazily, so a damaged
+    certificate (an unknown curve, a malformed extension) would otherwise fail mid-verification."""
+    _ = (cert.subject, cert.issuer, cert.extensions, cert.public_key(), cert.signature_algorithm_oid,
+         cert.not_valid_before_utc, cert.not_valid_after_utc)
+    return cert
 
 
 def load_paths(paths: list[Path]) -> list[Cert]:
