@@ -39,18 +39,28 @@ def parse_descriptor(text: str, path: str) -> Descriptor:
     try:
         doc = json.loads(text)
         mapping = doc.get("mapping", {})
-        device = mapping.get("device")
+        device = _text(mapping.get("device"), "mapping.device")
         executable = (mapping.get("executable") or {}).get("filename") if device == "flash" else mapping.get("filename")
+        features = doc.get("features", [])
+        if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+            raise TypeError("features is not a list of names")
         return Descriptor(
             path=path,
-            features=frozenset(doc.get("features", [])),
+            features=frozenset(features),
             device=device,
-            mode=mapping.get("mode", "split") if device == "flash" else None,
-            executable=executable,
-            nvram_template=(mapping.get("nvram-template") or {}).get("filename"),
+            mode=_text(mapping.get("mode", "split"), "mapping.mode") if device == "flash" else None,
+            executable=_text(executable, "the firmware file name"),
+            nvram_template=_text((mapping.get("nvram-template") or {}).get("filename"), "the NVRAM template name"),
         )
-    except (ValueError, AttributeError, TypeError) as exc:
+    except (ValueError, AttributeError, TypeError, RecursionError) as exc:  # RecursionError: JSON nested too deep
         return Descriptor(path=path, error=f"not a valid firmware descriptor: {exc}")
+
+
+def _text(value, what: str) -> str | None:
+    """A field that must be a string: a descriptor is JSON, so any shape can arrive where a path should."""
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{what} is not a string")
+    return value
 
 
 def read_descriptors(sysroot: Path) -> list[Descriptor]:
