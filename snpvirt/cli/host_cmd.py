@@ -44,7 +44,7 @@ def check(
 ) -> None:
     """Check every fact an SEV-SNP launch depends on, with a fix for each problem."""
     from snpvirt import output, readiness
-    from snpvirt.errors import BadInputError, ExitCode, SnpvirtError
+    from snpvirt.errors import BadInputError, ExitCode, HostNotReadyError, SnpvirtError
 
     if host_caps is not None and domcaps_alias is not None:
         raise BadInputError("--domcaps is the old name of --host-caps: give the file once", "use --host-caps FILE")
@@ -67,7 +67,10 @@ def check(
             connection.close()
 
     if json_output:
-        output.print_json(output.envelope(report.ready, False, [], ready=report.ready, host=report.host,
+        # Not ready is a failure like any other: a script finds why under the envelope's `error`.
+        error = None if report.ready else HostNotReadyError(report.summary, next(
+            (c.hint for c in report.checks if c.status == "fail" and c.hint), "see the checks that failed or were skipped"))
+        output.print_json(output.envelope(report.ready, False, [], error=error, ready=report.ready, host=report.host,
                                           checks=[c.as_dict() for c in report.checks], summary=report.summary))
     else:
         typer.echo(_human(report))
