@@ -711,12 +711,21 @@ class Manager:
 
         record, info = self._managed(name)
         root = domxml.parse(record.xml)
+
+        def decoded(what: str, decode: Callable[[str], Any], text: str | None) -> Any:
+            """A value the definition records; another tool may have edited it into anything."""
+            try:
+                return decode(text) if text else None
+            except (ValueError, BadInputError):  # binascii.Error is a ValueError
+                raise ConflictError(f"domain {name}'s recorded {what} is not readable (edited by another tool?)",
+                                    "restore it: snpvirt apply SPEC") from None
+
         recorded = info.launch.get("measurement") if isinstance(info.launch.get("measurement"), dict) else {}
         value = recorded.get("value")
         host_data = root.findtext("launchSecurity/hostData")
         policy_text = info.launch.get("policy") or root.findtext("launchSecurity/policy")
         id_block = info.launch.get("id_block") if isinstance(info.launch.get("id_block"), dict) else {}
-        digest = lambda key: base64.b64decode(id_block[key]) if id_block.get(key) else None  # noqa: E731
+        digest = lambda key: decoded(key.replace("_", " "), base64.b64decode, id_block.get(key))  # noqa: E731
         id_key_digest, author_key_digest = digest("id_key_digest"), digest("author_key_digest")
         id_auth = root.findtext("launchSecurity/idAuth")
         if id_auth:
@@ -733,13 +742,13 @@ class Manager:
         return {
             "id_key_digest": id_key_digest,
             "author_key_digest": author_key_digest,
-            "measurement": bytes.fromhex(value) if value else None,
+            "measurement": decoded("measurement", bytes.fromhex, value),
             "measurement_unknown": f"domain {name} records no measurement ({recorded.get('reason', 'none recorded')}); "
                                    f"record one with: snpvirt measure SPEC --record {name} (or, for an imported "
                                    f"domain, with its launch files: snpvirt measure --firmware FILE --vcpus N "
                                    f"--vcpu-type TYPE ... --record {name})",
-            "policy": snp_policy.parse_hex(policy_text) if policy_text else None,
-            "host_data": base64.b64decode(host_data.strip()) if host_data else None,
+            "policy": decoded("policy", snp_policy.parse_hex, policy_text),
+            "host_data": decoded("host data", lambda text: base64.b64decode(text.strip()), host_data),
         }
 
     # --- inventory -------------------------------------------------------------------------------

@@ -42,11 +42,13 @@ def read(root: etree._Element) -> ManagedInfo | None:
     if spec_el is not None and spec_el.get("format") == "json" and spec_el.text:
         try:
             spec = json.loads(spec_el.text)
-        except ValueError:
+        except (ValueError, RecursionError):  # edited into anything, nested past the recursion limit
             spec = None
+        spec = spec if isinstance(spec, dict) else None
     launch: dict[str, Any] = {}
     launch_el = element.find("s:launch", _NS)
-    for child in launch_el if launch_el is not None else ():
+    # Elements only: a comment or processing instruction (virsh edit keeps them) has no tag name.
+    for child in launch_el.iterchildren(tag=etree.Element) if launch_el is not None else ():
         tag = etree.QName(child).localname
         launch[tag] = dict(child.attrib) if len(child.attrib) else child.text
     times = element.find("s:timestamps", _NS)
