@@ -46,7 +46,9 @@ def _fail(path: str, message: str, hint: str) -> BadInputError:
 def _in_range(lo: int, hi: int) -> Callable[[str, Any], Any]:
     def check(path: str, value: int) -> int:
         if not lo <= value <= hi:
-            raise _fail(path, f"{value} is out of range {lo}..{hi}", f"set {path} to a value from {lo} to {hi}")
+            # TOML hex literals have no length limit, and str() refuses past 4300 digits: describe those.
+            shown = value if value.bit_length() <= 64 else f"a {value.bit_length()}-bit number"
+            raise _fail(path, f"{shown} is out of range {lo}..{hi}", f"set {path} to a value from {lo} to {hi}")
         return value
     return check
 

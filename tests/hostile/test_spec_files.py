@@ -140,6 +140,8 @@ def test_the_unharmed_example_renders():
 @example(changes=[("set", ("snp", "policy"), RawToml("-" + "1" * 4301))])
 @example(changes=[("set", ("description",), "\x00\x1b\u2028" * 1000)])
 @example(changes=[("set", ("snp", "policy", "abi_major"), 2 ** 64)])
+@example(changes=[("set", ("memory_mib",), RawToml("0x" + "f" * 5000))])  # parsed, then str() of it in the message
+@example(changes=[("set", ("snp", "policy", "abi_minor"), RawToml("0x" + "f" * 5000))])
 @example(changes=[("add", (), ("\x0b", ""))])  # the key was printed raw: stderr had a line break mid-message
 @example(changes=[("add", ("snp",), ("a\nsnpvirt: error: forged\x1b[2J", 1))])
 def test_hostile_spec_values(changes):
@@ -261,4 +263,4 @@ def test_measure_inputs_that_are_not_regular_files(workdir, option, kind):
     result = run_with_special(kind, "measure", *itertools.chain.from_iterable(files.items()), "--vcpus", "1",
                               "--vcpu-type", "EPYC-v4", "--json")
     assert_contract(result)
-    assert result.code == 2, result.describe()
+    assert result.code == (0 if kind == "empty" and option != "--firmware" else 2), result.describe()
