@@ -5,7 +5,6 @@ re-encoded as hex; random DER; PEM bundles cut and corrupted."""
 from __future__ import annotations
 
 import base64
-import datetime
 import tempfile
 from pathlib import Path
 

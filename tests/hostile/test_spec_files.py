@@ -41,26 +41,23 @@ KEY_PATHS = _key_paths(specs.SCHEMA) + [("snp", "policy", f) for f in snp_policy
     ("bogus",), ("snp", "bogus"), ("boot", "bogus"), ("disks", 0, "bogus"), ("disks", 5, "path"), ("networks", 1)]
 
 
+def _put(node: dict | list, key: str | int, value) -> None:
+    if isinstance(node, list):
+        node.extend({} for _ in range(key + 1 - len(node)))
+    node[key] = value
+
+
 def _set(doc: dict, path: tuple, value) -> None:
+    """Put `value` at `path` (keys and array indexes), making the tables and arrays on the way."""
     node = doc
     for part, following in zip(path, path[1:]):
-        if isinstance(part, int):
-            while len(node) <= part:
-                node.append({})
-            if not isinstance(node[part], (dict, list)):
-                node[part] = {}
-            node = node[part]
-        else:
-            if not isinstance(node.get(part), (dict, list)) or (isinstance(following, int)) != isinstance(node.get(part), list):
-                node[part] = [] if isinstance(following, int) else {}
-            node = node[part]
-    last = path[-1]
-    if isinstance(last, int):
-        while len(node) <= last:
-            node.append({})
-        node[last] = value
-    else:
-        node[last] = value
+        child = node.get(part) if isinstance(node, dict) else (node[part] if part < len(node) else None)
+        wanted = list if isinstance(following, int) else dict
+        if not isinstance(child, wanted):
+            child = wanted()
+            _put(node, part, child)
+        node = child
+    _put(node, path[-1], value)
 
 
 def _delete(doc: dict, path: tuple) -> None:
