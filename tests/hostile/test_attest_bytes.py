@@ -213,3 +213,25 @@ def test_attest_inputs_that_are_not_regular_files(workdir, role, kind):
     result = run_with_special(kind, *args)
     assert_contract(result)
     assert result.code in (1, 2), result.describe()
+
+
+@pytest.mark.parametrize("edits", [[("truncate", 100)], [("overwrite", (0x0, b"\x09"))], [("replace", b"0\x82\x00\x00")]],
+                         ids=["truncated", "unknown-version", "random-der"])
+@pytest.mark.parametrize("existing", [True, False], ids=["into-a-folder", "new-folder"])
+def test_fetch_certs_of_a_damaged_report_writes_nothing(workdir, edits, existing):
+    """The report is read before anything is fetched or written: a bad one leaves -o as it was."""
+    folder = workdir / f"fetch-{'-'.join(str(e[0]) for e in edits)}-{existing}"
+    folder.mkdir()
+    report = write(str(folder), "report.bin", damaged(vector(CASES[0][0]).read_bytes(), edits))
+    out = folder / "certs"
+    if existing:
+        out.mkdir()
+        (out / "ark.pem").write_bytes(b"precious")
+    before = sorted(p.name for p in folder.iterdir()), sorted(p.name for p in out.iterdir()) if existing else None
+    result = run_in_process("attest", "fetch-certs", report, "-o", out, "--kds-url", "http://127.0.0.1:9", "--json")
+    assert_contract(result)
+    assert result.code == 2, result.describe()
+    after = sorted(p.name for p in folder.iterdir()), sorted(p.name for p in out.iterdir()) if existing else None
+    assert after == before, result.describe()
+    if existing:
+        assert (out / "ark.pem").read_bytes() == b"precious"
