@@ -86,7 +86,8 @@ def _inputs_changed_since_measured(root: etree._Element, policy: int | None, rec
     have_want = {
         "vcpus": (root.findtext("vcpu", "").strip(), vcpus.get("count")),
         "policy": (snp_policy.to_hex(policy) if policy is not None else None,
-                   _hex_or_text(recorded_policy) if recorded_policy is not None else None),
+                   # Text as snpvirt writes it; anything else (attributes added by an edit) cannot match.
+                   _hex_or_text(recorded_policy) if isinstance(recorded_policy, str) else recorded_policy),
         "firmware": (root.findtext("os/loader", "").strip() or None, path("firmware")),
         "kernel": (root.findtext("os/kernel"), path("kernel")),
         "initrd": (root.findtext("os/initrd"), path("initrd")),

@@ -715,6 +715,8 @@ class Manager:
         def decoded(what: str, decode: Callable[[str], Any], text: str | None) -> Any:
             """A value the definition records; another tool may have edited it into anything."""
             try:
+                if text and not isinstance(text, str):  # an element that gained attributes reads as a dict
+                    raise ValueError(what)
                 return decode(text) if text else None
             except (ValueError, BadInputError):  # binascii.Error is a ValueError
                 raise ConflictError(f"domain {name}'s recorded {what} is not readable (edited by another tool?)",

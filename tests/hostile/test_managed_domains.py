@@ -97,6 +97,10 @@ VERBS = [["list", "--json"], ["list", "--all", "--json"], ["status", "mangled", 
                "timestamps": None}, verb=VERBS[-1])  # bytes.fromhex('zz'): internal error in attest verify --domain
 @example(meta={"attributes": {}, "spec": None, "launch": [("element", "id_block", {"id_key_digest": "@"}, None)],
                "timestamps": None}, verb=VERBS[-1])
+@example(meta={"attributes": {}, "spec": None, "launch": [("element", "policy", {"path": ""}, None)], "timestamps": None},
+         verb=["list", "--json"])  # <policy> with an attribute reads as a dict: .strip() on it broke list
+@example(meta={"attributes": {}, "spec": None, "launch": [("element", "policy", {"path": ""}, None)], "timestamps": None},
+         verb=VERBS[-1])
 @example(meta={"attributes": {}, "spec": ("json", "[" * 3000 + "]" * 3000, ""), "launch": None, "timestamps": None},
          verb=["status", "mangled", "--json"])
 def test_verbs_over_mangled_metadata(meta, verb):
