@@ -141,6 +141,7 @@ def test_the_unharmed_example_renders():
 @example(changes=[("set", ("snp", "policy", "abi_minor"), RawToml("0x" + "f" * 5000))])
 @example(changes=[("add", (), ("\x0b", ""))])  # the key was printed raw: stderr had a line break mid-message
 @example(changes=[("add", ("snp",), ("a\nsnpvirt: error: forged\x1b[2J", 1))])
+@example(changes=[("add", (), ("a\u2028b", 1))])  # a line break for splitlines(), which printable() let through
 def test_hostile_spec_values(changes):
     render_and_check(hostile_spec(changes).encode())
 
