@@ -155,7 +155,7 @@ def test_host_check_hostile_sysroot(changes, policy):
     with tempfile.TemporaryDirectory(prefix="hostile-sysroot-") as folder:
         root = Path(folder) / "host"
         hostile_host(root, changes)
-        result = run_in_process("host", "check", "--sysroot", root, "--domcaps", genoa_domcaps(), "--json", *policy)
+        result = run_in_process("host", "check", "--sysroot", root, "--host-caps", genoa_domcaps(), "--json", *policy)
         assert_contract(result)
         assert result.code in (0, 2, 3), result.describe()
 
@@ -164,7 +164,7 @@ def test_the_unharmed_fake_host_is_ready(workdir):
     """Without this, a harness where every host is 'not ready' would pass the test above."""
     root = workdir / "ready-host"
     FakeHost(root)
-    result = run_in_process("host", "check", "--sysroot", root, "--domcaps", genoa_domcaps(), "--json")
+    result = run_in_process("host", "check", "--sysroot", root, "--host-caps", genoa_domcaps(), "--json")
     doc = assert_contract(result)
     assert result.code == 0 and doc["ready"], result.describe()
 
@@ -173,7 +173,7 @@ def test_a_host_that_is_not_ready_has_the_envelope_error(workdir):
     """Found by this tier: `host check --json` exited 3 with ok false and no top-level error."""
     root = workdir / "not-ready-host"
     FakeHost(root).remove("dev/kvm")
-    result = run_in_process("host", "check", "--sysroot", root, "--domcaps", genoa_domcaps(), "--json")
+    result = run_in_process("host", "check", "--sysroot", root, "--host-caps", genoa_domcaps(), "--json")
     doc = assert_contract(result)
     assert result.code == 3 and doc["error"]["kind"] == "not_ready" and "kvm.dev" in doc["error"]["message"], result.describe()
 
@@ -198,7 +198,7 @@ def test_host_check_fact_file_that_may_hang(workdir, fact, kind):
     else:
         with open(path, "wb") as handle:
             handle.truncate(6 << 30)
-    result = run_with_special(kind, "host", "check", "--sysroot", root, "--domcaps", genoa_domcaps(), "--json",
+    result = run_with_special(kind, "host", "check", "--sysroot", root, "--host-caps", genoa_domcaps(), "--json",
                               "--policy", EXAMPLES / "web-01.toml")
     assert_contract(result)
     assert result.code in (0, 3), result.describe()
