@@ -39,13 +39,10 @@ Downloads are cached (SNPVIRT_CACHE_DIR, default ~/.cache/snpvirt/kds): a fleet 
 PRODUCT_HELP = "milan, genoa or turin (v2 reports do not say; v3+ do)."
 
 
-def _read(path: Path) -> bytes:
-    from snpvirt.errors import BadInputError
+def _read(path: Path, kind: str = "report") -> bytes:
+    from snpvirt import fileio
 
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise BadInputError(f"cannot read {path}: {exc.strerror}", "check the path") from None
+    return fileio.read_input(path, kind)
 
 
 def _product(value: Optional[str]) -> Optional[str]:
@@ -178,7 +175,7 @@ def verify(
         if when.tzinfo is None:
             when = when.replace(tzinfo=datetime.timezone.utc)
     pool = certs.load_paths([*certs_dir, *vcek, *chain])
-    root = certs.load(_read(trust_root), str(trust_root))[0] if trust_root else None
+    root = certs.load(_read(trust_root, "certificate"), str(trust_root))[0] if trust_root else None
     expect = _expectations(domain, connect, expected_measurement, report_data, host_data, allow_debug, vmpl, no_nonce,
                            allow_migration_agent, min_tcb)
     service = kds.Kds(kds_url or kds.DEFAULT_URL, kds.default_cache()) if fetch else None

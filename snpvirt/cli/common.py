@@ -112,12 +112,7 @@ def _result_text(outcome) -> str:
 
 
 def read_host_caps(path: Path):
-    from snpvirt import domcaps
-    from snpvirt.errors import BadInputError
+    from snpvirt import domcaps, fileio
 
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise BadInputError(f"cannot read --host-caps {path}: {exc.strerror}",
-                            "save it on the host with: virsh domcapabilities > domcaps.xml") from None
+    data = fileio.read_input(path, "domcaps", "cannot read --host-caps")
     return domcaps.parse_domcaps(data, f"--host-caps {path}")

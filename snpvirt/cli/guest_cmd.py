@@ -65,7 +65,7 @@ def report(
     """Ask the SEV-SNP firmware for a signed attestation report carrying the given report data."""
     import hashlib
 
-    from snpvirt import guest, output
+    from snpvirt import fileio, guest, output
     from snpvirt.errors import BadInputError
 
     if (report_data is None) == (nonce_file is None):
@@ -77,10 +77,7 @@ def report(
         except ValueError:
             raise BadInputError("--report-data is not hex", "give up to 128 hex digits") from None
     else:
-        try:
-            data = nonce_file.read_bytes()
-        except OSError as exc:
-            raise BadInputError(f"cannot read {nonce_file}: {exc.strerror}", "check the path") from None
+        data = fileio.read_input(nonce_file, "nonce", "--nonce-file")
     if len(data) > 64:
         raise BadInputError(f"report data is {len(data)} bytes; at most 64 fit", "hash it first: sha512 is 64 bytes")
     got = guest.get_report(data, vmpl, sysroot)

@@ -33,14 +33,16 @@ def import_domain(
     json_output: bool = json_option(),
 ) -> None:
     """Check a domain against the SEV-SNP rules and, with --fix, bring it under management."""
-    from snpvirt import domcaps, sevparams
+    import os
+
+    from snpvirt import domcaps, fileio, sevparams
     from snpvirt.errors import BadInputError, NotFoundError, SnpvirtError
 
     with manager(connect) as m:
         path = Path(source)
         record = None
-        if path.is_file():
-            xml = path.read_bytes()
+        if path.is_file() or (("/" in source or source.endswith(".xml")) and os.path.lexists(source)):
+            xml = fileio.read_input(path, "xml", "domain XML")  # a device or FIFO is refused, not read
         elif "/" in source or source.endswith(".xml"):
             raise BadInputError(f"{source} does not exist", "give an XML file or the name of a libvirt domain")
         else:

@@ -76,12 +76,9 @@ def define(
     json_output: bool = json_option(),
 ) -> None:
     """Define (or redefine) a domain from a spec or XML, without starting it."""
-    from snpvirt.errors import BadInputError
+    from snpvirt import fileio
 
-    try:
-        data = source.read_bytes()
-    except OSError as exc:
-        raise BadInputError(f"cannot read {source}: {exc.strerror}", "check the path") from None
+    data = fileio.read_input(source, "xml", "spec or domain XML")
     with manager(connect, host_caps, allow_debug) as m:
         if data.lstrip().startswith(b"<"):
             outcomes = [m.define_xml(data, str(source))]
