@@ -252,10 +252,11 @@ def fetch_certs(
     json_output: bool = json_option(),
 ) -> None:
     """Get ARK, ASK and the report's VCEK from AMD's key distribution service (cached on disk)."""
-    from snpvirt import certs, kds, output
+    from snpvirt import certs, fileio, kds, output
     from snpvirt import report as reports
     from snpvirt.errors import BadInputError
 
+    fileio.output_folder(out_dir, what="-o")  # a link or a file there is refused before any request
     rep = reports.parse(_read(report_file), str(report_file))
     product = _product(product) or rep.product()
     if product is None:
@@ -264,18 +265,15 @@ def fetch_certs(
     service = kds.Kds(kds_url or kds.DEFAULT_URL, kds.default_cache())
     signer = "vlek" if rep.signing_key == "vlek" else "vcek"
     chain = certs.load(service.cert_chain(product, signer), "cert_chain")
-    files = {}
-    out_dir.mkdir(parents=True, exist_ok=True)
     from cryptography.hazmat.primitives import serialization
-    for cert in chain:
-        name = f"{cert.role}.pem"
-        (out_dir / name).write_bytes(cert.cert.public_bytes(serialization.Encoding.PEM))
-        files[cert.role] = str(out_dir / name)
+    contents = {f"{cert.role}.pem": cert.cert.public_bytes(serialization.Encoding.PEM) for cert in chain}
     if signer == "vcek":
-        (out_dir / "vcek.der").write_bytes(service.vcek(rep, product))
-        files["vcek"] = str(out_dir / "vcek.der")
+        contents["vcek.der"] = service.vcek(rep, product)
+    # Everything is fetched before anything is written: a failed VCEK fetch leaves no half folder.
+    changed = fileio.write_files(out_dir, contents, what="-o")
+    files = {name.split(".")[0]: str(out_dir / name) for name in contents}
     if json_output:
-        output.print_json(output.envelope(True, True, [{"report": str(report_file), "product": product,
+        output.print_json(output.envelope(True, changed, [{"report": str(report_file), "product": product,
                                                         "files": files, "network_requests": service.fetched}]))
     else:
         for role, path in files.items():
