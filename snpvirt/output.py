@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import json
+import re
 import sys
 from typing import Any, Iterable, Sequence
 
@@ -18,8 +20,25 @@ def envelope(ok: bool, changed: bool = False, results: list[dict[str, Any]] | No
     return doc
 
 
+# A file name that is not UTF-8 reaches Python as lone surrogates (PEP 383); no UTF-8 text can carry them.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def print_json(doc: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    """One JSON document, always valid UTF-8: undecodable bytes of a file name show as U+FFFD."""
+    text = _LONE_SURROGATE.sub("\ufffd", json.dumps(doc, indent=2, ensure_ascii=False)) + "\n"
+    _write_utf8(sys.stdout, text)
+
+
+def _write_utf8(stream: Any, text: str) -> None:
+    """JSON is UTF-8 (RFC 8259), whatever encoding the locale gives stdout."""
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    if codecs.lookup(encoding).name == "utf-8" or not hasattr(stream, "buffer"):
+        stream.write(text)
+        return
+    stream.flush()
+    stream.buffer.write(text.encode("utf-8"))
+    stream.buffer.flush()
 
 
 def print_error(message: str, hint: str = "") -> None:
