@@ -25,6 +25,18 @@ def json_option() -> bool:
     return typer.Option(False, "--json", help="Print one JSON document.")
 
 
+MAX_WAIT_S = 7 * 24 * 3600  # a week: far beyond any shutdown or watch, far below a timer's overflow
+
+
+def seconds_option(default: Optional[float], help_text: str) -> Optional[float]:
+    """--timeout S: 0 to a week, and a number (a NaN deadline passes at once: stop --force would destroy)."""
+    def finite(value: Optional[float]) -> Optional[float]:
+        if value is not None and value != value:
+            raise typer.BadParameter("nan is not a number of seconds")
+        return value
+    return typer.Option(default, "--timeout", min=0, max=MAX_WAIT_S, metavar="S", help=help_text, callback=finite)
+
+
 @contextmanager
 def manager(connect: Optional[str], host_caps: Optional[Path] = None, allow_debug: bool = False) -> Iterator:
     """A Manager over a fresh connection, closed afterwards. cbitpos/reducedPhysBits come from the spec,

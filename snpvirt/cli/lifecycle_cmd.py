@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from snpvirt.cli.common import connect_option, json_option, manager, report
+from snpvirt.cli.common import connect_option, json_option, manager, report, seconds_option
 
 APPLY_EPILOG = """\b
 Examples:
@@ -113,7 +113,7 @@ def start(names: List[str] = NAMES, connect: Optional[str] = connect_option(), j
 
 
 def stop(names: List[str] = NAMES,
-         timeout: float = typer.Option(60.0, "--timeout", metavar="S", help="Seconds to wait for each guest to shut down."),
+         timeout: float = seconds_option(60.0, "Seconds to wait for each guest to shut down."),
          force: bool = typer.Option(False, "--force", help="Destroy a domain that is still running after the timeout."),
          connect: Optional[str] = connect_option(), json_output: bool = json_option()) -> None:
     """Shut managed domains down gracefully; with --force, destroy them after the timeout."""

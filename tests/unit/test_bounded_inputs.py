@@ -188,3 +188,12 @@ def test_an_absent_or_unreadable_file_is_not_present_a_device_is():
         fileio.read_input("/dev/null", "firmware")
     assert (absent.value.present, device.value.present) == (False, True)
     assert absent.value.message == "firmware /nonexistent/firmware.fd: does not exist"
+
+
+@pytest.mark.parametrize("args", [["stop", "web-01", "--force"], ["watch", "--count", "1"]])
+@pytest.mark.parametrize("seconds", ["nan", "inf", "1e300", "-1"])
+def test_timeouts_are_finite_seconds(args, seconds):
+    """A NaN deadline passes at once (stop --force would destroy at once); 1e300 overflowed watch's timer
+    in a thread and the command never ended."""
+    result = run_bounded(*args, "--timeout", seconds, "-c", "test:///default")
+    assert_clean_error(result, ExitCode.BAD_INPUT, "Invalid value for '--timeout'")
