@@ -49,6 +49,7 @@ LIMITS: dict[str, int] = {
     "report": 64 * KiB,
     "nonce": 4 * KiB,
     "host": 16 * MiB,  # host facts under /proc, /sys, /etc: /proc/cpuinfo of a 512-CPU host is ~1 MiB
+    "log": 1 << 62,  # QEMU's log grows without bound: only its tail is ever read (read_tail)
 }
 
 # How a kind of file is named in messages, where its key is not already the word.
@@ -150,6 +151,16 @@ def read_text(path: str | os.PathLike, kind: str, what: str | None = None, error
     except UnicodeDecodeError as exc:
         raise _input_error(kind, path, what, f"is not UTF-8 text (byte {exc.start})", True,
                            f"save the {NAMES.get(kind, kind)} file as UTF-8") from None
+
+
+def read_tail(path: str | os.PathLike, kind: str, size: int) -> bytes:
+    """The last `size` bytes of a file that may be any length (a log): only they are read."""
+    with open_input(path, kind) as (handle, st):
+        try:
+            handle.seek(max(0, st.st_size - size))
+            return handle.read(size)
+        except OSError as exc:
+            raise _read_error(kind, path, None, exc) from None
 
 
 def sha256_input(path: str | os.PathLike, kind: str, what: str | None = None) -> tuple[str, int]:

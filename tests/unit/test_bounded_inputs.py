@@ -197,3 +197,20 @@ def test_timeouts_are_finite_seconds(args, seconds):
     in a thread and the command never ended."""
     result = run_bounded(*args, "--timeout", seconds, "-c", "test:///default")
     assert_clean_error(result, ExitCode.BAD_INPUT, "Invalid value for '--timeout'")
+
+
+def test_a_log_is_read_from_its_tail_only(tmp_path, fifo):
+    log = sparse(tmp_path / "vm.log", 1 << 30)
+    with open(log, "ab") as handle:
+        handle.write(b"qemu: SEV-SNP launch failed\n")
+    assert fileio.read_tail(log, "log", 64).endswith(b"qemu: SEV-SNP launch failed\n")
+    assert len(fileio.read_tail(log, "log", 64)) == 64
+    with pytest.raises(fileio.InputFileError, match="is a FIFO"):
+        fileio.read_tail(fifo, "log", 64)
+
+
+def test_guest_check_does_not_block_on_a_fifo_in_its_sysroot(tmp_path):
+    (tmp_path / "proc").mkdir()
+    os.mkfifo(tmp_path / "proc" / "cpuinfo")
+    result = run_bounded("guest", "check", "--sysroot", tmp_path, "--json")
+    assert result.code == ExitCode.NOT_READY and "Traceback" not in result.stderr
