@@ -19,6 +19,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from snpvirt import fileio
 from snpvirt.errors import BadInputError
 
 # SHA-256 of the SubjectPublicKeyInfo of AMD's root keys, per product.
@@ -136,10 +137,7 @@ def load_paths(paths: list[Path]) -> list[Cert]:
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".pem", ".der", ".crt", ".cer")) \
             if path.is_dir() else [path]
         for file in files:
-            try:
-                found.extend(load(file.read_bytes(), str(file)))
-            except OSError as exc:
-                raise BadInputError(f"cannot read {file}: {exc.strerror}", "check the path") from None
+            found.extend(load(fileio.read_input(file, "certificate"), str(file)))
     return found
 
 

@@ -8,8 +8,9 @@ from typing import Iterator
 
 import libvirt
 
-from snpvirt import explain
-from snpvirt.errors import ConnectionFailedError, HostNotReadyError, NotFoundError, SnpvirtError, StartFailedError
+from snpvirt import explain, fileio
+from snpvirt.errors import (BadInputError, ConnectionFailedError, HostNotReadyError, NotFoundError, SnpvirtError,
+                            StartFailedError)
 from snpvirt.models import DomainRecord, LibvirtFacts
 
 # libvirt prints every error to stderr by default; snpvirt reports them itself.
@@ -237,10 +238,10 @@ class Connection:
         if self.driver != "QEMU" or urlsplit(self.actual_uri).netloc:
             return ""
         try:
-            with open(f"{QEMU_LOG_DIR}/{name}.log", encoding="utf-8", errors="replace") as handle:
-                return "".join(handle.readlines()[-lines:])
-        except OSError:
+            tail = fileio.read_tail(f"{QEMU_LOG_DIR}/{name}.log", "log", 64 * 1024)
+        except BadInputError:
             return ""
+        return "".join(tail.decode("utf-8", "replace").splitlines(keepends=True)[-lines:])
 
 
 def _optional(call):

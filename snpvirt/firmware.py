@@ -8,6 +8,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from snpvirt import fileio
 from snpvirt.errors import BadInputError
 from snpvirt.models import Finding
 
@@ -76,9 +77,9 @@ def read_descriptors(sysroot: Path) -> list[Descriptor]:
         path = chosen[name]
         host_path = "/" + str(path.relative_to(sysroot))
         try:
-            found.append(parse_descriptor(path.read_text(encoding="utf-8"), host_path))
-        except (OSError, UnicodeDecodeError) as exc:
-            found.append(Descriptor(path=host_path, error=f"unreadable: {exc}"))
+            found.append(parse_descriptor(fileio.read_text(path, "host", host_path), host_path))
+        except fileio.InputFileError as err:
+            found.append(Descriptor(path=host_path, error=f"unreadable: {err.reason}"))
     return found
 
 

@@ -12,7 +12,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from snpvirt import firmware, ovmf
+from snpvirt import fileio, firmware, ovmf
 
 CPUID_SEV_LEAF = 0x8000001F
 KVM_AMD_PARAMS = ("sev", "sev_es", "sev_snp", "debug_swap")
@@ -72,20 +72,16 @@ class _Reader:
 
     def text(self, fact: str, host_path: str) -> str | None:
         try:
-            return self.path(host_path).read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            self.unreadable[fact] = f"{host_path} does not exist"
-        except PermissionError:
-            self.unreadable[fact] = f"permission denied reading {host_path} (run as root)"
-        except OSError as exc:
-            self.unreadable[fact] = f"cannot read {host_path}: {exc.strerror}"
+            return fileio.read_text(self.path(host_path), "host", host_path, errors="replace")
+        except fileio.InputFileError as err:
+            self.unreadable[fact] = f"{host_path} {err.reason}" + (" (run as root)" if err.reason == "permission denied" else "")
         return None
 
     def cpuid(self, leaf: int) -> tuple[int, int, int, int] | None:
         """pread 16 bytes at offset = leaf from the cpuid device (a sparse file in a test sysroot)."""
         host_path = "/dev/cpu/0/cpuid"
         try:
-            fd = os.open(self.path(host_path), os.O_RDONLY)
+            fd = os.open(self.path(host_path), os.O_RDONLY | os.O_NONBLOCK)  # a FIFO in a --sysroot must not block
         except FileNotFoundError:
             self.unreadable["cpuid"] = f"{host_path} is absent"
             return None
@@ -149,11 +145,9 @@ def _qemu_user(reader: _Reader) -> QemuUser | None:
 
 def _firmware_file(reader: _Reader, host_path: str) -> FirmwareFile:
     try:
-        data = reader.path(host_path).read_bytes()
-    except FileNotFoundError:
-        return FirmwareFile(host_path, None, f"{host_path} does not exist")
-    except OSError as exc:
-        return FirmwareFile(host_path, None, f"cannot read {host_path}: {exc.strerror}")
+        data = fileio.read_input(reader.path(host_path), "firmware", host_path)
+    except fileio.InputFileError as err:
+        return FirmwareFile(host_path, None, f"{host_path} {err.reason}")
     try:
         return FirmwareFile(host_path, ovmf.parse(data), None)
     except ovmf.OvmfError as exc:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from snpvirt import ovmf
 from snpvirt.errors import BadInputError
+from snpvirt.models import VCPUS_RANGE
 
 PAGE = 4096
 VMSA_GPA = 0x0000FFFFFFFFF000
@@ -164,8 +165,9 @@ class Measurement:
 def measure(image: bytes, *, vcpus: int, signature: int, guest_features: int = DEFAULT_GUEST_FEATURES,
             kernel_hashes: KernelHashes | None = None, firmware_ld: bytes | None = None) -> Measurement:
     """MEASUREMENT for SNP with the QEMU VMM: firmware pages, metadata sections in table order, VMSAs."""
-    if vcpus < 1:
-        raise BadInputError(f"vcpus must be at least 1, not {vcpus}", "give --vcpus N")
+    lo, hi = VCPUS_RANGE
+    if not lo <= vcpus <= hi:
+        raise BadInputError(f"vcpus {vcpus} is out of range {lo}..{hi}", f"give --vcpus from {lo} to {hi}")
     try:
         firmware = ovmf.parse(image)
     except ovmf.OvmfError as exc:

@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# Bounds every vCPU count gets, in a spec and on the command line (measure --vcpus): the measurement
+# folds one VMSA page per vCPU, so an unbounded count would run until killed.
+VCPUS_RANGE = (1, 512)
+
 
 @dataclass(frozen=True)
 class BootSpec:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 import sys
@@ -32,10 +33,25 @@ def batch_error(errors: list[dict[str, str]], total: int) -> dict[str, str] | No
                 "hint": first["hint"] or "see each result's error"}
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return {"kind": first["kind"], "message": first["message"] + more, "hint": first["hint"]}
+# A file name that is not UTF-8 reaches Python as lone surrogates (PEP 383); no UTF-8 text can carry them.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def print_json(doc: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    """One JSON document, always valid UTF-8: undecodable bytes of a file name show as U+FFFD."""
+    text = _LONE_SURROGATE.sub("\ufffd", json.dumps(doc, indent=2, ensure_ascii=False)) + "\n"
+    _write_utf8(sys.stdout, text)
+
+
+def _write_utf8(stream: Any, text: str) -> None:
+    """JSON is UTF-8 (RFC 8259), whatever encoding the locale gives stdout."""
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    if codecs.lookup(encoding).name == "utf-8" or not hasattr(stream, "buffer"):
+        stream.write(text)
+        return
+    stream.flush()
+    stream.buffer.write(text.encode("utf-8"))
+    stream.buffer.flush()
 
 
 # C0 and C1 controls, DEL, the bidi overrides: what a terminal acts on instead of showing; and the

@@ -16,16 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from snpvirt import measure
+from snpvirt import fileio, measure
 from snpvirt import policy as snp_policy
 from snpvirt.errors import NOT_REPEATED, BadInputError, quoted
-from snpvirt.models import BootSpec, DiskSpec, NetworkSpec, SnpSpec, VmSpec
+from snpvirt.models import VCPUS_RANGE, BootSpec, DiskSpec, NetworkSpec, SnpSpec, VmSpec
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MAC_RE = re.compile(r"([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}")
 BRIDGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,14}")  # Linux interface names: at most 15 chars
 MEMORY_MIB_RANGE = (128, 4 * 1024 * 1024)
-VCPUS_RANGE = (1, 512)
 # Decoded sizes fixed by the SNP_LAUNCH_* firmware commands (docs/snp-facts.md §3).
 BLOB_BYTES = {"host_data": 32, "guest_visible_workarounds": 16, "id_block": 96, "id_auth": 4096}
 
@@ -279,13 +278,7 @@ def _nesting_depth(value: Any) -> int:
 
 
 def load_spec_file(path: str | Path) -> dict[str, Any]:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BadInputError(f"spec file {str(path)!r} does not exist", "check the path; examples/ has specs to start from") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BadInputError(f"cannot read spec file {str(path)!r}: {exc}", "the spec must be a readable UTF-8 TOML file") from None
-    return load_spec_text(text, str(path))
+    return load_spec_text(fileio.read_text(path, "spec", "spec file"), str(path))
 
 
 def _override_value(text: str) -> Any:

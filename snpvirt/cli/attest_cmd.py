@@ -39,13 +39,10 @@ Downloads are cached (SNPVIRT_CACHE_DIR, default ~/.cache/snpvirt/kds): a fleet 
 PRODUCT_HELP = "milan, genoa or turin (v2 reports do not say; v3+ do)."
 
 
-def _read(path: Path) -> bytes:
-    from snpvirt.errors import BadInputError
+def _read(path: Path, kind: str = "report") -> bytes:
+    from snpvirt import fileio
 
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise BadInputError(f"cannot read {path}: {exc.strerror}", "check the path") from None
+    return fileio.read_input(path, kind)
 
 
 def _product(value: Optional[str]) -> Optional[str]:
@@ -178,7 +175,7 @@ def verify(
         if when.tzinfo is None:
             when = when.replace(tzinfo=datetime.timezone.utc)
     pool = certs.load_paths([*certs_dir, *vcek, *chain])
-    root = certs.load(_read(trust_root), str(trust_root))[0] if trust_root else None
+    root = certs.load(_read(trust_root, "certificate"), str(trust_root))[0] if trust_root else None
     expect = _expectations(domain, connect, expected_measurement, report_data, host_data, allow_debug, vmpl, no_nonce,
                            allow_migration_agent, min_tcb)
     service = _kds(kds_url, root) if fetch else None
@@ -273,10 +270,11 @@ def fetch_certs(
     json_output: bool = json_option(),
 ) -> None:
     """Get ARK, ASK and the report's VCEK from AMD's key distribution service (cached on disk)."""
-    from snpvirt import certs, output
+    from snpvirt import certs, fileio, kds, output
     from snpvirt import report as reports
     from snpvirt.errors import BadInputError
 
+    fileio.output_folder(out_dir, what="-o")  # a link or a file there is refused before any request
     rep = reports.parse(_read(report_file), str(report_file))
     product = _product(product) or rep.product()
     if product is None:
@@ -285,19 +283,15 @@ def fetch_certs(
     service = _kds(kds_url)
     signer = "vlek" if rep.signing_key == "vlek" else "vcek"
     chain = certs.load(service.cert_chain(product, signer), "cert_chain")
-    vcek = service.vcek(rep, product) if signer == "vcek" else None  # fetched and checked before anything is written
-    files = {}
-    out_dir.mkdir(parents=True, exist_ok=True)
     from cryptography.hazmat.primitives import serialization
-    for cert in chain:
-        name = f"{cert.role}.pem"
-        (out_dir / name).write_bytes(cert.cert.public_bytes(serialization.Encoding.PEM))
-        files[cert.role] = str(out_dir / name)
-    if vcek is not None:
-        (out_dir / "vcek.der").write_bytes(vcek)
-        files["vcek"] = str(out_dir / "vcek.der")
+    contents = {f"{cert.role}.pem": cert.cert.public_bytes(serialization.Encoding.PEM) for cert in chain}
+    if signer == "vcek":
+        contents["vcek.der"] = service.vcek(rep, product)
+    # Everything is fetched before anything is written: a failed VCEK fetch leaves no half folder.
+    changed = fileio.write_files(out_dir, contents, what="-o")
+    files = {name.split(".")[0]: str(out_dir / name) for name in contents}
     if json_output:
-        output.print_json(output.envelope(True, True, [{"report": str(report_file), "product": product,
+        output.print_json(output.envelope(True, changed, [{"report": str(report_file), "product": product,
                                                         "files": files, "network_requests": service.fetched}]))
     else:
         for role, path in files.items():

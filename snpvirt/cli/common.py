@@ -30,6 +30,16 @@ def sysroot_option() -> Optional[Path]:
     return typer.Option(None, "--sysroot", metavar="DIR", hidden=True,
                         help="With libvirt's test driver: the readiness gate checks this captured host "
                              "(sys/, proc/, dev/ below DIR) and --host-caps as its domcapabilities.")
+MAX_WAIT_S = 7 * 24 * 3600  # a week: far beyond any shutdown or watch, far below a timer's overflow
+
+
+def seconds_option(default: Optional[float], help_text: str) -> Optional[float]:
+    """--timeout S: 0 to a week, and a number (a NaN deadline passes at once: stop --force would destroy)."""
+    def finite(value: Optional[float]) -> Optional[float]:
+        if value is not None and value != value:
+            raise typer.BadParameter("nan is not a number of seconds")
+        return value
+    return typer.Option(default, "--timeout", min=0, max=MAX_WAIT_S, metavar="S", help=help_text, callback=finite)
 
 
 @contextmanager
@@ -131,12 +141,7 @@ def _result_text(outcome) -> str:
 
 
 def read_host_caps(path: Path):
-    from snpvirt import domcaps
-    from snpvirt.errors import BadInputError
+    from snpvirt import domcaps, fileio
 
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise BadInputError(f"cannot read --host-caps {path}: {exc.strerror}",
-                            "save it on the host with: virsh domcapabilities > domcaps.xml") from None
+    data = fileio.read_input(path, "domcaps", "cannot read --host-caps")
     return domcaps.parse_domcaps(data, f"--host-caps {path}")

@@ -65,7 +65,7 @@ def report(
     """Ask the SEV-SNP firmware for a signed attestation report carrying the given report data."""
     import hashlib
 
-    from snpvirt import guest, output
+    from snpvirt import fileio, guest, output
     from snpvirt.errors import BadInputError
 
     if (report_data is None) == (nonce_file is None):
@@ -77,20 +77,19 @@ def report(
         except ValueError:
             raise BadInputError("--report-data is not hex", "give up to 128 hex digits") from None
     else:
-        try:
-            data = nonce_file.read_bytes()
-        except OSError as exc:
-            raise BadInputError(f"cannot read {nonce_file}: {exc.strerror}", "check the path") from None
+        data = fileio.read_input(nonce_file, "nonce", "--nonce-file")
     if len(data) > 64:
         raise BadInputError(f"report data is {len(data)} bytes; at most 64 fit", "hash it first: sha512 is 64 bytes")
+    # Refuse a link, device or folder before the firmware is asked: a report is not requested for nothing.
+    fileio.output_target(output_file, hint="give -o the path of a regular file")
+    if certs_out is not None:
+        fileio.output_folder(certs_out, what="--certs-out")
     got = guest.get_report(data, vmpl, sysroot)
-    output_file.write_bytes(got.report)
     written = {}
     if certs_out is not None and got.certificates:
-        certs_out.mkdir(parents=True, exist_ok=True)
-        for name, der in got.certificates.items():
-            (certs_out / name).write_bytes(der)
-            written[name] = str(certs_out / name)
+        fileio.write_files(certs_out, got.certificates, what="--certs-out")  # all of them, or none
+        written = {name: str(certs_out / name) for name in got.certificates}
+    fileio.write_file(output_file, got.report, hint="give -o the path of a regular file")
     if json_output:
         output.print_json(output.envelope(True, True, [{"report": str(output_file), "interface": got.interface,
                                                         "sha256": hashlib.sha256(got.report).hexdigest(),

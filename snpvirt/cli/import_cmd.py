@@ -37,7 +37,9 @@ def import_domain(
     sysroot: Optional[Path] = sysroot_option(),
 ) -> None:
     """Check a domain against the SEV-SNP rules and, with --fix, bring it under management."""
-    from snpvirt import domcaps, sevparams
+    import os
+
+    from snpvirt import domcaps, fileio, sevparams
     from snpvirt.errors import BadInputError, NotFoundError, SnpvirtError
     from snpvirt.firmware import InstalledFirmware
     from snpvirt.host import is_remote_uri
@@ -45,8 +47,8 @@ def import_domain(
     with manager(connect, host_caps, sysroot=sysroot) as m:
         path = Path(source)
         record = None
-        if path.is_file():
-            xml = path.read_bytes()
+        if path.is_file() or (("/" in source or source.endswith(".xml")) and os.path.lexists(source)):
+            xml = fileio.read_input(path, "xml", "domain XML")  # a device or FIFO is refused, not read
         elif "/" in source or source.endswith(".xml"):
             raise BadInputError(f"{source} does not exist", "give an XML file or the name of a libvirt domain")
         else:

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from snpvirt.cli.common import connect_option, json_option, manager, report, sysroot_option
+from snpvirt.cli.common import connect_option, json_option, manager, report, seconds_option, sysroot_option
 
 APPLY_EPILOG = """\b
 Examples:
@@ -97,12 +97,9 @@ def define(
     sysroot: Optional[Path] = sysroot_option(),
 ) -> None:
     """Define (or redefine) a domain from a spec or XML, without starting it."""
-    from snpvirt.errors import BadInputError
+    from snpvirt import fileio
 
-    try:
-        data = source.read_bytes()
-    except OSError as exc:
-        raise BadInputError(f"cannot read {source}: {exc.strerror}", "check the path") from None
+    data = fileio.read_input(source, "xml", "spec or domain XML")
     with manager(connect, host_caps, allow_debug, sysroot) as m:
         if data.lstrip().startswith(b"<"):
             outcomes = [m.define_xml(data, str(source), check=check)]
@@ -149,8 +146,7 @@ def start(names: List[str] = NAMES,
 
 
 def stop(names: List[str] = NAMES,
-         timeout: float = typer.Option(60.0, "--timeout", metavar="S",
-                                       help="Seconds to wait for the guests (all at once) to shut down; 0 or more."),
+         timeout: float = seconds_option(60.0, "Seconds to wait for the guests (all at once) to shut down; 0 or more."),
          force: bool = typer.Option(False, "--force", help="Destroy a domain that is still running after the timeout."),
          connect: Optional[str] = connect_option(), json_output: bool = json_option()) -> None:
     """Shut managed domains down gracefully; with --force, destroy them after the timeout.

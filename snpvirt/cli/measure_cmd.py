@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from snpvirt.cli.common import connect_option, json_option
+from snpvirt.models import VCPUS_RANGE
 
 MEASURE_EPILOG = """\b
 Examples:
@@ -28,15 +29,19 @@ Keys are P-384 EC private keys (openssl ecparam -name secp384r1 -genkey -noout -
 """
 
 
-def _int(value: Optional[str], option: str) -> Optional[int]:
+def _int(value: Optional[str], option: str, bits: int) -> Optional[int]:
+    """A hex or decimal number that fits the field it fills (the spec's bounds for the same key)."""
     from snpvirt.errors import BadInputError
 
     if value is None:
         return None
     try:
-        return int(value, 16) if value.lower().startswith("0x") else int(value)
+        number = int(value, 16) if value.lower().startswith("0x") else int(value)
     except ValueError:
         raise BadInputError(f"{option} {value!r} is not a number", "write it as hex (0x...) or decimal") from None
+    if not 0 <= number < 1 << bits:
+        raise BadInputError(f"{option} {value} does not fit in {bits} bits", f"give {option} from 0 to {(1 << bits) - 1:#x}")
+    return number
 
 
 def measure(
@@ -46,7 +51,8 @@ def measure(
     kernel: Optional[str] = typer.Option(None, "--kernel", metavar="FILE", help="Kernel: turns kernel hashes on."),
     initrd: Optional[str] = typer.Option(None, "--initrd", metavar="FILE", help="Initrd (with --kernel)."),
     cmdline: Optional[str] = typer.Option(None, "--cmdline", metavar="TEXT", help="Kernel command line (with --kernel)."),
-    vcpus: Optional[int] = typer.Option(None, "--vcpus", min=1, metavar="N", help="Number of vCPUs."),
+    vcpus: Optional[int] = typer.Option(None, "--vcpus", min=VCPUS_RANGE[0], max=VCPUS_RANGE[1], metavar="N",
+                                        help="Number of vCPUs."),
     vcpu_type: Optional[str] = typer.Option(None, "--vcpu-type", metavar="TYPE", help="QEMU CPU model, e.g. EPYC-Genoa."),
     vcpu_sig: Optional[str] = typer.Option(None, "--vcpu-sig", metavar="HEX", help="CPUID signature (host-passthrough)."),
     guest_features: Optional[str] = typer.Option(None, "--guest-features", metavar="HEX", help="VMSA SEV_FEATURES (0x1)."),
@@ -62,7 +68,8 @@ def measure(
     from snpvirt import spec as specs
     from snpvirt.errors import BadInputError
 
-    signature_override, features_override = _int(vcpu_sig, "--vcpu-sig"), _int(guest_features, "--guest-features")
+    signature_override = _int(vcpu_sig, "--vcpu-sig", 32)  # CPUID Fn0000_0001_EAX
+    features_override = _int(guest_features, "--guest-features", 64)  # VMSA SEV_FEATURES
     seed = None
     if ovmf_hash is not None:
         try:
@@ -147,7 +154,8 @@ def idblock(
     author_key: Optional[Path] = typer.Option(None, "--author-key", metavar="PEM", help="P-384 key that signs the ID key."),
     family_id: Optional[str] = typer.Option(None, "--family-id", metavar="HEX", help="16 bytes, copied to reports."),
     image_id: Optional[str] = typer.Option(None, "--image-id", metavar="HEX", help="16 bytes, copied to reports."),
-    guest_svn: int = typer.Option(0, "--guest-svn", min=0, metavar="N", help="Guest security version number."),
+    guest_svn: int = typer.Option(0, "--guest-svn", min=0, max=2 ** 32 - 1, metavar="N",
+                                  help="Guest security version number."),
     json_output: bool = json_option(),
 ) -> None:
     """Build the base64 idBlock (96 bytes) and idAuth (4096 bytes) libvirt takes, and the key digests."""

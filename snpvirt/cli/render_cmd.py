@@ -16,11 +16,14 @@ Examples:
   snpvirt render spec.toml --connect qemu:///system -o vm.xml && virsh define vm.xml
 """
 
+OUTPUT_HINT = "give -o the path of a regular file (a link to one is followed), or - for stdout"
+
 
 def render(
     spec: Path = typer.Argument(..., metavar="SPEC", help="The VM spec (TOML)."),
     output_file: Optional[Path] = typer.Option(None, "-o", "--output", metavar="FILE",
-                                               help="Write the XML to FILE (atomically) instead of stdout."),
+                                               help="Write the XML to FILE, atomically (a symlink is followed to "
+                                                    "its file); without -o, or with -o -, to stdout."),
     overrides: List[str] = typer.Option([], "--set", metavar="KEY=VALUE",
                                         help="Override a spec key, dotted: --set snp.policy.smt=false. Repeatable."),
     host_caps: Optional[Path] = typer.Option(None, "--host-caps", metavar="FILE",
@@ -32,9 +35,13 @@ def render(
     json_output: bool = typer.Option(False, "--json", help="Print one JSON document."),
 ) -> None:
     """Render SPEC to libvirt domain XML, checked by libvirt's schema and snpvirt's SNP rules."""
-    from snpvirt import launch, localfiles, output, policy, render as renderer, spec as specs
+    from snpvirt import fileio, launch, localfiles, output, policy, render as renderer, spec as specs
     from snpvirt.cli.common import SevSources
 
+    if output_file is not None and str(output_file) == "-":
+        output_file = None
+    if output_file is not None:  # a device, FIFO or folder is refused before any work
+        fileio.output_target(output_file, hint=OUTPUT_HINT, follow_symlink=True)
     vm = specs.load_spec(spec, overrides, allow_debug)
     # Like the lifecycle commands and virsh, LIBVIRT_DEFAULT_URI names the host; libvirt's own default is not
     # asked unbidden, so render keeps working (and refusing to guess) on a machine without a daemon.
@@ -45,7 +52,7 @@ def render(
 
     changed = False
     if output_file is not None:
-        changed = _write_atomically(output_file, result.xml)
+        changed = fileio.write_file(output_file, result.xml.encode(), hint=OUTPUT_HINT, follow_symlink=True)
     warnings = localfiles.missing_paths(vm) + tuple(result.warnings)  # a path missing here: for another host?
     for warning in warnings:
         output.print_warning(warning.message, warning.hint)
@@ -78,26 +85,3 @@ def _domain_capabilities(uri: str) -> str:
 
     with Connection(uri) as conn:  # libvirt refuses domcapabilities to read-only connections
         return conn.domain_capabilities()
-
-
-def _write_atomically(path: Path, text: str) -> bool:
-    """Write via a temporary file and rename, so FILE is either the old or the new document."""
-    import os
-    import tempfile
-
-    from snpvirt.errors import BadInputError
-
-    try:
-        if path.is_file() and path.read_text(encoding="utf-8") == text:
-            return False
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-    except OSError as exc:
-        raise BadInputError(f"cannot write {path}: {exc.strerror}", "choose a writable location for -o") from None
-    return True

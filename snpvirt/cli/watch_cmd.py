@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from snpvirt.cli.common import connect_option
+from snpvirt.cli.common import connect_option, seconds_option
 
 WATCH_EPILOG = """\b
 Examples:
@@ -19,7 +19,7 @@ Examples:
 def watch(
     names: Optional[List[str]] = typer.Argument(None, metavar="[NAME]...", help="Only these domains (default: all)."),
     count: Optional[int] = typer.Option(None, "--count", min=1, metavar="N", help="Stop after N events."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", min=0, metavar="S", help="Stop after S seconds."),
+    timeout: Optional[float] = seconds_option(None, "Stop after S seconds."),
     connect: Optional[str] = connect_option(),
     json_output: bool = typer.Option(False, "--json", help="One JSON object per event and line (NDJSON)."),
 ) -> None:

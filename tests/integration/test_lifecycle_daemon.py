@@ -105,7 +105,7 @@ def test_stop_several_at_once_and_the_bounds_of_waiting(libvirtd, held, tmp_path
     assert run_cli("apply", WEB, db, "-c", uri).code == 0
     for bad in ("-5", "nan"):
         result = run_cli("stop", "web-01", "--timeout", bad, "-c", uri)
-        assert result.code == ExitCode.BAD_INPUT and "--timeout must be 0 or more seconds" in result.stderr
+        assert result.code == ExitCode.BAD_INPUT and "--timeout" in result.stderr, result.stderr
     assert all(held.lookupByName(n).isActive() for n in ("web-01", "db-01")), "a bad --timeout changes nothing"
     result, doc = cli_json("stop", "web-01", "db-01", "--timeout", "0", "-c", uri)
     assert result.code == 0, result.stderr  # the test driver's guests stop at once: no timeout

@@ -88,7 +88,7 @@ def test_a_write_failing_midway_leaves_the_old_file_and_no_temporary_file(tmp_pa
     target = tmp_path / "vm.xml"
     target.write_text("precious")
     result = render_to(target, shell_setup="ulimit -f 2")  # 2 blocks: 1 KiB in dash, 2 KiB in bash
-    assert_clean_error(result, ExitCode.BAD_INPUT, f"cannot write {target}")
+    assert_clean_error(result, ExitCode.BAD_INPUT, f"-o {target}: cannot write")
     assert target.read_text() == "precious"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vm.xml"], "the partial temporary file is removed"
 
