@@ -5,26 +5,12 @@ from __future__ import annotations
 
 import json
 
-import libvirt
 import pytest
 
 from tests.conftest import EXAMPLES, run_cli
 
 pytestmark = pytest.mark.daemon
 WEB = EXAMPLES / "web-01.toml"
-
-
-@pytest.fixture
-def held(libvirtd):
-    """The daemon's test driver keeps state only while a client is connected: hold one for the test."""
-    conn = libvirt.open(libvirtd.test_uri)
-    yield conn
-    for dom in conn.listAllDomains():
-        if dom.name() != "test":
-            if dom.isActive():
-                dom.destroy()
-            dom.undefine()
-    conn.close()
 
 
 def plan(uri, *extra):
