@@ -386,7 +386,7 @@ class Manager:
         try:
             return self._plan(spec, existing_names)
         except SnpvirtError as err:
-            return Outcome(spec.name, "invalid").fail(err)
+            return Outcome(spec.name, _refused_action(err)).fail(err)
 
     def _execute(self, plan: _Plan, check: bool, start: bool, retries: int = RACE_RETRIES) -> Outcome:
         existing_state = plan.existing.state if plan.existing else None
@@ -436,7 +436,7 @@ class Manager:
         try:
             replanned = self._plan(plan.spec, {plan.spec.name})
         except SnpvirtError as err:
-            return Outcome(plan.spec.name, "invalid").fail(err)
+            return Outcome(plan.spec.name, _refused_action(err)).fail(err)
         return self._execute(replanned, False, start, retries)
 
     def _shut_down(self, name: str) -> str:
@@ -719,6 +719,12 @@ class Manager:
         return {**inventory.row(record, root, info), "origin": info.origin, "snpvirt_version": info.version,
                 "spec_digest": info.digest, "spec": info.spec, "launch": info.launch,
                 "defined_at": info.defined_at, "updated_at": info.updated_at}
+
+
+def _refused_action(err: SnpvirtError) -> str:
+    """The action a spec that could not be planned shows: `conflict` when another domain holds its name
+    (or it is not snpvirt's to change), `invalid` when the spec itself is wrong."""
+    return "conflict" if isinstance(err, ConflictError) else "invalid"
 
 
 def _int_or_none(text: str | None) -> int | None:
