@@ -703,15 +703,22 @@ class Manager:
     # --- inventory -------------------------------------------------------------------------------
 
     def list(self, include_inactive: bool = False) -> list[dict[str, Any]]:
-        rows = []
+        return self.inventory(include_inactive)[0]
+
+    def inventory(self, include_inactive: bool = False, include_unmanaged: bool = False) -> tuple[list[dict[str, Any]], int]:
+        """The rows `list` shows, each saying whether snpvirt manages it, and how many domains snpvirt does not
+        manage were left out (so `list` can say so rather than look like the host's whole inventory)."""
+        rows, hidden = [], 0
         for record in self.hv.domains():
             if not include_inactive and not is_active(record.state):
                 continue
             root = domxml.parse(record.xml)
             info = metadata.read(root)
-            if info is not None:
-                rows.append(inventory.row(record, root, info))
-        return sorted(rows, key=lambda r: r["name"])
+            if info is None and not include_unmanaged:
+                hidden += 1
+                continue
+            rows.append({**inventory.row(record, root, info), "managed": info is not None})
+        return sorted(rows, key=lambda r: r["name"]), hidden
 
     def status(self, name: str) -> dict[str, Any]:
         record, info = self._managed(name)

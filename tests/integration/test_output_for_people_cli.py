@@ -31,3 +31,74 @@ def test_a_name_held_by_another_domain_is_a_conflict_not_invalid(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('name = "bad"\nvcpus = "four"\n')
     assert json.loads(run_cli("apply", bad, "-c", "test:///default", "--json").stdout)["results"][0]["action"] == "invalid"
+
+
+def test_list_says_what_it_hides_and_unmanaged_shows_it_marked():
+    hidden = run_cli("list", "-c", "test:///default")
+    assert hidden.code == 0 and "test" not in hidden.stdout.split()
+    assert hidden.stderr.strip() == "1 domain not managed by snpvirt is hidden; --unmanaged shows them"
+    doc = json.loads(run_cli("list", "-c", "test:///default", "--json").stdout)
+    assert doc["results"] == [] and doc["unmanaged_hidden"] == 1
+    shown = run_cli("list", "--unmanaged", "-c", "test:///default")
+    assert shown.stderr == "" and shown.stdout.splitlines()[0].split()[:3] == ["NAME", "MANAGED", "STATE"]
+    assert re.search(r"(?m)^test\s+no\s+running\s", shown.stdout)
+    row = json.loads(run_cli("list", "--unmanaged", "-c", "test:///default", "--json").stdout)["results"][0]
+    assert row["name"] == "test" and row["managed"] is False and row["expected_measurement"] is None
+
+
+@pytest.fixture
+def held(libvirtd):
+    """The daemon's test driver keeps state only while a client is connected: hold one for the test."""
+    conn = libvirt.open(libvirtd.test_uri)
+    yield conn
+    for dom in conn.listAllDomains():
+        if dom.name() != "test":
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+    conn.close()
+
+
+@pytest.mark.daemon
+def test_list_fits_the_terminal_and_wide_shows_everything(libvirtd, held, files, tmp_path):  # noqa: F811
+    uri = libvirtd.test_uri
+    assert run_cli("apply", spec_file(tmp_path, "fit-01", files), "-c", uri).code == 0
+    measurement = json.loads(run_cli("list", "-c", uri, "--json").stdout)["results"][0]["expected_measurement"]
+    assert len(measurement) == 96
+
+    piped = run_cli("list", "-c", uri, env={"COLUMNS": None})  # not a terminal: whole lines, still no UUID
+    assert measurement[:12] + ELLIPSIS in piped.stdout and measurement not in piped.stdout
+    assert "UUID" not in piped.stdout and "KERNEL_HASHES" in piped.stdout
+
+    narrow = run_cli("list", "-c", uri, env={"COLUMNS": "80"})
+    assert narrow.code == 0 and max(len(line) for line in narrow.stdout.splitlines()) <= 80
+    assert narrow.stdout.split()[:2] == ["NAME", "STATE"] and "KERNEL_HASHES" not in narrow.stdout
+    assert measurement[:12] + ELLIPSIS in narrow.stdout
+
+    wide = run_cli("list", "--wide", "-c", uri, env={"COLUMNS": "80"})
+    uuid = held.lookupByName("fit-01").UUIDString()
+    assert measurement in wide.stdout and uuid in wide.stdout and "KERNEL_HASHES" in wide.stdout
+    assert wide.stderr.strip() == "1 domain not managed by snpvirt is hidden; --unmanaged shows them"
+
+
+@pytest.mark.daemon
+def test_status_prints_launch_inputs_as_lines(libvirtd, held, files, tmp_path):  # noqa: F811
+    uri = libvirtd.test_uri
+    path = spec_file(tmp_path, "lines-01", files, id_key=vector("measurement/idblock-virtee-sev/test_id_key.pem"))
+    assert run_cli("apply", path, "-c", uri).code == 0
+    doc = json.loads(run_cli("status", "lines-01", "-c", uri, "--json").stdout)["results"][0]
+    launch = doc["launch"]
+    text = run_cli("status", "lines-01", "-c", uri).stdout
+    assert "{" not in text and "None" not in text, text  # no raw JSON, no Python
+    lines = text.splitlines()
+    firmware = lines.index(next(line for line in lines if line.startswith("  firmware:")))
+    assert lines[firmware].split()[1] == files["firmware"]
+    assert lines[firmware + 1].split() == ["sha256", launch["firmware"]["sha256"]]
+    assert re.search(rf"(?m)^  vcpus:\s+4 x EPYC-Genoa$", text)
+    assert re.search(rf"(?m)^  measurement:\s+{launch['measurement']['value']}$", text)
+    # The ID key digest in hex, as attest show prints a report's; the metadata keeps its base64.
+    digest = launch["id_block"]["id_key_digest"]
+    stored = held.lookupByName("lines-01").XMLDesc(0)
+    assert len(digest) == 96 and base64.b64encode(bytes.fromhex(digest)).decode() in stored
+    assert f"id key digest {digest}" in text
+    assert re.search(r"(?m)^  snp\.cbitpos:\s+51$", text) and re.search(r"(?m)^  boot\.cmdline:\s+console=ttyS0", text)
