@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 
 import pytest
 
@@ -71,3 +72,35 @@ def test_a_missing_chain_says_which_options_give_it():
                      "--no-nonce")
     chain = next(line for line in result.stdout.splitlines() if "cert.chain" in line)
     assert "no ARK" in chain and all(option in chain for option in ("--certs DIR", "--chain PEM", "--fetch"))
+
+
+def test_guest_report_random_sends_a_fresh_64_byte_nonce_and_prints_it(tmp_path):
+    from tests.attest_factory import make_ca
+    from tests.unit.test_guest import FakeTsmKernel, guest_root
+
+    root = guest_root(tmp_path / "guest")
+    nonces = []
+    with FakeTsmKernel(root, make_ca()) as kernel:
+        for name in ("r1.bin", "r2.bin"):
+            result = run_cli("guest", "report", "--random", "--sysroot", root, "-o", tmp_path / name, "--json")
+            assert result.code == 0, result.stderr
+            item = json.loads(result.stdout)["results"][0]
+            nonces.append(item["report_data"])
+            assert item["random"] is True and (tmp_path / name).read_bytes()[0x50:0x90].hex() == item["report_data"]
+        text = run_cli("guest", "report", "-r", "--sysroot", root, "-o", tmp_path / "r3.bin")
+    printed = field(text.stdout, "report data (random)")
+    assert text.code == 0 and (tmp_path / "r3.bin").read_bytes()[0x50:0x90].hex() == printed
+    assert [len(bytes.fromhex(n)) for n in nonces + [printed]] == [64, 64, 64]  # the whole REPORT_DATA
+    assert len({*nonces, printed}) == 3, "each request gets its own nonce"
+    assert [seen[1].hex() for seen in kernel.seen] == [*nonces, printed]
+
+
+@pytest.mark.parametrize("other", [("--report-data", "00"), ("--nonce-file", "nonce.bin")], ids=["report-data", "nonce-file"])
+def test_guest_report_random_excludes_another_nonce(tmp_path, other):
+    from tests.unit.test_guest import guest_root
+
+    (tmp_path / "nonce.bin").write_bytes(b"n")
+    result = run_cli("guest", "report", "--random", other[0], tmp_path / other[1] if other[0] == "--nonce-file" else other[1],
+                     "--sysroot", guest_root(tmp_path / "guest"), "-o", tmp_path / "r.bin")
+    assert_clean_error(result, ExitCode.BAD_INPUT, "exactly one of --report-data HEX, --nonce-file F or --random")
+    assert not (tmp_path / "r.bin").exists()
