@@ -104,3 +104,66 @@ def test_guest_report_random_excludes_another_nonce(tmp_path, other):
                      "--sysroot", guest_root(tmp_path / "guest"), "-o", tmp_path / "r.bin")
     assert_clean_error(result, ExitCode.BAD_INPUT, "exactly one of --report-data HEX, --nonce-file F or --random")
     assert not (tmp_path / "r.bin").exists()
+
+
+def captured_host(tmp_path, psp=True):
+    """A host's files as `host show tcb` reads them: the ccp driver's sysfs, kvm_amd's switch, cpuinfo, /dev/sev."""
+    root = tmp_path / "host"
+    device = root / "sys/bus/pci/drivers/ccp/0000:c1:00.1"
+    device.mkdir(parents=True)
+    (root / "sys/bus/pci/drivers/ccp/bind").write_text("")  # the driver's own files are no PSP device
+    if psp:
+        (device / "bootloader_version").write_text("00.13.00.70\n")
+        (device / "tee_version").write_text("00.1b.00.31\n")
+    (root / "sys/module/kvm_amd/parameters").mkdir(parents=True)
+    (root / "sys/module/kvm_amd/parameters/sev_snp").write_text("Y\n")
+    (root / "proc").mkdir()
+    (root / "proc/cpuinfo").write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n")
+    (root / "dev").mkdir()
+    (root / "dev/sev").write_bytes(b"")  # a captured file, not the device: it cannot answer firmware commands
+    return root
+
+
+def test_host_show_tcb_reads_a_captured_host(tmp_path):
+    root = captured_host(tmp_path)
+    result = run_cli("host", "show", "tcb", "--sysroot", root, "--json")
+    item = json.loads(result.stdout)["results"][0]
+    assert result.code == 0 and item["ok"] is True
+    assert item["psp"] == {"0000:c1:00.1": {"bootloader_version": "00.13.00.70", "tee_version": "00.1b.00.31"}}
+    assert item["product"] == "genoa" and item["kvm_amd_sev_snp"] == "Y"
+    assert item["snp_firmware"] is None and "not a character device" in item["snp_firmware_error"]
+    text = run_cli("host", "show", "tcb", "--sysroot", root).stdout
+    assert "0000:c1:00.1: bootloader 00.13.00.70, tee 00.1b.00.31" in text and "not a character device" in text
+
+
+def test_host_show_tcb_on_the_test_driver_says_libvirt_has_no_sev_information(tmp_path):
+    root = captured_host(tmp_path)
+    result = run_cli("host", "show", "tcb", "--sysroot", root, "-c", "test:///default")
+    assert result.code == 0 and "Traceback" not in result.stderr
+    assert "libvirt nodesevinfo (test:///default):\n  unavailable: test:///default gives no SEV information" in result.stdout
+    doc = json.loads(run_cli("host", "show", "tcb", "--sysroot", root, "-c", "test:///default", "--json").stdout)
+    assert doc["results"][0]["libvirt"] is None and "not supported" in doc["results"][0]["libvirt_error"]
+
+
+def test_host_show_tcb_with_nothing_to_show_is_not_ready(tmp_path):
+    root = captured_host(tmp_path, psp=False)
+    os.mkfifo(root / "sys/bus/pci/drivers/ccp/0000:c1:00.1/tee_version")  # read as a file, a FIFO would block
+    result = run_cli("host", "show", "tcb", "--sysroot", root, "-c", "test:///default")
+    assert_clean_error(result, ExitCode.NOT_READY, "no SEV firmware information")
+    doc = json.loads(run_cli("host", "show", "tcb", "--sysroot", root, "--json").stdout)
+    assert doc["ok"] is False and doc["error"]["kind"] == "not_ready" and doc["results"][0]["ok"] is False
+
+
+def test_snp_platform_status_is_decoded_as_the_kernel_lays_it_out():
+    """struct sev_user_data_snp_status (include/uapi/linux/psp-sev.h), packed: the answer SNP_PLATFORM_STATUS gives."""
+    from snpvirt import sevfw
+
+    tcb = bytes([3, 0, 0, 0, 0, 0, 8, 115])  # bootloader 3, TEE 0, SNP 8, microcode 115 (Milan/Genoa layout)
+    raw = bytes([1, 55, 1, 1]) + (21).to_bytes(4, "little") + (0b101).to_bytes(4, "little") + (2).to_bytes(4, "little")
+    status = sevfw.parse_snp_status(raw + tcb + tcb)
+    assert status.version == "1.55.21" and status.rmp_initialized and status.mask_chip_id and status.vlek_en
+    assert not status.mask_chip_key and status.guest_count == 2
+    shown = status.as_dict("genoa")
+    assert shown["state"] == "initialized" and shown["reported_tcb"]["snp"] == 8
+    assert shown["current_tcb"]["microcode"] == 115 and shown["current_tcb"]["bootloader"] == 3
+    assert sevfw.SEV_ISSUE_CMD == 0xC0105300  # _IOWR('S', 0, 16 bytes)
