@@ -157,7 +157,8 @@ def show_tcb(
     error = None if found else HostNotReadyError(
         "this host exposes no SEV firmware information here: " + "; ".join(
             why for why in (item.get("snp_firmware_error"), item.get("psp_error"), node_error) if why),
-        "run it as root on the SEV-SNP host itself, or give -c URI for libvirt's view")
+        "run it as root on the SEV-SNP host itself (SNP_PLATFORM_STATUS needs /dev/sev)"
+        + ("" if connect else ", or give -c URI for libvirt's view"))
     if json_output:
         output.print_json(output.envelope(found, False, [item], error=error))
     else:

@@ -12,7 +12,7 @@ import libvirt
 import pytest
 
 from snpvirt.errors import ExitCode
-from tests.conftest import EXAMPLES, run_cli, vector
+from tests.conftest import EXAMPLES, assert_clean_error, run_cli, vector
 from tests.integration.test_measurement_recorded import files, spec_file  # noqa: F401 (a fixture)
 
 WEB = EXAMPLES / "web-01.toml"
@@ -102,3 +102,14 @@ def test_status_prints_launch_inputs_as_lines(libvirtd, held, files, tmp_path): 
     assert len(digest) == 96 and base64.b64encode(bytes.fromhex(digest)).decode() in stored
     assert f"id key digest {digest}" in text
     assert re.search(r"(?m)^  snp\.cbitpos:\s+51$", text) and re.search(r"(?m)^  boot\.cmdline:\s+console=ttyS0", text)
+
+
+@pytest.mark.daemon
+def test_host_show_tcb_through_a_qemu_driver_without_sev_says_so(libvirtd, tmp_path):
+    empty = tmp_path / "host"
+    empty.mkdir()  # a captured host with nothing: only libvirt could answer
+    result = run_cli("host", "show", "tcb", "--sysroot", empty, "-c", libvirtd.qemu_uri)
+    assert_clean_error(result, ExitCode.NOT_READY, "no SEV firmware information")
+    assert "gives no SEV information" in result.stdout and "-c URI" not in result.stderr
+    doc = json.loads(run_cli("host", "show", "tcb", "--sysroot", empty, "-c", libvirtd.qemu_uri, "--json").stdout)
+    assert doc["error"]["kind"] == "not_ready" and doc["results"][0]["libvirt"] is None
