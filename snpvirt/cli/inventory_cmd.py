@@ -31,7 +31,7 @@ def list_domains(all_domains: bool = typer.Option(False, "--all", "-a", help="In
     """List snpvirt-managed domains: state, size, policy, kernel hashes, expected measurement.
 
     A running domain shows what runs (its live definition); what its persistent definition changes after a restart
-    is under PENDING_RESTART. The table fits the terminal (COLUMNS, else its width; not when piped): the expected
+    is under PENDING_RESTART. On a terminal the table fits its width (or COLUMNS; a pipe gets whole lines): the expected
     measurement is abbreviated, the UUID left out, and narrow terminals lose KERNEL_HASHES, MEMORY_MIB and VCPUS
     first; --wide or --json show everything. Domains snpvirt does not manage are left out, and a line on stderr
     says how many (--unmanaged lists them; --all keeps virsh's meaning, shut-off domains too).
@@ -83,9 +83,14 @@ def _widest(text: str) -> int:
 
 
 def _terminal_width() -> int | None:
-    """COLUMNS, else the terminal's width; None when stdout is not a terminal (a pipe gets whole lines)."""
+    """On a terminal, COLUMNS or else its width. None when stdout is not one: a pipe or a file gets whole lines
+    whatever COLUMNS says (GNU readline exports COLUMNS into the environment of programs that use it, so a
+    script's `snpvirt list | awk` would otherwise change with the window it was started from)."""
     import shutil
+    import sys
 
+    if not sys.stdout.isatty():
+        return None
     return shutil.get_terminal_size((0, 0)).columns or None
 
 

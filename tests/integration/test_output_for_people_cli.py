@@ -5,14 +5,23 @@ outlives one command."""
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
+import os
+import pty
 import re
+import select
+import struct
+import subprocess
+import sys
+import termios
+import time
 
 import libvirt
 import pytest
 
 from snpvirt.errors import ExitCode
-from tests.conftest import EXAMPLES, assert_clean_error, run_cli, vector
+from tests.conftest import EXAMPLES, ROOT, CliRun, assert_clean_error, run_cli, vector
 from tests.integration.test_measurement_recorded import files, spec_file  # noqa: F401 (a fixture)
 
 WEB = EXAMPLES / "web-01.toml"
@@ -59,6 +68,34 @@ def held(libvirtd):
     conn.close()
 
 
+def run_on_terminal(*args: str, columns: int, env: dict[str, str] | None = None) -> CliRun:
+    """The CLI with its stdout on a pseudo-terminal `columns` wide, as in a person's terminal window."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    environment = {k: v for k, v in os.environ.items() if k != "COLUMNS"} | (env or {})
+    proc = subprocess.Popen([sys.executable, "-m", "snpvirt", *map(str, args)], stdout=slave, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, cwd=ROOT, env=environment)
+    os.close(slave)
+    chunks, deadline = [], time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 1)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed its end
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    stderr = proc.stderr.read().decode()
+    proc.stderr.close()
+    code = proc.wait(timeout=10)
+    return CliRun(code, b"".join(chunks).decode().replace("\r\n", "\n"), stderr)
+
+
 @pytest.mark.daemon
 def test_list_fits_the_terminal_and_wide_shows_everything(libvirtd, held, files, tmp_path):  # noqa: F811
     uri = libvirtd.test_uri
@@ -66,16 +103,21 @@ def test_list_fits_the_terminal_and_wide_shows_everything(libvirtd, held, files,
     measurement = json.loads(run_cli("list", "-c", uri, "--json").stdout)["results"][0]["expected_measurement"]
     assert len(measurement) == 96
 
-    piped = run_cli("list", "-c", uri, env={"COLUMNS": None})  # not a terminal: whole lines, still no UUID
+    # A pipe gets whole lines, whatever COLUMNS says (readline exports it into programs' environments).
+    piped = run_cli("list", "-c", uri, env={"COLUMNS": "40"})
     assert measurement[:12] + ELLIPSIS in piped.stdout and measurement not in piped.stdout
-    assert "UUID" not in piped.stdout and "KERNEL_HASHES" in piped.stdout
+    assert "UUID" not in piped.stdout and "KERNEL_HASHES" in piped.stdout and "MEMORY_MIB" in piped.stdout
 
-    narrow = run_cli("list", "-c", uri, env={"COLUMNS": "80"})
-    assert narrow.code == 0 and max(len(line) for line in narrow.stdout.splitlines()) <= 80
+    narrow = run_on_terminal("list", "-c", uri, columns=80)
+    assert narrow.code == 0 and max(len(line) for line in narrow.stdout.splitlines()) <= 80, narrow.stdout
     assert narrow.stdout.split()[:2] == ["NAME", "STATE"] and "KERNEL_HASHES" not in narrow.stdout
     assert measurement[:12] + ELLIPSIS in narrow.stdout
+    roomy = run_on_terminal("list", "-c", uri, columns=200)
+    assert "KERNEL_HASHES" in roomy.stdout and "UUID" not in roomy.stdout  # room, but the UUID needs --wide
+    told = run_on_terminal("list", "-c", uri, columns=200, env={"COLUMNS": "60"})  # COLUMNS wins on a terminal
+    assert max(len(line) for line in told.stdout.splitlines()) <= 60 and "MEMORY_MIB" not in told.stdout
 
-    wide = run_cli("list", "--wide", "-c", uri, env={"COLUMNS": "80"})
+    wide = run_on_terminal("list", "--wide", "-c", uri, columns=80)
     uuid = held.lookupByName("fit-01").UUIDString()
     assert measurement in wide.stdout and uuid in wide.stdout and "KERNEL_HASHES" in wide.stdout
     assert wide.stderr.strip() == "1 domain not managed by snpvirt is hidden; --unmanaged shows them"
