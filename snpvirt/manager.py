@@ -23,6 +23,7 @@ from snpvirt import domxml, drift, importer, inventory, launch, metadata, render
 from snpvirt import spec as specs
 from snpvirt.errors import (BadInputError, ConflictError, HostNotReadyError, NotFoundError,
                             OperationTimeoutError, SnpvirtError)
+from snpvirt.firmware import InstalledFirmware
 from snpvirt.models import DomainRecord, Finding, HostReport, Stamp, VmSpec
 from snpvirt.sevparams import SevParams
 
@@ -508,7 +509,12 @@ class Manager:
     # --- import ----------------------------------------------------------------------------------
 
     def import_domain(self, xml: bytes, from_domain: DomainRecord | None, fix: bool, check: bool,
-                      sev: SevParams | None, firmware: str | None) -> Outcome:
+                      sev: SevParams | None, firmware: str | None,
+                      installed: InstalledFirmware = InstalledFirmware()) -> Outcome:
+        """`installed`: what the host's descriptors and files say about firmware (nothing known by default:
+        a domain's firmware path must then be an AmdSev build by name, or given as --firmware)."""
+        if firmware is not None:
+            self.warnings += installed.check_option(firmware)
         root = domxml.parse(xml)
         name = root.findtext("name") or "(unnamed)"
         if from_domain is not None and metadata.read(root) is not None:
@@ -518,8 +524,9 @@ class Manager:
         changes = importer.fix(root, sev, firmware) if fix else []
         fixed = etree.tostring(root, encoding="unicode") + ("\n" if xml.endswith(b"\n") else "")
         after = domxml.check(fixed, self.allow_debug)
-        diff = "".join(difflib.unified_diff(xml.decode(errors="replace").splitlines(True), fixed.splitlines(True),
-                                            "original", "fixed"))
+        # Both sides parsed and serialised alike: the diff shows the changes, not libvirt's quotes or spacing.
+        original = etree.tostring(domxml.parse(xml), encoding="unicode") + ("\n" if xml.endswith(b"\n") else "")
+        diff = "".join(difflib.unified_diff(original.splitlines(True), fixed.splitlines(True), "original", "fixed"))
         out = Outcome(name, "import", state=from_domain.state if from_domain else None, details={
             "broken_rules": [f.as_dict() for f in before if f.severity == "error"], "changes": changes,
             "remaining": [f.as_dict() for f in after], "xml_diff": diff})
@@ -527,6 +534,9 @@ class Manager:
         if errors:
             hint = "run again with --fix" if not fix and changes == [] else errors[0].hint
             return out.fail(BadInputError(f"{name} breaks {len(errors)} SEV-SNP rule(s): {', '.join(f.rule_id for f in errors)}", hint))
+        refused = _firmware_refused(name, root, installed, fix, firmware)
+        if refused is not None:
+            return out.fail(refused)
         if from_domain is not None:  # a running domain keeps running as it was until it restarts
             out.details["restart_required"] = self._restart_required(from_domain, root)
         metadata.add_import_record(root, xml, self.clock())
@@ -557,7 +567,22 @@ class Manager:
         self._refuse_to_start(record)
         self.ensure_ready()
         self.hv.start(name)
+        self._destroy_if_started_otherwise(name)
         return Outcome(name, "start", changed=True, state="running")
+
+    def _destroy_if_started_otherwise(self, name: str) -> None:
+        """The check before start and libvirt's create are two calls, and another tool can define the domain
+        in between: what runs is checked the same way, and a guest that did not start as the SEV-SNP guest
+        snpvirt defined is destroyed at once rather than reported as started."""
+        record = self.hv.lookup(name)
+        if record is None or record.live_xml is None:
+            return
+        try:
+            self._refuse_to_start(dataclasses.replace(record, xml=record.live_xml))
+        except ConflictError as err:
+            self.hv.destroy(name)
+            raise ConflictError(f"{name}'s definition was changed while snpvirt started it, and it started without "
+                                f"the SEV-SNP settings snpvirt defined; snpvirt destroyed it ({err.message})", err.hint) from None
 
     def stop(self, name: str, timeout_s: float, force: bool, poll_s: float = 0.2) -> Outcome:
         """Shut one domain down (see stop_all); its failure is raised."""
@@ -644,19 +669,31 @@ class Manager:
 
     # --- measurement recorded later (files were not readable where the domain was defined) ----------
 
-    def record_measurement(self, name: str, spec: VmSpec, expected: launch.Expected) -> Outcome:
+    def record_measurement(self, name: str, inputs: LaunchInputs, expected: launch.Expected) -> Outcome:
+        """Record `expected` in the domain only if it was computed from what the domain launches with:
+        otherwise it is a value this domain can never produce (attestation would fail, or pass for another guest).
+
+        A domain defined from a spec launches with that spec's inputs, as snpvirt recorded them (with the
+        digests of the files it could read then). An imported domain launches with its definition: its
+        inputs are recorded from it, with the measurement, so that `list` can tell when they change."""
         record, info = self._managed(name)
         root = domxml.parse(record.xml)
-        vcpus = info.launch.get("vcpus") or {}
-        mismatches = [f"{what}: domain {have!r}, spec {want!r}" for what, have, want in (
-            ("vCPUs", vcpus.get("count"), str(spec.vcpus)), ("vCPU model", vcpus.get("model"), spec.cpu_model),
-            ("cmdline", info.launch.get("cmdline"), spec.boot.cmdline),
-            ("kernel hashes", (root.find("launchSecurity") is not None and root.find("launchSecurity").get("kernelHashes")
-                               == "yes"), spec.snp.kernel_hashes)) if have != want]
+        imported = info.origin == "import"
+        launched = _definition_inputs(root) if imported else _recorded_inputs(root, info)
+        mismatches = [f"{what}: domain {have!r}, {inputs.source} {want!r}" for what, have, want in (
+            ("vCPUs", launched["vcpus"], str(inputs.vcpus)), ("vCPU model", launched["cpu_model"], inputs.cpu_model),
+            ("cmdline", launched["cmdline"], inputs.cmdline), ("kernel hashes", launched["kernel_hashes"], inputs.kernel_hashes),
+            *([] if imported else _recorded_digests(info, expected))) if have != want]
         if mismatches:
-            raise ConflictError(f"{name} was not launched with this spec's inputs ({'; '.join(mismatches)})",
-                                "measure with the spec the domain was defined from (snpvirt status NAME shows it)")
-        element = metadata.with_measurement(metadata.find(root), expected)
+            spec = inputs.source == "spec"
+            whose = "this spec's" if spec else "the given"
+            raise ConflictError(f"{name} was not launched with {whose} inputs ({'; '.join(mismatches)})",
+                                "measure with the spec the domain was defined from (snpvirt status NAME shows it)" if spec
+                                else f"give what {name} launches with (snpvirt status {name}; virsh dumpxml {name})")
+        element = metadata.find(root)
+        if imported:
+            element = metadata.with_launch_inputs(element, _launch_record(root, expected))
+        element = metadata.with_measurement(element, expected)
         if etree.tostring(element) == etree.tostring(metadata.find(root)):
             return Outcome(name, "record", state=record.state)
         self.hv.set_metadata(name, metadata.without_namespace(element), domxml.METADATA_NS)
@@ -695,7 +732,9 @@ class Manager:
             "author_key_digest": author_key_digest,
             "measurement": bytes.fromhex(value) if value else None,
             "measurement_unknown": f"domain {name} records no measurement ({recorded.get('reason', 'none recorded')}); "
-                                   f"record one with: snpvirt measure SPEC --record {name}",
+                                   f"record one with: snpvirt measure SPEC --record {name} (or, for an imported "
+                                   f"domain, with its launch files: snpvirt measure --firmware FILE --vcpus N "
+                                   f"--vcpu-type TYPE ... --record {name})",
             "policy": snp_policy.parse_hex(policy_text) if policy_text else None,
             "host_data": base64.b64decode(host_data.strip()) if host_data else None,
         }
@@ -732,6 +771,93 @@ def _refused_action(err: SnpvirtError) -> str:
     """The action a spec that could not be planned shows: `conflict` when another domain holds its name
     (or it is not snpvirt's to change), `invalid` when the spec itself is wrong."""
     return "conflict" if isinstance(err, ConflictError) else "invalid"
+
+
+@dataclass(frozen=True)
+class LaunchInputs:
+    """What a measurement was computed from, as far as the domain's definition must agree with it."""
+
+    vcpus: int
+    cpu_model: str | None
+    cmdline: str | None
+    kernel_hashes: bool
+    source: str = "spec"  # how a mismatch names them: "spec", or "given" (measure's --vcpus, --kernel, ...)
+
+    @classmethod
+    def of_spec(cls, spec: VmSpec) -> LaunchInputs:
+        return cls(spec.vcpus, spec.cpu_model, spec.boot.cmdline, spec.snp.kernel_hashes)
+
+
+def _recorded_inputs(root: etree._Element, info: metadata.ManagedInfo) -> dict[str, Any]:
+    """What a domain defined from a spec launches with: the spec's inputs, as snpvirt recorded them."""
+    vcpus = info.launch.get("vcpus") if isinstance(info.launch.get("vcpus"), dict) else {}
+    return {"vcpus": vcpus.get("count"), "cpu_model": vcpus.get("model"), "cmdline": info.launch.get("cmdline"),
+            "kernel_hashes": _kernel_hashes(root)}
+
+
+def _definition_inputs(root: etree._Element) -> dict[str, Any]:
+    """What an imported domain launches with: its definition."""
+    cpu = root.find("cpu")
+    mode = cpu.get("mode", "custom") if cpu is not None else None
+    cpu_model = ((cpu.findtext("model") or "").strip() or None) if mode == "custom" else mode  # host-passthrough, ...
+    return {"vcpus": (root.findtext("vcpu") or "").strip() or None, "cpu_model": cpu_model,
+            "cmdline": root.findtext("os/cmdline"), "kernel_hashes": _kernel_hashes(root)}
+
+
+def _kernel_hashes(root: etree._Element) -> bool:
+    ls = root.find("launchSecurity")
+    return ls is not None and ls.get("kernelHashes") == "yes"
+
+
+def _launch_record(root: etree._Element, expected: launch.Expected) -> dict[str, Any]:
+    """An imported domain's launch inputs as snpvirt records them for a spec's domain: paths from its
+    definition, digests of the files the measurement was computed from."""
+    from snpvirt import policy as snp_policy
+
+    def launch_file(kind: str, path: str | None) -> dict[str, Any] | None:
+        measured = expected.digests.get(kind)
+        if not path and measured is None:
+            return None
+        return {"path": path or None, "sha256": measured.sha256 if measured is not None else None}
+
+    inputs = _definition_inputs(root)
+    policy = root.findtext("launchSecurity/policy")
+    try:
+        policy = snp_policy.to_hex(snp_policy.parse_hex(policy) if policy else snp_policy.DEFAULT_POLICY)
+    except BadInputError:
+        pass  # recorded as written: the SNP rules refuse a policy that is not hex
+    return {"firmware": launch_file("firmware", (root.findtext("os/loader") or "").strip()),
+            "kernel": launch_file("kernel", root.findtext("os/kernel")),
+            "initrd": launch_file("initrd", root.findtext("os/initrd")),
+            "cmdline": inputs["cmdline"], "vcpus": {"count": inputs["vcpus"], "model": inputs["cpu_model"]},
+            "policy": policy}
+
+
+def _recorded_digests(info: metadata.ManagedInfo, expected: launch.Expected) -> list[tuple[str, str, str]]:
+    """(what, recorded, measured) for each launch file whose digest snpvirt recorded and that was measured."""
+    pairs = []
+    for kind in ("firmware", "kernel", "initrd"):
+        recorded = info.launch.get(kind) if isinstance(info.launch.get(kind), dict) else {}
+        measured = expected.digests.get(kind)
+        if recorded.get("sha256") not in (None, "unknown") and measured is not None and measured.sha256:
+            pairs.append((f"{kind} sha256", recorded["sha256"], measured.sha256))
+    return pairs
+
+
+def _firmware_refused(name: str, root: etree._Element, installed: InstalledFirmware, fix: bool,
+                      firmware: str | None) -> BadInputError | None:
+    """A domain whose firmware is not an SEV-SNP build would be defined and then never launch (or launch
+    unmeasurable): refuse it unless descriptors or its name say it is one, or --firmware named it."""
+    loader = (root.findtext("os/loader") or "").strip()
+    if not loader or (fix and loader == firmware):
+        return None  # no path: libvirt picks a firmware whose descriptor offers amd-sev-snp
+    verdict = installed.verdict(loader)
+    if verdict.snp:
+        return None
+    what = "is not an SEV-SNP build" if verdict.snp is False else "is not known here as an SEV-SNP build"
+    return BadInputError(f"firmware {loader} {what} ({verdict.reason}); {name} was not imported",
+                         ("pass" if fix else "run again with --fix and") +
+                         f" --firmware PATH of an SEV-SNP build, e.g. --firmware {installed.example()}")
 
 
 def _int_or_none(text: str | None) -> int | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Any, Iterable, Sequence
 
@@ -43,16 +44,33 @@ def print_json(doc: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
 
 
+# C0 and C1 controls, DEL, and the bidi overrides: what a terminal acts on instead of showing.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """`text` with every control character shown as an escape (\\x1b, \\n). Messages carry what others
+    chose (a certificate's CN from KDS, a file name, a libvirt error): they must not move the cursor,
+    rewrite a line, set the window title or add a line that looks like snpvirt's own."""
+    return _CONTROLS.sub(_escape, text) if _CONTROLS.search(text) else text
+
+
+def _escape(match: re.Match) -> str:
+    char = match.group()
+    named = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(char)
+    return named or (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+
+
 def print_error(message: str, hint: str = "") -> None:
-    sys.stderr.write(f"snpvirt: error: {message}\n")
+    sys.stderr.write(f"snpvirt: error: {printable(message)}\n")
     if hint:
-        sys.stderr.write(f"hint: {hint}\n")
+        sys.stderr.write(f"hint: {printable(hint)}\n")
 
 
 def print_warning(message: str, hint: str = "") -> None:
-    sys.stderr.write(f"snpvirt: warning: {message}\n")
+    sys.stderr.write(f"snpvirt: warning: {printable(message)}\n")
     if hint:
-        sys.stderr.write(f"hint: {hint}\n")
+        sys.stderr.write(f"hint: {printable(hint)}\n")
 
 
 def print_progress(message: str) -> None:
@@ -63,7 +81,7 @@ def print_progress(message: str) -> None:
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     """A plain left-aligned table; the last column is never padded."""
-    rows = [list(map(str, r)) for r in rows]
+    rows = [[printable(str(cell)) for cell in r] for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
 
     def line(cells: Sequence[str]) -> str:

@@ -217,12 +217,13 @@ def verify(
         output.print_json(output.envelope(all_verified, False, results, error=output.batch_error(
             [_report_error(r) for r in results if not r["verified"]], len(results))))
     else:
-        for r in results:
-            typer.echo(f"{'VERIFIED' if r['verified'] else 'NOT VERIFIED'}  {r['report']}")
+        for r in results:  # messages quote certificates and file names: shown, never obeyed by the terminal
+            typer.echo(output.printable(f"{'VERIFIED' if r['verified'] else 'NOT VERIFIED'}  {r['report']}"))
             if "error" in r:
-                typer.echo(f"  error: {r['error']['message']}\n  hint: {r['error']['hint']}")
+                typer.echo("  error: " + output.printable(r['error']['message']))
+                typer.echo("  hint: " + output.printable(r['error']['hint']))
             for c in r["checks"]:
-                typer.echo(f"  {c['status']:<4}  {c['id']:<28} {c['message']}")
+                typer.echo(output.printable(f"  {c['status']:<4}  {c['id']:<28} {c['message']}"))
     if not all_verified:
         failed = [r for r in results if not r["verified"]]
         if len(results) == 1 and "error" in failed[0]:

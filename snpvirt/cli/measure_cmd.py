@@ -16,6 +16,8 @@ Examples:
       --cmdline 'console=ttyS0' --vcpus 4 --vcpu-type EPYC-Genoa --json
   snpvirt measure web-01.toml --set firmware=./OVMF.amdsev.fd --set boot.kernel=./vmlinuz \\
       --set boot.initrd=./initrd.img --record web-01 -c qemu+ssh://host/system   # from local copies
+  snpvirt measure --firmware /usr/share/edk2/ovmf/OVMF.amdsev.fd --vcpus 1 --vcpu-type host-passthrough \\
+      --vcpu-sig 0xa10f11 --record vm1   # an imported domain: its inputs, checked against its definition
 Guest features default to 0x1 (upstream KVM); hosts with DebugSwap need --guest-features 0x21.
 """
 IDBLOCK_EPILOG = """\b
@@ -49,7 +51,8 @@ def measure(
     vcpu_sig: Optional[str] = typer.Option(None, "--vcpu-sig", metavar="HEX", help="CPUID signature (host-passthrough)."),
     guest_features: Optional[str] = typer.Option(None, "--guest-features", metavar="HEX", help="VMSA SEV_FEATURES (0x1)."),
     ovmf_hash: Optional[str] = typer.Option(None, "--ovmf-hash", metavar="HEX", help="Precomputed LD after the firmware pages."),
-    record: Optional[str] = typer.Option(None, "--record", metavar="NAME", help="Store the result in this domain's metadata."),
+    record: Optional[str] = typer.Option(None, "--record", metavar="NAME",
+                                         help="Store the result in this domain's metadata (its launch inputs must match)."),
     connect: Optional[str] = connect_option(),
     json_output: bool = json_option(),
 ) -> None:
@@ -81,9 +84,9 @@ def measure(
         initrd = vm.boot.initrd if hashes_on else None
         cmdline = vm.boot.cmdline if hashes_on else None
     else:
-        if record is not None:
-            raise BadInputError("--record needs a SPEC (the domain's launch inputs are checked against it)",
-                                "snpvirt measure SPEC --record NAME")
+        if record is not None and vcpu_type is None:
+            raise BadInputError("--record needs --vcpu-type: the domain's CPU model is checked against it",
+                                "for a host-passthrough domain: --vcpu-type host-passthrough --vcpu-sig HEX")
         if firmware is None or vcpus is None or (vcpu_type is None and signature_override is None):
             raise BadInputError("without a SPEC, --firmware, --vcpus and --vcpu-type (or --vcpu-sig) are required",
                                 "snpvirt measure --firmware OVMF.amdsev.fd --vcpus 4 --vcpu-type EPYC-Genoa")
@@ -119,9 +122,13 @@ def measure(
     changed = False
     if record is not None:
         from snpvirt.cli.common import manager
+        from snpvirt.manager import LaunchInputs
 
         with manager(connect) as mgr:
-            outcome = mgr.record_measurement(record, vm, result)
+            # Checked against what the domain launches with, whether the inputs came from a spec or options.
+            inputs = LaunchInputs.of_spec(vm) if spec_file is not None else \
+                LaunchInputs(vcpus, vcpu_type, cmdline, kernel is not None, source="given")
+            outcome = mgr.record_measurement(record, inputs, result)
             changed = outcome.changed
             item["recorded"] = {"domain": record, "changed": changed}
     if json_output:

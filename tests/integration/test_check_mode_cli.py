@@ -11,8 +11,11 @@ from snpvirt.errors import ExitCode
 from tests.conftest import GOLDEN, vector
 from tests.integration.test_gate import LEGACY_SEV, import_ready_xml
 from tests.integration.test_gate_cli import WEB, held, hosts, libvirt_state, run_on  # noqa: F401 (fixtures)
+from tests.unit.fakehost import SNP_FIRMWARE
 
 pytestmark = pytest.mark.daemon
+# virt-manager's SEV domain keeps an OVMF_CODE.fd that is no SNP build: replaced by the captured host's SNP build.
+IMPORT_LEGACY = ("import", vector(LEGACY_SEV), "--fix", "--firmware", SNP_FIRMWARE)
 
 
 def _define_web(uri, _held):
@@ -34,14 +37,16 @@ CASES = {
     "apply (stopped: would start it), host not ready": ("unready", _define_web, ("apply", WEB), ExitCode.NOT_READY),
     "define (spec), host not ready": ("unready", None, ("define", WEB), ExitCode.NOT_READY),
     "define (XML), host not ready": ("unready", None, ("define", GOLDEN / "db-01.xml"), ExitCode.NOT_READY),
-    "import --fix (file), host not ready": ("unready", None, ("import", vector(LEGACY_SEV), "--fix"), ExitCode.NOT_READY),
+    "import --fix (file), host not ready": ("unready", None, IMPORT_LEGACY, ExitCode.NOT_READY),
     "import --fix (by name), host not ready": ("unready", _unmanaged("vm1"), ("import", "vm1", "--fix"), ExitCode.NOT_READY),
     "apply, name held by another tool": ("ready", _unmanaged("web-01"), ("apply", WEB), ExitCode.CONFLICT),
     "define (spec), name held by another tool": ("ready", _unmanaged("web-01"), ("define", WEB), ExitCode.CONFLICT),
     "define (XML), name held by another tool": ("ready", _unmanaged("db-01"), ("define", GOLDEN / "db-01.xml"),
                                                 ExitCode.CONFLICT),
     "import --fix (file), name held by another tool": ("ready", _unmanaged("linux2020"),
-                                                       ("import", vector(LEGACY_SEV), "--fix"), ExitCode.CONFLICT),
+                                                       IMPORT_LEGACY, ExitCode.CONFLICT),
+    "import --fix (file), its firmware is no SNP build": ("ready", None, ("import", vector(LEGACY_SEV), "--fix"),
+                                                          ExitCode.BAD_INPUT),
 }
 
 
@@ -64,7 +69,7 @@ def test_check_ends_as_the_run_would_and_changes_nothing(case, libvirtd, held, h
 
 
 @pytest.mark.parametrize("args", [("apply", WEB), ("define", WEB), ("define", GOLDEN / "db-01.xml"),
-                                  ("import", vector(LEGACY_SEV), "--fix")])
+                                  IMPORT_LEGACY])
 def test_on_a_ready_host_check_plans_the_change_and_makes_none(args, libvirtd, held, hosts):  # noqa: F811
     before = libvirt_state(held)
     planned, doc = run_on(hosts["ready"], libvirtd.test_uri, *args, "--check")

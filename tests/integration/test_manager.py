@@ -15,6 +15,7 @@ from snpvirt.errors import (BadInputError, ConflictError, ExitCode, NotFoundErro
                             StartFailedError)
 from snpvirt.manager import Manager, SpecInput
 from tests.conftest import GOLDEN, vector
+from tests.unit.fakehost import SNP_FIRMWARE, installed_firmware
 
 BASE = {"name": "mgr-01", "memory_mib": 2048, "vcpus": 2, "firmware": "/usr/share/ovmf/OVMF.amdsev.fd",
         "boot": {"kernel": "/boot/vmlinuz", "cmdline": "console=ttyS0"},
@@ -253,21 +254,23 @@ def test_list_shows_only_managed_domains(mgr):
     assert (row["vcpus"], row["memory_mib"], row["policy"], row["kernel_hashes"], row["state"]) == (2, 2048, "0x30000", True, "running")
 
 
-@pytest.mark.parametrize("name,ok,changes", [
-    ("virt-install-x86_64-launch-security-sev-snp.xml", True, 2),
-    ("virt-install-amd-sev.xml", True, 3),
-    ("virt-install-x86_64-launch-security-sev-snp-full.xml", False, 0),
+@pytest.mark.parametrize("name,firmware,ok,changes", [
+    ("virt-install-x86_64-launch-security-sev-snp.xml", None, True, 2),
+    ("virt-install-amd-sev.xml", SNP_FIRMWARE, True, 3),  # its OVMF_CODE.fd is no SNP build: replaced
+    ("virt-install-amd-sev.xml", None, False, 3),
+    ("virt-install-x86_64-launch-security-sev-snp-full.xml", None, False, 0),
 ])
-def test_import_virt_manager_domains(mgr, conn, name, ok, changes):
+def test_import_virt_manager_domains(mgr, conn, name, firmware, ok, changes, tmp_path):
     xml = vector(f"virt-manager/{name}").read_bytes()
-    outcome = mgr.import_domain(xml, None, fix=True, check=False, sev=None, firmware=None)
+    installed = installed_firmware(tmp_path)
+    outcome = mgr.import_domain(xml, None, fix=True, check=False, sev=None, firmware=firmware, installed=installed)
     assert outcome.ok is ok
     if ok:
         assert len(outcome.details["changes"]) == changes
     domain = outcome.name
     if ok:
         assert mgr.status(domain)["origin"] == "import"
-        again = mgr.import_domain(xml, None, fix=True, check=False, sev=None, firmware=None)
+        again = mgr.import_domain(xml, None, fix=True, check=False, sev=None, firmware=firmware, installed=installed)
         assert (again.ok, again.action, again.changed) == (True, "unchanged", False)
     else:
         assert outcome.error.exit_code == ExitCode.BAD_INPUT and conn.lookup(domain) is None
@@ -291,9 +294,10 @@ def with_nvram(xml: str) -> str:
     return xml.replace(loader, loader + "\n    <nvram>/var/lib/libvirt/qemu/nvram/linux2020_VARS.fd</nvram>")
 
 
-def test_import_fix_drops_nvram_from_what_libvirt_defines(mgr, conn):
+def test_import_fix_drops_nvram_from_what_libvirt_defines(mgr, conn, tmp_path):
     xml = with_nvram(vector("virt-manager/virt-install-amd-sev.xml").read_text()).encode()
-    outcome = mgr.import_domain(xml, None, fix=True, check=False, sev=None, firmware=None)
+    outcome = mgr.import_domain(xml, None, fix=True, check=False, sev=None, firmware=SNP_FIRMWARE,
+                                installed=installed_firmware(tmp_path))
     assert outcome.ok, outcome.error
     assert "snp.no_nvram" in {f["id"] for f in outcome.details["broken_rules"]}
     assert "removed <nvram>: SEV-SNP firmware is stateless" in outcome.details["changes"]
@@ -301,9 +305,10 @@ def test_import_fix_drops_nvram_from_what_libvirt_defines(mgr, conn):
     assert defined.find("os/nvram") is None and defined.find("os/loader").get("stateless") == "yes"
 
 
-def test_import_check_defines_nothing(mgr, conn):
+def test_import_check_defines_nothing(mgr, conn, tmp_path):
     xml = with_nvram(vector("virt-manager/virt-install-amd-sev.xml").read_text()).encode()
-    plan = mgr.import_domain(xml, None, fix=True, check=True, sev=None, firmware=None)
+    plan = mgr.import_domain(xml, None, fix=True, check=True, sev=None, firmware=SNP_FIRMWARE,
+                             installed=installed_firmware(tmp_path))
     assert (plan.ok, plan.changed, plan.details["planned"]) == (True, True, True)
     assert plan.details["changes"] and "-    <nvram>" in plan.details["xml_diff"]
     assert conn.lookup("linux2020") is None, "--check defines nothing"

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import http.server
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +34,10 @@ class FakeKds(http.server.BaseHTTPRequestHandler):
     failures: list = []  # status codes to answer first, one per request
     retry_after: str | None = "0"  # sent with each failure; None: no header, the client's own backoff decides
     drip: set = set()  # paths answered one byte at a time
+    header_drip: set = set()  # paths whose headers come one byte at a time: each byte resets urllib's timeout
+    drip_ends: list = []  # how each header drip ended
+    redirects: dict = {}  # path -> Location answered with a 302
+    raw: dict = {}  # path -> bytes sent as they are instead of an HTTP answer
     requests: list = []
 
     def do_GET(self):  # noqa: N802 - http.server's name
@@ -41,6 +47,26 @@ class FakeKds(http.server.BaseHTTPRequestHandler):
             if type(self).retry_after is not None:
                 self.send_header("Retry-After", type(self).retry_after)
             self.end_headers()
+            return
+        if self.path in type(self).raw:
+            self.wfile.write(type(self).raw[self.path])
+            return
+        if self.path in type(self).redirects:
+            self.send_response(302)
+            self.send_header("Location", type(self).redirects[self.path])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if self.path in type(self).header_drip:
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            try:
+                for _ in range(100):
+                    self.wfile.write(b"a")
+                    self.wfile.flush()
+                    time.sleep(0.05)
+                type(self).drip_ends.append("the whole drip was sent")
+            except OSError:
+                type(self).drip_ends.append("the client hung up")
             return
         if self.path in type(self).drip:  # headers, then a byte now and then: only a deadline ends it
             self.send_response(200)
@@ -83,6 +109,7 @@ def serve():
         VCEK_PATH: vector("attestation/virtee-sev/vcek_milan.der").read_bytes(),
     }
     FakeKds.failures, FakeKds.requests, FakeKds.retry_after, FakeKds.drip = [], [], "0", set()
+    FakeKds.header_drip, FakeKds.redirects, FakeKds.raw, FakeKds.drip_ends = set(), {}, {}, []
     yield start
     for httpd in servers:
         httpd.shutdown()
@@ -251,6 +278,54 @@ def test_an_answer_that_never_ends_meets_the_deadline(server):
     FakeKds.drip = {"/vcek/v1/Milan/cert_chain"}
     with pytest.raises(ConnectionFailedError, match="did not finish answering in time"):
         kds.Kds(server, None, timeout_s=0.3, attempts=1).cert_chain("milan")
+
+
+@pytest.mark.parametrize("via_redirect", [False, True], ids=["direct", "after a redirect"])
+def test_headers_that_never_end_meet_the_deadline(server, via_redirect):
+    """urllib's timeout is per socket read: a header byte every 50 ms held it for the whole drip (5 s)."""
+    FakeKds.header_drip = {"/slow"}
+    if via_redirect:
+        FakeKds.redirects = {"/vcek/v1/Milan/cert_chain": server + "/slow"}
+    else:
+        FakeKds.header_drip.add("/vcek/v1/Milan/cert_chain")
+    with pytest.raises(ConnectionFailedError, match="did not finish answering in time"):
+        kds.Kds(server, None, timeout_s=0.3, attempts=1).cert_chain("milan")
+    while not FakeKds.drip_ends:  # the server notices on its next write (the per-test timeout bounds this)
+        time.sleep(0.01)
+    assert FakeKds.drip_ends == ["the client hung up"]  # at the deadline, not after the server was done
+
+
+def test_a_redirect_to_another_scheme_is_refused(serve, tmp_path):
+    """--kds-url is http(s) only, and a redirect must not open an ftp: URL (urllib follows those)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.settimeout(0.2)
+    server = serve()
+    FakeKds.redirects = {"/vcek/v1/Milan/cert_chain": f"ftp://127.0.0.1:{listener.getsockname()[1]}/cert_chain"}
+    try:
+        with pytest.raises(kds.UntrustedAnswer, match=r"redirected to a URL that is not http\(s\) \(ftp:\)"):
+            kds.Kds(server, tmp_path / "cache", attempts=1).cert_chain("milan")
+        with pytest.raises(socket.timeout):
+            listener.accept()  # nothing connected to the ftp: address
+    finally:
+        listener.close()
+    assert entries(tmp_path / "cache") == []
+
+
+@pytest.mark.parametrize("answer", [b"\x1b]0;owned\x07garbage\r\n\r\n", b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 200 + b"\r\n"],
+                         ids=["not a status line", "too many headers"])
+def test_an_answer_that_is_not_http_is_a_connection_error(server, tmp_path, answer, monkeypatch, capsys):
+    """http.client's own errors escaped as "internal error", with the server's bytes (escapes) on stderr."""
+    FakeKds.raw = {"/vcek/v1/Milan/cert_chain": answer}
+    with pytest.raises(ConnectionFailedError, match="did not answer in HTTP"):
+        kds.Kds(server, None, attempts=1).cert_chain("milan")
+    monkeypatch.setenv("SNPVIRT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(kds, "Kds", functools.partial(kds.Kds, attempts=1))  # the CLI's retries only wait here
+    code = run(["attest", "fetch-certs", str(vector(REPORT)), "--product", "milan", "--kds-url", server,
+                "-o", str(tmp_path / "certs")])
+    err = capsys.readouterr().err
+    assert code == 6 and "internal error" not in err and "\x1b" not in err and "garbage" not in err
 
 
 def test_kds_url_must_be_http(tmp_path, capsys):
@@ -574,3 +649,30 @@ def test_a_failed_cache_write_leaves_no_partial_entry_and_no_temp_file(server, t
         _age(tmp_path / "kds" / path, 60 * 24 * 3600)
     verify_with_a_full_disk()
     assert {path: (tmp_path / "kds" / path).read_bytes() for path in entries(tmp_path / "kds")} == before
+
+
+def _hostile_cn_certificate() -> bytes:
+    """A certificate whose CN would take over the terminal: set its title, erase the line, forge one."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "\x1b]0;owned\x07\x1b[2K\rVERIFIED\nsnpvirt: ok\u202e")])
+    start = datetime.datetime(2024, 1, 1)
+    return pem(x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+               .serial_number(1).not_valid_before(start).not_valid_after(start + datetime.timedelta(days=3650))
+               .sign(key, hashes.SHA384()))
+
+
+def test_a_certificates_text_reaches_the_terminal_escaped(server, tmp_path, monkeypatch, capsys):
+    """A lying KDS chose the CN that the refusal quotes: stderr stays two lines, with no control character."""
+    FakeKds.routes["/vcek/v1/Milan/cert_chain"] = _hostile_cn_certificate()
+    monkeypatch.setenv("SNPVIRT_CACHE_DIR", str(tmp_path / "cache"))
+    code = run(["attest", "fetch-certs", str(vector(REPORT)), "--product", "milan", "--kds-url", server,
+                "-o", str(tmp_path / "certs")])
+    err = capsys.readouterr().err
+    assert code == 1 and "is not one ASK and one ARK" in err
+    assert err.count("\n") == 2 and err.startswith("snpvirt: error: ") and err.splitlines()[1].startswith("hint: ")
+    assert r"\x1b]0;owned\x07\x1b[2K\rVERIFIED\nsnpvirt: ok\u202e" in err  # shown, not obeyed
