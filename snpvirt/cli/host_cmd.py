@@ -200,4 +200,6 @@ def _tcb_text(item: dict) -> str:
         else:
             lines += [f"  {key + ':':<18} {value}" for key, value in node.items()]
             lines.append("  (libvirt reports no firmware version or TCB: run this on the host as root for those)")
-    return "\n".join(lines)
+    from snpvirt import output
+
+    return "\n".join(output.printable(line) for line in lines)  # sysfs and libvirt text: controls shown escaped

@@ -162,7 +162,7 @@ def status(name: str = typer.Argument(..., help="Domain name."), connect: Option
     for key in ("name", "uuid", "state", "vcpus", "memory_mib", "launch_security", "policy", "policy_flags", "kernel_hashes",
                 "expected_measurement", "measurement_stale", "restart_required", "origin", "spec_digest", "defined_at",
                 "updated_at", "snpvirt_version"):
-        typer.echo(f"{key + ':':<22} {_plain(info[key])}")
+        typer.echo(output.printable(f"{key + ':':<22} {_plain(info[key])}"))
     if info["pending"]:
         typer.echo("pending (after a restart; the values above are what runs):")
         _echo_indented([(key, [_plain(value)]) for key, value in info["pending"].items()])
@@ -176,11 +176,14 @@ def status(name: str = typer.Argument(..., help="Domain name."), connect: Option
 
 
 def _echo_indented(rows: list[tuple[str, list[str]]]) -> None:
-    """`  key: value` under a heading, the values in one column; a value's further lines under its first."""
+    """`  key: value` under a heading, the values in one column; a value's further lines under its first.
+    Control characters show escaped: another libvirt client can write anything into the metadata."""
+    from snpvirt import output
+
     width = max([20] + [len(key) + 1 for key, _ in rows])
     for key, lines in rows:
         for i, line in enumerate(lines):
-            typer.echo(f"  {(key + ':') if i == 0 else '':<{width}} {line}")
+            typer.echo(output.printable(f"  {(key + ':') if i == 0 else '':<{width}} {line}"))
 
 
 LAUNCH_FILES = ("firmware", "kernel", "initrd")

@@ -167,3 +167,11 @@ def test_snp_platform_status_is_decoded_as_the_kernel_lays_it_out():
     assert shown["state"] == "initialized" and shown["reported_tcb"]["snp"] == 8
     assert shown["current_tcb"]["microcode"] == 115 and shown["current_tcb"]["bootloader"] == 3
     assert sevfw.SEV_ISSUE_CMD == 0xC0105300  # _IOWR('S', 0, 16 bytes)
+
+
+def test_host_show_tcb_shows_control_characters_escaped(tmp_path):
+    root = captured_host(tmp_path)
+    (root / "sys/bus/pci/drivers/ccp/0000:c1:00.1/tee_version").write_text("00.1b\x1b[2K\rVERIFIED\n")
+    result = run_cli("host", "show", "tcb", "--sysroot", root)
+    assert result.code == 0 and "\x1b" not in result.stdout and "\r" not in result.stdout
+    assert "tee 00.1b\\x1b[2K\\rVERIFIED" in result.stdout
