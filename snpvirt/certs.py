@@ -198,6 +198,16 @@ class Chain:
         return bool(self.checks) and all(c.ok for c in self.checks)
 
 
+# Where the missing certificates come from, said where they are missed. A VLEK is the cloud provider's: AMD's
+# KDS serves VLEKs only to providers, so --fetch cannot get one.
+MISSING_LEAF_HINT = {
+    "vcek": "give --certs DIR or --vcek FILE, or --fetch to get it from AMD KDS",
+    "vlek": "give --vcek FILE or --certs DIR with the VLEK the cloud provider supplies (a guest gets it with "
+            "snpvirt guest report --certs-out DIR)",
+}
+MISSING_CHAIN_HINT = "give --certs DIR or --chain PEM, or --fetch to get ARK and ASK from AMD KDS"
+
+
 def verify_chain(pool: list[Cert], leaf: Cert | None, signer: str, product: str | None,
                  trust_root: Cert | None, now: datetime.datetime) -> Chain:
     """ARK (pinned or --trust-root) -> ASK/ASVK -> leaf; every link and validity period checked."""
@@ -211,11 +221,12 @@ def verify_chain(pool: list[Cert], leaf: Cert | None, signer: str, product: str 
     chain = Chain(ark, intermediate, leaf)
     add = lambda check_id, ok, message: chain.checks.append(ChainCheck(check_id, ok, message))  # noqa: E731
     if leaf is None:
-        add("cert.leaf", False, f"no {signer.upper()} certificate for this report")
+        add("cert.leaf", False, f"no {signer.upper()} certificate for this report ({MISSING_LEAF_HINT[signer]})")
         return chain
     if ark is None or intermediate is None:
         missing = "ARK" if ark is None else want_intermediate.upper()
-        add("cert.chain", False, f"no {missing}{' for ' + product if product else ''} among the certificates given")
+        add("cert.chain", False, f"no {missing}{' for ' + product if product else ''} among the certificates given "
+                                 f"({MISSING_CHAIN_HINT})")
         return chain
     if trust_root is not None:
         add("cert.ark_pinned", True, f"ARK is the --trust-root {trust_root.source} (AMD's pin replaced)")

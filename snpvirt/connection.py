@@ -83,6 +83,20 @@ class Connection:
         except libvirt.libvirtError as exc:
             raise translate(exc, "read domain capabilities", self.uri) from None
 
+    def sev_info(self) -> dict[str, object]:
+        """`virsh nodesevinfo` (virNodeGetSEVInfo): pdh, cert-chain, cpu0-id, cbitpos, reduced-phys-bits,
+        max-guests, max-es-guests. A driver or host without SEV is HostNotReadyError, not a broken connection
+        (libvirt's test driver answers VIR_ERR_NO_SUPPORT, which elsewhere means the connection cannot do it)."""
+        try:
+            return dict(self._conn.getSEVInfo(0))
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() in (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_OPERATION_UNSUPPORTED,
+                                        libvirt.VIR_ERR_OPERATION_INVALID):
+                detail = (exc.get_error_message() or str(exc)).strip()
+                raise HostNotReadyError(f"{self.uri or 'the default URI'} gives no SEV information: {detail}",
+                                        "ask libvirt on an SEV host: virsh -c qemu:///system nodesevinfo") from None
+            raise translate(exc, "read the host's SEV information", self.uri) from None
+
     def libvirt_facts(self) -> LibvirtFacts:
         """Versions, domain capabilities and SEV-ES/SNP guests in use, each tolerated missing."""
         conn = self._conn

@@ -387,7 +387,7 @@ class Manager:
         try:
             return self._plan(spec, existing_names)
         except SnpvirtError as err:
-            return Outcome(spec.name, "invalid").fail(err)
+            return Outcome(spec.name, _refused_action(err)).fail(err)
 
     def _execute(self, plan: _Plan, check: bool, start: bool, retries: int = RACE_RETRIES) -> Outcome:
         existing_state = plan.existing.state if plan.existing else None
@@ -437,7 +437,7 @@ class Manager:
         try:
             replanned = self._plan(plan.spec, {plan.spec.name})
         except SnpvirtError as err:
-            return Outcome(plan.spec.name, "invalid").fail(err)
+            return Outcome(plan.spec.name, _refused_action(err)).fail(err)
         return self._execute(replanned, False, start, retries)
 
     def _shut_down(self, name: str) -> str:
@@ -756,15 +756,22 @@ class Manager:
     # --- inventory -------------------------------------------------------------------------------
 
     def list(self, include_inactive: bool = False) -> list[dict[str, Any]]:
-        rows = []
+        return self.inventory(include_inactive)[0]
+
+    def inventory(self, include_inactive: bool = False, include_unmanaged: bool = False) -> tuple[list[dict[str, Any]], int]:
+        """The rows `list` shows, each saying whether snpvirt manages it, and how many domains snpvirt does not
+        manage were left out (so `list` can say so rather than look like the host's whole inventory)."""
+        rows, hidden = [], 0
         for record in self.hv.domains():
             if not include_inactive and not is_active(record.state):
                 continue
             root = domxml.parse(record.xml)
             info = metadata.read(root)
-            if info is not None:
-                rows.append(inventory.row(record, root, info))
-        return sorted(rows, key=lambda r: r["name"])
+            if info is None and not include_unmanaged:
+                hidden += 1
+                continue
+            rows.append({**inventory.row(record, root, info), "managed": info is not None})
+        return sorted(rows, key=lambda r: r["name"]), hidden
 
     def status(self, name: str) -> dict[str, Any]:
         record, info = self._managed(name)
@@ -772,6 +779,12 @@ class Manager:
         return {**inventory.row(record, root, info), "origin": info.origin, "snpvirt_version": info.version,
                 "spec_digest": info.digest, "spec": info.spec, "launch": info.launch,
                 "defined_at": info.defined_at, "updated_at": info.updated_at}
+
+
+def _refused_action(err: SnpvirtError) -> str:
+    """The action a spec that could not be planned shows: `conflict` when another domain holds its name
+    (or it is not snpvirt's to change), `invalid` when the spec itself is wrong."""
+    return "conflict" if isinstance(err, ConflictError) else "invalid"
 
 
 @dataclass(frozen=True)

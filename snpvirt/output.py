@@ -37,6 +37,12 @@ def batch_error(errors: list[dict[str, str]], total: int) -> dict[str, str] | No
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+def about(subject: str, message: str) -> str:
+    """`subject: message`, unless the message already starts with the subject: errors raised about a file or
+    a domain often name it themselves, and "trunc.bin: trunc.bin: not a report" says it twice."""
+    return message if message.startswith(f"{subject}:") else f"{subject}: {message}"
+
+
 def print_json(doc: dict[str, Any]) -> None:
     """One JSON document, always valid UTF-8: undecodable bytes of a file name show as U+FFFD."""
     text = _LONE_SURROGATE.sub("\ufffd", json.dumps(doc, indent=2, ensure_ascii=False)) + "\n"

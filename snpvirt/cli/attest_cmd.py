@@ -63,14 +63,24 @@ def show(report_file: Path = typer.Argument(..., metavar="REPORT", help="A 1184-
     from snpvirt import output
     from snpvirt import report as reports
 
-    fields = reports.parse(_read(report_file), str(report_file)).as_dict(_product(product))
+    rep = reports.parse(_read(report_file), str(report_file))
+    fields = rep.as_dict(_product(product))
     if json_output:
         output.print_json(output.envelope(True, False, [{"report": str(report_file), **fields}]))
         return
     for key, value in fields.items():
-        if isinstance(value, dict):
-            value = ", ".join(f"{k}={v}" for k, v in value.items())
-        typer.echo(f"{key + ':':<22} {value}")
+        typer.echo(f"{key + ':':<22} {_shown(key, value, rep.version, fields['product'] is not None)}")
+
+
+def _shown(key: str, value, version: int, product_known: bool) -> str:
+    """A report field for people: an unknown product says why and what to do; an absent field is `-`."""
+    if key == "product" and value is None:
+        return f"unknown (version {version} reports do not say; give --product milan, genoa or turin)"
+    if key == "tcb_layout" and not product_known:
+        return f"{value} (assumed: the product is unknown, and Turin's layout differs)"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    return "-" if value is None else str(value)
 
 
 def _min_tcb(text):
@@ -214,10 +224,10 @@ def verify(
     if not all_verified:
         failed = [r for r in results if not r["verified"]]
         if len(results) == 1 and "error" in failed[0]:
-            output.print_error(f"{failed[0]['report']}: {failed[0]['error']['message']}", failed[0]["error"]["hint"])
+            output.print_error(output.about(failed[0]["report"], failed[0]["error"]["message"]), failed[0]["error"]["hint"])
         else:
             output.print_error(f"{len(failed)} of {len(results)} report(s) NOT verified: "
-                               f"{', '.join(r['report'] for r in failed)}", "see the failed checks above")
+                               f"{', '.join(r['report'] for r in failed)}", _failure_hint(failed))
         raise typer.Exit(int(ExitCode.BAD_INPUT if bad_input else ExitCode.FAILURE))
 
 
@@ -226,7 +236,16 @@ def _report_error(result: dict) -> dict:
     if "error" in result:
         return result["error"]
     return {"kind": "failure", "message": f"{result['report']}: NOT verified: failed {', '.join(result['failed'])}",
-            "hint": "see the failed checks in its result"}
+            "hint": _failure_hint([result], "see the failed checks in its result")}
+
+
+def _failure_hint(failed: list, otherwise: str = "see the failed checks above") -> str:
+    """Missing certificates are the usual first failure, and the fix is an option away: say which."""
+    missing = {c["id"] for r in failed for c in r.get("checks", []) if c["status"] == "fail"} & {"cert.leaf", "cert.chain"}
+    if not missing:
+        return otherwise
+    return ("give the missing certificates: --certs DIR, --vcek FILE (and --chain PEM), or --fetch for those AMD KDS "
+            "serves (all but a VLEK); " + otherwise)
 
 
 def _kds(kds_url: Optional[str], trust_root=None):

@@ -120,7 +120,7 @@ def report(outcomes: list, json_output: bool, warnings: list = ()) -> None:
                            f"snpvirt apply SPEC --restart (or snpvirt stop {o.name} && snpvirt start {o.name})")
         failed = [o for o in outcomes if not o.ok]
         for o in failed:
-            output.print_error(f"{o.name}: {o.error.message}", o.error.hint)
+            output.print_error(output.about(o.name, o.error.message), o.error.hint)
     if code:
         raise typer.Exit(code)
 

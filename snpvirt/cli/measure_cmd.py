@@ -158,7 +158,10 @@ def idblock(
                                   help="Guest security version number."),
     json_output: bool = json_option(),
 ) -> None:
-    """Build the base64 idBlock (96 bytes) and idAuth (4096 bytes) libvirt takes, and the key digests."""
+    """Build the base64 idBlock (96 bytes) and idAuth (4096 bytes) libvirt takes, and the key digests.
+
+    The key digests are in hex, as `attest show` prints a report's ID_KEY_DIGEST and AUTHOR_KEY_DIGEST.
+    """
     import base64
 
     from snpvirt import idblock as ids
@@ -205,9 +208,11 @@ def idblock(
     blocks = ids.build(digest, policy_value, ids.load_private_key(id_key, "ID key"),
                        ids.load_private_key(author_key, "author key") if author_key else None, family, image, svn)
     b64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
+    # The blobs in base64, as libvirt's <idBlock>/<idAuth> take them; the digests in hex, as `attest show`
+    # prints the report's ID_KEY_DIGEST and AUTHOR_KEY_DIGEST, so they compare by eye.
     item = {"measurement": digest.hex(), "policy": snp_policy.to_hex(policy_value), "id_block": b64(blocks.id_block),
-            "id_auth": b64(blocks.id_auth), "id_key_digest": b64(blocks.id_key_digest),
-            "author_key_digest": b64(blocks.author_key_digest) if blocks.author_key_digest else None,
+            "id_auth": b64(blocks.id_auth), "id_key_digest": blocks.id_key_digest.hex(),
+            "author_key_digest": blocks.author_key_digest.hex() if blocks.author_key_digest else None,
             "author_key": author_key is not None}
     if json_output:
         output.print_json(output.envelope(True, False, [item]))
