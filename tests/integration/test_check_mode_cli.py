@@ -10,7 +10,7 @@ import pytest
 from snpvirt.errors import ExitCode
 from tests.conftest import GOLDEN, vector
 from tests.integration.test_gate import LEGACY_SEV, import_ready_xml
-from tests.integration.test_gate_cli import WEB, held, hosts, libvirt_state, run_on  # noqa: F401 (fixtures)
+from tests.integration.test_gate_cli import WEB, hosts, libvirt_state, run_on  # noqa: F401 (fixtures)
 from tests.unit.fakehost import SNP_FIRMWARE
 
 pytestmark = pytest.mark.daemon
