@@ -63,8 +63,8 @@ def clear(conn) -> None:
 def main() -> int:
     import libvirt
 
-    from snpvirt import render, sevparams
-    from snpvirt import spec as specs
+    from snpvirt.domain import render, sevparams
+    from snpvirt.domain import spec as specs
     from tests.integration.daemon import IsolatedLibvirtd, libvirtd_available
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

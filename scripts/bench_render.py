@@ -32,8 +32,9 @@ def render_throughput(count: int, batches: int = 5) -> tuple[float, float]:
     """
     import dataclasses
 
-    from snpvirt import domxml, render, sevparams
-    from snpvirt import spec as specs
+    from snpvirt.domain import render, sevparams
+    from snpvirt.domain import xml as domxml
+    from snpvirt.domain import spec as specs
 
     text = (ROOT / "examples" / "web-01.toml").read_text()
     base = specs.parse_spec(specs.load_spec_text(text))

@@ -19,13 +19,16 @@ from typing import Any, Callable, Iterable, Protocol
 
 from lxml import etree
 
-from snpvirt import domxml, drift, importer, inventory, launch, metadata, render, snp_rules
-from snpvirt import spec as specs
+from snpvirt.domain import drift, importer, inventory, metadata, render
+from snpvirt.domain import xml as domxml
+from snpvirt.launch import inputs as launch
+from snpvirt.domain import rules as snp_rules
+from snpvirt.domain import spec as specs
 from snpvirt.errors import (BadInputError, ConflictError, HostNotReadyError, NotFoundError,
                             OperationTimeoutError, SnpvirtError)
-from snpvirt.firmware import InstalledFirmware
+from snpvirt.host.firmware import InstalledFirmware
 from snpvirt.models import DomainRecord, Finding, HostReport, Stamp, VmSpec
-from snpvirt.sevparams import SevParams
+from snpvirt.domain.sevparams import SevParams
 
 ACTIVE_STATES = {"running", "blocked", "paused", "shutdown", "pmsuspended"}
 
@@ -706,7 +709,7 @@ class Manager:
         """What a report from this domain must show: its recorded measurement, policy and host data."""
         import base64
 
-        from snpvirt import idblock
+        from snpvirt.launch import idblock
         from snpvirt import policy as snp_policy
 
         record, info = self._managed(name)

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
-from snpvirt import amd_ecdsa
+from snpvirt.attest import amd_ecdsa
 
 PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
 START = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)

@@ -61,7 +61,7 @@ def show(report_file: Path = typer.Argument(..., metavar="REPORT", help="A 1184-
          json_output: bool = json_option()) -> None:
     """Print every field of an attestation report, with policy, TCB and platform info decoded."""
     from snpvirt import output
-    from snpvirt import report as reports
+    from snpvirt.attest import report as reports
 
     rep = reports.parse(_read(report_file), str(report_file))
     fields = rep.as_dict(_product(product))
@@ -103,7 +103,7 @@ def _expectations(domain, connect, expected_measurement, report_data, host_data,
     import base64
 
     from snpvirt.errors import BadInputError
-    from snpvirt.verify import Expectations
+    from snpvirt.attest.verify import Expectations
 
     def hex_arg(value, option, size=None):
         try:
@@ -172,8 +172,9 @@ def verify(
     policy, nonce and host data. Every check is listed; any failure means not verified."""
     import datetime
 
-    from snpvirt import certs, output
-    from snpvirt import verify as verifier
+    from snpvirt import output
+    from snpvirt.attest import certs
+    from snpvirt.attest import verify as verifier
     from snpvirt.errors import BadInputError, ExitCode, SnpvirtError
 
     when = datetime.datetime.now(datetime.timezone.utc)
@@ -250,7 +251,8 @@ def _failure_hint(failed: list, otherwise: str = "see the failed checks above") 
 
 def _kds(kds_url: Optional[str], trust_root=None):
     """The KDS client, cached on disk, saying each retry on stderr (a silent 7 s wait looks like a hang)."""
-    from snpvirt import kds, output
+    from snpvirt import output
+    from snpvirt.attest import kds
 
     return kds.Kds(kds_url or kds.DEFAULT_URL, kds.default_cache(), progress=output.print_warning,
                    trust_root=trust_root)
@@ -258,9 +260,10 @@ def _kds(kds_url: Optional[str], trust_root=None):
 
 def _fetched(service, data: bytes, origin: str, product: Optional[str], pool: list) -> list:
     """Certificates KDS has for this report that the pool lacks."""
-    from snpvirt import certs, report as reports
+    from snpvirt.attest import certs
+    from snpvirt.attest import report as reports
     from snpvirt.errors import BadInputError
-    from snpvirt.verify import binds, tcb_matches
+    from snpvirt.attest.verify import binds, tcb_matches
 
     rep = reports.parse(data, origin)
     product = product or rep.product()
@@ -289,8 +292,9 @@ def fetch_certs(
     json_output: bool = json_option(),
 ) -> None:
     """Get ARK, ASK and the report's VCEK from AMD's key distribution service (cached on disk)."""
-    from snpvirt import certs, fileio, kds, output
-    from snpvirt import report as reports
+    from snpvirt import fileio, output
+    from snpvirt.attest import certs, kds
+    from snpvirt.attest import report as reports
     from snpvirt.errors import BadInputError
 
     fileio.output_folder(out_dir, what="-o")  # a link or a file there is refused before any request

@@ -48,8 +48,8 @@ def manager(connect: Optional[str], host_caps: Optional[Path] = None, allow_debu
     """A Manager over a fresh connection, closed afterwards. cbitpos/reducedPhysBits come from the spec,
     then --host-caps, then the connected host (the same order as render). The gate judges the connected
     host; on libvirt's test driver, the captured host `sysroot` with --host-caps, or nothing without one."""
-    from snpvirt import readiness
-    from snpvirt.connection import Connection
+    from snpvirt.host import readiness
+    from snpvirt.libvirt.connection import Connection
     from snpvirt.manager import Manager
 
     conn = Connection(connect)
@@ -67,13 +67,14 @@ class SevSources:
     --host-caps, then the connected host, which is asked once and only when still needed."""
 
     def __init__(self, host_caps: Optional[Path], ask_host=None) -> None:
-        from snpvirt import sevparams
+        from snpvirt.domain import sevparams
 
         self.sources = [sevparams.HostCapsSource(read_host_caps(host_caps), f"--host-caps {host_caps}")] if host_caps else []
         self._ask_host = ask_host  # () -> (domcapabilities XML, label), or None without a connection
 
     def resolve(self, spec):
-        from snpvirt import domcaps, sevparams
+        from snpvirt.host import domcaps
+        from snpvirt.domain import sevparams
 
         complete = any(s.caps.cbitpos is not None and s.caps.reduced_phys_bits is not None for s in self.sources)
         if self._ask_host is not None and not complete and (spec.snp.cbitpos is None or spec.snp.reduced_phys_bits is None):
@@ -141,7 +142,8 @@ def _result_text(outcome) -> str:
 
 
 def read_host_caps(path: Path):
-    from snpvirt import domcaps, fileio
+    from snpvirt import fileio
+    from snpvirt.host import domcaps
 
     data = fileio.read_input(path, "domcaps", "cannot read --host-caps")
     return domcaps.parse_domcaps(data, f"--host-caps {path}")

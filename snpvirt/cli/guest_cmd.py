@@ -35,7 +35,8 @@ Then, on the host: snpvirt attest verify report.bin --domain NAME --report-data 
 def check(sysroot: Path = typer.Option(Path("/"), "--sysroot", metavar="DIR", hidden=True),
           json_output: bool = json_option()) -> None:
     """Is this an SEV-SNP guest, and can it get attestation reports? A fix for each problem."""
-    from snpvirt import guest, output
+    from snpvirt import output
+    from snpvirt.attest import guest
     from snpvirt.errors import ExitCode
 
     results = guest.check(sysroot)
@@ -68,7 +69,8 @@ def report(
     """Ask the SEV-SNP firmware for a signed attestation report carrying the given report data."""
     import hashlib
 
-    from snpvirt import fileio, guest, output
+    from snpvirt import fileio, output
+    from snpvirt.attest import guest
     from snpvirt.errors import BadInputError
 
     if [report_data is not None, nonce_file is not None, random_nonce].count(True) != 1:

@@ -43,7 +43,8 @@ def check(
     json_output: bool = typer.Option(False, "--json", help="Print one JSON document."),
 ) -> None:
     """Check every fact an SEV-SNP launch depends on, with a fix for each problem."""
-    from snpvirt import output, readiness
+    from snpvirt import output
+    from snpvirt.host import readiness
     from snpvirt.errors import BadInputError, ExitCode, HostNotReadyError, SnpvirtError
 
     if host_caps is not None and domcaps_alias is not None:
@@ -54,7 +55,7 @@ def check(
     policy, spec_firmware = _policy(policy_arg)
     connection, error = None, None
     if connect is not None or str(sysroot) == "/":
-        from snpvirt.connection import Connection
+        from snpvirt.libvirt.connection import Connection
         try:
             connection = Connection(connect)
         except SnpvirtError as exc:
@@ -83,7 +84,7 @@ def _policy(value: str | None) -> tuple[int | None, str | None]:
     if value is None:
         return None, None
     from snpvirt import policy as snp_policy
-    from snpvirt import spec as specs
+    from snpvirt.domain import spec as specs
     from snpvirt.errors import BadInputError
 
     if Path(value).is_file():
@@ -138,7 +139,9 @@ def show_tcb(
     PSP bootloader and TEE versions in the ccp driver's sysfs files (Linux >= 6.4, where the platform allows),
     and libvirt's nodesevinfo no firmware version at all. Each source says why it gave nothing.
     """
-    from snpvirt import host, output, sevfw
+    from snpvirt import output
+    from snpvirt.host import sevfw
+    from snpvirt.host import checks as host
     from snpvirt.errors import BadInputError, HostNotReadyError, SnpvirtError
 
     if not sysroot.is_dir():
@@ -146,7 +149,7 @@ def show_tcb(
     local = None if host.is_remote_uri(connect) else sevfw.read(sysroot)  # a remote host's files are not here
     node, node_error = None, None
     if connect is not None:
-        from snpvirt.connection import Connection
+        from snpvirt.libvirt.connection import Connection
 
         with Connection(connect) as conn:  # libvirt refuses nodesevinfo to read-only connections
             try:

@@ -39,10 +39,12 @@ def import_domain(
     """Check a domain against the SEV-SNP rules and, with --fix, bring it under management."""
     import os
 
-    from snpvirt import domcaps, fileio, sevparams
+    from snpvirt import fileio
+    from snpvirt.host import domcaps
+    from snpvirt.domain import sevparams
     from snpvirt.errors import BadInputError, NotFoundError, SnpvirtError
-    from snpvirt.firmware import InstalledFirmware
-    from snpvirt.host import is_remote_uri
+    from snpvirt.host.firmware import InstalledFirmware
+    from snpvirt.host.checks import is_remote_uri
 
     with manager(connect, host_caps, sysroot=sysroot) as m:
         path = Path(source)

@@ -151,7 +151,8 @@ def _pending_value(value) -> str:
 def status(name: str = typer.Argument(..., help="Domain name."), connect: Optional[str] = connect_option(),
            json_output: bool = json_option()) -> None:
     """One managed domain in full: state, policy, spec, launch inputs and their digests, timestamps."""
-    from snpvirt import inventory, output
+    from snpvirt import output
+    from snpvirt.domain import inventory
 
     with manager(connect) as m:
         info = m.status(name)
@@ -169,7 +170,7 @@ def status(name: str = typer.Argument(..., help="Domain name."), connect: Option
     typer.echo("launch inputs:" if info["launch"] else f"{'launch inputs:':<22} - (none recorded)")
     _echo_indented([(key, _launch_lines(key, value)) for key, value in info["launch"].items()])
     if info["spec"] is not None:
-        from snpvirt import metadata
+        from snpvirt.domain import metadata
 
         typer.echo("spec:")  # every key that is set, dotted (snp.policy.smt), sorted
         _echo_indented([(change["key"], [_plain(change["to"])]) for change in metadata.spec_diff({}, info["spec"])])

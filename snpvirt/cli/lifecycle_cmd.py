@@ -42,7 +42,7 @@ Exit 7 when the guest did not shut down in time (without --force); 9 when some o
 def _load_specs(paths: List[Path], allow_debug: bool, overrides: List[str] = ()):
     """Specs one at a time, as the manager asks for them (it overlaps parsing with libvirt calls).
     `overrides` (--set KEY=VALUE, as on render) change every spec before it is checked."""
-    from snpvirt import spec as specs
+    from snpvirt.domain import spec as specs
     from snpvirt.errors import SnpvirtError
     from snpvirt.manager import SpecInput
 
@@ -74,7 +74,7 @@ def apply(
     The spec's state (running by default, or shutoff: a graceful shutdown) and autostart are converged too.
     A running domain whose spec changed is redefined and reported restart_required; it restarts only with --restart.
     """
-    from snpvirt import spec as specs
+    from snpvirt.domain import spec as specs
     from snpvirt.errors import BadInputError
 
     if not timeout >= 0:  # also refuses nan

@@ -63,9 +63,10 @@ def measure(
     json_output: bool = json_option(),
 ) -> None:
     """Print the 48-byte SEV-SNP launch measurement an honest guest will report (lowercase hex)."""
-    from snpvirt import launch, output
-    from snpvirt import measure as m
-    from snpvirt import spec as specs
+    from snpvirt import output
+    from snpvirt.launch import inputs as launch
+    from snpvirt.launch import measure as m
+    from snpvirt.domain import spec as specs
     from snpvirt.errors import BadInputError
 
     signature_override = _int(vcpu_sig, "--vcpu-sig", 32)  # CPUID Fn0000_0001_EAX
@@ -105,7 +106,8 @@ def measure(
     features_source = "--guest-features" if features_override is not None else "spec" if spec_file else "default (upstream KVM)"
     if features_override is None and (spec_file is None or "guest_features" not in vm.source.get("snp", {})) \
             and connect is not None:
-        from snpvirt import host, hostfacts
+        from snpvirt.host import checks as host
+        from snpvirt.host import facts as hostfacts
         if not host.is_remote_uri(connect):
             facts = hostfacts.read_local_facts("/")
             derived = launch.host_guest_features(facts.kernel_release, facts.kvm_amd_params.get("debug_swap"))
@@ -164,10 +166,11 @@ def idblock(
     """
     import base64
 
-    from snpvirt import idblock as ids
-    from snpvirt import launch, output
+    from snpvirt.launch import idblock as ids
+    from snpvirt import output
+    from snpvirt.launch import inputs as launch
     from snpvirt import policy as snp_policy
-    from snpvirt import spec as specs
+    from snpvirt.domain import spec as specs
     from snpvirt.errors import BadInputError
 
     def hex_bytes(value: Optional[str], size: int, option: str) -> bytes:

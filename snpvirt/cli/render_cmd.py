@@ -35,7 +35,11 @@ def render(
     json_output: bool = typer.Option(False, "--json", help="Print one JSON document."),
 ) -> None:
     """Render SPEC to libvirt domain XML, checked by libvirt's schema and snpvirt's SNP rules."""
-    from snpvirt import fileio, launch, localfiles, output, policy, render as renderer, spec as specs
+    from snpvirt import fileio, output, policy
+    from snpvirt.domain import localfiles
+    from snpvirt.launch import inputs as launch
+    from snpvirt.domain import render as renderer
+    from snpvirt.domain import spec as specs
     from snpvirt.cli.common import SevSources
 
     if output_file is not None and str(output_file) == "-":
@@ -81,7 +85,7 @@ def render(
 
 
 def _domain_capabilities(uri: str) -> str:
-    from snpvirt.connection import Connection
+    from snpvirt.libvirt.connection import Connection
 
     with Connection(uri) as conn:  # libvirt refuses domcapabilities to read-only connections
         return conn.domain_capabilities()

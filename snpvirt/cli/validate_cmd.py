@@ -24,7 +24,8 @@ def validate(
 
     Exit 0 when every file is valid (warnings allowed), 2 otherwise; every failing rule is listed.
     """
-    from snpvirt import domxml, fileio, output
+    from snpvirt import fileio, output
+    from snpvirt.domain import xml as domxml
     from snpvirt.errors import ExitCode
     from snpvirt.models import Finding
 

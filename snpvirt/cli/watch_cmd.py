@@ -33,8 +33,8 @@ def watch(
     import sys
     import threading
 
-    from snpvirt import events
-    from snpvirt.connection import translate
+    from snpvirt.libvirt import events
+    from snpvirt.libvirt.connection import translate
 
     stop = threading.Event()
     seen = [0]

@@ -11,7 +11,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from snpvirt.domxml import METADATA_NS
+from snpvirt.domain.xml import METADATA_NS
 from tests.conftest import EXAMPLES, GOLDEN, vector
 from tests.hostile.conftest import SPECIAL_INPUTS, make_special, run_with_special
 from tests.hostile.contract import assert_contract, run_in_process

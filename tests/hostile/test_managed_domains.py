@@ -11,7 +11,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from snpvirt.domxml import METADATA_NS
+from snpvirt.domain.xml import METADATA_NS
 from tests.conftest import vector
 from tests.hostile.contract import assert_contract, run_in_process
 from tests.hostile.strategies import odd_text

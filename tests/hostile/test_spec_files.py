@@ -14,7 +14,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from snpvirt import policy as snp_policy
-from snpvirt import spec as specs
+from snpvirt.domain import spec as specs
 from tests.conftest import EXAMPLES, vector
 from tests.hostile.conftest import SPECIAL_INPUTS, SPECIAL_OUTPUTS, make_output, make_special, run_with_special
 from tests.hostile.contract import Snapshot, assert_contract, run_in_process, run_subprocess

@@ -6,8 +6,9 @@ from __future__ import annotations
 import base64
 import json
 
-from snpvirt import idblock, launch
-from snpvirt import spec as specs
+from snpvirt.launch import idblock
+from snpvirt.launch import inputs as launch
+from snpvirt.domain import spec as specs
 from snpvirt.cli.app import run
 from snpvirt.errors import ExitCode
 from tests.attest_factory import make_ca

@@ -13,8 +13,9 @@ import libvirt
 import pytest
 from lxml import etree
 
-from snpvirt import domxml, drift, render, sevparams
-from snpvirt import spec as specs
+from snpvirt.domain import drift, render, sevparams
+from snpvirt.domain import xml as domxml
+from snpvirt.domain import spec as specs
 from snpvirt.errors import ExitCode
 from tests.conftest import EXAMPLES, assert_clean_error, run_cli
 from tests.integration.test_manager_drift import debug_policy, edit_outside, strip_snp_behind_a_comment, two_vcpus_and_debug

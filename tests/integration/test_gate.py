@@ -7,9 +7,10 @@ import dataclasses
 
 import pytest
 
-from snpvirt import readiness, sevparams
-from snpvirt import spec as specs
-from snpvirt.connection import Connection
+from snpvirt.host import readiness
+from snpvirt.domain import sevparams
+from snpvirt.domain import spec as specs
+from snpvirt.libvirt.connection import Connection
 from snpvirt.errors import BadInputError, HostNotReadyError
 from snpvirt.manager import Manager, SpecInput
 from tests.conftest import GOLDEN, vector

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from snpvirt.connection import Connection
+from snpvirt.libvirt.connection import Connection
 from snpvirt.errors import ExitCode
 from tests.conftest import GOLDEN, run_cli
 

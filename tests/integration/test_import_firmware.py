@@ -131,7 +131,7 @@ def test_print_diff_shows_only_the_real_changes(host, tmp_path, quote):
 
 
 def test_print_diff_of_a_domain_libvirt_holds_shows_only_the_real_changes(clean_test_driver):
-    from snpvirt.connection import Connection
+    from snpvirt.libvirt.connection import Connection
 
     clean_test_driver.defineXML(vector(PLAIN_SNP).read_text())
     with Connection("test:///default") as conn:

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from snpvirt import spec as specs
+from snpvirt.domain import spec as specs
 from snpvirt.cli.app import run
-from snpvirt.connection import Connection
+from snpvirt.libvirt.connection import Connection
 from snpvirt.errors import ExitCode
 from snpvirt.manager import SpecInput
 from tests.conftest import assert_clean_error, run_cli, vector

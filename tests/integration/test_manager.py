@@ -8,9 +8,11 @@ import time
 import pytest
 from lxml import etree
 
-from snpvirt import events, readiness, sevparams
-from snpvirt import spec as specs
-from snpvirt.connection import Connection
+from snpvirt.libvirt import events
+from snpvirt.host import readiness
+from snpvirt.domain import sevparams
+from snpvirt.domain import spec as specs
+from snpvirt.libvirt.connection import Connection
 from snpvirt.errors import (BadInputError, ConflictError, ExitCode, NotFoundError, OperationTimeoutError, SnpvirtError,
                             StartFailedError)
 from snpvirt.manager import Manager, SpecInput

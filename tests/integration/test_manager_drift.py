@@ -13,9 +13,11 @@ import libvirt
 import pytest
 from lxml import etree
 
-from snpvirt import domxml, drift, sevparams, snp_rules
-from snpvirt import spec as specs
-from snpvirt.connection import Connection
+from snpvirt.domain import drift, sevparams
+from snpvirt.domain import xml as domxml
+from snpvirt.domain import rules as snp_rules
+from snpvirt.domain import spec as specs
+from snpvirt.libvirt.connection import Connection
 from snpvirt.errors import ConflictError, ExitCode
 from snpvirt.manager import Manager, SpecInput
 from tests.conftest import EXAMPLES, GOLDEN

@@ -8,10 +8,11 @@ import json
 import pytest
 from lxml import etree
 
-from snpvirt import launch, sevparams
-from snpvirt import spec as specs
+from snpvirt.domain import sevparams
+from snpvirt.launch import inputs as launch
+from snpvirt.domain import spec as specs
 from snpvirt.cli.app import run
-from snpvirt.connection import Connection
+from snpvirt.libvirt.connection import Connection
 from snpvirt.errors import ExitCode
 from snpvirt.manager import SpecInput
 from tests.conftest import vector
@@ -66,7 +67,7 @@ def test_id_key_in_the_spec_embeds_signed_blocks_and_only_public_digests(mgr, fi
     path = spec_file(tmp_path, "meas-02", files, id_key=id_key, author_key=author, image_id="01" * 16)
     vm = specs.load_spec(path)
     record = launch.record(vm)
-    from snpvirt import render
+    from snpvirt.domain import render
     xml = render.render(vm, sevparams.resolve(vm, []), launch=record).xml
     root = etree.fromstring(xml.encode())
     ls = root.find("launchSecurity")

@@ -8,7 +8,7 @@ import subprocess
 import libvirt
 import pytest
 
-from snpvirt import domcaps
+from snpvirt.host import domcaps
 from snpvirt.errors import ExitCode
 from tests.conftest import EXAMPLES, GOLDEN, assert_clean_error, run_cli
 

@@ -42,7 +42,7 @@ def test_installed_wheel_renders_an_example_outside_the_checkout(wheel, tmp_path
                           capture_output=True, text=True, check=True).stdout.strip()
     Path(site, "zz_project_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
 
-    where = subprocess.run([str(python), "-c", "import snpvirt.render as r; print(r.__file__); print(r.template_dir())"],
+    where = subprocess.run([str(python), "-c", "import snpvirt.domain.render as r; print(r.__file__); print(r.template_dir())"],
                            capture_output=True, text=True, cwd=tmp_path)
     module_file, templates = where.stdout.split()
     assert module_file.startswith(str(venv)) and templates.startswith(str(venv)), where.stdout + where.stderr

@@ -80,7 +80,7 @@ SNP_FIRMWARE = "/usr/share/edk2/ovmf/OVMF.amdsev.fd"  # what SNP_DESCRIPTOR name
 def installed_firmware(root: Path):
     """A host's firmware as import judges it: the captured SNP descriptor and the file it names, and a
     captured SEV-only descriptor (no amd-sev-snp). Not this machine's /usr/share/qemu/firmware."""
-    from snpvirt.firmware import InstalledFirmware
+    from snpvirt.host.firmware import InstalledFirmware
 
     for relative in (SNP_DESCRIPTOR, SEV_ONLY_DESCRIPTOR):
         target = root / "usr/share/qemu/firmware" / Path(relative).name
@@ -94,7 +94,7 @@ def installed_firmware(root: Path):
 
 def captured_descriptors():
     """The captured descriptors alone, for a host whose files are not here (a remote URI)."""
-    from snpvirt.firmware import InstalledFirmware, parse_descriptor
+    from snpvirt.host.firmware import InstalledFirmware, parse_descriptor
 
     return InstalledFirmware(tuple(parse_descriptor(vector(relative).read_text(), "/usr/share/qemu/firmware/"
                                                     + Path(relative).name)

@@ -91,7 +91,7 @@ def test_idblock_bounds_the_guest_svn():
 
 
 def test_the_library_bounds_vcpus_too(firmware):
-    from snpvirt import measure
+    from snpvirt.launch import measure
     from snpvirt.errors import BadInputError
 
     with pytest.raises(BadInputError, match="out of range 1..512"):

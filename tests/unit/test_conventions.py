@@ -228,7 +228,8 @@ def test_a_model_in_the_table_renders_with_the_measurement_measure_gives(model):
 
 
 def test_every_version_of_a_model_measures_like_the_model():
-    from snpvirt import measure, spec
+    from snpvirt.launch import measure
+    from snpvirt.domain import spec
     raw = spec.load_spec_file(WEB)
     for model in measure.CPU_MODELS:
         base = model.rsplit("-v", 1)[0] if model != "EPYC-IBPB" else "EPYC"

@@ -1,6 +1,12 @@
-"""The layering of docs/architecture.md, checked on the source: which modules may import what, and who may print."""
+"""The layering of docs/architecture.md, checked on the source with ast: which folders may import what, and who
+may print.
+
+A unit is a folder under snpvirt/ (`attest`, `cli`, ...) or a module at its top (`manager.py`). Every unit has
+a layer; the capability folders are ranked bottom-up, and a capability imports only those below it.
+"""
 
 import ast
+import graphlib
 from pathlib import Path
 
 import pytest
@@ -8,13 +14,28 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "snpvirt"
 MODULES = sorted(PACKAGE.rglob("*.py"))
 
+VOCABULARY = {"errors.py", "models.py", "policy.py", "fileio.py", "__init__.py"}  # __init__: only __version__
+CAPABILITIES = ("attest", "launch", "domain", "host", "image")  # bottom-up; image/ arrives with guest images
+BOUNDARY = {"libvirt"}
+ORCHESTRATION = {"manager.py", "fleet"}  # fleet/ arrives with the fleet work
+PRESENTATION = {"output.py", "cli", "__main__.py"}
+
+# third-party package -> the units (folder, or folder/module) that may import it
 ALLOWED = {
-    "libvirt": {"connection.py", "events.py"},
-    "jinja2": {"render.py"},
-    "markupsafe": {"render.py"},
+    "libvirt": {"libvirt"},
+    "jinja2": {"domain/render.py"},
+    "markupsafe": {"domain/render.py"},
     "typer": {"cli"},
 }
-VOCABULARY = {"errors.py", "models.py"}
+
+
+def relative(path):
+    return path.relative_to(PACKAGE).as_posix()
+
+
+def unit(relative_path):
+    """`domain/render.py` -> `domain`; `manager.py` -> `manager.py`."""
+    return relative_path.split("/")[0]
 
 
 def imports(path):
@@ -23,29 +44,114 @@ def imports(path):
         if isinstance(node, ast.Import):
             yield from (alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
-            yield node.module
+            for alias in node.names:  # `from snpvirt import fileio` imports the module snpvirt.fileio
+                submodule = f"{node.module}.{alias.name}"
+                yield submodule if _is_module(submodule) else node.module
 
 
-def owner(path):
-    relative = path.relative_to(PACKAGE)
-    return relative.parts[0] if len(relative.parts) > 1 else relative.name
+def _is_module(dotted):
+    parts = dotted.split(".")
+    if parts[0] != "snpvirt":
+        return False
+    where = PACKAGE.joinpath(*parts[1:])
+    return where.is_dir() or where.with_suffix(".py").is_file()
 
 
-@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def snpvirt_units(path):
+    """The other units of snpvirt that the module at path imports."""
+    found = set()
+    for name in imports(path):
+        parts = name.split(".")
+        if parts[0] != "snpvirt":
+            continue
+        if len(parts) == 1:
+            target = "__init__.py"  # from snpvirt import __version__
+        else:
+            target = parts[1] if (PACKAGE / parts[1]).is_dir() else parts[1] + ".py"
+        found.add(target)
+    return found - {unit(relative(path))}
+
+
+def unit_graph():
+    graph = {}
+    for path in MODULES:
+        graph.setdefault(unit(relative(path)), set()).update(snpvirt_units(path))
+    return graph
+
+
+def layer(name):
+    for layer_name, members in (("vocabulary", VOCABULARY), ("capability", set(CAPABILITIES)),
+                                ("boundary", BOUNDARY), ("orchestration", ORCHESTRATION),
+                                ("presentation", PRESENTATION)):
+        if name in members:
+            return layer_name
+    return None
+
+
+def modules_in(*units):
+    return [p for p in MODULES if unit(relative(p)) in units]
+
+
+def test_every_unit_has_a_layer():
+    """A new folder or top-level module says where it sits (here and in docs/architecture.md)."""
+    assert not [name for name in unit_graph() if layer(name) is None]
+
+
+def test_imports_are_absolute():
+    """The checks below read absolute names; the project writes no relative imports."""
+    relative_imports = [relative(p) for p in MODULES for n in ast.walk(ast.parse(p.read_text()))
+                        if isinstance(n, ast.ImportFrom) and n.level]
+    assert not relative_imports
+
+
+@pytest.mark.parametrize("path", MODULES, ids=relative)
 def test_third_party_imports_stay_in_their_layer(path):
     for name in imports(path):
         top = name.split(".")[0]
         if top in ALLOWED:
-            assert owner(path) in ALLOWED[top], f"{path.name} imports {top}"
+            assert {unit(relative(path)), relative(path)} & ALLOWED[top], f"{relative(path)} imports {top}"
 
 
-@pytest.mark.parametrize("path", [p for p in MODULES if p.name in VOCABULARY], ids=lambda p: p.name)
-def test_vocabulary_imports_nothing_of_snpvirt(path):
+def test_the_folder_graph_has_no_cycle():
+    graphlib.TopologicalSorter(unit_graph()).prepare()  # raises CycleError naming the loop
+
+
+@pytest.mark.parametrize("path", modules_in(*VOCABULARY), ids=relative)
+def test_vocabulary_imports_only_vocabulary(path):
+    assert snpvirt_units(path) <= VOCABULARY
+
+
+@pytest.mark.parametrize("path", modules_in("errors.py", "models.py"), ids=relative)
+def test_errors_and_models_import_nothing_of_snpvirt(path):
     assert not [n for n in imports(path) if n.startswith("snpvirt")]
 
 
-@pytest.mark.parametrize("path", [p for p in MODULES if owner(p) not in ("cli", "output.py")],
-                         ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_fileio_stays_at_the_vocabulary_level():
+    """Every layer reads and writes files through fileio, so it may lean on nothing but the errors."""
+    assert {n for n in imports(PACKAGE / "fileio.py") if n.startswith("snpvirt")} == {"snpvirt.errors"}
+
+
+@pytest.mark.parametrize("path", modules_in(*CAPABILITIES), ids=relative)
+def test_capabilities_import_only_the_vocabulary_and_the_capabilities_below(path):
+    """attest/ <- launch/ <- domain/ <- host/: never the libvirt boundary, the manager, the fleet, output or cli."""
+    own = CAPABILITIES.index(unit(relative(path)))
+    below = set(CAPABILITIES[:own])
+    upward = snpvirt_units(path) - VOCABULARY - below
+    assert not upward, f"{relative(path)} imports {sorted(upward)}"
+
+
+@pytest.mark.parametrize("path", modules_in(*BOUNDARY), ids=relative)
+def test_the_libvirt_boundary_imports_only_the_vocabulary(path):
+    assert snpvirt_units(path) <= VOCABULARY
+
+
+@pytest.mark.parametrize("path", modules_in(*ORCHESTRATION), ids=relative)
+def test_orchestration_takes_the_hypervisor_as_an_object(path):
+    """The manager works on a Hypervisor protocol: it imports capabilities, never libvirt/, output or cli."""
+    assert snpvirt_units(path) <= VOCABULARY | set(CAPABILITIES) | ORCHESTRATION
+
+
+@pytest.mark.parametrize("path", [p for p in MODULES if unit(relative(p)) not in ("cli", "output.py")], ids=relative)
 def test_library_code_does_not_print(path):
     tree = ast.parse(path.read_text())
     calls = [n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
@@ -73,8 +179,3 @@ def test_the_lazy_command_table_matches_the_commands():
         doc = target.registered_callback.callback.__doc__ if isinstance(target, typer.Typer) else target.__doc__
         assert " ".join(doc.split("\n\n")[0].split()) == listed_help, name
         assert load_command(name).name in (name, "")  # a sub-app group takes its name from the table
-
-
-def test_fileio_stays_at_the_vocabulary_level():
-    """Every layer reads and writes files through fileio, so it may lean on nothing but the errors."""
-    assert {n for n in imports(PACKAGE / "fileio.py") if n.startswith("snpvirt")} == {"snpvirt.errors"}

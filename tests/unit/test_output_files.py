@@ -198,7 +198,7 @@ def _guest_report_args(root: Path, out: Path, certs: Path | None = None):
 
 def test_guest_report_refuses_links_before_asking_the_firmware(tmp_path, capsys):
     from tests.attest_factory import make_ca
-    from tests.unit.test_guest import FakeTsmKernel, guest_root
+    from tests.unit.attest.test_guest import FakeTsmKernel, guest_root
 
     root = guest_root(tmp_path / "root")
     victim = tmp_path / "victim"
@@ -220,7 +220,7 @@ def test_guest_report_writes_the_certificates_folder_whole(tmp_path, capsys):
     from cryptography.hazmat.primitives import serialization
 
     from tests.attest_factory import make_ca
-    from tests.unit.test_guest import FakeTsmKernel, cert_table, guest_root
+    from tests.unit.attest.test_guest import FakeTsmKernel, cert_table, guest_root
 
     root = guest_root(tmp_path / "root")
     ca = make_ca()
@@ -238,7 +238,7 @@ def test_guest_report_writes_the_certificates_folder_whole(tmp_path, capsys):
 
 
 def test_fetch_certs_that_fails_on_the_vcek_leaves_no_folder(tmp_path, monkeypatch, capsys):
-    from tests.unit.test_kds import CHIP, REPORT, FakeKds
+    from tests.unit.attest.test_kds import CHIP, REPORT, FakeKds
 
     FakeKds.routes = {"/vcek/v1/Milan/cert_chain": vector("attestation/virtee-sev/cert_chain_milan.pem").read_bytes()}
     with _kds_server() as url:
@@ -259,7 +259,7 @@ def test_fetch_certs_that_fails_on_the_vcek_leaves_no_folder(tmp_path, monkeypat
 
 
 def test_fetch_certs_refuses_a_linked_folder_before_any_request(tmp_path, capsys):
-    from tests.unit.test_kds import REPORT
+    from tests.unit.attest.test_kds import REPORT
 
     (tmp_path / "real").mkdir()
     (tmp_path / "certs").symlink_to(tmp_path / "real")
@@ -307,7 +307,7 @@ def _kds_server():
     import http.server
     import threading
 
-    from tests.unit.test_kds import FakeKds
+    from tests.unit.attest.test_kds import FakeKds
 
     @contextlib.contextmanager
     def serving():

@@ -76,7 +76,7 @@ def test_a_missing_chain_says_which_options_give_it():
 
 def test_guest_report_random_sends_a_fresh_64_byte_nonce_and_prints_it(tmp_path):
     from tests.attest_factory import make_ca
-    from tests.unit.test_guest import FakeTsmKernel, guest_root
+    from tests.unit.attest.test_guest import FakeTsmKernel, guest_root
 
     root = guest_root(tmp_path / "guest")
     nonces = []
@@ -97,7 +97,7 @@ def test_guest_report_random_sends_a_fresh_64_byte_nonce_and_prints_it(tmp_path)
 
 @pytest.mark.parametrize("other", [("--report-data", "00"), ("--nonce-file", "nonce.bin")], ids=["report-data", "nonce-file"])
 def test_guest_report_random_excludes_another_nonce(tmp_path, other):
-    from tests.unit.test_guest import guest_root
+    from tests.unit.attest.test_guest import guest_root
 
     (tmp_path / "nonce.bin").write_bytes(b"n")
     result = run_cli("guest", "report", "--random", other[0], tmp_path / other[1] if other[0] == "--nonce-file" else other[1],
@@ -156,7 +156,7 @@ def test_host_show_tcb_with_nothing_to_show_is_not_ready(tmp_path):
 
 def test_snp_platform_status_is_decoded_as_the_kernel_lays_it_out():
     """struct sev_user_data_snp_status (include/uapi/linux/psp-sev.h), packed: the answer SNP_PLATFORM_STATUS gives."""
-    from snpvirt import sevfw
+    from snpvirt.host import sevfw
 
     tcb = bytes([3, 0, 0, 0, 0, 0, 8, 115])  # bootloader 3, TEE 0, SNP 8, microcode 115 (Milan/Genoa layout)
     raw = bytes([1, 55, 1, 1]) + (21).to_bytes(4, "little") + (0b101).to_bytes(4, "little") + (2).to_bytes(4, "little")

@@ -7,8 +7,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from snpvirt import domxml, render, sevparams
-from snpvirt import spec as specs
+from snpvirt.domain import render, sevparams
+from snpvirt.domain import xml as domxml
+from snpvirt.domain import spec as specs
 from snpvirt.errors import BadInputError
 
 BASE = {"name": "vm", "memory_mib": 1024, "vcpus": 1, "firmware": "/usr/share/ovmf/OVMF.amdsev.fd",

@@ -1,0 +1,97 @@
+"""VmSpec -> libvirt domain XML through the Jinja2 templates, then checked like any user's XML."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from pathlib import Path
+
+import jinja2
+import markupsafe
+
+from snpvirt import __version__
+from snpvirt.domain import xml as domxml
+from snpvirt import policy as snp_policy
+from snpvirt.errors import BadInputError
+from snpvirt.launch.inputs import LaunchRecord
+from snpvirt.models import RenderResult, Stamp, VmSpec
+from snpvirt.domain.sevparams import SevParams
+
+DOMAIN_TEMPLATE = "domain.xml.j2"
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]  # snpvirt/, above domain/
+
+
+def template_dir() -> Path:
+    """Inside an installed wheel templates/ sits in the package; in a checkout, beside it."""
+    for candidate in (_PACKAGE_DIR / "templates", _PACKAGE_DIR.parent / "templates"):
+        if (candidate / DOMAIN_TEMPLATE).is_file():
+            return candidate
+    raise FileNotFoundError(f"snpvirt templates not found next to {_PACKAGE_DIR}")
+
+
+@functools.cache
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(template_dir()),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.globals["yes_no"] = lambda flag: "yes" if flag else "no"
+    env.globals["hex"] = lambda number: f"{number:#x}"
+    env.filters["xml_text"] = _xml_text
+    return env
+
+
+def _xml_text(value: str) -> markupsafe.Markup:
+    """Escape for element text only (&, <, >), so JSON quotes stay readable in the metadata."""
+    return markupsafe.Markup(value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
+
+
+def spec_json(spec: VmSpec) -> str:
+    """Canonical JSON of the spec as written: its digest tells whether a domain's spec changed."""
+    return json.dumps(spec.source, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def render_xml(spec: VmSpec, sev: SevParams, stamp: Stamp | None = None, launch: LaunchRecord | None = None) -> str:
+    text = spec_json(spec)
+    return _environment().get_template(DOMAIN_TEMPLATE).render(
+        spec=spec,
+        namespace=domxml.METADATA_NS,
+        version=__version__,
+        template=DOMAIN_TEMPLATE,
+        spec_json=text,
+        spec_digest=hashlib.sha256(text.encode()).hexdigest(),
+        policy_hex=snp_policy.to_hex(spec.snp.policy),
+        cbitpos=sev.cbitpos,
+        reduced_phys_bits=sev.reduced_phys_bits,
+        stamp=stamp,
+        launch=launch,
+    )
+
+
+def render(spec: VmSpec, sev: SevParams, allow_debug: bool = False, stamp: Stamp | None = None,
+           launch: LaunchRecord | None = None) -> RenderResult:
+    """Render and check; a document that breaks the schema or an SNP rule is never returned.
+
+    `launch` (launch.record: expected measurement, ID blocks) and `stamp` (digests, times) come from
+    the caller, which reads the files; without them the metadata holds the spec alone.
+    """
+    xml = render_xml(spec, sev, stamp, launch)
+    findings = domxml.check(xml, allow_debug=allow_debug)
+    errors = [f for f in findings if f.severity == "error"]
+    if errors:
+        first = errors[0]
+        raise BadInputError(f"{spec.name}: rendered XML breaks rule {first.rule_id}: {first.message}", first.hint)
+    return RenderResult(
+        name=spec.name,
+        xml=xml,
+        policy=spec.snp.policy,
+        cbitpos=sev.cbitpos,
+        reduced_phys_bits=sev.reduced_phys_bits,
+        sev_params_source=sev.source,
+        warnings=sev.warnings + tuple(findings),
+    )

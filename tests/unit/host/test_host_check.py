@@ -1,0 +1,305 @@
+"""Host readiness over fake sysroots: ready Milan and Genoa hosts, and one variant per broken fact."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from snpvirt.host import readiness
+from snpvirt.host import checks as host
+from snpvirt.cli.app import app, run
+from snpvirt.errors import ExitCode
+from snpvirt.models import HostSevCaps, LibvirtFacts
+from tests.unit.fakehost import MILAN, RYZEN, FakeHost, cpuid_sample, edited_domcaps, genoa_domcaps
+from tests.conftest import EXAMPLES, vector
+
+LIBVIRT_ONLY = {"libvirt.version", "qemu.version", "capacity.snp_guests"}  # need a live connection
+
+
+@pytest.fixture
+def milan(tmp_path):
+    return FakeHost(tmp_path / "milan")
+
+
+def assess(fake, domcaps=None, **kwargs):
+    return readiness.assess(None, sysroot=str(fake.root), domcaps_file=domcaps or genoa_domcaps(), **kwargs)
+
+
+def statuses(report):
+    return {c.check_id: c.status for c in report.checks}
+
+
+def test_ready_genoa_host(milan):
+    report = assess(milan)
+    assert report.ready, report.summary
+    assert {i for i, s in statuses(report).items() if s != "pass"} == LIBVIRT_ONLY
+    assert report.by_id("cpu.cbitpos").facts == {"cbitpos": 51, "phys_addr_reduction": 5, "vmpls": 4}
+    assert report.by_id("asid.snp").facts["snp_asids"] == 127
+    assert report.by_id("firmware.snp").facts["firmware"] == "/usr/share/edk2/ovmf/OVMF.amdsev.fd"
+    assert report.by_id("libvirt.version").message == "no libvirt connection (--sysroot without --connect)"
+    assert report.by_id("asid.snp").status == "pass"
+
+
+def test_ready_milan_host(milan, tmp_path):
+    caps = edited_domcaps(tmp_path, "milan.xml", ("EPYC-Genoa", "EPYC-Milan"))
+    assert assess(milan, caps).ready
+
+
+def test_the_cpuid_device_is_read_at_the_leaf_offset(milan):
+    from snpvirt.host import facts as hostfacts
+    facts = hostfacts.read_local_facts(milan.root)
+    assert facts.cpuid_vendor == "AuthenticAMD" and facts.cpuid_sev == cpuid_sample(MILAN)
+
+
+def broken(fake, tmp_path, name):
+    """Apply one broken fact; return the domcaps file to use."""
+    domcaps = genoa_domcaps()
+    if name == "cpu.vendor":
+        fake.set_cpuid(cpuid_sample(MILAN), vendor="GenuineIntel")
+    elif name == "cpu.sev":
+        eax, ebx, ecx, edx = cpuid_sample(MILAN)
+        fake.set_cpuid((eax & ~0b10, ebx, ecx, edx))
+    elif name == "cpu.sev_es":
+        eax, ebx, ecx, edx = cpuid_sample(MILAN)
+        fake.set_cpuid((eax & ~0b1000, ebx, ecx, edx))
+    elif name == "cpu.sev_snp":
+        fake.set_cpuid(cpuid_sample(RYZEN))
+    elif name == "cpu.cbitpos":
+        domcaps = edited_domcaps(tmp_path, "cbit.xml", ("<cbitpos>51</cbitpos>", "<cbitpos>47</cbitpos>"))
+    elif name == "asid.snp":
+        eax, ebx, ecx, _ = cpuid_sample(MILAN)
+        fake.set_cpuid((eax, ebx, ecx, 1))
+    elif name == "kvm.dev":
+        fake.remove("dev/kvm")
+    elif name in ("kvm_amd.sev", "kvm_amd.sev_snp"):
+        fake.write(f"sys/module/kvm_amd/parameters/{name.split('.')[1]}", "N\n")
+    elif name == "psp.dev_sev":
+        fake.remove("dev/sev")
+    elif name == "kernel.iommu":
+        fake.write("proc/cmdline", "root=/dev/sda1 iommu=pt\n")
+    elif name == "domcaps.sev_snp":
+        domcaps = vector("virt-manager/kvm-x86_64-domcaps-amd-sev.xml")
+    elif name == "firmware.snp":
+        fake.remove("usr/share/qemu/firmware/60-edk2-ovmf-x64-amdsev.json")
+        fake.write("usr/share/qemu/firmware/45-ovmf-sev-stateless.json",
+                   vector("libvirt/firmware/45-ovmf-sev-stateless.json").read_text())
+    return domcaps
+
+
+HINTS = {
+    "cpu.vendor": "AMD EPYC", "cpu.sev": "BIOS", "cpu.sev_es": "BIOS", "cpu.sev_snp": "SEV-SNP Support",
+    "cpu.cbitpos": "restart libvirtd", "asid.snp": "SEV-ES ASID Space Limit", "kvm.dev": "modprobe kvm_amd",
+    "kvm_amd.sev": "options kvm_amd sev=1", "kvm_amd.sev_snp": "options kvm_amd sev=1 sev_es=1 sev_snp=1",
+    "psp.dev_sev": "modprobe ccp", "kernel.iommu": "remove iommu=pt", "domcaps.sev_snp": "libvirt >= 10.5",
+    "firmware.snp": "OVMF.amdsev.fd",
+}
+
+
+@pytest.mark.parametrize("check_id", sorted(HINTS))
+def test_each_broken_fact_fails_exactly_its_check(milan, tmp_path, check_id):
+    report = assess(milan, broken(milan, tmp_path, check_id))
+    assert not report.ready
+    assert report.failed() == [check_id], report.summary
+    assert HINTS[check_id] in report.by_id(check_id).hint
+    assert check_id in report.summary
+
+
+def test_children_of_a_failed_check_are_skipped(milan, tmp_path):
+    report = assess(milan, broken(milan, tmp_path, "cpu.sev"))
+    assert [statuses(report)[i] for i in ("cpu.sev_es", "cpu.sev_snp", "cpu.cbitpos", "asid.snp")] == ["skip"] * 4
+    assert report.by_id("cpu.sev_snp").message == "cpu.sev failed"
+    assert report.by_id("asid.snp").message == "cpu.sev failed", "a grandchild names the root cause"
+
+
+def test_kvm_amd_not_loaded(milan):
+    milan.remove("sys/module/kvm_amd")
+    report = assess(milan)
+    assert report.failed() == ["kvm_amd.sev"] and "modprobe kvm_amd" in report.by_id("kvm_amd.sev").hint
+    assert statuses(report)["kvm_amd.sev_snp"] == "skip"
+
+
+def test_sev_es_off_while_snp_on_is_a_warning(milan):
+    milan.write("sys/module/kvm_amd/parameters/sev_es", "N\n")
+    report = assess(milan)
+    assert report.ready and statuses(report)["kvm_amd.sev_es"] == "warn"
+
+
+@pytest.mark.parametrize("cmdline", ["amd_iommu=off", "amd_iommu=pgtbl_v2", "amd_iommu=force_isolation,pgtbl_v2"])
+def test_iommu_modes_snp_cannot_use(milan, cmdline):
+    milan.write("proc/cmdline", f"root=/dev/sda1 {cmdline} quiet\n")
+    report = assess(milan)
+    assert report.failed() == ["kernel.iommu"] and cmdline in report.by_id("kernel.iommu").message
+
+
+def test_iommu_arguments_after_the_init_separator_do_not_count(milan):
+    milan.write("proc/cmdline", "root=/dev/sda1 -- iommu=pt\n")
+    assert assess(milan).ready
+
+
+def test_no_active_iommu(milan):
+    milan.remove("sys/class/iommu/ivhd0")
+    report = assess(milan)
+    assert report.failed() == ["kernel.iommu"] and "BIOS" in report.by_id("kernel.iommu").hint
+
+
+def test_old_kernel_is_a_warning_with_an_snp_backport_and_a_failure_without(milan):
+    milan.write("proc/sys/kernel/osrelease", "6.8.0-ubuntu\n")
+    report = assess(milan)
+    assert report.ready and statuses(report)["kernel.version"] == "warn"
+    milan.remove("sys/module/kvm_amd/parameters/sev_snp")
+    report = assess(milan)
+    assert report.failed() == ["kvm_amd.sev_snp", "kernel.version"]
+    assert "no 'sev_snp' parameter" in report.by_id("kvm_amd.sev_snp").message
+
+
+def test_dev_sev_not_usable_by_the_qemu_user_is_a_warning(milan):
+    (milan.root / "dev/sev").chmod(0o600)
+    report = assess(milan)
+    assert report.ready and statuses(report)["psp.dev_sev"] == "warn"
+    assert "libvirt-qemu" in report.by_id("psp.dev_sev").message
+
+
+def test_without_the_cpuid_device_cpuinfo_flags_are_used_and_said(milan):
+    milan.remove("dev/cpu/0/cpuid")
+    report = assess(milan)
+    sev_snp = report.by_id("cpu.sev_snp")
+    assert sev_snp.status == "pass" and "/proc/cpuinfo" in sev_snp.message and "modprobe cpuid" in sev_snp.hint
+    assert statuses(report)["cpu.cbitpos"] == "skip" and statuses(report)["asid.snp"] == "skip"
+
+
+def test_domcaps_without_sev(milan):
+    report = assess(milan, vector("virt-manager/kvm-x86_64-domcaps-latest.xml"))
+    assert report.failed() == ["domcaps.sev", "domcaps.sev_snp"]
+
+
+def test_without_domcaps_the_host_is_not_ready(milan):
+    report = readiness.assess(None, sysroot=str(milan.root))
+    assert not report.ready and report.failed() == []
+    assert "domcaps.sev_snp could not be checked" in report.summary
+
+
+@pytest.mark.parametrize("descriptor,expected", [
+    ({"device": "flash", "mode": "split", "executable": {"filename": "/usr/share/edk2/ovmf/OVMF.amdsev.fd"}},
+     "must be ROM or stateless flash"),
+    ({"device": "memory", "filename": "/usr/share/edk2/ovmf/missing.fd"}, "does not exist"),
+])
+def test_firmware_descriptor_problems(milan, descriptor, expected):
+    doc = {"features": ["amd-sev-snp"], "mapping": descriptor}
+    milan.write("usr/share/qemu/firmware/60-edk2-ovmf-x64-amdsev.json", json.dumps(doc))
+    report = assess(milan)
+    assert report.failed() == ["firmware.snp"] and expected in report.by_id("firmware.snp").message
+
+
+def test_etc_descriptor_overrides_usr_share(milan):
+    milan.write("etc/qemu/firmware/60-edk2-ovmf-x64-amdsev.json", "{}")
+    assert assess(milan).failed() == ["firmware.snp"]
+
+
+def test_the_specs_firmware_is_what_counts_when_given(milan):
+    report = assess(milan, spec_firmware="/usr/share/ovmf/OVMF.amdsev.fd")
+    assert report.failed() == ["firmware.snp"] and "does not exist" in report.by_id("firmware.snp").message
+    assert assess(milan, spec_firmware=milan.firmware).ready
+
+
+def test_spec_firmware_with_sev_metadata_passes_without_a_descriptor(milan):
+    milan.remove("usr/share/qemu/firmware")
+    milan.write("/srv/fw/OVMF.fd", vector("measurement/ovmf/ovmf_OvmfX64_suffix.bin").read_bytes())
+    report = assess(milan, spec_firmware="/srv/fw/OVMF.fd")
+    assert report.ready and report.by_id("firmware.snp").facts == {"firmware": "/srv/fw/OVMF.fd", "kernel_hashes": False}
+    milan.write("/srv/fw/OVMF.fd", b"\0" * 8192)
+    report = assess(milan, spec_firmware="/srv/fw/OVMF.fd")
+    assert report.failed() == ["firmware.snp"] and "no OVMF GUIDed footer table" in report.by_id("firmware.snp").message
+
+
+@pytest.mark.parametrize("policy,check_id,status", [
+    (0x30000, "policy.smt", "pass"), (0x20000, "policy.smt", "fail"),
+    (0xB0000, "policy.debug", "warn"), (0x30000, "policy.debug", "pass"),
+    (0x70000, "policy.bits", "warn"), (0x24, "policy.bits", "fail"), (0x30000, "policy.bits", "pass"),
+])
+def test_policy_checks(milan, policy, check_id, status):
+    report = assess(milan, policy=policy)
+    assert statuses(report)[check_id] == status, report.by_id(check_id)
+
+
+def test_policy_smt_off_is_fine_when_host_smt_is_off(milan):
+    milan.write("sys/devices/system/cpu/smt/active", "0\n")
+    assert statuses(assess(milan, policy=0x20000))["policy.smt"] == "pass"
+
+
+def test_capacity_uses_running_guests_against_max_es_guests():
+    caps = HostSevCaps(True, True, 51, 1, 59, 2)
+    def facts(running):
+        return LibvirtFacts("qemu:///system", "QEMU", "h", 11_003_000, 10_000_002, None, None, running)
+    for running, status in ((1, "pass"), (2, "warn")):
+        report = host.run_checks(host.HostInputs(local=None, local_skip="remote", libvirt=facts(running), domcaps=caps,
+                                                 domcaps_source="test"))
+        assert report.by_id("capacity.snp_guests").status == status
+        assert report.by_id("libvirt.version").facts == {"version": "11.3.0"}
+        assert report.by_id("qemu.version").facts == {"version": "10.0.2"}
+
+
+def test_remote_uri_skips_local_files(milan):
+    assert host.is_remote_uri("qemu+ssh://root@h/system") and host.is_remote_uri("qemu+tls://h/system")
+    assert not host.is_remote_uri("qemu:///system") and not host.is_remote_uri("qemu+unix:///system?socket=/x")
+    report = readiness.assess(None, uri="qemu+ssh://root@h/system", connection_error="no libvirt connection (x)")
+    cpu = report.by_id("cpu.vendor")
+    assert cpu.status == "skip" and cpu.message.startswith("remote host (qemu+ssh://root@h/system)")
+    assert report.host["remote"] is True and not report.ready
+
+
+# --- the CLI, through Typer's CliRunner and through snpvirt's own entry point -----------------------
+
+def test_cli_human_and_json_for_a_ready_host(milan):
+    runner = CliRunner()
+    args = ["host", "check", "--sysroot", str(milan.root), "--host-caps", str(genoa_domcaps())]
+    human = runner.invoke(app, args)
+    assert human.exit_code == 0, human.output
+    assert "pass  cpu.sev_snp" in human.output and human.output.rstrip().endswith("ready for SEV-SNP guests")
+    data = runner.invoke(app, args + ["--json"])
+    doc = json.loads(data.output)
+    assert data.exit_code == 0 and doc["ready"] is True and doc["ok"] is True
+    assert {c["id"] for c in doc["checks"]} >= set(HINTS) and all(set(c) == {"id", "status", "message", "hint", "facts"}
+                                                                  for c in doc["checks"])
+
+
+def test_cli_not_ready_shows_fixes_and_exits_3(milan, tmp_path):
+    domcaps = broken(milan, tmp_path, "kernel.iommu")
+    result = CliRunner().invoke(app, ["host", "check", "--sysroot", str(milan.root), "--host-caps", str(domcaps)])
+    assert result.exit_code == ExitCode.NOT_READY
+    assert "fail  kernel.iommu" in result.output and "fix: remove iommu=pt" in result.output
+    doc = json.loads(CliRunner().invoke(app, ["host", "check", "--sysroot", str(milan.root), "--host-caps", str(domcaps),
+                                              "--json"]).output)
+    assert doc["ready"] is False and [c["id"] for c in doc["checks"] if c["status"] == "fail"] == ["kernel.iommu"]
+
+
+def test_cli_policy_from_a_spec(milan, capsys):
+    code = run(["host", "check", "--sysroot", str(milan.root), "--host-caps", str(genoa_domcaps()),
+                "--policy", str(EXAMPLES / "db-01.toml"), "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    checks = {c["id"]: c for c in doc["checks"]}
+    # db-01 forbids SMT while the fake host runs with SMT; its firmware path is not in the fake host.
+    assert code == ExitCode.NOT_READY and checks["policy.smt"]["status"] == "fail"
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--policy", "0xzz"], "--policy '0xzz' is neither a spec file nor a hexadecimal policy"),
+    (["--sysroot", "/nonexistent"], "is not a directory"),
+    (["--host-caps", "/nonexistent.xml", "--sysroot", "/"], "cannot read --host-caps"),
+    (["--domcaps", "/nonexistent.xml", "--sysroot", "/"], "cannot read --host-caps"),  # the old name, still read
+])
+def test_cli_bad_arguments_exit_2(capsys, args, fragment):
+    code = run(["host", "check", *args])
+    err = capsys.readouterr().err
+    assert code == ExitCode.BAD_INPUT and err.startswith("snpvirt: error: ") and fragment in err and "\nhint: " in err
+
+
+def test_old_libvirt_and_qemu_fail_with_the_minimum_named():
+    caps = HostSevCaps(True, True, 51, 1, 59, 450)
+    facts = LibvirtFacts("qemu:///system", "QEMU", "h", 9_000_000, 8_002_000, None, None, 0)
+    report = host.run_checks(host.HostInputs(local=None, local_skip="remote", libvirt=facts, domcaps=caps,
+                                             domcaps_source="test"))
+    assert report.failed() == ["libvirt.version", "qemu.version"]
+    assert report.by_id("libvirt.version").message == "libvirt 9.0.0 (SEV-SNP needs >= 10.5.0)"
+    assert report.by_id("qemu.version").message == "QEMU 8.2.0 (SEV-SNP needs >= 9.1.0)"
