@@ -6,6 +6,7 @@ runs in a daemon thread; keepalive notices a dead daemon; after a loss, reconnec
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import threading
 import time
@@ -33,6 +34,8 @@ EVENTS: dict[int, tuple[str, dict[int, str]]] = {
 
 _loop_started = False
 _loop_lock = threading.Lock()
+_loop_stop = threading.Event()
+_loop_thread: threading.Thread | None = None
 
 
 @dataclass(frozen=True)
@@ -50,20 +53,31 @@ class Event:
 
 def start_event_loop() -> None:
     """Register libvirt's default event implementation once, and run it in a daemon thread."""
-    global _loop_started
+    global _loop_started, _loop_thread
     with _loop_lock:
         if _loop_started:
             return
         libvirt.virEventRegisterDefaultImpl()
-        # A periodic timer so the loop wakes up even when nothing happens.
+        # A periodic timer so the loop wakes up even when nothing happens (and sees a stop request).
         libvirt.virEventAddTimeout(250, lambda _timer, _opaque: None, None)
-        threading.Thread(target=_run_loop, name="libvirt-events", daemon=True).start()
+        _loop_thread = threading.Thread(target=_run_loop, name="libvirt-events", daemon=True)
+        _loop_thread.start()
+        # A loop thread still inside libvirt while the interpreter finalises can crash the process
+        # (seen as SIGSEGV after Ctrl-C): stop it before exit, whatever way the command ends.
+        atexit.register(stop_event_loop)
         _loop_started = True
 
 
 def _run_loop() -> None:
-    while True:
+    while not _loop_stop.is_set():
         libvirt.virEventRunDefaultImpl()
+
+
+def stop_event_loop(timeout_s: float = 2.0) -> None:
+    """Ask the loop thread to leave libvirt's event loop, and wait for it (it wakes every 250 ms)."""
+    _loop_stop.set()
+    if _loop_thread is not None and _loop_thread is not threading.current_thread():
+        _loop_thread.join(timeout_s)
 
 
 def watch(uri: str | None, names: set[str], on_event: Callable[[Event], None], on_status: Callable[[str], None],
