@@ -195,6 +195,25 @@ def _lstat(path: Path) -> os.stat_result | None:
         return None
 
 
+def _refuse_untrusted_links(link: Path, what: str) -> None:
+    """Refuse to follow a link someone else planted in a shared folder like /tmp: the kernel's
+    fs.protected_symlinks rule, applied whatever the sysctl says (it is off on many hosts, and realpath
+    reads links without the kernel's check). Otherwise root writing -o /tmp/vm.xml would overwrite
+    whatever file another user's link there points at, e.g. /etc/shadow. Every link of the chain is checked."""
+    for _ in range(40):  # the kernel's own limit on links in a row
+        st = os.lstat(link)
+        if not stat.S_ISLNK(st.st_mode):
+            return
+        folder = os.stat(link.parent)
+        shared = folder.st_mode & stat.S_ISVTX and folder.st_mode & stat.S_IWOTH
+        if shared and st.st_uid not in (os.geteuid(), folder.st_uid):
+            raise _refuse(link, what, f"is a symbolic link owned by another user (uid {st.st_uid}) in the shared "
+                          f"folder {link.parent}; snpvirt does not follow it",
+                          "give the real path of the file, or remove the link")
+        link = link.parent / os.readlink(link)  # the kernel resolves the rest of the path as written
+    raise OSError(40, "Too many levels of symbolic links")
+
+
 def output_target(path: str | os.PathLike, *, what: str = "-o", hint: str = "give the path of a regular file",
                   follow_symlink: bool = False) -> tuple[Path, os.stat_result | None]:
     """Where writing `path` will go, and its current lstat (None when absent); BadInputError for a
@@ -207,6 +226,7 @@ def output_target(path: str | os.PathLike, *, what: str = "-o", hint: str = "giv
             if not follow_symlink:
                 raise _refuse(path, what, "is a symbolic link; snpvirt does not write through links",
                               "give the real path of the file, or remove the link")
+            _refuse_untrusted_links(target, what)
             target = Path(os.path.realpath(target))
             st = _lstat(target)
             if st is None:

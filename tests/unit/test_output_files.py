@@ -117,6 +117,50 @@ def test_render_through_a_link_replaces_its_target_and_keeps_link_and_mode(tmp_p
     assert listing(tmp_path) == ["real", "vm.xml"] and listing(real.parent) == ["vm.xml"]
 
 
+def shared_folder_with_planted_link(tmp_path: Path, victim: Path, name: str = "vm.xml") -> Path:
+    """A /tmp-like folder (sticky, world-writable) holding a link to `victim` owned by another user."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    link = shared / name
+    link.symlink_to(victim)
+    try:
+        os.lchown(link, 65534, 65534)
+    except PermissionError:
+        pytest.skip("giving a link to another user needs root")
+    return link
+
+
+@pytest.mark.parametrize("chained", [False, True])
+def test_render_does_not_follow_another_users_link_in_a_shared_folder(tmp_path, chained):
+    # root running render -o /tmp/vm.xml must not overwrite the file another user's link there points
+    # at (their /tmp/vm.xml -> /etc/shadow), even when fs.protected_symlinks is off, nor through a chain
+    victim = tmp_path / "etc" / "shadow"
+    victim.parent.mkdir()
+    victim.write_text("root:$6$secret:")
+    link = shared_folder_with_planted_link(tmp_path, victim)
+    if chained:  # our own link leading to the planted one
+        link = tmp_path / "mine.xml"
+        link.symlink_to(tmp_path / "shared" / "vm.xml")
+    result = run_bounded("render", WEB, "-o", link)
+    assert result.code == ExitCode.BAD_INPUT, result.stderr
+    assert "owned by another user" in result.stderr and "Traceback" not in result.stderr
+    assert victim.read_text() == "root:$6$secret:"
+    assert listing(victim.parent) == ["shadow"]
+
+
+def test_render_follows_its_own_link_in_a_shared_folder(tmp_path):
+    real = tmp_path / "real.xml"
+    real.write_text("old")
+    link = tmp_path / "shared" / "vm.xml"
+    link.parent.mkdir()
+    link.parent.chmod(0o1777)
+    link.symlink_to(real)
+    result = run_bounded("render", WEB, "-o", link)
+    assert result.code == 0, result.stderr
+    assert real.read_text() == XML and link.is_symlink()
+
+
 def test_render_onto_a_file_that_is_not_utf8_compares_bytes(tmp_path):
     target = tmp_path / "vm.xml"
     target.write_bytes(b"\xff\xfe not UTF-8")
