@@ -130,9 +130,17 @@ def read_snp_status(root: Path) -> tuple[SnpStatus | None, str | None]:
     """SNP_PLATFORM_STATUS on /dev/sev. Only a character device is asked: a captured host's file is not one."""
     path = root / DEV_SEV
     try:
-        if not stat.S_ISCHR(os.stat(path).st_mode):
-            return None, f"/{DEV_SEV} is not a character device (a captured host cannot answer firmware commands)"
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        pinned = os.open(path, os.O_PATH | os.O_CLOEXEC)  # O_PATH: no driver's open() runs yet
+        try:
+            node = os.fstat(pinned)
+            if not stat.S_ISCHR(node.st_mode):
+                return None, f"/{DEV_SEV} is not a character device (a captured host cannot answer firmware commands)"
+            if node.st_rdev != _sev_device_number():
+                return None, (f"/{DEV_SEV} is character device {os.major(node.st_rdev)}:{os.minor(node.st_rdev)}, "
+                              f"not this kernel's SEV device; snpvirt does not open it")
+            fd = os.open(f"/proc/self/fd/{pinned}", os.O_RDONLY | os.O_CLOEXEC)  # the very node checked
+        finally:
+            os.close(pinned)
     except FileNotFoundError:
         return None, f"/{DEV_SEV} does not exist (no SEV firmware, or the ccp driver is not loaded)"
     except PermissionError:
@@ -143,6 +151,16 @@ def read_snp_status(root: Path) -> tuple[SnpStatus | None, str | None]:
         return _ask_snp_status(fd)
     finally:
         os.close(fd)
+
+
+def _sev_device_number() -> int | None:
+    """The device number of the kernel's own /dev/sev (a misc device, e.g. 10:124). Opening any other
+    character device found at a sysroot's dev/sev as root could act on it (opening a watchdog arms it)."""
+    text = _small_text(Path("/sys/class/misc/sev/dev"))  # the running kernel's, whatever the sysroot
+    major, sep, minor = (text or "").strip().partition(":")
+    if not (sep and major.isdigit() and minor.isdigit()):
+        return None
+    return os.makedev(int(major), int(minor))
 
 
 def _ask_snp_status(fd: int) -> tuple[SnpStatus | None, str | None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import stat
 
 import pytest
 
@@ -175,3 +176,18 @@ def test_host_show_tcb_shows_control_characters_escaped(tmp_path):
     result = run_cli("host", "show", "tcb", "--sysroot", root)
     assert result.code == 0 and "\x1b" not in result.stdout and "\r" not in result.stdout
     assert "tee 00.1b\\x1b[2K\\rVERIFIED" in result.stdout
+
+
+def test_host_show_tcb_does_not_open_a_sysroot_character_device_that_is_not_sev(tmp_path):
+    # A captured tree's dev/sev may be any device node (or a link to one): opening /dev/watchdog as root
+    # arms it. Only the kernel's own SEV device (its number from /sys/class/misc/sev/dev) is opened.
+    root = captured_host(tmp_path)
+    (root / "dev/sev").unlink()
+    try:
+        os.mknod(root / "dev/sev", stat.S_IFCHR | 0o600, os.makedev(1, 3))  # /dev/null: harmless to open
+    except PermissionError:
+        pytest.skip("creating device nodes needs root (CAP_MKNOD)")
+    result = run_cli("host", "show", "tcb", "--sysroot", root)
+    assert result.code == 0, result.stderr
+    assert "character device 1:3, not this kernel's SEV device" in result.stdout
+    assert "Inappropriate ioctl" not in result.stdout, "the node was opened and sent SEV_ISSUE_CMD"
