@@ -345,7 +345,7 @@ def write_files(path: str | os.PathLike, files: dict[str, bytes], *, what: str) 
             return _write_new_folder(folder, files)
         for name in files:
             output_target(folder / name, what=what, hint="remove it, or choose another folder")
-        return _write_into_folder(folder, files)
+        return _write_into_folder(folder, files, what)
     except OSError as exc:
         raise _refuse(path, what, f"cannot write: {exc.strerror}", "choose a writable location") from None
 
@@ -365,7 +365,7 @@ def _write_new_folder(folder: Path, files: dict[str, bytes]) -> bool:
     return True
 
 
-def _write_into_folder(folder: Path, files: dict[str, bytes]) -> bool:
+def _write_into_folder(folder: Path, files: dict[str, bytes], what: str = "-o") -> bool:
     """Stage every file, then rename them into place; a failed rename undoes the ones made before it."""
     staged: dict[Path, Path] = {}  # temporary -> target
     done: list[tuple[Path, Path | None]] = []  # (target, hard link to the file it replaced)
@@ -373,6 +373,9 @@ def _write_into_folder(folder: Path, files: dict[str, bytes]) -> bool:
         for name, data in files.items():
             target = folder / name
             st = _lstat(target)
+            if st is not None and not stat.S_ISREG(st.st_mode):  # swapped since the check: never take a link's mode
+                raise _refuse(target, what, f"is {file_type(st.st_mode)}, not a regular file",
+                              "remove it, or choose another folder")
             if _same_content(target, st, data):
                 continue
             mode = stat.S_IMODE(st.st_mode) if st is not None else _new_file_mode()

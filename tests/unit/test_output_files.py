@@ -364,3 +364,20 @@ def _kds_server():
         finally:
             httpd.shutdown()
     return serving()
+
+
+def test_a_link_swapped_in_after_the_folder_check_is_refused_not_given_its_mode(tmp_path):
+    """write_files checks the targets, then stages; a link swapped in between must not lend the
+    new file its 0777 mode (nor its owner): the staging step refuses it and writes nothing."""
+    from snpvirt import fileio
+    from snpvirt.errors import BadInputError
+
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"old")
+    folder = tmp_path / "certs"
+    folder.mkdir()
+    (folder / "ark.pem").symlink_to(victim)  # as if swapped in after output_target's check
+    with pytest.raises(BadInputError, match="not a regular file"):
+        fileio._write_into_folder(folder, {"ark.pem": b"new"})
+    assert (folder / "ark.pem").is_symlink() and victim.read_bytes() == b"old"
+    assert sorted(p.name for p in folder.iterdir()) == ["ark.pem"], "no temporary left behind"
