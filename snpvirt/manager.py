@@ -85,6 +85,7 @@ class _Plan:
     start: bool
     diff: list[dict[str, Any]] = field(default_factory=list)
     xml: str | None = None
+    asked_snp: dict[str, Any] | None = None  # the SNP projection of `xml`, from the parse that checked it
     restart_required: bool = False  # the running domain's live definition differs from the desired one
 
 
@@ -226,20 +227,23 @@ class Manager:
             return False
         return bool(drift.differences(desired, drift.project(domxml.parse(record.live_xml))))
 
-    def _define_checked(self, xml: str, previous: DomainRecord | None) -> DomainRecord:
+    def _define_checked(self, xml: str, previous: DomainRecord | None,
+                        asked_snp: dict[str, Any] | None = None) -> DomainRecord:
         """Define, then check libvirt's own view of it: every SNP setting it was given kept, so every SNP rule
         holds. A failed check rolls back: an update puts the previous definition back (never an undefine,
-        which would delete the user's domain); a new domain is removed."""
-        asked = domxml.parse(xml)
+        which would delete the user's domain); a new domain is removed. `asked_snp`: the SNP projection of
+        `xml` when the caller has it already (render parsed the document)."""
+        if asked_snp is None:
+            asked_snp = drift.project(domxml.parse(xml), snp_only=True)
         try:
             record = self.hv.define(xml)
         except SnpvirtError:
-            name = asked.findtext("name")
+            name = domxml.parse(xml).findtext("name")
             if previous is None and self.hv.lookup(name) is not None:
                 raise _DefinedMeanwhile(f"domain {name} was defined by another client at the same time",
                                         "run the command again: it will see that domain") from None
             raise
-        problem = self._not_kept(asked, record.xml)
+        problem = self._not_kept(asked_snp, record.xml)
         if problem is not None:
             if previous is None:
                 self.hv.undefine(record.name)
@@ -250,7 +254,7 @@ class Manager:
         return record
 
     @staticmethod
-    def _not_kept(asked: etree._Element, stored_xml: str) -> tuple[str, str] | None:
+    def _not_kept(asked_snp: dict[str, Any], stored_xml: str) -> tuple[str, str] | None:
         """(message, hint) when libvirt's stored definition lost or changed an SEV-SNP setting it was given.
 
         Every document defined here passed every SNP rule first (render, define_xml and import check it),
@@ -261,7 +265,7 @@ class Manager:
             stored = domxml.parse(stored_xml)
         except etree.XMLSyntaxError as exc:
             return f"is not well-formed XML ({exc})", "see the libvirt log of this host"
-        lost = drift.differences(drift.project(asked, snp_only=True), drift.project(stored, snp_only=True))
+        lost = drift.differences(asked_snp, drift.project(stored, snp_only=True))
         if lost:
             return (f"does not keep what it was given ({_drift_text(lost)})",
                     "this libvirt does not keep these SEV-SNP settings: use libvirt >= 10.5 on this host")
@@ -317,7 +321,8 @@ class Manager:
         """The document to define: rendered with the launch record and the stamp, checked by render."""
         record = record or launch.record(plan.spec)
         stamp = Stamp(defined_at, now, record.expected.digests)
-        plan.xml = render.render(plan.spec, self._resolve_sev(plan.spec), self.allow_debug, stamp, record).xml
+        rendered, root = render.render_parsed(plan.spec, self._resolve_sev(plan.spec), self.allow_debug, stamp, record)
+        plan.xml, plan.asked_snp = rendered.xml, drift.project(root, snp_only=True)
         return plan
 
     def apply(self, inputs: Iterable[SpecInput], check: bool = False, start: bool = True) -> list[Outcome]:
@@ -365,7 +370,7 @@ class Manager:
             return out
         try:
             if plan.xml is not None:
-                self._define_checked(plan.xml, plan.existing)
+                self._define_checked(plan.xml, plan.existing, plan.asked_snp)
                 out.changed, out.state = True, existing_state or "shutoff"
             if will_start:
                 if plan.xml is None:  # starting the existing definition: it must still be the SEV-SNP one

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import jinja2
 import markupsafe
+from lxml import etree
 
 from snpvirt import __version__, domxml
 from snpvirt import policy as snp_policy
@@ -79,8 +80,15 @@ def render(spec: VmSpec, sev: SevParams, allow_debug: bool = False, stamp: Stamp
     `launch` (launch.record: expected measurement, ID blocks) and `stamp` (digests, times) come from
     the caller, which reads the files; without them the metadata holds the spec alone.
     """
+    return render_parsed(spec, sev, allow_debug, stamp, launch)[0]
+
+
+def render_parsed(spec: VmSpec, sev: SevParams, allow_debug: bool = False, stamp: Stamp | None = None,
+                  launch: LaunchRecord | None = None) -> tuple[RenderResult, etree._Element]:
+    """render(), and the document as the check parsed it: the manager compares libvirt's copy with it
+    after a define, without parsing the same text again."""
     xml = render_xml(spec, sev, stamp, launch)
-    findings = domxml.check(xml, allow_debug=allow_debug)
+    findings, root = domxml.check_document(xml, allow_debug=allow_debug)
     errors = [f for f in findings if f.severity == "error"]
     if errors:
         first = errors[0]
@@ -93,4 +101,4 @@ def render(spec: VmSpec, sev: SevParams, allow_debug: bool = False, stamp: Stamp
         reduced_phys_bits=sev.reduced_phys_bits,
         sev_params_source=sev.source,
         warnings=sev.warnings + tuple(findings),
-    )
+    ), root
