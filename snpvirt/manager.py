@@ -94,6 +94,10 @@ class _DefinedMeanwhile(ConflictError):
 
 
 RACE_RETRIES = 3  # re-plans after losing a create race; each one sees the domain the other client made
+# Threads carrying out plans. libvirt's remote protocol keeps several calls in flight on one connection
+# (libvirt-python releases the GIL in each call; a daemon serves up to max_client_requests = 5 per
+# client by default), so 4 pipeline the define / XMLDesc / create round trips of 4 domains.
+LIBVIRT_WORKERS = 8
 
 
 def _snp_errors(definition: str | etree._Element, allow_debug: bool) -> list[Finding]:
@@ -328,14 +332,14 @@ class Manager:
     def apply(self, inputs: Iterable[SpecInput], check: bool = False, start: bool = True) -> list[Outcome]:
         """Make each spec's domain exist as specified (and run, with start); `check` only plans.
 
-        Specs are planned (parsed, rendered, validated) on this thread while two worker threads carry
+        Specs are planned (parsed, rendered, validated) on this thread while LIBVIRT_WORKERS threads carry
         out earlier plans through libvirt: the CPU work and the RPC round trips overlap. Each domain's
         own steps stay in order (one worker owns a plan); results come back in the order given.
         """
         existing_names = self.hv.domain_names()
         seen: set[str] = set()
         results: list[Outcome | Future[Outcome]] = []
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="snpvirt-apply") as libvirt_workers:
+        with ThreadPoolExecutor(LIBVIRT_WORKERS, thread_name_prefix="snpvirt-apply") as libvirt_workers:
             for item in inputs:
                 planned = self._plan_item(item, seen, existing_names)
                 if isinstance(planned, Outcome) or check:
