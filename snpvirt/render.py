@@ -39,6 +39,7 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
+        auto_reload=False,  # the templates ship with the package: no stat of the file on every render
     )
     env.globals["yes_no"] = lambda flag: "yes" if flag else "no"
     env.globals["hex"] = lambda number: f"{number:#x}"
