@@ -11,6 +11,7 @@ import dataclasses
 import datetime
 import difflib
 import hashlib
+import threading
 import time
 from dataclasses import dataclass, field
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -95,9 +96,14 @@ class _DefinedMeanwhile(ConflictError):
 
 RACE_RETRIES = 3  # re-plans after losing a create race; each one sees the domain the other client made
 # Threads carrying out plans. libvirt's remote protocol keeps several calls in flight on one connection
-# (libvirt-python releases the GIL in each call; a daemon serves up to max_client_requests = 5 per
-# client by default), so 4 pipeline the define / XMLDesc / create round trips of 4 domains.
+# (libvirt-python releases the GIL in each call), so the define / XMLDesc / create round trips of several
+# domains overlap. A worker also waits for the GIL between its calls (the main thread renders meanwhile),
+# so 8 keep a daemon's 5 request slots per client (max_client_requests) busy; more wait in the socket.
 LIBVIRT_WORKERS = 8
+# Plans handed to the workers and not yet carried out. Without a bound the main thread renders every spec
+# first, holding the GIL, while the workers wait for it between their calls and the daemon idles; then
+# the libvirt work follows as a long tail. Two per worker keeps each one fed and the tail short.
+LOOKAHEAD = 2 * LIBVIRT_WORKERS
 
 
 def _snp_errors(definition: str | etree._Element, allow_debug: bool) -> list[Finding]:
@@ -144,24 +150,33 @@ class Manager:
         self.clock = clock
         self.warnings: list[Finding] = []
         self._ready = False
+        self._not_ready: tuple[str, str] | None = None  # the gate's refusal, given again to every later caller
+        self._gate_lock = threading.Lock()  # apply's workers reach the gate concurrently: it runs once
 
     # --- the readiness gate ----------------------------------------------------------------------
 
     def ensure_ready(self) -> None:
         """Fail closed before the first change. The gate has no report only for a simulated hypervisor
         (libvirt's test driver without a captured host's facts): then say that the gate does not apply."""
-        if self._ready:
-            return
-        report = self._gate()
-        if report is None and self.hv.simulated:
-            self.warnings.append(Finding("gate.simulated", "warning",
-                                         "libvirt's test driver is a simulated hypervisor: the SEV-SNP readiness gate does not apply",
-                                         "use a qemu:// URI for real guests"))
-        elif report is None or not report.ready:  # a real hypervisor without a report is never waved through
-            raise HostNotReadyError("host not ready for SEV-SNP, nothing was changed: "
-                                    + (report.summary if report else "no host facts to check"),
-                                    f"see the fixes: snpvirt host check --connect {self.hv.uri or '<uri>'}")
-        self._ready = True
+        with self._gate_lock:
+            if self._ready:
+                return
+            if self._not_ready is None:
+                report = self._gate()
+                if report is None and self.hv.simulated:
+                    self.warnings.append(Finding("gate.simulated", "warning",
+                                                 "libvirt's test driver is a simulated hypervisor: the SEV-SNP readiness gate does not apply",
+                                                 "use a qemu:// URI for real guests"))
+                    self._ready = True
+                    return
+                if report is not None and report.ready:
+                    self._ready = True
+                    return
+                # A real hypervisor without a report is never waved through.
+                self._not_ready = ("host not ready for SEV-SNP, nothing was changed: "
+                                   + (report.summary if report else "no host facts to check"),
+                                   f"see the fixes: snpvirt host check --connect {self.hv.uri or '<uri>'}")
+            raise HostNotReadyError(*self._not_ready)
 
     # --- managed domains -------------------------------------------------------------------------
 
@@ -322,32 +337,44 @@ class Manager:
             return None
 
     def _with_xml(self, plan: _Plan, defined_at: str, now: str, record: launch.LaunchRecord | None = None) -> _Plan:
-        """The document to define: rendered with the launch record and the stamp, checked by render."""
+        """The document to define, rendered with the launch record and the stamp. It is checked (schema, SNP
+        rules) by _execute, on the thread that carries the plan out, before anything else is done with it."""
         record = record or launch.record(plan.spec)
         stamp = Stamp(defined_at, now, record.expected.digests)
-        rendered, root = render.render_parsed(plan.spec, self._resolve_sev(plan.spec), self.allow_debug, stamp, record)
-        plan.xml, plan.asked_snp = rendered.xml, drift.project(root, snp_only=True)
+        plan.xml = render.render_xml(plan.spec, self._resolve_sev(plan.spec), stamp, record)
         return plan
+
+    def _check_rendered(self, plan: _Plan) -> None:
+        """Raise BadInputError unless the plan's document passes libvirt's schema and every SNP rule, as
+        render.render checks it; keep its SNP projection for the check after define. On a worker thread,
+        the parse and the schema check run without the GIL, beside the main thread's next render."""
+        if plan.xml is not None and plan.asked_snp is None:
+            _, root = render.check_rendered(plan.spec.name, plan.xml, self.allow_debug)
+            plan.asked_snp = drift.project(root, snp_only=True)
 
     def apply(self, inputs: Iterable[SpecInput], check: bool = False, start: bool = True) -> list[Outcome]:
         """Make each spec's domain exist as specified (and run, with start); `check` only plans.
 
-        Specs are planned (parsed, rendered, validated) on this thread while LIBVIRT_WORKERS threads carry
-        out earlier plans through libvirt: the CPU work and the RPC round trips overlap. Each domain's
-        own steps stay in order (one worker owns a plan); results come back in the order given.
+        Specs are planned (parsed, rendered) on this thread while LIBVIRT_WORKERS threads check the
+        rendered documents and carry out earlier plans through libvirt: the CPU work and the RPC round
+        trips overlap. Each domain's own steps stay in order (one worker owns a plan: check, gate,
+        define, check libvirt's copy, start); results come back in the order given. The readiness gate
+        runs once, before the first change; its refusal ends the whole call with nothing changed.
         """
         existing_names = self.hv.domain_names()
         seen: set[str] = set()
         results: list[Outcome | Future[Outcome]] = []
+        slots = threading.BoundedSemaphore(LOOKAHEAD)
         with ThreadPoolExecutor(LIBVIRT_WORKERS, thread_name_prefix="snpvirt-apply") as libvirt_workers:
             for item in inputs:
                 planned = self._plan_item(item, seen, existing_names)
                 if isinstance(planned, Outcome) or check:
                     results.append(planned if isinstance(planned, Outcome) else self._execute(planned, True, start))
                     continue
-                if planned.action != "unchanged" or (start and planned.start):
-                    self.ensure_ready()  # before the first change is handed to libvirt
-                results.append(libvirt_workers.submit(self._execute, planned, False, start))
+                slots.acquire()  # waits (without the GIL) while LOOKAHEAD plans are still to be carried out
+                future = libvirt_workers.submit(self._execute, planned, False, start)
+                future.add_done_callback(lambda _: slots.release())
+                results.append(future)
         return [r.result() if isinstance(r, Future) else r for r in results]
 
     def _plan_item(self, item: SpecInput, seen: set[str], existing_names: set[str]) -> _Plan | Outcome:
@@ -364,6 +391,10 @@ class Manager:
             return Outcome(spec.name, "invalid").fail(err)
 
     def _execute(self, plan: _Plan, check: bool, start: bool, retries: int = RACE_RETRIES) -> Outcome:
+        try:
+            self._check_rendered(plan)
+        except BadInputError as err:
+            return Outcome(plan.spec.name, "invalid").fail(err)
         existing_state = plan.existing.state if plan.existing else None
         will_start = start and plan.start
         out = Outcome(plan.spec.name, plan.action, state=existing_state or "absent", details={
@@ -372,6 +403,8 @@ class Manager:
             out.changed = plan.action != "unchanged" or will_start
             out.details["planned"] = True
             return out
+        if plan.xml is not None or will_start:
+            self.ensure_ready()  # before the first change; HostNotReadyError ends the whole call
         try:
             if plan.xml is not None:
                 self._define_checked(plan.xml, plan.existing, plan.asked_snp)

@@ -15,7 +15,7 @@ from snpvirt import __version__, domxml
 from snpvirt import policy as snp_policy
 from snpvirt.errors import BadInputError
 from snpvirt.launch import LaunchRecord
-from snpvirt.models import RenderResult, Stamp, VmSpec
+from snpvirt.models import Finding, RenderResult, Stamp, VmSpec
 from snpvirt.sevparams import SevParams
 
 DOMAIN_TEMPLATE = "domain.xml.j2"
@@ -81,19 +81,8 @@ def render(spec: VmSpec, sev: SevParams, allow_debug: bool = False, stamp: Stamp
     `launch` (launch.record: expected measurement, ID blocks) and `stamp` (digests, times) come from
     the caller, which reads the files; without them the metadata holds the spec alone.
     """
-    return render_parsed(spec, sev, allow_debug, stamp, launch)[0]
-
-
-def render_parsed(spec: VmSpec, sev: SevParams, allow_debug: bool = False, stamp: Stamp | None = None,
-                  launch: LaunchRecord | None = None) -> tuple[RenderResult, etree._Element]:
-    """render(), and the document as the check parsed it: the manager compares libvirt's copy with it
-    after a define, without parsing the same text again."""
     xml = render_xml(spec, sev, stamp, launch)
-    findings, root = domxml.check_document(xml, allow_debug=allow_debug)
-    errors = [f for f in findings if f.severity == "error"]
-    if errors:
-        first = errors[0]
-        raise BadInputError(f"{spec.name}: rendered XML breaks rule {first.rule_id}: {first.message}", first.hint)
+    findings, _ = check_rendered(spec.name, xml, allow_debug)
     return RenderResult(
         name=spec.name,
         xml=xml,
@@ -102,4 +91,16 @@ def render_parsed(spec: VmSpec, sev: SevParams, allow_debug: bool = False, stamp
         reduced_phys_bits=sev.reduced_phys_bits,
         sev_params_source=sev.source,
         warnings=sev.warnings + tuple(findings),
-    ), root
+    )
+
+
+def check_rendered(name: str, xml: str, allow_debug: bool = False) -> tuple[list[Finding], etree._Element]:
+    """The checks every rendered document passes before it is shown or defined: libvirt's schema and every
+    SNP rule. Raises BadInputError on the first error; returns the findings (warnings) and the parsed root,
+    which the manager compares libvirt's copy with after a define."""
+    findings, root = domxml.check_document(xml, allow_debug=allow_debug)
+    errors = [f for f in findings if f.severity == "error"]
+    if errors:
+        first = errors[0]
+        raise BadInputError(f"{name}: rendered XML breaks rule {first.rule_id}: {first.message}", first.hint)
+    return findings, root
