@@ -107,8 +107,9 @@ def measure_rounds(sides: list[Side], count: int, rounds: int, conn) -> None:
             clear(conn)
 
 
-def apply_ratio(args, uri: str, conn, specs_n: list[Path], xmls: list[Path]) -> float | None:
-    """Print the apply figures against the baseline; snpvirt's seconds per domain if the target is met."""
+def apply_ratio(args, uri: str, conn, specs_n: list[Path], xmls: list[Path]) -> tuple[bool, float | None]:
+    """Print the apply figures against the baseline: (target met, snpvirt's seconds per domain or None
+    when the figures were implausible)."""
     snpvirt = [sys.executable, "-m", "snpvirt"]
     floor = Side("baseline", lambda n: timed([sys.executable, "-c", FLOOR_SCRIPT, uri, *map(str, xmls[:n])]))
     ours = Side("snpvirt apply", lambda n: timed(snpvirt + ["apply", "-c", uri, *map(str, specs_n[:n])]))
@@ -123,14 +124,14 @@ def apply_ratio(args, uri: str, conn, specs_n: list[Path], xmls: list[Path]) -> 
         floor_s, ours_s = floor.per_domain(n), ours.per_domain(n)
     except Implausible as exc:
         print(f"apply: ERROR: implausible figure, no ratio ({exc}); the machine was too busy, run again")
-        return None
+        return False, None
     ratio = ours_s / floor_s
     ok = ratio <= FLOOR_RATIO_TARGET
     print(f"apply: snpvirt {ours_s * 1000:.3f} ms/domain vs baseline {floor_s * 1000:.3f} ms/domain = {ratio:.2f}x "
           f"(target <= {FLOOR_RATIO_TARGET}x; best of {args.rounds} rounds, {n} domains) {'PASS' if ok else 'FAIL'}")
     print(f"  baseline: {BASELINE}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
           f"on {os.cpu_count()} CPUs")
-    return ours_s if ok else None
+    return ok, ours_s
 
 
 def virsh_speedup(args, uri: str, conn, ours_s: float, xmls: list[Path]) -> bool:
@@ -154,13 +155,15 @@ def list_speed(args, uri: str, tmp: Path) -> bool:
     snpvirt = [sys.executable, "-m", "snpvirt"]
     many = write_specs(tmp / "list-specs", "listed", args.list_count)
     timed(snpvirt + ["apply", "-c", uri, *map(str, many)])
-    start = time.perf_counter()
-    out = subprocess.run(snpvirt + ["list", "--json", "-c", uri], cwd=ROOT, capture_output=True, text=True, check=True)
-    list_s = time.perf_counter() - start
-    listed = len(json.loads(out.stdout)["results"])
+    list_s, listed = float("inf"), 0
+    for _ in range(args.rounds):  # the fastest of the rounds, as for apply
+        start = time.perf_counter()
+        out = subprocess.run(snpvirt + ["list", "--json", "-c", uri], cwd=ROOT, capture_output=True, text=True, check=True)
+        list_s = min(list_s, time.perf_counter() - start)
+        listed = len(json.loads(out.stdout)["results"])
     ok = list_s < LIST_TARGET_S and listed == args.list_count
-    print(f"list --json of {listed} managed domains: {list_s * 1000:.0f} ms, a whole CLI process "
-          f"(target < {LIST_TARGET_S:.0f} s) {'PASS' if ok else 'FAIL'}")
+    print(f"list --json of {listed} managed domains: {list_s * 1000:.0f} ms, a whole CLI process, fastest of "
+          f"{args.rounds} (target < {LIST_TARGET_S:.0f} s) {'PASS' if ok else 'FAIL'}")
     names = [p.stem for p in many]
     stop_s = timed(snpvirt + ["stop", "-c", uri, *names])
     undefine_s = timed(snpvirt + ["undefine", "-c", uri, *names])
@@ -208,8 +211,7 @@ def main() -> int:
             xml = xml_dir / (path.stem + ".xml")
             xml.write_text(render.render(vm, sevparams.resolve(vm, [])).xml)
             xmls.append(xml)
-        ours_s = apply_ratio(args, uri, held, specs_n, xmls)
-        ok = ours_s is not None
+        ok, ours_s = apply_ratio(args, uri, held, specs_n, xmls)
         if not args.apply_only:
             ok &= ours_s is not None and virsh_speedup(args, uri, held, ours_s, xmls)
             ok &= list_speed(args, uri, tmp)
