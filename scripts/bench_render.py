@@ -72,7 +72,7 @@ def host_check_times(runs: int) -> list[tuple[str, float]]:
     figures = []
     with tempfile.TemporaryDirectory(prefix="snpvirt-bench-") as tmp:
         fake = FakeHost(Path(tmp) / "genoa")
-        argv = snpvirt + ["--sysroot", str(fake.root), "--domcaps", str(genoa_domcaps())]
+        argv = snpvirt + ["--sysroot", str(fake.root), "--host-caps", str(genoa_domcaps())]
         figures.append(("ready fake Genoa host", median_runtime(argv, runs, expect=0)))
         reason = libvirtd_available()
         if reason:

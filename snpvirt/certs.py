@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from snpvirt import fileio
 from snpvirt.errors import BadInputError
 
 # SHA-256 of the SubjectPublicKeyInfo of AMD's root keys, per product.
@@ -115,11 +116,19 @@ def load(data: bytes, source: str) -> list[Cert]:
         warnings.simplefilter("ignore")
         try:
             if b"-----BEGIN CERTIFICATE-----" in data:
-                return [Cert(c, source) for c in x509.load_pem_x509_certificates(data)]
-            return [Cert(x509.load_der_x509_certificate(data), source)]
-        except ValueError as exc:
+                return [Cert(_parsed(c), source) for c in x509.load_pem_x509_certificates(data)]
+            return [Cert(_parsed(x509.load_der_x509_certificate(data)), source)]
+        except (ValueError, UnsupportedAlgorithm, x509.DuplicateExtension) as exc:
             raise BadInputError(f"{source}: not an X.509 certificate ({exc})",
                                 "give PEM or DER certificates (ARK, ASK, VCEK), e.g. from snpvirt attest fetch-certs") from None
+
+
+def _parsed(cert: x509.Certificate) -> x509.Certificate:
+    """The certificate with every part snpvirt reads parsed now. cryptography parses lazily, so a damaged
+    certificate (an unknown curve, a malformed extension) would otherwise fail mid-verification."""
+    _ = (cert.subject, cert.issuer, cert.extensions, cert.public_key(), cert.signature_algorithm_oid,
+         cert.not_valid_before_utc, cert.not_valid_after_utc)
+    return cert
 
 
 def load_paths(paths: list[Path]) -> list[Cert]:
@@ -128,10 +137,7 @@ def load_paths(paths: list[Path]) -> list[Cert]:
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".pem", ".der", ".crt", ".cer")) \
             if path.is_dir() else [path]
         for file in files:
-            try:
-                found.extend(load(file.read_bytes(), str(file)))
-            except OSError as exc:
-                raise BadInputError(f"cannot read {file}: {exc.strerror}", "check the path") from None
+            found.extend(load(fileio.read_input(file, "certificate"), str(file)))
     return found
 
 
@@ -192,6 +198,16 @@ class Chain:
         return bool(self.checks) and all(c.ok for c in self.checks)
 
 
+# Where the missing certificates come from, said where they are missed. A VLEK is the cloud provider's: AMD's
+# KDS serves VLEKs only to providers, so --fetch cannot get one.
+MISSING_LEAF_HINT = {
+    "vcek": "give --certs DIR or --vcek FILE, or --fetch to get it from AMD KDS",
+    "vlek": "give --vcek FILE or --certs DIR with the VLEK the cloud provider supplies (a guest gets it with "
+            "snpvirt guest report --certs-out DIR)",
+}
+MISSING_CHAIN_HINT = "give --certs DIR or --chain PEM, or --fetch to get ARK and ASK from AMD KDS"
+
+
 def verify_chain(pool: list[Cert], leaf: Cert | None, signer: str, product: str | None,
                  trust_root: Cert | None, now: datetime.datetime) -> Chain:
     """ARK (pinned or --trust-root) -> ASK/ASVK -> leaf; every link and validity period checked."""
@@ -205,11 +221,12 @@ def verify_chain(pool: list[Cert], leaf: Cert | None, signer: str, product: str 
     chain = Chain(ark, intermediate, leaf)
     add = lambda check_id, ok, message: chain.checks.append(ChainCheck(check_id, ok, message))  # noqa: E731
     if leaf is None:
-        add("cert.leaf", False, f"no {signer.upper()} certificate for this report")
+        add("cert.leaf", False, f"no {signer.upper()} certificate for this report ({MISSING_LEAF_HINT[signer]})")
         return chain
     if ark is None or intermediate is None:
         missing = "ARK" if ark is None else want_intermediate.upper()
-        add("cert.chain", False, f"no {missing}{' for ' + product if product else ''} among the certificates given")
+        add("cert.chain", False, f"no {missing}{' for ' + product if product else ''} among the certificates given "
+                                 f"({MISSING_CHAIN_HINT})")
         return chain
     if trust_root is not None:
         add("cert.ark_pinned", True, f"ARK is the --trust-root {trust_root.source} (AMD's pin replaced)")
@@ -227,3 +244,13 @@ def verify_chain(pool: list[Cert], leaf: Cert | None, signer: str, product: str 
     for cert in (ark, intermediate, leaf):
         add(f"cert.validity.{cert.role}", *_valid_at(cert, now))
     return chain
+
+
+def signed_by(child: Cert, parent: Cert) -> tuple[bool, str]:
+    """Whether `parent`'s key signed `child`, and a sentence saying so (the KDS client checks downloads with it)."""
+    return _signed_by(child, parent)
+
+
+def valid_at(cert: Cert, now: datetime.datetime) -> tuple[bool, str]:
+    """Whether `now` is inside the certificate's validity period, and a sentence saying so."""
+    return _valid_at(cert, now)

@@ -8,8 +8,9 @@ from typing import Iterator
 
 import libvirt
 
-from snpvirt import explain
-from snpvirt.errors import ConnectionFailedError, HostNotReadyError, NotFoundError, SnpvirtError, StartFailedError
+from snpvirt import explain, fileio
+from snpvirt.errors import (BadInputError, ConnectionFailedError, HostNotReadyError, NotFoundError, SnpvirtError,
+                            StartFailedError)
 from snpvirt.models import DomainRecord, LibvirtFacts
 
 # libvirt prints every error to stderr by default; snpvirt reports them itself.
@@ -81,6 +82,20 @@ class Connection:
             return self._conn.getDomainCapabilities(None, "x86_64", "q35", "kvm", 0)
         except libvirt.libvirtError as exc:
             raise translate(exc, "read domain capabilities", self.uri) from None
+
+    def sev_info(self) -> dict[str, object]:
+        """`virsh nodesevinfo` (virNodeGetSEVInfo): pdh, cert-chain, cpu0-id, cbitpos, reduced-phys-bits,
+        max-guests, max-es-guests. A driver or host without SEV is HostNotReadyError, not a broken connection
+        (libvirt's test driver answers VIR_ERR_NO_SUPPORT, which elsewhere means the connection cannot do it)."""
+        try:
+            return dict(self._conn.getSEVInfo(0))
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() in (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_OPERATION_UNSUPPORTED,
+                                        libvirt.VIR_ERR_OPERATION_INVALID):
+                detail = (exc.get_error_message() or str(exc)).strip()
+                raise HostNotReadyError(f"{self.uri or 'the default URI'} gives no SEV information: {detail}",
+                                        "ask libvirt on an SEV host: virsh -c qemu:///system nodesevinfo") from None
+            raise translate(exc, "read the host's SEV information", self.uri) from None
 
     def libvirt_facts(self) -> LibvirtFacts:
         """Versions, domain capabilities and SEV-ES/SNP guests in use, each tolerated missing."""
@@ -208,6 +223,16 @@ class Connection:
         self._call(name, "undefine", lambda dom: dom.undefine())
         self._handles.pop(name, None)
 
+    def autostart(self, name: str) -> bool:
+        """libvirt's own autostart flag: whether the host starts this domain when libvirtd starts."""
+        try:
+            return bool(self._handle(name).autostart())
+        except libvirt.libvirtError as exc:
+            raise translate(exc, f"read the autostart flag of {name}", self.uri) from None
+
+    def set_autostart(self, name: str, on: bool) -> None:
+        self._call(name, "set the autostart flag of", lambda dom: dom.setAutostart(int(on)))
+
     def set_metadata(self, name: str, element_xml: str, namespace: str) -> None:
         """Replace snpvirt's metadata element in the persistent definition (and the live one if running)."""
         def update(dom: libvirt.virDomain) -> None:
@@ -228,10 +253,10 @@ class Connection:
         if self.driver != "QEMU" or urlsplit(self.actual_uri).netloc:
             return ""
         try:
-            with open(f"{QEMU_LOG_DIR}/{name}.log", encoding="utf-8", errors="replace") as handle:
-                return "".join(handle.readlines()[-lines:])
-        except OSError:
+            tail = fileio.read_tail(f"{QEMU_LOG_DIR}/{name}.log", "log", 64 * 1024)
+        except BadInputError:
             return ""
+        return "".join(tail.decode("utf-8", "replace").splitlines(keepends=True)[-lines:])
 
 
 def _optional(call):

@@ -67,8 +67,11 @@ def _run_loop() -> None:
 
 
 def watch(uri: str | None, names: set[str], on_event: Callable[[Event], None], on_status: Callable[[str], None],
-          stop: threading.Event, keepalive_s: int = 5, max_backoff_s: float = 30.0) -> None:
-    """Deliver lifecycle events until `stop` is set; reconnect with backoff when the connection is lost."""
+          stop: threading.Event, keepalive_s: int = 5, max_backoff_s: float = 30.0,
+          on_link: Callable[[str, str], None] | None = None) -> None:
+    """Deliver lifecycle events until `stop` is set; reconnect with backoff when the connection is lost.
+    `on_link(change, uri)` hears "disconnected" when the connection is lost and "reconnected" when it is back."""
+    link = on_link or (lambda _change, _uri: None)
     start_event_loop()
     backoff = 1.0
     first = True
@@ -86,6 +89,7 @@ def watch(uri: str | None, names: set[str], on_event: Callable[[Event], None], o
         actual_uri = conn.getURI()
         if not first:
             on_status(f"reconnected to {actual_uri}")
+            link("reconnected", actual_uri)
         first, backoff = False, 1.0
 
         def lifecycle(_conn, dom, event, detail, _opaque):
@@ -105,6 +109,7 @@ def watch(uri: str | None, names: set[str], on_event: Callable[[Event], None], o
             stop.wait(0.2)
         if lost.is_set() and not stop.is_set():
             on_status(f"connection to {actual_uri} lost; reconnecting")
+            link("disconnected", actual_uri)
             time.sleep(0)  # let the close callback finish before the handle goes away
             continue
         try:

@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from snpvirt import fileio
 from snpvirt.errors import BadInputError, SnpvirtError
 from snpvirt.models import CheckResult
 from snpvirt.report import REPORT_SIZE
@@ -35,8 +36,8 @@ def _result(check_id: str, ok: bool, message: str, hint: str = "", **facts) -> C
 def check(sysroot: str | Path = "/") -> list[CheckResult]:
     root = Path(sysroot)
     try:
-        cpuinfo = (root / "proc/cpuinfo").read_text(errors="replace")
-    except OSError:
+        cpuinfo = fileio.read_text(root / "proc/cpuinfo", "host", errors="replace")
+    except fileio.InputFileError:
         cpuinfo = ""
     flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
     tsm, device = root / TSM_DIR, root / SEV_GUEST

@@ -34,7 +34,7 @@ class HostInputs:
     libvirt_skip: str = "no libvirt connection"
     domcaps: HostSevCaps | None = None
     domcaps_source: str = ""
-    domcaps_skip: str = "no domain capabilities (give --connect URI or --domcaps FILE)"
+    domcaps_skip: str = "no domain capabilities (give --connect URI or --host-caps FILE)"
     policy: int | None = None
     spec_firmware: str | None = None
 

@@ -12,7 +12,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from snpvirt import firmware, ovmf
+from snpvirt import fileio, firmware, ovmf
 
 CPUID_SEV_LEAF = 0x8000001F
 KVM_AMD_PARAMS = ("sev", "sev_es", "sev_snp", "debug_swap")
@@ -72,25 +72,24 @@ class _Reader:
 
     def text(self, fact: str, host_path: str) -> str | None:
         try:
-            return self.path(host_path).read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            self.unreadable[fact] = f"{host_path} does not exist"
-        except PermissionError:
-            self.unreadable[fact] = f"permission denied reading {host_path} (run as root)"
-        except OSError as exc:
-            self.unreadable[fact] = f"cannot read {host_path}: {exc.strerror}"
+            return fileio.read_text(self.path(host_path), "host", host_path, errors="replace")
+        except fileio.InputFileError as err:
+            self.unreadable[fact] = f"{host_path} {err.reason}" + (" (run as root)" if err.reason == "permission denied" else "")
         return None
 
     def cpuid(self, leaf: int) -> tuple[int, int, int, int] | None:
         """pread 16 bytes at offset = leaf from the cpuid device (a sparse file in a test sysroot)."""
         host_path = "/dev/cpu/0/cpuid"
         try:
-            fd = os.open(self.path(host_path), os.O_RDONLY)
+            fd = os.open(self.path(host_path), os.O_RDONLY | os.O_NONBLOCK)  # a FIFO in a --sysroot must not block
         except FileNotFoundError:
             self.unreadable["cpuid"] = f"{host_path} is absent"
             return None
         except PermissionError:
             self.unreadable["cpuid"] = f"permission denied opening {host_path} (run as root)"
+            return None
+        except OSError as exc:  # a captured host's odd tree: a parent that is a file, a link loop
+            self.unreadable["cpuid"] = f"cannot open {host_path}: {exc.strerror}"
             return None
         try:
             data = os.pread(fd, 16, leaf)
@@ -117,34 +116,38 @@ def _cpuinfo(text: str | None) -> tuple[str | None, str | None, frozenset[str] |
     return fields.get("vendor_id"), fields.get("model name"), flags
 
 
+def _id(text: str) -> int | None:
+    """A uid or gid as /etc/passwd writes it: ASCII digits, 32 bits. (str.isdigit() also accepts '²',
+    which int() refuses, and a number of thousands of digits is past int()'s limit.)"""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 10 else None
+
+
 def _qemu_user(reader: _Reader) -> QemuUser | None:
     """libvirt's QEMU user: qemu.conf's `user`, else the distro default (Debian libvirt-qemu, Fedora qemu)."""
     conf = reader.text("qemu_conf", "/etc/libvirt/qemu.conf") or ""
     match = re.search(r'^\s*user\s*=\s*"([^"]+)"', conf, re.MULTILINE)
     passwd = reader.text("passwd", "/etc/passwd") or ""
-    users = {p[0]: (int(p[2]), int(p[3])) for p in (line.split(":") for line in passwd.splitlines())
-             if len(p) > 3 and p[2].isdigit() and p[3].isdigit()}
+    users = {p[0]: (_id(p[2]), _id(p[3])) for p in (line.split(":") for line in passwd.splitlines())
+             if len(p) > 3 and _id(p[2]) is not None and _id(p[3]) is not None}
     name = match.group(1).lstrip("+") if match else next((u for u in ("libvirt-qemu", "qemu") if u in users), None)
     if name is None:
         return None
-    if name.isdigit():
-        return QemuUser(name, int(name), frozenset())
+    if _id(name) is not None:
+        return QemuUser(name, _id(name), frozenset())
     if name not in users:
         return QemuUser(name, None)
     uid, gid = users[name]
     groups = reader.text("group", "/etc/group") or ""
-    gids = {gid} | {int(g[2]) for g in (line.split(":") for line in groups.splitlines())
-                    if len(g) > 3 and g[2].isdigit() and name in g[3].split(",")}
+    gids = {gid} | {_id(g[2]) for g in (line.split(":") for line in groups.splitlines())
+                    if len(g) > 3 and _id(g[2]) is not None and name in g[3].split(",")}
     return QemuUser(name, uid, frozenset(gids))
 
 
 def _firmware_file(reader: _Reader, host_path: str) -> FirmwareFile:
     try:
-        data = reader.path(host_path).read_bytes()
-    except FileNotFoundError:
-        return FirmwareFile(host_path, None, f"{host_path} does not exist")
-    except OSError as exc:
-        return FirmwareFile(host_path, None, f"cannot read {host_path}: {exc.strerror}")
+        data = fileio.read_input(reader.path(host_path), "firmware", host_path)
+    except fileio.InputFileError as err:
+        return FirmwareFile(host_path, None, f"{host_path} {err.reason}")
     try:
         return FirmwareFile(host_path, ovmf.parse(data), None)
     except ovmf.OvmfError as exc:

@@ -15,6 +15,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from snpvirt import fileio
 from snpvirt.amd_ecdsa import KEY_SIZE, SIG_SIZE, public_key_struct, sign
 from snpvirt.errors import BadInputError
 
@@ -34,10 +35,7 @@ def id_block(measurement: bytes, policy: int, family_id: bytes = bytes(16), imag
 
 
 def load_private_key(path: str | Path, role: str) -> ec.EllipticCurvePrivateKey:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise BadInputError(f"cannot read the {role} {path}: {exc.strerror}", "check the path and permissions") from None
+    data = fileio.read_input(path, "key", f"the {role}")
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:

@@ -100,7 +100,7 @@ def _fix_firmware(root: etree._Element, firmware: str | None, changes: list[str]
     else:
         loader.set("stateless", "yes")
         what = f"the firmware {loader.text.strip()}" if loader.text and loader.text.strip() else "the firmware"
-        changes.append(f"made {what} stateless (no NVRAM); it must be an SEV-SNP build such as OVMF.amdsev.fd")
+        changes.append(f"made {what} stateless (no NVRAM)")  # whether it is an SEV-SNP build: manager.import_domain
 
 
 def _insert_after_type(os_el: etree._Element, element: etree._Element) -> None:

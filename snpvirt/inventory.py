@@ -3,6 +3,8 @@ of the persistent definition that waits for a restart."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from typing import Any
 
@@ -14,10 +16,10 @@ from snpvirt.errors import BadInputError
 from snpvirt.models import DomainRecord
 
 
-def row(record: DomainRecord, root: etree._Element, info: metadata.ManagedInfo) -> dict[str, Any]:
+def row(record: DomainRecord, root: etree._Element, info: metadata.ManagedInfo | None) -> dict[str, Any]:
     """What runs and what is pending. An active domain runs its live definition, which differs from the
     persistent one after an update (or an import) until it restarts: show the live values, and the
-    persistent ones that differ under `pending`."""
+    persistent ones that differ under `pending`. `info` is None for a domain snpvirt does not manage."""
     persistent = summary(record, root, info)
     if record.live_xml is None or _same_document(record.live_xml, record.xml):
         return {**persistent, "restart_required": False, "pending": {}}
@@ -86,7 +88,8 @@ def _inputs_changed_since_measured(root: etree._Element, policy: int | None, rec
     have_want = {
         "vcpus": (root.findtext("vcpu", "").strip(), vcpus.get("count")),
         "policy": (snp_policy.to_hex(policy) if policy is not None else None,
-                   _hex_or_text(recorded_policy) if recorded_policy is not None else None),
+                   # Text as snpvirt writes it; anything else (attributes added by an edit) cannot match.
+                   _hex_or_text(recorded_policy) if isinstance(recorded_policy, str) else recorded_policy),
         "firmware": (root.findtext("os/loader", "").strip() or None, path("firmware")),
         "kernel": (root.findtext("os/kernel"), path("kernel")),
         "initrd": (root.findtext("os/initrd"), path("initrd")),
@@ -100,3 +103,20 @@ def _hex_or_text(text: str) -> str:
         return snp_policy.to_hex(snp_policy.parse_hex(text))
     except BadInputError:
         return text
+
+
+def readable_launch(launch: dict[str, Any]) -> dict[str, Any]:
+    """The recorded launch inputs as `status` shows them: the ID key digests in hex, as attestation reports
+    and `attest show` print them (the metadata keeps the base64 it has always held, so older domains read alike)."""
+    id_block = launch.get("id_block")
+    if not isinstance(id_block, dict):
+        return launch
+    return {**launch, "id_block": {key: _hex_of_base64(value) if key.endswith("_digest") else value
+                                   for key, value in id_block.items()}}
+
+
+def _hex_of_base64(value: str) -> str:
+    try:
+        return base64.b64decode(value, validate=True).hex()
+    except (binascii.Error, ValueError):
+        return value  # not base64 (edited by hand?): shown as recorded

@@ -8,46 +8,54 @@ from __future__ import annotations
 
 import base64
 import functools
-import hashlib
-import os
 from dataclasses import dataclass, field
 
-from snpvirt import measure
+from snpvirt import fileio, measure
 from snpvirt.errors import BadInputError
 from snpvirt.models import FileDigest, VmSpec
 
 
 @functools.lru_cache(maxsize=64)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
+def _sha256(path: str, kind: str, size: int, mtime_ns: int) -> str:
     """Cached by size and mtime: a fleet of specs usually shares one firmware file and kernel."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return fileio.sha256_input(path, kind)[0]
 
 
-def file_digest(path: str) -> FileDigest:
+def file_digest(path: str, kind: str) -> FileDigest:
+    """A launch file's digest, or why it is unknown here (absent, not readable: a remote host's path).
+    A file that exists but can never be a launch file (a device, a FIFO, too large) raises InputFileError."""
     try:
-        st = os.stat(path)
-        return FileDigest(_sha256(path, st.st_size, st.st_mtime_ns), size=st.st_size)
-    except FileNotFoundError:
-        return FileDigest(None, "not found on this machine")
-    except OSError as exc:
-        return FileDigest(None, f"not readable here: {exc.strerror}")
+        with fileio.open_input(path, kind) as (_, st):
+            pass  # the checks, and the key of the cache
+        return FileDigest(_sha256(path, kind, st.st_size, st.st_mtime_ns), size=st.st_size)
+    except fileio.InputFileError as err:
+        if err.present:
+            raise
+        return FileDigest(None, "not found on this machine" if err.reason == "does not exist"
+                          else f"not readable here: {err.reason}")
 
 
 def launch_digests(spec: VmSpec) -> dict[str, FileDigest]:
     files = {"firmware": spec.firmware, "kernel": spec.boot.kernel, "initrd": spec.boot.initrd}
-    return {kind: file_digest(path) for kind, path in files.items() if path}
+    return {kind: file_digest(path, kind) for kind, path in files.items() if path}
 
 
 @functools.lru_cache(maxsize=16)
 def _firmware(path: str, size: int, mtime_ns: int) -> tuple[bytes, bytes]:
     """(image, LD after the firmware pages): the expensive part, shared by every spec using the file."""
-    with open(path, "rb") as handle:
-        image = handle.read()
+    image = fileio.read_input(path, "firmware")
     return image, measure.firmware_seed(image)
+
+
+def _firmware_image(path: str) -> tuple[bytes, bytes]:
+    with fileio.open_input(path, "firmware") as (_, st):
+        pass  # the checks, and the key of the cache
+    try:
+        return _firmware(path, st.st_size, st.st_mtime_ns)
+    except fileio.InputFileError:
+        raise
+    except BadInputError as err:
+        raise BadInputError(f"firmware {path}: {err.message}", err.hint) from None
 
 
 @dataclass(frozen=True)
@@ -70,16 +78,12 @@ def measure_files(firmware: str, *, vcpus: int, signature: int, guest_features: 
     `digests` (from launch_digests) saves hashing files the caller already hashed."""
     known = digests or {}
     paths = {"kernel": kernel, "initrd": initrd if kernel is not None else None, "firmware": firmware}
-    needed = {kind: known.get(kind) or file_digest(path) for kind, path in paths.items() if path is not None}
+    needed = {kind: known.get(kind) or file_digest(path, kind) for kind, path in paths.items() if path is not None}
     # Kernel and initrd first: a spec's own boot files are the likelier ones to be missing here.
     for kind, digest in needed.items():
         if digest.sha256 is None:
             raise BadInputError(f"{kind} {paths[kind]}: {digest.reason}", f"give a readable copy of the {kind} file")
-    st = os.stat(firmware)
-    try:
-        image, seed = _firmware(firmware, st.st_size, st.st_mtime_ns)
-    except BadInputError as err:
-        raise BadInputError(f"firmware {firmware}: {err.message}", err.hint) from None
+    image, seed = _firmware_image(firmware)
     hashes = None
     if kernel is not None:
         initrd_digest = needed.get("initrd")
@@ -111,6 +115,10 @@ def expected_measurement(spec: VmSpec) -> Expected:
                              kernel=spec.boot.kernel if spec.snp.kernel_hashes else None,
                              initrd=spec.boot.initrd if spec.snp.kernel_hashes else None, cmdline=spec.boot.cmdline,
                              digests=digests)
+    except fileio.InputFileError as err:
+        if err.present:
+            raise  # a device, FIFO or huge file is a wrong spec anywhere, not a file missing here
+        return Expected(None, err.message, signature, features, digests)
     except (BadInputError, OSError) as err:
         reason = err.message if isinstance(err, BadInputError) else f"firmware {spec.firmware}: {err.strerror}"
         return Expected(None, reason, signature, features, digests)

@@ -23,6 +23,7 @@ from snpvirt import domxml, drift, importer, inventory, launch, metadata, render
 from snpvirt import spec as specs
 from snpvirt.errors import (BadInputError, ConflictError, HostNotReadyError, NotFoundError,
                             OperationTimeoutError, SnpvirtError)
+from snpvirt.firmware import InstalledFirmware
 from snpvirt.models import DomainRecord, Finding, HostReport, Stamp, VmSpec
 from snpvirt.sevparams import SevParams
 
@@ -42,6 +43,8 @@ class Hypervisor(Protocol):
     def shutdown(self, name: str) -> None: ...
     def destroy(self, name: str) -> None: ...
     def undefine(self, name: str) -> None: ...
+    def autostart(self, name: str) -> bool: ...
+    def set_autostart(self, name: str, on: bool) -> None: ...
     def set_metadata(self, name: str, element_xml: str, namespace: str) -> None: ...
 
 
@@ -83,11 +86,23 @@ class _Plan:
     spec: VmSpec
     action: str  # create | update | unchanged
     existing: DomainRecord | None
-    start: bool
+    start: bool  # the spec wants it running and it is not
     diff: list[dict[str, Any]] = field(default_factory=list)
     xml: str | None = None
     asked_snp: dict[str, Any] | None = None  # the SNP projection of `xml`, from the parse that checked it
     restart_required: bool = False  # the running domain's live definition differs from the desired one
+    restart: bool = False  # apply --restart: shut it down and start it again on the desired definition
+    stop: bool = False  # the spec wants it shut off and it is active
+    autostart: bool | None = None  # the autostart flag to set; None: it is as the spec wants (or the spec is silent)
+
+    def run_state_diff(self) -> list[dict[str, Any]]:
+        """The run-state changes, in the diff's form (keys without a `definition.` prefix)."""
+        changes = []
+        if self.autostart is not None:
+            changes.append({"key": "autostart", "from": not self.autostart, "to": self.autostart})
+        if self.stop:
+            changes.append({"key": "state", "from": self.existing.state, "to": "shutoff"})
+        return changes
 
 
 class _DefinedMeanwhile(ConflictError):
@@ -151,7 +166,9 @@ class Manager:
         self.warnings: list[Finding] = []
         self._ready = False
         self._not_ready: tuple[str, str] | None = None  # the gate's refusal, given again to every later caller
-        self._gate_lock = threading.Lock()  # apply's workers reach the gate concurrently: it runs once
+        self._gate_lock = threading.Lock()  # the gate runs once, whichever thread asks first
+        self.shutdown_timeout_s = 60.0  # how long apply waits for a graceful shutdown (state = "shutoff", --restart)
+        self._restarting = threading.Lock()  # --restart: one domain of this host at a time
 
     # --- the readiness gate ----------------------------------------------------------------------
 
@@ -295,8 +312,9 @@ class Manager:
     def _plan(self, spec: VmSpec, existing_names: set[str]) -> _Plan:
         existing = self.hv.lookup(spec.name) if spec.name in existing_names else None
         now = self.clock()
-        if existing is None:
-            return self._with_xml(_Plan(spec, "create", None, True), now, now)
+        if existing is None:  # libvirt defines a new domain without autostart: only `true` is a change
+            return self._with_xml(_Plan(spec, "create", None, spec.state == "running",
+                                        autostart=True if spec.autostart else None), now, now)
         root = domxml.parse(existing.xml)
         info = metadata.read(root)
         if info is None:
@@ -319,11 +337,19 @@ class Manager:
             diff.append({"key": "(definition)", "from": f"breaks {broken[0].rule_id}", "to": "as the spec renders it"})
         action = "unchanged" if same_spec and not drifted and not broken else "update"
         active = is_active(existing.state)
-        plan = _Plan(spec, action, existing, not active, diff,
-                     restart_required=active and self._runs_otherwise(existing, desired))
+        wants_running = spec.state == "running"
+        plan = _Plan(spec, action, existing, wants_running and not active, diff,
+                     restart_required=active and self._runs_otherwise(existing, desired),
+                     stop=active and not wants_running, autostart=self._autostart_change(spec))
         if action == "unchanged":
             return plan
         return self._with_xml(plan, info.defined_at or now, now, record)
+
+    def _autostart_change(self, spec: VmSpec) -> bool | None:
+        """The autostart flag to set on an existing domain, or None (the spec is silent, or it is set so)."""
+        if spec.autostart is None or self.hv.autostart(spec.name) == spec.autostart:
+            return None
+        return spec.autostart
 
     @staticmethod
     def _id_block_record(spec: VmSpec) -> launch.LaunchRecord | None:
@@ -352,14 +378,17 @@ class Manager:
             _, root = render.check_rendered(plan.spec.name, plan.xml, self.allow_debug)
             plan.asked_snp = drift.project(root, snp_only=True)
 
-    def apply(self, inputs: Iterable[SpecInput], check: bool = False, start: bool = True) -> list[Outcome]:
-        """Make each spec's domain exist as specified (and run, with start); `check` only plans.
+    def apply(self, inputs: Iterable[SpecInput], check: bool = False, start: bool = True,
+              restart: bool = False) -> list[Outcome]:
+        """Make each spec's domain exist as specified, with its autostart flag, and (with start) in its
+        run state: running or shut off; `restart`: restart the ones running an older definition. `check`
+        only plans.
 
-        Specs are planned (parsed, rendered) on this thread while LIBVIRT_WORKERS threads check the
-        rendered documents and carry out earlier plans through libvirt: the CPU work and the RPC round
-        trips overlap. Each domain's own steps stay in order (one worker owns a plan: check, gate,
-        define, check libvirt's copy, start); results come back in the order given. The readiness gate
-        runs once, before the first change; its refusal ends the whole call with nothing changed.
+        Specs are planned (parsed, rendered) on this thread, which also passes the readiness gate before
+        the first change (a plan is refused alike), while LIBVIRT_WORKERS threads carry out earlier plans:
+        the CPU work and the RPC round trips overlap. Each domain's own steps stay in order (one worker
+        owns a plan: check the rendered document, define, check libvirt's copy, autostart, run state);
+        results come back in the order given.
         """
         existing_names = self.hv.domain_names()
         seen: set[str] = set()
@@ -368,8 +397,15 @@ class Manager:
         with ThreadPoolExecutor(LIBVIRT_WORKERS, thread_name_prefix="snpvirt-apply") as libvirt_workers:
             for item in inputs:
                 planned = self._plan_item(item, seen, existing_names)
-                if isinstance(planned, Outcome) or check:
-                    results.append(planned if isinstance(planned, Outcome) else self._execute(planned, True, start))
+                if isinstance(planned, Outcome):
+                    results.append(planned)
+                    continue
+                planned.restart = start and restart and planned.restart_required and planned.spec.state == "running"
+                if planned.action != "unchanged" or planned.autostart is not None or (
+                        start and (planned.start or planned.stop or planned.restart)):
+                    self.ensure_ready()  # before the first change is handed to libvirt; a plan is refused alike
+                if check:
+                    results.append(self._execute(planned, True, start))
                     continue
                 slots.acquire()  # waits (without the GIL) while LOOKAHEAD plans are still to be carried out
                 future = libvirt_workers.submit(self._execute, planned, False, start)
@@ -388,7 +424,7 @@ class Manager:
         try:
             return self._plan(spec, existing_names)
         except SnpvirtError as err:
-            return Outcome(spec.name, "invalid").fail(err)
+            return Outcome(spec.name, _refused_action(err)).fail(err)
 
     def _execute(self, plan: _Plan, check: bool, start: bool, retries: int = RACE_RETRIES) -> Outcome:
         try:
@@ -396,24 +432,36 @@ class Manager:
         except BadInputError as err:
             return Outcome(plan.spec.name, "invalid").fail(err)
         existing_state = plan.existing.state if plan.existing else None
-        will_start = start and plan.start
+        will_start, will_stop, will_restart = start and plan.start, start and plan.stop, plan.restart
+        run_state = [c for c in plan.run_state_diff() if start or c["key"] != "state"]  # define leaves it running
         out = Outcome(plan.spec.name, plan.action, state=existing_state or "absent", details={
-            "diff": plan.diff, "restart_required": plan.restart_required, "will_start": will_start})
+            "diff": plan.diff + run_state, "restart_required": plan.restart_required, "will_start": will_start,
+            "will_stop": will_stop, "will_restart": will_restart})
         if check:
-            out.changed = plan.action != "unchanged" or will_start
+            out.changed = plan.action != "unchanged" or bool(run_state) or will_start or will_restart
             out.details["planned"] = True
+            if (will_start or will_restart) and plan.xml is None:  # the run would refuse to start it: so does the plan
+                try:
+                    self._refuse_to_start(plan.existing)
+                except SnpvirtError as err:
+                    return out.fail(err)
             return out
-        if plan.xml is not None or will_start:
-            self.ensure_ready()  # before the first change; HostNotReadyError ends the whole call
         try:
             if plan.xml is not None:
                 self._define_checked(plan.xml, plan.existing, plan.asked_snp)
                 out.changed, out.state = True, existing_state or "shutoff"
+            if plan.autostart is not None:
+                self.hv.set_autostart(plan.spec.name, plan.autostart)
+                out.changed = True
             if will_start:
                 if plan.xml is None:  # starting the existing definition: it must still be the SEV-SNP one
                     self._refuse_to_start(plan.existing)
                 out.details["started"] = self._start_once(plan.spec.name)
                 out.changed, out.state = out.changed or out.details["started"], "running"
+            elif will_stop:
+                out.state, out.changed = self._shut_down(plan.spec.name), True
+            elif will_restart:
+                self._restart(plan, out)
         except _DefinedMeanwhile as err:
             if not retries:
                 return out.fail(err)
@@ -430,8 +478,26 @@ class Manager:
         try:
             replanned = self._plan(plan.spec, {plan.spec.name})
         except SnpvirtError as err:
-            return Outcome(plan.spec.name, "invalid").fail(err)
+            return Outcome(plan.spec.name, _refused_action(err)).fail(err)
         return self._execute(replanned, False, start, retries)
+
+    def _shut_down(self, name: str) -> str:
+        """Graceful shutdown within the usual timeout (never forced); the state it ended in."""
+        outcome = self.stop_all([name], self.shutdown_timeout_s, force=False)[0]
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome.state
+
+    def _restart(self, plan: _Plan, out: Outcome) -> None:
+        """apply --restart: shut down, then start on the desired definition; one domain of this host at a
+        time, so a host's service never loses all its guests at once."""
+        with self._restarting:
+            if plan.xml is None:  # restarting on the existing definition: it must still be the SEV-SNP one
+                self._refuse_to_start(plan.existing)
+            out.state, out.changed = self._shut_down(plan.spec.name), True
+            self.hv.start(plan.spec.name)
+            out.state = "running"
+            out.details.update(restarted=True, restart_required=False)
 
     def _start_once(self, name: str) -> bool:
         """Start; True when this call started it. A domain another client started meanwhile is running,
@@ -446,7 +512,7 @@ class Manager:
 
     # --- define an XML document ------------------------------------------------------------------
 
-    def define_xml(self, xml: bytes, label: str) -> Outcome:
+    def define_xml(self, xml: bytes, label: str, check: bool = False) -> Outcome:
         errors = [f for f in domxml.check(xml, self.allow_debug) if f.severity == "error"]
         if errors:
             raise BadInputError(f"{label}: {errors[0].rule_id}: {errors[0].message}"
@@ -456,9 +522,9 @@ class Manager:
         if metadata.read(root) is None:
             metadata.add_import_record(root, xml, self.clock())
         metadata.find(root).set("xml_digest", digest)
-        return self._define_document(root, "define", digest)
+        return self._define_document(root, "define", digest, check)
 
-    def _define_document(self, root: etree._Element, action: str, digest: str) -> Outcome:
+    def _define_document(self, root: etree._Element, action: str, digest: str, check: bool = False) -> Outcome:
         name = root.findtext("name")
         existing = self.hv.lookup(name)
         if existing is not None:
@@ -474,6 +540,9 @@ class Manager:
             if not uuid:
                 etree.SubElement(root, "uuid").text = existing.uuid
         self.ensure_ready()
+        if check:  # the same conflicts and the same gate as the run, then stop short of libvirt
+            return Outcome(name, action if existing is None else "update", changed=True,
+                           state=existing.state if existing else "absent", details={"planned": True})
         self._define_checked(etree.tostring(root, encoding="unicode"), existing)
         return Outcome(name, action if existing is None else "update", changed=True,
                        state=existing.state if existing else "shutoff")
@@ -481,8 +550,16 @@ class Manager:
     # --- import ----------------------------------------------------------------------------------
 
     def import_domain(self, xml: bytes, from_domain: DomainRecord | None, fix: bool, check: bool,
-                      sev: SevParams | None, firmware: str | None) -> Outcome:
-        root = domxml.parse(xml)
+                      sev: SevParams | None, firmware: str | None,
+                      installed: InstalledFirmware = InstalledFirmware()) -> Outcome:
+        """`installed`: what the host's descriptors and files say about firmware (nothing known by default:
+        a domain's firmware path must then be an AmdSev build by name, or given as --firmware)."""
+        if firmware is not None:
+            self.warnings += installed.check_option(firmware)
+        try:
+            root = domxml.parse(xml)
+        except etree.XMLSyntaxError as exc:  # a file that is not XML at all: bad input, like validate says
+            raise BadInputError(f"not well-formed XML: {exc}", "fix the XML syntax at that line") from None
         name = root.findtext("name") or "(unnamed)"
         if from_domain is not None and metadata.read(root) is not None:
             return Outcome(name, "unchanged", state=from_domain.state, details={
@@ -491,8 +568,9 @@ class Manager:
         changes = importer.fix(root, sev, firmware) if fix else []
         fixed = etree.tostring(root, encoding="unicode") + ("\n" if xml.endswith(b"\n") else "")
         after = domxml.check(fixed, self.allow_debug)
-        diff = "".join(difflib.unified_diff(xml.decode(errors="replace").splitlines(True), fixed.splitlines(True),
-                                            "original", "fixed"))
+        # Both sides parsed and serialised alike: the diff shows the changes, not libvirt's quotes or spacing.
+        original = etree.tostring(domxml.parse(xml), encoding="unicode") + ("\n" if xml.endswith(b"\n") else "")
+        diff = "".join(difflib.unified_diff(original.splitlines(True), fixed.splitlines(True), "original", "fixed"))
         out = Outcome(name, "import", state=from_domain.state if from_domain else None, details={
             "broken_rules": [f.as_dict() for f in before if f.severity == "error"], "changes": changes,
             "remaining": [f.as_dict() for f in after], "xml_diff": diff})
@@ -500,12 +578,11 @@ class Manager:
         if errors:
             hint = "run again with --fix" if not fix and changes == [] else errors[0].hint
             return out.fail(BadInputError(f"{name} breaks {len(errors)} SEV-SNP rule(s): {', '.join(f.rule_id for f in errors)}", hint))
+        refused = _firmware_refused(name, root, installed, fix, firmware)
+        if refused is not None:
+            return out.fail(refused)
         if from_domain is not None:  # a running domain keeps running as it was until it restarts
             out.details["restart_required"] = self._restart_required(from_domain, root)
-        if check:
-            out.changed = True
-            out.details["planned"] = True
-            return out
         metadata.add_import_record(root, xml, self.clock())
         digest = metadata.read(root).digest
         if from_domain is None:
@@ -517,6 +594,10 @@ class Manager:
                     return out
                 return out.fail(ConflictError(f"a domain named {name} already exists", f"import it by name: snpvirt import {name}"))
         self.ensure_ready()
+        if check:  # after the same conflict checks and gate as the run: the plan promises only what it would do
+            out.changed = True
+            out.details["planned"] = True
+            return out
         self._define_checked(etree.tostring(root, encoding="unicode"), from_domain)
         out.changed, out.state = True, from_domain.state if from_domain else "shutoff"
         return out
@@ -530,24 +611,88 @@ class Manager:
         self._refuse_to_start(record)
         self.ensure_ready()
         self.hv.start(name)
+        self._destroy_if_started_otherwise(name)
         return Outcome(name, "start", changed=True, state="running")
 
+    def _destroy_if_started_otherwise(self, name: str) -> None:
+        """The check before start and libvirt's create are two calls, and another tool can define the domain
+        in between: what runs is checked the same way, and a guest that did not start as the SEV-SNP guest
+        snpvirt defined is destroyed at once rather than reported as started."""
+        record = self.hv.lookup(name)
+        if record is None or record.live_xml is None:
+            return
+        try:
+            self._refuse_to_start(dataclasses.replace(record, xml=record.live_xml))
+        except ConflictError as err:
+            self.hv.destroy(name)
+            raise ConflictError(f"{name}'s definition was changed while snpvirt started it, and it started without "
+                                f"the SEV-SNP settings snpvirt defined; snpvirt destroyed it ({err.message})", err.hint) from None
+
     def stop(self, name: str, timeout_s: float, force: bool, poll_s: float = 0.2) -> Outcome:
-        record, _ = self._managed(name)
-        if not is_active(record.state):
-            return Outcome(name, "stop", state=record.state)
-        self.hv.shutdown(name)
+        """Shut one domain down (see stop_all); its failure is raised."""
+        outcome = self.stop_all([name], timeout_s, force, poll_s)[0]
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome
+
+    def stop_all(self, names: list[str], timeout_s: float, force: bool, poll_s: float = 0.2,
+                 waiting: Callable[[list[str], float], None] | None = None) -> list[Outcome]:
+        """Ask every domain to shut down at once, then wait for all of them under one deadline (not one
+        timeout per domain, one after another). The state is read once more when the deadline has passed:
+        a guest that stopped in time is never reported as timed out. `waiting(names, seconds_left)` hears
+        which are still shutting down between polls. Each name gets its own outcome, in the order given."""
+        if timeout_s < 0:
+            raise BadInputError(f"--timeout must be 0 or more seconds, not {timeout_s:g}", "give the seconds to wait, e.g. --timeout 60")
+        outcomes: dict[str, Outcome] = {}
+        pending = [name for name in dict.fromkeys(names) if self._ask_to_shut_down(name, outcomes)]
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        while pending:
+            pending = [name for name in pending if not self._stopped(name, outcomes)]
+            remaining = deadline - time.monotonic()
+            if not pending or remaining <= 0:
+                break
+            if waiting is not None:
+                waiting(list(pending), remaining)
+            time.sleep(min(poll_s, remaining))
+        for name in pending:
+            outcomes[name] = self._after_timeout(name, timeout_s, force)
+        return [outcomes[name] for name in names]
+
+    def _ask_to_shut_down(self, name: str, outcomes: dict[str, Outcome]) -> bool:
+        """True when `name` was asked to shut down and must be waited for; otherwise its outcome is set."""
+        try:
+            record, _ = self._managed(name)
+            if not is_active(record.state):
+                outcomes[name] = Outcome(name, "stop", state=record.state)
+                return False
+            self.hv.shutdown(name)
+        except SnpvirtError as err:
+            outcomes[name] = Outcome(name, "stop").fail(err)
+            return False
+        return True
+
+    def _stopped(self, name: str, outcomes: dict[str, Outcome]) -> bool:
+        try:
             state = self.hv.state(name)
-            if not is_active(state):
-                return Outcome(name, "stop", changed=True, state=state)
-            time.sleep(poll_s)
-        if not force:
-            raise OperationTimeoutError(f"{name} did not shut down within {timeout_s:g} s (it is still {self.hv.state(name)})",
-                                        "wait longer (--timeout), or add --force to destroy it after the timeout")
-        self.hv.destroy(name)
-        return Outcome(name, "stop", changed=True, state=self.hv.state(name), details={"forced": True})
+        except SnpvirtError as err:  # undefined meanwhile by another client, or the connection went away
+            outcomes[name] = Outcome(name, "stop").fail(err)
+            return True
+        if is_active(state):
+            return False
+        outcomes[name] = Outcome(name, "stop", changed=True, state=state)
+        return True
+
+    def _after_timeout(self, name: str, timeout_s: float, force: bool) -> Outcome:
+        try:
+            if not force:
+                state = self.hv.state(name)
+                return Outcome(name, "stop", state=state).fail(OperationTimeoutError(
+                    f"{name} did not shut down within {timeout_s:g} s (it is still {state})",
+                    "wait longer (--timeout), or add --force to destroy it after the timeout"))
+            self.hv.destroy(name)
+            return Outcome(name, "stop", changed=True, state=self.hv.state(name), details={"forced": True})
+        except SnpvirtError as err:
+            return Outcome(name, "stop").fail(err)
 
     def destroy(self, name: str) -> Outcome:
         record, _ = self._managed(name)
@@ -561,26 +706,38 @@ class Manager:
             return Outcome(name, "undefine", state="absent")
         record, _ = self._managed(name)
         if is_active(record.state):
-            raise SnpvirtError(f"{name} is {record.state}; snpvirt undefines only stopped domains",
-                               f"stop it first: snpvirt stop {name}")
+            raise ConflictError(f"{name} is {record.state}; snpvirt undefines only stopped domains",
+                                f"stop it first: snpvirt stop {name}")
         self.hv.undefine(name)
         return Outcome(name, "undefine", changed=True, state="absent")
 
     # --- measurement recorded later (files were not readable where the domain was defined) ----------
 
-    def record_measurement(self, name: str, spec: VmSpec, expected: launch.Expected) -> Outcome:
+    def record_measurement(self, name: str, inputs: LaunchInputs, expected: launch.Expected) -> Outcome:
+        """Record `expected` in the domain only if it was computed from what the domain launches with:
+        otherwise it is a value this domain can never produce (attestation would fail, or pass for another guest).
+
+        A domain defined from a spec launches with that spec's inputs, as snpvirt recorded them (with the
+        digests of the files it could read then). An imported domain launches with its definition: its
+        inputs are recorded from it, with the measurement, so that `list` can tell when they change."""
         record, info = self._managed(name)
         root = domxml.parse(record.xml)
-        vcpus = info.launch.get("vcpus") or {}
-        mismatches = [f"{what}: domain {have!r}, spec {want!r}" for what, have, want in (
-            ("vCPUs", vcpus.get("count"), str(spec.vcpus)), ("vCPU model", vcpus.get("model"), spec.cpu_model),
-            ("cmdline", info.launch.get("cmdline"), spec.boot.cmdline),
-            ("kernel hashes", (root.find("launchSecurity") is not None and root.find("launchSecurity").get("kernelHashes")
-                               == "yes"), spec.snp.kernel_hashes)) if have != want]
+        imported = info.origin == "import"
+        launched = _definition_inputs(root) if imported else _recorded_inputs(root, info)
+        mismatches = [f"{what}: domain {have!r}, {inputs.source} {want!r}" for what, have, want in (
+            ("vCPUs", launched["vcpus"], str(inputs.vcpus)), ("vCPU model", launched["cpu_model"], inputs.cpu_model),
+            ("cmdline", launched["cmdline"], inputs.cmdline), ("kernel hashes", launched["kernel_hashes"], inputs.kernel_hashes),
+            *([] if imported else _recorded_digests(info, expected))) if have != want]
         if mismatches:
-            raise ConflictError(f"{name} was not launched with this spec's inputs ({'; '.join(mismatches)})",
-                                "measure with the spec the domain was defined from (snpvirt status NAME shows it)")
-        element = metadata.with_measurement(metadata.find(root), expected)
+            spec = inputs.source == "spec"
+            whose = "this spec's" if spec else "the given"
+            raise ConflictError(f"{name} was not launched with {whose} inputs ({'; '.join(mismatches)})",
+                                "measure with the spec the domain was defined from (snpvirt status NAME shows it)" if spec
+                                else f"give what {name} launches with (snpvirt status {name}; virsh dumpxml {name})")
+        element = metadata.find(root)
+        if imported:
+            element = metadata.with_launch_inputs(element, _launch_record(root, expected))
+        element = metadata.with_measurement(element, expected)
         if etree.tostring(element) == etree.tostring(metadata.find(root)):
             return Outcome(name, "record", state=record.state)
         self.hv.set_metadata(name, metadata.without_namespace(element), domxml.METADATA_NS)
@@ -595,12 +752,23 @@ class Manager:
 
         record, info = self._managed(name)
         root = domxml.parse(record.xml)
+
+        def decoded(what: str, decode: Callable[[str], Any], text: str | None) -> Any:
+            """A value the definition records; another tool may have edited it into anything."""
+            try:
+                if text and not isinstance(text, str):  # an element that gained attributes reads as a dict
+                    raise ValueError(what)
+                return decode(text) if text else None
+            except (ValueError, BadInputError):  # binascii.Error is a ValueError
+                raise ConflictError(f"domain {name}'s recorded {what} is not readable (edited by another tool?)",
+                                    "restore it: snpvirt apply SPEC") from None
+
         recorded = info.launch.get("measurement") if isinstance(info.launch.get("measurement"), dict) else {}
         value = recorded.get("value")
         host_data = root.findtext("launchSecurity/hostData")
         policy_text = info.launch.get("policy") or root.findtext("launchSecurity/policy")
         id_block = info.launch.get("id_block") if isinstance(info.launch.get("id_block"), dict) else {}
-        digest = lambda key: base64.b64decode(id_block[key]) if id_block.get(key) else None  # noqa: E731
+        digest = lambda key: decoded(key.replace("_", " "), base64.b64decode, id_block.get(key))  # noqa: E731
         id_key_digest, author_key_digest = digest("id_key_digest"), digest("author_key_digest")
         id_auth = root.findtext("launchSecurity/idAuth")
         if id_auth:
@@ -617,25 +785,34 @@ class Manager:
         return {
             "id_key_digest": id_key_digest,
             "author_key_digest": author_key_digest,
-            "measurement": bytes.fromhex(value) if value else None,
+            "measurement": decoded("measurement", bytes.fromhex, value),
             "measurement_unknown": f"domain {name} records no measurement ({recorded.get('reason', 'none recorded')}); "
-                                   f"record one with: snpvirt measure SPEC --record {name}",
-            "policy": snp_policy.parse_hex(policy_text) if policy_text else None,
-            "host_data": base64.b64decode(host_data.strip()) if host_data else None,
+                                   f"record one with: snpvirt measure SPEC --record {name} (or, for an imported "
+                                   f"domain, with its launch files: snpvirt measure --firmware FILE --vcpus N "
+                                   f"--vcpu-type TYPE ... --record {name})",
+            "policy": decoded("policy", snp_policy.parse_hex, policy_text),
+            "host_data": decoded("host data", lambda text: base64.b64decode(text.strip()), host_data),
         }
 
     # --- inventory -------------------------------------------------------------------------------
 
     def list(self, include_inactive: bool = False) -> list[dict[str, Any]]:
-        rows = []
+        return self.inventory(include_inactive)[0]
+
+    def inventory(self, include_inactive: bool = False, include_unmanaged: bool = False) -> tuple[list[dict[str, Any]], int]:
+        """The rows `list` shows, each saying whether snpvirt manages it, and how many domains snpvirt does not
+        manage were left out (so `list` can say so rather than look like the host's whole inventory)."""
+        rows, hidden = [], 0
         for record in self.hv.domains():
             if not include_inactive and not is_active(record.state):
                 continue
             root = domxml.parse(record.xml)
             info = metadata.read(root)
-            if info is not None:
-                rows.append(inventory.row(record, root, info))
-        return sorted(rows, key=lambda r: r["name"])
+            if info is None and not include_unmanaged:
+                hidden += 1
+                continue
+            rows.append({**inventory.row(record, root, info), "managed": info is not None})
+        return sorted(rows, key=lambda r: r["name"]), hidden
 
     def status(self, name: str) -> dict[str, Any]:
         record, info = self._managed(name)
@@ -643,6 +820,99 @@ class Manager:
         return {**inventory.row(record, root, info), "origin": info.origin, "snpvirt_version": info.version,
                 "spec_digest": info.digest, "spec": info.spec, "launch": info.launch,
                 "defined_at": info.defined_at, "updated_at": info.updated_at}
+
+
+def _refused_action(err: SnpvirtError) -> str:
+    """The action a spec that could not be planned shows: `conflict` when another domain holds its name
+    (or it is not snpvirt's to change), `invalid` when the spec itself is wrong."""
+    return "conflict" if isinstance(err, ConflictError) else "invalid"
+
+
+@dataclass(frozen=True)
+class LaunchInputs:
+    """What a measurement was computed from, as far as the domain's definition must agree with it."""
+
+    vcpus: int
+    cpu_model: str | None
+    cmdline: str | None
+    kernel_hashes: bool
+    source: str = "spec"  # how a mismatch names them: "spec", or "given" (measure's --vcpus, --kernel, ...)
+
+    @classmethod
+    def of_spec(cls, spec: VmSpec) -> LaunchInputs:
+        return cls(spec.vcpus, spec.cpu_model, spec.boot.cmdline, spec.snp.kernel_hashes)
+
+
+def _recorded_inputs(root: etree._Element, info: metadata.ManagedInfo) -> dict[str, Any]:
+    """What a domain defined from a spec launches with: the spec's inputs, as snpvirt recorded them."""
+    vcpus = info.launch.get("vcpus") if isinstance(info.launch.get("vcpus"), dict) else {}
+    return {"vcpus": vcpus.get("count"), "cpu_model": vcpus.get("model"), "cmdline": info.launch.get("cmdline"),
+            "kernel_hashes": _kernel_hashes(root)}
+
+
+def _definition_inputs(root: etree._Element) -> dict[str, Any]:
+    """What an imported domain launches with: its definition."""
+    cpu = root.find("cpu")
+    mode = cpu.get("mode", "custom") if cpu is not None else None
+    cpu_model = ((cpu.findtext("model") or "").strip() or None) if mode == "custom" else mode  # host-passthrough, ...
+    return {"vcpus": (root.findtext("vcpu") or "").strip() or None, "cpu_model": cpu_model,
+            "cmdline": root.findtext("os/cmdline"), "kernel_hashes": _kernel_hashes(root)}
+
+
+def _kernel_hashes(root: etree._Element) -> bool:
+    ls = root.find("launchSecurity")
+    return ls is not None and ls.get("kernelHashes") == "yes"
+
+
+def _launch_record(root: etree._Element, expected: launch.Expected) -> dict[str, Any]:
+    """An imported domain's launch inputs as snpvirt records them for a spec's domain: paths from its
+    definition, digests of the files the measurement was computed from."""
+    from snpvirt import policy as snp_policy
+
+    def launch_file(kind: str, path: str | None) -> dict[str, Any] | None:
+        measured = expected.digests.get(kind)
+        if not path and measured is None:
+            return None
+        return {"path": path or None, "sha256": measured.sha256 if measured is not None else None}
+
+    inputs = _definition_inputs(root)
+    policy = root.findtext("launchSecurity/policy")
+    try:
+        policy = snp_policy.to_hex(snp_policy.parse_hex(policy) if policy else snp_policy.DEFAULT_POLICY)
+    except BadInputError:
+        pass  # recorded as written: the SNP rules refuse a policy that is not hex
+    return {"firmware": launch_file("firmware", (root.findtext("os/loader") or "").strip()),
+            "kernel": launch_file("kernel", root.findtext("os/kernel")),
+            "initrd": launch_file("initrd", root.findtext("os/initrd")),
+            "cmdline": inputs["cmdline"], "vcpus": {"count": inputs["vcpus"], "model": inputs["cpu_model"]},
+            "policy": policy}
+
+
+def _recorded_digests(info: metadata.ManagedInfo, expected: launch.Expected) -> list[tuple[str, str, str]]:
+    """(what, recorded, measured) for each launch file whose digest snpvirt recorded and that was measured."""
+    pairs = []
+    for kind in ("firmware", "kernel", "initrd"):
+        recorded = info.launch.get(kind) if isinstance(info.launch.get(kind), dict) else {}
+        measured = expected.digests.get(kind)
+        if recorded.get("sha256") not in (None, "unknown") and measured is not None and measured.sha256:
+            pairs.append((f"{kind} sha256", recorded["sha256"], measured.sha256))
+    return pairs
+
+
+def _firmware_refused(name: str, root: etree._Element, installed: InstalledFirmware, fix: bool,
+                      firmware: str | None) -> BadInputError | None:
+    """A domain whose firmware is not an SEV-SNP build would be defined and then never launch (or launch
+    unmeasurable): refuse it unless descriptors or its name say it is one, or --firmware named it."""
+    loader = (root.findtext("os/loader") or "").strip()
+    if not loader or (fix and loader == firmware):
+        return None  # no path: libvirt picks a firmware whose descriptor offers amd-sev-snp
+    verdict = installed.verdict(loader)
+    if verdict.snp:
+        return None
+    what = "is not an SEV-SNP build" if verdict.snp is False else "is not known here as an SEV-SNP build"
+    return BadInputError(f"firmware {loader} {what} ({verdict.reason}); {name} was not imported",
+                         ("pass" if fix else "run again with --fix and") +
+                         f" --firmware PATH of an SEV-SNP build, e.g. --firmware {installed.example()}")
 
 
 def _int_or_none(text: str | None) -> int | None:

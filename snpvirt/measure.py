@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from snpvirt import ovmf
 from snpvirt.errors import BadInputError
+from snpvirt.models import VCPUS_RANGE
 
 PAGE = 4096
 VMSA_GPA = 0x0000FFFFFFFFF000
@@ -29,18 +30,30 @@ INITRD_ENTRY_GUID = uuid.UUID("44baf731-3a2f-4bd7-9af1-41e29169781d").bytes_le
 KERNEL_ENTRY_GUID = uuid.UUID("4de79437-abd2-427f-b835-d5b172d2045b").bytes_le
 
 # QEMU CPU model -> (family, model, stepping): the vCPU signature in the VMSA (docs/measurement.md §7.3).
+# This one table decides which `cpu_model` a spec may name and which `--vcpu-type` measure takes: a model
+# snpvirt cannot measure is refused, never rendered with a measurement that silently becomes "unknown".
+# QEMU's versions of a model (EPYC-Milan-v2, ...) change CPUID features and the model-id string, never
+# family/model/stepping, so each measures like its base model. Versions as QEMU 10.1 defines them
+# (target/i386/cpu.c); EPYC-IBPB is QEMU's alias of EPYC-v2.
 _EPYC = (23, 1, 2)
 _ROME = (23, 49, 0)
 _MILAN = (25, 1, 1)
 _GENOA = (25, 17, 0)
 _TURIN = (26, 0, 0)
+_QEMU_MODELS = {"EPYC": (_EPYC, 5), "EPYC-Rome": (_ROME, 5), "EPYC-Milan": (_MILAN, 3), "EPYC-Genoa": (_GENOA, 2),
+                "EPYC-Turin": (_TURIN, 1)}
 CPU_MODELS: dict[str, tuple[int, int, int]] = {
-    "EPYC": _EPYC, "EPYC-v1": _EPYC, "EPYC-v2": _EPYC, "EPYC-v3": _EPYC, "EPYC-v4": _EPYC, "EPYC-IBPB": _EPYC,
-    "EPYC-Rome": _ROME, "EPYC-Rome-v1": _ROME, "EPYC-Rome-v2": _ROME, "EPYC-Rome-v3": _ROME, "EPYC-Rome-v4": _ROME,
-    "EPYC-Milan": _MILAN, "EPYC-Milan-v1": _MILAN, "EPYC-Milan-v2": _MILAN,
-    "EPYC-Genoa": _GENOA, "EPYC-Genoa-v1": _GENOA,
-    "EPYC-Turin": _TURIN, "EPYC-Turin-v1": _TURIN,
+    **{f"{base}{version}": fms for base, (fms, newest) in _QEMU_MODELS.items()
+       for version in ("", *(f"-v{n}" for n in range(1, newest + 1)))},
+    "EPYC-IBPB": _EPYC,
 }
+HOST_PASSTHROUGH = "host-passthrough"
+
+
+def cpu_model_error(name: str, what: str, escape: str) -> str:
+    """(message, hint) parts shared by the spec's cpu_model and measure's --vcpu-type: one table, one answer."""
+    return f"{what} {name!r} is not a QEMU EPYC model snpvirt can measure", \
+        f"use one of: {', '.join(CPU_MODELS)}; or {escape}"
 
 
 def cpu_signature(family: int, model: int, stepping: int) -> int:
@@ -53,13 +66,12 @@ def cpu_signature(family: int, model: int, stepping: int) -> int:
 
 
 def vcpu_signature(vcpu_type: str) -> int:
-    if vcpu_type == "host-passthrough":
+    if vcpu_type == HOST_PASSTHROUGH:
         raise BadInputError("host-passthrough has no fixed vCPU signature to measure",
                             "give the host CPU's signature: --vcpu-sig HEX (or snp.vcpu_signature in the spec), "
                             "e.g. 0xa10f10 for Genoa")
     if vcpu_type not in CPU_MODELS:
-        raise BadInputError(f"unknown vCPU type {vcpu_type!r}", "use one of: " + ", ".join(CPU_MODELS) +
-                            ", or give --vcpu-sig HEX")
+        raise BadInputError(*cpu_model_error(vcpu_type, "vCPU type", "give the CPUID signature: --vcpu-sig HEX"))
     return cpu_signature(*CPU_MODELS[vcpu_type])
 
 
@@ -153,8 +165,9 @@ class Measurement:
 def measure(image: bytes, *, vcpus: int, signature: int, guest_features: int = DEFAULT_GUEST_FEATURES,
             kernel_hashes: KernelHashes | None = None, firmware_ld: bytes | None = None) -> Measurement:
     """MEASUREMENT for SNP with the QEMU VMM: firmware pages, metadata sections in table order, VMSAs."""
-    if vcpus < 1:
-        raise BadInputError(f"vcpus must be at least 1, not {vcpus}", "give --vcpus N")
+    lo, hi = VCPUS_RANGE
+    if not lo <= vcpus <= hi:
+        raise BadInputError(f"vcpus {vcpus} is out of range {lo}..{hi}", f"give --vcpus from {lo} to {hi}")
     try:
         firmware = ovmf.parse(image)
     except ovmf.OvmfError as exc:

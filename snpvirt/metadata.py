@@ -42,11 +42,13 @@ def read(root: etree._Element) -> ManagedInfo | None:
     if spec_el is not None and spec_el.get("format") == "json" and spec_el.text:
         try:
             spec = json.loads(spec_el.text)
-        except ValueError:
+        except (ValueError, RecursionError):  # edited into anything, nested past the recursion limit
             spec = None
+        spec = spec if isinstance(spec, dict) else None
     launch: dict[str, Any] = {}
     launch_el = element.find("s:launch", _NS)
-    for child in launch_el if launch_el is not None else ():
+    # Elements only: a comment or processing instruction (virsh edit keeps them) has no tag name.
+    for child in launch_el.iterchildren(tag=etree.Element) if launch_el is not None else ():
         tag = etree.QName(child).localname
         launch[tag] = dict(child.attrib) if len(child.attrib) else child.text
     times = element.find("s:timestamps", _NS)
@@ -100,6 +102,33 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
             out.update(_flatten(item, f"{prefix}{i}."))
         return out
     return {prefix[:-1]: value}
+
+
+LAUNCH_INPUTS = ("firmware", "kernel", "initrd", "cmdline", "vcpus", "policy")
+
+
+def with_launch_inputs(element: etree._Element, inputs: dict[str, Any]) -> etree._Element:
+    """A copy of snpvirt's element whose launch inputs are `inputs` (tag -> attributes, or text), in the
+    order a spec's domain records them; None values are left out. For an imported domain, which has none
+    until its measurement is recorded."""
+    import copy
+
+    element = copy.deepcopy(element)
+    launch = element.find("s:launch", _NS)
+    if launch is None:
+        launch = etree.SubElement(element, f"{{{METADATA_NS}}}launch")
+    for old in [child for child in launch if etree.QName(child).localname in LAUNCH_INPUTS]:
+        launch.remove(old)
+    for position, (tag, value) in enumerate((t, inputs[t]) for t in LAUNCH_INPUTS if inputs.get(t) is not None):
+        child = etree.Element(f"{{{METADATA_NS}}}{tag}")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if item is not None:
+                    child.set(key, str(item))
+        else:
+            child.text = str(value)
+        launch.insert(position, child)
+    return element
 
 
 def with_measurement(element: etree._Element, expected: Any) -> etree._Element:

@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# Bounds every vCPU count gets, in a spec and on the command line (measure --vcpus): the measurement
+# folds one VMSA page per vCPU, so an unbounded count would run until killed.
+VCPUS_RANGE = (1, 512)
+
 
 @dataclass(frozen=True)
 class BootSpec:
@@ -63,6 +67,10 @@ class VmSpec:
     description: str | None = None
     disks: tuple[DiskSpec, ...] = ()
     networks: tuple[NetworkSpec, ...] = ()
+    # Desired run state, converged by `apply` (not part of the definition): running | shutoff, and
+    # libvirt's autostart flag (None: leave it as it is).
+    state: str = "running"
+    autostart: bool | None = None
     # The spec as the user wrote it (after --set overrides): stored in the domain's metadata.
     source: dict[str, Any] = field(default_factory=dict, compare=False)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import json
+import re
 import sys
 from typing import Any, Iterable, Sequence
 
@@ -31,27 +33,72 @@ def batch_error(errors: list[dict[str, str]], total: int) -> dict[str, str] | No
                 "hint": first["hint"] or "see each result's error"}
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return {"kind": first["kind"], "message": first["message"] + more, "hint": first["hint"]}
+# A file name that is not UTF-8 reaches Python as lone surrogates (PEP 383); no UTF-8 text can carry them.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def about(subject: str, message: str) -> str:
+    """`subject: message`, unless the message already starts with the subject: errors raised about a file or
+    a domain often name it themselves, and "trunc.bin: trunc.bin: not a report" says it twice."""
+    return message if message.startswith(f"{subject}:") else f"{subject}: {message}"
 
 
 def print_json(doc: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    """One JSON document, always valid UTF-8: undecodable bytes of a file name show as U+FFFD."""
+    text = _LONE_SURROGATE.sub("\ufffd", json.dumps(doc, indent=2, ensure_ascii=False)) + "\n"
+    _write_utf8(sys.stdout, text)
+
+
+def _write_utf8(stream: Any, text: str) -> None:
+    """JSON is UTF-8 (RFC 8259), whatever encoding the locale gives stdout."""
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    if codecs.lookup(encoding).name == "utf-8" or not hasattr(stream, "buffer"):
+        stream.write(text)
+        return
+    stream.flush()
+    stream.buffer.write(text.encode("utf-8"))
+    stream.buffer.flush()
+
+
+# C0 and C1 controls, DEL, the bidi overrides: what a terminal acts on instead of showing; and the
+# line and paragraph separators, where Python's splitlines() (and so a script reading stderr) breaks a line.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
+
+
+def printable(text: str) -> str:
+    """`text` with every control character shown as an escape (\\x1b, \\n). Messages carry what others
+    chose (a certificate's CN from KDS, a file name, a libvirt error): they must not move the cursor,
+    rewrite a line, set the window title or add a line that looks like snpvirt's own."""
+    return _CONTROLS.sub(_escape, text) if _CONTROLS.search(text) else text
+
+
+def _escape(match: re.Match) -> str:
+    char = match.group()
+    named = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(char)
+    return named or (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
 
 
 def print_error(message: str, hint: str = "") -> None:
-    sys.stderr.write(f"snpvirt: error: {message}\n")
+    sys.stderr.write(f"snpvirt: error: {printable(message)}\n")
     if hint:
-        sys.stderr.write(f"hint: {hint}\n")
+        sys.stderr.write(f"hint: {printable(hint)}\n")
 
 
 def print_warning(message: str, hint: str = "") -> None:
-    sys.stderr.write(f"snpvirt: warning: {message}\n")
+    sys.stderr.write(f"snpvirt: warning: {printable(message)}\n")
     if hint:
-        sys.stderr.write(f"hint: {hint}\n")
+        sys.stderr.write(f"hint: {printable(hint)}\n")
+
+
+def print_progress(message: str) -> None:
+    """A progress line for people, on stderr (never with --json: stdout holds one document, stderr errors)."""
+    sys.stderr.write(f"snpvirt: {message}\n")
+    sys.stderr.flush()
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     """A plain left-aligned table; the last column is never padded."""
-    rows = [list(map(str, r)) for r in rows]
+    rows = [[printable(str(cell)) for cell in r] for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
 
     def line(cells: Sequence[str]) -> str:

@@ -46,8 +46,9 @@ def from_fields(fields: dict[str, bool | int]) -> int:
         bit, width = FIELDS[name]
         number = int(setting)
         if not 0 <= number < (1 << width):
+            shown = repr(setting) if number.bit_length() <= 64 else f"a {number.bit_length()}-bit number"  # str() has a limit
             raise BadInputError(
-                f"snp.policy.{name} = {setting!r} is out of range 0..{(1 << width) - 1}",
+                f"snp.policy.{name} = {shown} is out of range 0..{(1 << width) - 1}",
                 "abi_major/abi_minor are 0..255, the other policy fields are true/false",
             )
         value |= number << bit

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Protocol
 
 from snpvirt import domcaps as domcaps_parser
-from snpvirt import host, hostfacts
+from snpvirt import fileio, host, hostfacts
 from snpvirt.errors import BadInputError
 from snpvirt.models import HostReport, HostSevCaps, LibvirtFacts
 
@@ -37,14 +37,10 @@ def assess(
     libvirt_skip = "no libvirt connection" + (" (--sysroot without --connect)" if sysroot != "/" and not connection_error else "")
 
     caps: HostSevCaps | None = None
-    caps_source, caps_skip = "", "no domain capabilities: give --connect URI or --domcaps FILE"
+    caps_source, caps_skip = "", "no domain capabilities: give --connect URI or --host-caps FILE"
     if domcaps_file is not None:
-        try:
-            data = domcaps_file.read_bytes()
-        except OSError as exc:
-            raise BadInputError(f"cannot read --domcaps {domcaps_file}: {exc.strerror}",
-                                "save it on the host with: virsh domcapabilities > domcaps.xml") from None
-        caps, caps_source = domcaps_parser.parse_domcaps(data, f"--domcaps {domcaps_file}"), f"--domcaps {domcaps_file}"
+        data = fileio.read_input(domcaps_file, "domcaps", "cannot read --host-caps")
+        caps, caps_source = domcaps_parser.parse_domcaps(data, f"--host-caps {domcaps_file}"), f"--host-caps {domcaps_file}"
     elif libvirt is not None and libvirt.domcaps_xml is not None:
         caps, caps_source = domcaps_parser.parse_domcaps(libvirt.domcaps_xml, libvirt.uri), libvirt.uri
     elif libvirt is not None:

@@ -20,6 +20,15 @@ PLATFORM_BITS = ("smt_en", "tsme_en", "ecc_en", "rapl_dis", "ciphertext_hiding_e
 PRODUCTS = ("milan", "genoa", "turin")
 
 
+def product_of(family: int, model: int) -> str | None:
+    """The EPYC generation of a CPU family and model (a report's CPUID fields, or a host's /proc/cpuinfo)."""
+    if family == 0x1A:
+        return "turin"
+    if family == 0x19:
+        return "milan" if model < 0x10 else "genoa"
+    return None
+
+
 @dataclass(frozen=True)
 class Tcb:
     raw: int
@@ -104,11 +113,7 @@ class Report:
         """The CPU generation from CPUID family/model (v3+); None for v2, which does not say."""
         if self.version < 3 or self.cpuid_fam_id == 0:
             return None
-        if self.cpuid_fam_id == 0x1A:
-            return "turin"
-        if self.cpuid_fam_id == 0x19:
-            return "milan" if self.cpuid_mod_id < 0x10 else "genoa"
-        return None
+        return product_of(self.cpuid_fam_id, self.cpuid_mod_id)
 
     def tcb(self, value: int, product: str | None) -> Tcb:
         return Tcb(value, "turin" if product == "turin" else "milan-genoa")

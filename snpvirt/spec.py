@@ -20,17 +20,15 @@ try:  # tomli 2.3 is the standard library's TOML 1.0 parser as a compiled (mypyc
 except ImportError:  # where no compiled wheel could be installed: the same parser, pure Python
     import tomllib
 
+from snpvirt import fileio, measure
 from snpvirt import policy as snp_policy
 from snpvirt.errors import NOT_REPEATED, BadInputError, quoted
-from snpvirt.models import BootSpec, DiskSpec, NetworkSpec, SnpSpec, VmSpec
+from snpvirt.models import VCPUS_RANGE, BootSpec, DiskSpec, NetworkSpec, SnpSpec, VmSpec
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-CPU_MODEL_RE = re.compile(r"EPYC(-(Rome|Milan|Genoa|Turin))?(-v[1-9])?|EPYC-IBPB|host-passthrough")
-CPU_MODEL_EXAMPLES = "EPYC-v4, EPYC-Rome, EPYC-Milan, EPYC-Genoa, EPYC-Turin (optionally -vN), host-passthrough"
 MAC_RE = re.compile(r"([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}")
 BRIDGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,14}")  # Linux interface names: at most 15 chars
 MEMORY_MIB_RANGE = (128, 4 * 1024 * 1024)
-VCPUS_RANGE = (1, 512)
 # Decoded sizes fixed by the SNP_LAUNCH_* firmware commands (docs/snp-facts.md §3).
 BLOB_BYTES = {"host_data": 32, "guest_visible_workarounds": 16, "id_block": 96, "id_auth": 4096}
 # One regex search instead of a Python loop per character (a spec is checked per domain, in bulk applies too).
@@ -55,7 +53,9 @@ def _fail(path: str, message: str, hint: str) -> BadInputError:
 def _in_range(lo: int, hi: int) -> Callable[[str, Any], Any]:
     def check(path: str, value: int) -> int:
         if not lo <= value <= hi:
-            raise _fail(path, f"{value} is out of range {lo}..{hi}", f"set {path} to a value from {lo} to {hi}")
+            # TOML hex literals have no length limit, and str() refuses past 4300 digits: describe those.
+            shown = value if value.bit_length() <= 64 else f"a {value.bit_length()}-bit number"
+            raise _fail(path, f"{shown} is out of range {lo}..{hi}", f"set {path} to a value from {lo} to {hi}")
         return value
     return check
 
@@ -117,6 +117,14 @@ def _base64_blob(key: str) -> Callable[[str, Any], Any]:
     return check
 
 
+def _cpu_model(path: str, value: str) -> str:
+    """A model from the measurement's table (or host-passthrough): what libvirt runs is what snpvirt measures."""
+    if value in measure.CPU_MODELS or value == measure.HOST_PASSTHROUGH:
+        return value
+    message, hint = measure.cpu_model_error(value, f"{path}:", "host-passthrough with snp.vcpu_signature (the host CPU's signature)")
+    raise BadInputError(message, hint)
+
+
 def _hex16(path: str, value: str) -> str:
     try:
         if len(bytes.fromhex(value)) == 16:
@@ -147,10 +155,11 @@ SCHEMA: dict[str, Any] = {
     "description": Key(str, check=_text),
     "memory_mib": Key(int, True, _in_range(*MEMORY_MIB_RANGE)),
     "vcpus": Key(int, True, _in_range(*VCPUS_RANGE)),
-    "cpu_model": Key(str, check=_matches(CPU_MODEL_RE, "a QEMU EPYC CPU model or host-passthrough",
-                                         f"use one of {CPU_MODEL_EXAMPLES}")),
+    "cpu_model": Key(str, check=_cpu_model),
     "firmware": Key(str, True, _absolute_path),
     "memory_backing": Key(str, check=_one_of("memfd", "default")),
+    "state": Key(str, check=_one_of("running", "shutoff")),
+    "autostart": Key(bool),
     "boot": {
         "kernel": Key(str, check=_absolute_path),
         "initrd": Key(str, check=_absolute_path),
@@ -182,6 +191,8 @@ SCHEMA: dict[str, Any] = {
         "mac": Key(str, check=_matches(MAC_RE, "a MAC address", "write it as 52:54:00:xx:xx:xx")),
     }],
 }
+
+RUN_STATE_KEYS = ("state", "autostart")  # converged by apply, not rendered into the domain XML
 
 TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", dict: "a table", list: "an array of tables"}
 
@@ -251,27 +262,50 @@ def _required_keys(schema: dict[str, Any]) -> tuple[str, ...]:
 
 def load_spec_text(text: str, origin: str = "spec") -> dict[str, Any]:
     try:
-        return tomllib.loads(text)
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         # tomllib's message already carries "(at line L, column C)".
         raise BadInputError(f"{origin}: malformed TOML: {exc}", "fix the TOML syntax at that line and column") from None
+    except RecursionError:  # tomllib reads nested arrays and inline tables recursively
+        raise _too_deep(origin) from None
+    except ValueError:  # tomllib's int() refuses numbers past Python's 4300-digit limit
+        raise BadInputError(f"{origin}: malformed TOML: a number has thousands of digits",
+                            "no spec value is that long: check the numbers in the spec") from None
+    if _nesting_depth(raw) > MAX_NESTING:
+        raise _too_deep(origin)
+    return raw
+
+
+# A spec nests 3 levels (snp.policy.smt, disks[0].path); deeper input is not a spec, and walking it
+# recursively (deepcopy, json) would exhaust the stack.
+MAX_NESTING = 16
+
+
+def _too_deep(origin: str) -> BadInputError:
+    return BadInputError(f"{origin}: tables or arrays nested more than {MAX_NESTING} levels deep",
+                         "a spec nests at most 3 levels: see examples/")
+
+
+def _nesting_depth(value: Any) -> int:
+    """How deep tables and arrays nest, walked without recursion."""
+    deepest, pending = 0, [(value, 0)]
+    while pending:
+        node, depth = pending.pop()
+        deepest = max(deepest, depth)
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        pending.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def load_spec_file(path: str | Path) -> dict[str, Any]:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BadInputError(f"spec file {str(path)!r} does not exist", "check the path; examples/ has specs to start from") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BadInputError(f"cannot read spec file {str(path)!r}: {exc}", "the spec must be a readable UTF-8 TOML file") from None
-    return load_spec_text(text, str(path))
+    return load_spec_text(fileio.read_text(path, "spec", "spec file"), str(path))
 
 
 def _override_value(text: str) -> Any:
     """`--set k=v`: v is a TOML value when it parses as one (8, true, "x", {smt=true}), else a string."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (ValueError, RecursionError):  # TOMLDecodeError, too many digits, nested too deep: not a TOML value
         return text
 
 
@@ -281,10 +315,7 @@ def apply_overrides(raw: dict[str, Any], assignments: list[str]) -> dict[str, An
         return raw
     spec = copy.deepcopy(raw)
     for assignment in assignments:
-        key, sep, text = assignment.partition("=")
-        parts = key.strip().split(".")
-        if not sep or not all(parts):
-            raise BadInputError(f"--set {quoted(assignment, key)} is not KEY=VALUE", "write it as --set vcpus=8 or --set snp.policy.smt=false")
+        key, parts, text = _split_assignment(assignment)
         node: dict[str, Any] | list[Any] = spec
         for depth, part in enumerate(parts[:-1]):
             node = _descend(node, part, ".".join(parts[: depth + 1]))
@@ -294,6 +325,20 @@ def apply_overrides(raw: dict[str, Any], assignments: list[str]) -> dict[str, An
         else:
             node[parts[-1]] = value
     return spec
+
+
+def check_assignments(assignments: list[str]) -> None:
+    """The KEY=VALUE form of every --set, checked once before any spec is read (a usage error, not a spec's)."""
+    for assignment in assignments:
+        _split_assignment(assignment)
+
+
+def _split_assignment(assignment: str) -> tuple[str, list[str], str]:
+    key, sep, text = assignment.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise BadInputError(f"--set {quoted(assignment, key)} is not KEY=VALUE", "write it as --set vcpus=8 or --set snp.policy.smt=false")
+    return key, parts, text
 
 
 def _descend(node: dict[str, Any] | list[Any], part: str, where: str) -> dict[str, Any] | list[Any]:
@@ -364,7 +409,10 @@ def parse_spec(raw: dict[str, Any], allow_debug: bool = False) -> VmSpec:
     top = {k: v for k, v in checked.items() if k not in ("boot", "snp", "disks", "networks")}
     top.setdefault("cpu_model", "EPYC-v4")
     top.setdefault("memory_backing", "memfd")
-    return VmSpec(boot=boot, snp=snp, disks=disks, networks=tuple(networks), source=raw, **top)
+    # The run state is not part of the definition: changing it never redefines (or restarts) a domain,
+    # so it stays out of the source that the definition's digest and metadata are made from.
+    source = {k: v for k, v in raw.items() if k not in RUN_STATE_KEYS}
+    return VmSpec(boot=boot, snp=snp, disks=disks, networks=tuple(networks), source=source, **top)
 
 
 def _disk_target(index: int) -> str:

@@ -110,12 +110,25 @@ def make_ca(product: str = "Milan", chip_id: bytes = bytes(range(64)), tcb: dict
     ark_signer = ark_key if ark_self_signed else rsa.generate_private_key(public_exponent=65537, key_size=2048)
     ark = _cert(f"ARK-{product}", f"ARK-{product}", ark_key.public_key(), ark_signer, days=days["ark"])
     ask = _cert(f"SEV-{product}", f"ARK-{product}", ask_key.public_key(), ark_key, days=days["ask"])
+    extensions = _vcek_extensions(product, chip_id if hw_id is CHIP_ID else hw_id, tcb)
+    vcek = _cert("SEV-VCEK", f"SEV-{product}", vcek_key.public_key(), ask_key, extensions, days=days["vcek"])
+    return TestCA(ark_key, ask_key, vcek_key, ark, ask, vcek, chip_id, tcb)
+
+
+def _vcek_extensions(product: str, hw_id: bytes | None, tcb: dict) -> list:
     amd = "1.3.6.1.4.1.3704.1"
     extensions = [(f"{amd}.1", _der_int(0)), (f"{amd}.2", b"\x16" + bytes([len(product) + 3]) + f"{product}-B0".encode()),
                   (f"{amd}.3.1", _der_int(tcb["bootloader"])), (f"{amd}.3.2", _der_int(tcb["tee"])),
                   (f"{amd}.3.3", _der_int(tcb["snp"])), (f"{amd}.3.8", _der_int(tcb["microcode"]))]
-    hw_id = chip_id if hw_id is CHIP_ID else hw_id
     if hw_id is not None:
         extensions.append((f"{amd}.4", hw_id))
-    vcek = _cert("SEV-VCEK", f"SEV-{product}", vcek_key.public_key(), ask_key, extensions, days=days["vcek"])
-    return TestCA(ark_key, ask_key, vcek_key, ark, ask, vcek, chip_id, tcb)
+    return extensions
+
+
+def issue_vcek(ca: TestCA, tcb: dict, chip_id: bytes | None = None, product: str = "Milan",
+               days: int = 3650) -> x509.Certificate:
+    """Another VCEK from this CA's ASK: the same chip after a firmware update (another TCB), or one that
+    expires `days` after 2024-01-01."""
+    key = ec.generate_private_key(ec.SECP384R1())
+    return _cert("SEV-VCEK", f"SEV-{product}", key.public_key(), ca.ask_key,
+                 _vcek_extensions(product, ca.chip_id if chip_id is None else chip_id, tcb), days=days)

@@ -36,13 +36,20 @@ class CliRun:
     stderr: str
 
 
-def run_cli(*args: str, cwd: Path | None = None, stdin: str | None = None, bare: bool = False) -> CliRun:
+def run_cli(*args: str, cwd: Path | None = None, stdin: str | None = None, bare: bool = False,
+            env: dict[str, str] | None = None) -> CliRun:
     """Run `python -m snpvirt` as a real subprocess, as a user would.
 
-    bare: as on a machine without the examples' launch files, which is what the goldens record."""
+    bare: as on a machine without the examples' launch files, which is what the goldens record.
+    env: variables set (or, with None values, removed) for this run only."""
     argv = [sys.executable, "-m", "snpvirt", *map(str, args)]
+    environment = None
+    if env is not None or cwd is not None:
+        # Outside the checkout, `python -m snpvirt` must still import this checkout's snpvirt.
+        pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+        environment = {k: v for k, v in {**os.environ, "PYTHONPATH": pythonpath, **(env or {})}.items() if v is not None}
     proc = subprocess.run(without_example_launch_files(argv) if bare else argv, capture_output=True, text=True,
-                          cwd=cwd or ROOT, input=stdin, timeout=60)
+                          cwd=cwd or ROOT, input=stdin, timeout=60, env=environment)
     return CliRun(proc.returncode, proc.stdout, proc.stderr)
 
 

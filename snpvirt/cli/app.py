@@ -7,10 +7,14 @@ its own module and what it needs (libvirt, lxml, jinja2), so start-up stays clos
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+from typing import Optional
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperGroup, TyperOption
+
+from typer._click.exceptions import NoArgsIsHelpError
 
 from snpvirt import __version__, output
 from snpvirt.errors import ExitCode, SnpvirtError
@@ -36,7 +40,11 @@ COMMANDS: dict[str, tuple[str, str, str | None, str]] = {
     "import": ("import_cmd", "import_domain", "IMPORT_EPILOG", "Check a domain against the SEV-SNP rules and, with --fix, bring it under management."),
     "measure": ("measure_cmd", "measure", "MEASURE_EPILOG", "Print the 48-byte SEV-SNP launch measurement an honest guest will report (lowercase hex)."),
     "idblock": ("measure_cmd", "idblock", "IDBLOCK_EPILOG", "Build the base64 idBlock (96 bytes) and idAuth (4096 bytes) libvirt takes, and the key digests."),
+    "completion": ("completion_cmd", "completion", "EPILOG", "Print the shell completion script for bash, zsh or fish."),
 }
+PROG = "snpvirt"
+COMPLETE_VAR = "_SNPVIRT_COMPLETE"  # the shell scripts of `snpvirt completion` set it to ask for completions
+ROOT_CONNECT = "snpvirt.connect"  # ctx.meta key: the URI given as `snpvirt -c URI COMMAND`
 
 
 def load_command(name: str):
@@ -45,11 +53,33 @@ def load_command(name: str):
     module = importlib.import_module(f"snpvirt.cli.{module_name}")
     target = getattr(module, attribute)
     if isinstance(target, typer.Typer):
-        return typer.main.get_command(target)
+        return _accept_global_options(typer.main.get_command(target))
     single = typer.Typer(add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False,
                          context_settings=CONTEXT)
     single.command(name, epilog=getattr(module, epilog) if epilog else None)(target)
-    return typer.main.get_command(single)
+    return _accept_global_options(typer.main.get_command(single))
+
+
+def _accept_global_options(command):
+    """-c/--connect and --debug work before the command (`snpvirt -c URI list`, as virsh) and after it
+    (`snpvirt render x --debug`, as git): a command's own --connect defaults to the root's, and every
+    command takes --debug (hidden; run() reads it from argv to show a traceback)."""
+    for param in command.params:
+        if param.name == "connect":
+            param.default, param.show_default = _root_connect, False
+    if not any(param.name == "debug" for param in command.params):
+        command.params.append(TyperOption(param_decls=["--debug"], is_flag=True, hidden=True, expose_value=False,
+                                          help="Show tracebacks for unexpected errors."))
+    for sub in getattr(command, "commands", {}).values():
+        _accept_global_options(sub)
+    return command
+
+
+def _root_connect() -> Optional[str]:
+    from typer._click.globals import get_current_context
+
+    ctx = get_current_context(silent=True)
+    return ctx.meta.get(ROOT_CONNECT) if ctx is not None else None
 
 
 class LazyGroup(TyperGroup):
@@ -62,6 +92,30 @@ class LazyGroup(TyperGroup):
     def format_commands(self, ctx, formatter) -> None:
         with formatter.section("Commands"):
             formatter.write_dl([(name, help_text) for name, (_, _, _, help_text) in COMMANDS.items()])
+
+    def shell_complete(self, ctx, incomplete: str) -> list:
+        """Command names from the table, so completing `snpvirt ap` imports no command module."""
+        from typer._click.shell_completion import CompletionItem
+
+        names = [CompletionItem(name, help=help_text) for name, (_, _, _, help_text) in COMMANDS.items()
+                 if name.startswith(incomplete)]
+        return names + typer.core._click.Command.shell_complete(self, ctx, incomplete)
+
+    def _main_shell_completion(self, ctx_args, prog_name: str, complete_var: Optional[str] = None) -> None:
+        """Answer the completion scripts' requests (typer's `complete_bash`, or click's `bash_complete`)."""
+        instruction = os.environ.get(COMPLETE_VAR, "")
+        if not instruction:
+            return
+        from typer.completion import completion_init
+
+        completion_init()  # registers typer's bash, zsh and fish classes (add_completion=False leaves them out)
+        # zsh and fish show each candidate's help, which typer passes through rich: wrapped at 80 columns, a
+        # long help would become a second, bogus candidate line. One line per candidate.
+        os.environ["TERMINAL_WIDTH"] = "4096"
+        first, _, second = instruction.partition("_")
+        if first in ("bash", "zsh", "fish"):  # click's order: SHELL_ACTION
+            os.environ[COMPLETE_VAR] = f"{second}_{first}"
+        super()._main_shell_completion(ctx_args, prog_name, COMPLETE_VAR)
 
 
 app = typer.Typer(
@@ -86,10 +140,15 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
+    ctx: typer.Context,
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for unexpected errors."),
+    connect: Optional[str] = typer.Option(None, "--connect", "-c", metavar="URI",
+                                          help="libvirt URI for the command, as `virsh -c URI` (the same as the "
+                                               "command's own --connect)."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for unexpected errors (also after the command)."),
 ) -> None:
     """AMD SEV-SNP confidential VMs through libvirt."""
+    ctx.meta[ROOT_CONNECT] = connect
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -100,10 +159,13 @@ def run(argv: list[str]) -> int:
     """Run the CLI and return its exit code; every failure becomes `snpvirt: error:` + `hint:`."""
     json_mode = "--json" in argv
     try:
-        code = typer.main.get_command(app).main(args=argv, prog_name="snpvirt", standalone_mode=False)
+        code = typer.main.get_command(app).main(args=argv, prog_name=PROG, standalone_mode=False)
         return code if isinstance(code, int) else 0
     except SnpvirtError as err:
         return _fail(err, json_mode)
+    except NoArgsIsHelpError as asked:  # `snpvirt`, `snpvirt host`: the help is the answer, not an error
+        sys.stdout.write(asked.ctx.get_help() + "\n")
+        return 0
     except typer.Abort:
         output.print_error("interrupted")
         return 130

@@ -39,13 +39,10 @@ Downloads are cached (SNPVIRT_CACHE_DIR, default ~/.cache/snpvirt/kds): a fleet 
 PRODUCT_HELP = "milan, genoa or turin (v2 reports do not say; v3+ do)."
 
 
-def _read(path: Path) -> bytes:
-    from snpvirt.errors import BadInputError
+def _read(path: Path, kind: str = "report") -> bytes:
+    from snpvirt import fileio
 
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise BadInputError(f"cannot read {path}: {exc.strerror}", "check the path") from None
+    return fileio.read_input(path, kind)
 
 
 def _product(value: Optional[str]) -> Optional[str]:
@@ -66,14 +63,24 @@ def show(report_file: Path = typer.Argument(..., metavar="REPORT", help="A 1184-
     from snpvirt import output
     from snpvirt import report as reports
 
-    fields = reports.parse(_read(report_file), str(report_file)).as_dict(_product(product))
+    rep = reports.parse(_read(report_file), str(report_file))
+    fields = rep.as_dict(_product(product))
     if json_output:
         output.print_json(output.envelope(True, False, [{"report": str(report_file), **fields}]))
         return
     for key, value in fields.items():
-        if isinstance(value, dict):
-            value = ", ".join(f"{k}={v}" for k, v in value.items())
-        typer.echo(f"{key + ':':<22} {value}")
+        typer.echo(f"{key + ':':<22} {_shown(key, value, rep.version, fields['product'] is not None)}")
+
+
+def _shown(key: str, value, version: int, product_known: bool) -> str:
+    """A report field for people: an unknown product says why and what to do; an absent field is `-`."""
+    if key == "product" and value is None:
+        return f"unknown (version {version} reports do not say; give --product milan, genoa or turin)"
+    if key == "tcb_layout" and not product_known:
+        return f"{value} (assumed: the product is unknown, and Turin's layout differs)"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    return "-" if value is None else str(value)
 
 
 def _min_tcb(text):
@@ -165,7 +172,7 @@ def verify(
     policy, nonce and host data. Every check is listed; any failure means not verified."""
     import datetime
 
-    from snpvirt import certs, kds, output
+    from snpvirt import certs, output
     from snpvirt import verify as verifier
     from snpvirt.errors import BadInputError, ExitCode, SnpvirtError
 
@@ -178,10 +185,10 @@ def verify(
         if when.tzinfo is None:
             when = when.replace(tzinfo=datetime.timezone.utc)
     pool = certs.load_paths([*certs_dir, *vcek, *chain])
-    root = certs.load(_read(trust_root), str(trust_root))[0] if trust_root else None
+    root = certs.load(_read(trust_root, "certificate"), str(trust_root))[0] if trust_root else None
     expect = _expectations(domain, connect, expected_measurement, report_data, host_data, allow_debug, vmpl, no_nonce,
                            allow_migration_agent, min_tcb)
-    service = kds.Kds(kds_url or kds.DEFAULT_URL, kds.default_cache()) if fetch else None
+    service = _kds(kds_url, root) if fetch else None
     results, bad_input = [], False
     for path in report_files:
         try:
@@ -207,19 +214,20 @@ def verify(
         output.print_json(output.envelope(all_verified, False, results, error=output.batch_error(
             [_report_error(r) for r in results if not r["verified"]], len(results))))
     else:
-        for r in results:
-            typer.echo(f"{'VERIFIED' if r['verified'] else 'NOT VERIFIED'}  {r['report']}")
+        for r in results:  # messages quote certificates and file names: shown, never obeyed by the terminal
+            typer.echo(output.printable(f"{'VERIFIED' if r['verified'] else 'NOT VERIFIED'}  {r['report']}"))
             if "error" in r:
-                typer.echo(f"  error: {r['error']['message']}\n  hint: {r['error']['hint']}")
+                typer.echo("  error: " + output.printable(r['error']['message']))
+                typer.echo("  hint: " + output.printable(r['error']['hint']))
             for c in r["checks"]:
-                typer.echo(f"  {c['status']:<4}  {c['id']:<28} {c['message']}")
+                typer.echo(output.printable(f"  {c['status']:<4}  {c['id']:<28} {c['message']}"))
     if not all_verified:
         failed = [r for r in results if not r["verified"]]
         if len(results) == 1 and "error" in failed[0]:
-            output.print_error(f"{failed[0]['report']}: {failed[0]['error']['message']}", failed[0]["error"]["hint"])
+            output.print_error(output.about(failed[0]["report"], failed[0]["error"]["message"]), failed[0]["error"]["hint"])
         else:
             output.print_error(f"{len(failed)} of {len(results)} report(s) NOT verified: "
-                               f"{', '.join(r['report'] for r in failed)}", "see the failed checks above")
+                               f"{', '.join(r['report'] for r in failed)}", _failure_hint(failed))
         raise typer.Exit(int(ExitCode.BAD_INPUT if bad_input else ExitCode.FAILURE))
 
 
@@ -228,7 +236,24 @@ def _report_error(result: dict) -> dict:
     if "error" in result:
         return result["error"]
     return {"kind": "failure", "message": f"{result['report']}: NOT verified: failed {', '.join(result['failed'])}",
-            "hint": "see the failed checks in its result"}
+            "hint": _failure_hint([result], "see the failed checks in its result")}
+
+
+def _failure_hint(failed: list, otherwise: str = "see the failed checks above") -> str:
+    """Missing certificates are the usual first failure, and the fix is an option away: say which."""
+    missing = {c["id"] for r in failed for c in r.get("checks", []) if c["status"] == "fail"} & {"cert.leaf", "cert.chain"}
+    if not missing:
+        return otherwise
+    return ("give the missing certificates: --certs DIR, --vcek FILE (and --chain PEM), or --fetch for those AMD KDS "
+            "serves (all but a VLEK); " + otherwise)
+
+
+def _kds(kds_url: Optional[str], trust_root=None):
+    """The KDS client, cached on disk, saying each retry on stderr (a silent 7 s wait looks like a hang)."""
+    from snpvirt import kds, output
+
+    return kds.Kds(kds_url or kds.DEFAULT_URL, kds.default_cache(), progress=output.print_warning,
+                   trust_root=trust_root)
 
 
 def _fetched(service, data: bytes, origin: str, product: Optional[str], pool: list) -> list:
@@ -264,30 +289,28 @@ def fetch_certs(
     json_output: bool = json_option(),
 ) -> None:
     """Get ARK, ASK and the report's VCEK from AMD's key distribution service (cached on disk)."""
-    from snpvirt import certs, kds, output
+    from snpvirt import certs, fileio, kds, output
     from snpvirt import report as reports
     from snpvirt.errors import BadInputError
 
+    fileio.output_folder(out_dir, what="-o")  # a link or a file there is refused before any request
     rep = reports.parse(_read(report_file), str(report_file))
     product = _product(product) or rep.product()
     if product is None:
         raise BadInputError(f"{report_file}: a version {rep.version} report does not say its product",
                             "give --product milan, genoa or turin")
-    service = kds.Kds(kds_url or kds.DEFAULT_URL, kds.default_cache())
+    service = _kds(kds_url)
     signer = "vlek" if rep.signing_key == "vlek" else "vcek"
     chain = certs.load(service.cert_chain(product, signer), "cert_chain")
-    files = {}
-    out_dir.mkdir(parents=True, exist_ok=True)
     from cryptography.hazmat.primitives import serialization
-    for cert in chain:
-        name = f"{cert.role}.pem"
-        (out_dir / name).write_bytes(cert.cert.public_bytes(serialization.Encoding.PEM))
-        files[cert.role] = str(out_dir / name)
+    contents = {f"{cert.role}.pem": cert.cert.public_bytes(serialization.Encoding.PEM) for cert in chain}
     if signer == "vcek":
-        (out_dir / "vcek.der").write_bytes(service.vcek(rep, product))
-        files["vcek"] = str(out_dir / "vcek.der")
+        contents["vcek.der"] = service.vcek(rep, product)
+    # Everything is fetched before anything is written: a failed VCEK fetch leaves no half folder.
+    changed = fileio.write_files(out_dir, contents, what="-o")
+    files = {name.split(".")[0]: str(out_dir / name) for name in contents}
     if json_output:
-        output.print_json(output.envelope(True, True, [{"report": str(report_file), "product": product,
+        output.print_json(output.envelope(True, changed, [{"report": str(report_file), "product": product,
                                                         "files": files, "network_requests": service.fetched}]))
     else:
         for role, path in files.items():

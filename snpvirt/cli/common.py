@@ -30,6 +30,16 @@ def sysroot_option() -> Optional[Path]:
     return typer.Option(None, "--sysroot", metavar="DIR", hidden=True,
                         help="With libvirt's test driver: the readiness gate checks this captured host "
                              "(sys/, proc/, dev/ below DIR) and --host-caps as its domcapabilities.")
+MAX_WAIT_S = 7 * 24 * 3600  # a week: far beyond any shutdown or watch, far below a timer's overflow
+
+
+def seconds_option(default: Optional[float], help_text: str) -> Optional[float]:
+    """--timeout S: 0 to a week, and a number (a NaN deadline passes at once: stop --force would destroy)."""
+    def finite(value: Optional[float]) -> Optional[float]:
+        if value is not None and value != value:
+            raise typer.BadParameter("nan is not a number of seconds")
+        return value
+    return typer.Option(default, "--timeout", min=0, max=MAX_WAIT_S, metavar="S", help=help_text, callback=finite)
 
 
 @contextmanager
@@ -103,12 +113,14 @@ def report(outcomes: list, json_output: bool, warnings: list = ()) -> None:
         for o in outcomes:
             for change in o.details.get("diff", []):
                 typer.echo(f"  {o.name}: {change['key']}: {change['from']!r} -> {change['to']!r}")
-            if o.details.get("restart_required"):
+            if o.details.get("restarted"):
+                typer.echo(f"  {o.name}: restarted on its new definition")
+            elif o.details.get("restart_required") and not o.details.get("will_restart"):
                 typer.echo(f"  {o.name}: running with the old definition; restart it to apply: "
-                           f"snpvirt stop {o.name} && snpvirt start {o.name}")
+                           f"snpvirt apply SPEC --restart (or snpvirt stop {o.name} && snpvirt start {o.name})")
         failed = [o for o in outcomes if not o.ok]
         for o in failed:
-            output.print_error(f"{o.name}: {o.error.message}", o.error.hint)
+            output.print_error(output.about(o.name, o.error.message), o.error.hint)
     if code:
         raise typer.Exit(code)
 
@@ -118,18 +130,18 @@ def _result_text(outcome) -> str:
         defined = outcome.details.get("defined")
         return "FAILED" + (" (defined, not started)" if defined and outcome.details.get("started") is False else "")
     if outcome.details.get("planned"):
-        return ("would " + outcome.action + (" and start" if outcome.details.get("will_start") else "")
-                if outcome.action != "unchanged" else "would start" if outcome.details.get("will_start") else "no change")
+        steps = [outcome.action] if outcome.action != "unchanged" else []
+        steps += ["set autostart"] * any(c["key"] == "autostart" for c in outcome.details.get("diff", []))
+        steps += [step for step, key in (("start", "will_start"), ("shut down", "will_stop"), ("restart", "will_restart"))
+                  if outcome.details.get(key)]
+        return "would " + " and ".join(steps) if steps else "no change"
+    if outcome.details.get("restarted"):
+        return "restarted"
     return "changed" if outcome.changed else "unchanged"
 
 
 def read_host_caps(path: Path):
-    from snpvirt import domcaps
-    from snpvirt.errors import BadInputError
+    from snpvirt import domcaps, fileio
 
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise BadInputError(f"cannot read --host-caps {path}: {exc.strerror}",
-                            "save it on the host with: virsh domcapabilities > domcaps.xml") from None
+    data = fileio.read_input(path, "domcaps", "cannot read --host-caps")
     return domcaps.parse_domcaps(data, f"--host-caps {path}")

@@ -15,8 +15,10 @@ Examples:
   snpvirt import vm.xml --fix --print-diff       # add what is missing, show the change, define it
   snpvirt import web-01 --fix -c qemu:///system  # a domain that already exists in libvirt
   snpvirt import vm.xml --fix --check            # show what --fix would do, change nothing
+  snpvirt import vm.xml --fix --firmware /usr/share/edk2/ovmf/OVMF.amdsev.fd   # replace a non-SNP firmware
 --fix adds only launch security (policy 0x30000), stateless firmware without NVRAM, policy bit 17 and
-snpvirt's metadata; everything else stays as it was.
+snpvirt's metadata; everything else stays as it was. A firmware path the domain keeps must be an SEV-SNP
+build (a QEMU firmware descriptor offers amd-sev-snp for it, or it is OVMF's AmdSev build by name).
 """
 
 
@@ -26,7 +28,8 @@ def import_domain(
     print_diff: bool = typer.Option(False, "--print-diff", help="Show the change as a unified diff."),
     check: bool = typer.Option(False, "--check", help="Report (and diff) only; define nothing."),
     firmware: Optional[str] = typer.Option(None, "--firmware", metavar="PATH",
-                                           help="SNP firmware (e.g. /usr/share/ovmf/OVMF.amdsev.fd) to load as ROM."),
+                                           help="SEV-SNP firmware to load as ROM: an absolute path, e.g. "
+                                                "/usr/share/ovmf/OVMF.amdsev.fd."),
     host_caps: Optional[Path] = typer.Option(None, "--host-caps", metavar="FILE",
                                              help="Saved domcapabilities: cbitpos/reducedPhysBits for added launch security."),
     connect: Optional[str] = connect_option(),
@@ -34,14 +37,18 @@ def import_domain(
     sysroot: Optional[Path] = sysroot_option(),
 ) -> None:
     """Check a domain against the SEV-SNP rules and, with --fix, bring it under management."""
-    from snpvirt import domcaps, sevparams
+    import os
+
+    from snpvirt import domcaps, fileio, sevparams
     from snpvirt.errors import BadInputError, NotFoundError, SnpvirtError
+    from snpvirt.firmware import InstalledFirmware
+    from snpvirt.host import is_remote_uri
 
     with manager(connect, host_caps, sysroot=sysroot) as m:
         path = Path(source)
         record = None
-        if path.is_file():
-            xml = path.read_bytes()
+        if path.is_file() or (("/" in source or source.endswith(".xml")) and os.path.lexists(source)):
+            xml = fileio.read_input(path, "xml", "domain XML")  # a device or FIFO is refused, not read
         elif "/" in source or source.endswith(".xml"):
             raise BadInputError(f"{source} does not exist", "give an XML file or the name of a libvirt domain")
         else:
@@ -59,7 +66,10 @@ def import_domain(
                     caps = None
             if caps is not None and caps.sev_supported and caps.cbitpos is not None and caps.reduced_phys_bits is not None:
                 sev = sevparams.SevParams(caps.cbitpos, caps.reduced_phys_bits, "host")
-        outcome = m.import_domain(xml, record, fix, check, sev, firmware)
+        # Which firmware is an SEV-SNP build: this host's descriptors (a captured host's with --sysroot), as
+        # `host check` reads them; for a remote URI this machine's files say nothing about that host's.
+        installed = InstalledFirmware.read(sysroot or Path("/"), files_here=not is_remote_uri(m.hv.actual_uri))
+        outcome = m.import_domain(xml, record, fix, check, sev, firmware, installed)
         if not json_output:
             for change in outcome.details.get("changes", []):
                 typer.echo(f"fix: {change}")

@@ -7,19 +7,22 @@ from typing import List, Optional
 
 import typer
 
-from snpvirt.cli.common import connect_option, json_option, manager, report, sysroot_option
+from snpvirt.cli.common import connect_option, json_option, manager, report, seconds_option, sysroot_option
 
 APPLY_EPILOG = """\b
 Examples:
   snpvirt apply examples/web-01.toml --connect qemu:///system
-  snpvirt apply specs/*.toml --check            # the plan: create / update / unchanged, with a diff
+  snpvirt apply specs/*.toml --check            # the plan, after the same gate and conflict checks as the run
   snpvirt apply specs/*.toml --json -c test:///default
+  snpvirt apply examples/web-01.toml --set vcpus=8 --check   # --set changes every spec given, before checking
+  snpvirt apply specs/*.toml --restart          # and restart those running an older definition, one at a time
 Exit 0 all applied · 3 host not ready (nothing changed) · 5 conflict · 9 some specs failed.
 """
 DEFINE_EPILOG = """\b
 Examples:
   snpvirt define examples/web-01.toml
   snpvirt define web-01.xml --connect qemu:///system     # XML must pass snpvirt validate
+  snpvirt define web-01.xml --check                      # what it would do; same exit code as the run
 """
 VERB_EPILOG = """\b
 Examples:
@@ -31,20 +34,21 @@ STOP_EPILOG = """\b
 Examples:
   snpvirt stop web-01                      # graceful shutdown, wait up to 60 s
   snpvirt stop web-01 --timeout 20 --force # destroy if still running after 20 s
-  snpvirt stop web-01 db-01 --json
-Exit 7 when the guest did not shut down in time (without --force).
+  snpvirt stop web-01 db-01 --json         # both shut down at once, under one 60 s deadline
+Exit 7 when the guest did not shut down in time (without --force); 9 when some of several failed.
 """
 
 
-def _load_specs(paths: List[Path], allow_debug: bool):
-    """Specs one at a time, as the manager asks for them (it overlaps parsing with libvirt calls)."""
+def _load_specs(paths: List[Path], allow_debug: bool, overrides: List[str] = ()):
+    """Specs one at a time, as the manager asks for them (it overlaps parsing with libvirt calls).
+    `overrides` (--set KEY=VALUE, as on render) change every spec before it is checked."""
     from snpvirt import spec as specs
     from snpvirt.errors import SnpvirtError
     from snpvirt.manager import SpecInput
 
     for path in paths:
         try:
-            yield SpecInput(str(path), specs.load_spec(path, allow_debug=allow_debug))
+            yield SpecInput(str(path), specs.load_spec(path, list(overrides), allow_debug=allow_debug))
         except SnpvirtError as err:
             yield SpecInput(str(path), error=err)
 
@@ -52,6 +56,12 @@ def _load_specs(paths: List[Path], allow_debug: bool):
 def apply(
     spec_files: List[Path] = typer.Argument(..., metavar="SPEC", help="One or more VM specs (TOML)."),
     check: bool = typer.Option(False, "--check", help="Print the plan, change nothing."),
+    overrides: List[str] = typer.Option([], "--set", metavar="KEY=VALUE",
+                                        help="Override a key of every spec, dotted: --set snp.policy.smt=false. Repeatable."),
+    restart: bool = typer.Option(False, "--restart",
+                                 help="Restart domains that run an older definition (graceful shutdown, then start; one at a time)."),
+    timeout: float = typer.Option(60.0, "--timeout", metavar="S",
+                                  help="Seconds to wait for a graceful shutdown (state = \"shutoff\", --restart); 0 or more."),
     host_caps: Optional[Path] = typer.Option(None, "--host-caps", metavar="FILE",
                                              help="Saved domcapabilities: cbitpos/reducedPhysBits for specs without them."),
     allow_debug: bool = typer.Option(False, "--allow-debug", help="Permit a policy with DEBUG set."),
@@ -61,16 +71,25 @@ def apply(
 ) -> None:
     """Make each spec's domain exist as specified and run: define, redefine when changed, start.
 
-    A running domain whose spec changed is redefined and reported restart_required; nothing restarts by itself.
+    The spec's state (running by default, or shutoff: a graceful shutdown) and autostart are converged too.
+    A running domain whose spec changed is redefined and reported restart_required; it restarts only with --restart.
     """
-    inputs = _load_specs(spec_files, allow_debug)
+    from snpvirt import spec as specs
+    from snpvirt.errors import BadInputError
+
+    if not timeout >= 0:  # also refuses nan
+        raise BadInputError(f"--timeout must be 0 or more seconds, not {timeout:g}", "give the seconds to wait, e.g. --timeout 60")
+    specs.check_assignments(overrides)  # a malformed --set is the call's error, found before connecting
+    inputs = _load_specs(spec_files, allow_debug, overrides)
     with manager(connect, host_caps, allow_debug, sysroot) as m:
-        outcomes = m.apply(inputs, check=check)
+        m.shutdown_timeout_s = timeout
+        outcomes = m.apply(inputs, check=check, restart=restart)
         report(outcomes, json_output, m.warnings)
 
 
 def define(
     source: Path = typer.Argument(..., metavar="SPEC|XML", help="A VM spec (TOML) or domain XML."),
+    check: bool = typer.Option(False, "--check", help="Print the plan (after the same gate and conflict checks), change nothing."),
     host_caps: Optional[Path] = typer.Option(None, "--host-caps", metavar="FILE", help="Saved domcapabilities."),
     allow_debug: bool = typer.Option(False, "--allow-debug", help="Permit a policy with DEBUG set."),
     connect: Optional[str] = connect_option(),
@@ -78,17 +97,14 @@ def define(
     sysroot: Optional[Path] = sysroot_option(),
 ) -> None:
     """Define (or redefine) a domain from a spec or XML, without starting it."""
-    from snpvirt.errors import BadInputError
+    from snpvirt import fileio
 
-    try:
-        data = source.read_bytes()
-    except OSError as exc:
-        raise BadInputError(f"cannot read {source}: {exc.strerror}", "check the path") from None
+    data = fileio.read_input(source, "xml", "spec or domain XML")
     with manager(connect, host_caps, allow_debug, sysroot) as m:
         if data.lstrip().startswith(b"<"):
-            outcomes = [m.define_xml(data, str(source))]
+            outcomes = [m.define_xml(data, str(source), check=check)]
         else:
-            outcomes = m.apply(_load_specs([source], allow_debug), start=False)
+            outcomes = m.apply(_load_specs([source], allow_debug), check=check, start=False)
         report(outcomes, json_output, m.warnings)
 
 
@@ -130,12 +146,40 @@ def start(names: List[str] = NAMES,
 
 
 def stop(names: List[str] = NAMES,
-         timeout: float = typer.Option(60.0, "--timeout", metavar="S", help="Seconds to wait for each guest to shut down."),
+         timeout: float = seconds_option(60.0, "Seconds to wait for the guests (all at once) to shut down; 0 or more."),
          force: bool = typer.Option(False, "--force", help="Destroy a domain that is still running after the timeout."),
          connect: Optional[str] = connect_option(), json_output: bool = json_option()) -> None:
-    """Shut managed domains down gracefully; with --force, destroy them after the timeout."""
+    """Shut managed domains down gracefully; with --force, destroy them after the timeout.
+
+    All are asked at once and waited for under one deadline; stderr shows which are still shutting down.
+    """
+    from snpvirt.errors import BadInputError
+
+    if not timeout >= 0:  # also refuses nan
+        raise BadInputError(f"--timeout must be 0 or more seconds, not {timeout:g}", "give the seconds to wait, e.g. --timeout 60")
     with manager(connect) as m:
-        report(_each(names, "stop", lambda name: m.stop(name, timeout, force)), json_output, m.warnings)
+        waiting = None if json_output else ShutdownProgress()
+        report(m.stop_all(names, timeout, force, waiting=waiting), json_output, m.warnings)
+
+
+class ShutdownProgress:
+    """Tells people which guests are still shutting down: when that set changes, and every few seconds."""
+
+    EVERY_S = 5.0
+
+    def __init__(self) -> None:
+        self._last: tuple[list[str], float] | None = None
+
+    def __call__(self, names: list[str], seconds_left: float) -> None:
+        import time
+
+        from snpvirt import output
+
+        now = time.monotonic()
+        if self._last is not None and self._last[0] == names and now - self._last[1] < self.EVERY_S:
+            return
+        self._last = (names, now)
+        output.print_progress(f"waiting for {', '.join(names)} to shut down ({seconds_left:.0f} s left)")
 
 
 def destroy(names: List[str] = NAMES, connect: Optional[str] = connect_option(), json_output: bool = json_option()) -> None:
@@ -145,7 +189,10 @@ def destroy(names: List[str] = NAMES, connect: Optional[str] = connect_option(),
 
 
 def undefine(names: List[str] = NAMES, connect: Optional[str] = connect_option(), json_output: bool = json_option()) -> None:
-    """Remove stopped managed domains' definitions; absent ones are already done."""
+    """Remove stopped managed domains' definitions; absent ones are already done.
+
+    A running domain is refused as a conflict (exit 5): stop it first.
+    """
     with manager(connect) as m:
         report(_each(names, "undefine", m.undefine), json_output, m.warnings)
 

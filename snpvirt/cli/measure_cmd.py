@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from snpvirt.cli.common import connect_option, json_option
+from snpvirt.models import VCPUS_RANGE
 
 MEASURE_EPILOG = """\b
 Examples:
@@ -16,6 +17,8 @@ Examples:
       --cmdline 'console=ttyS0' --vcpus 4 --vcpu-type EPYC-Genoa --json
   snpvirt measure web-01.toml --set firmware=./OVMF.amdsev.fd --set boot.kernel=./vmlinuz \\
       --set boot.initrd=./initrd.img --record web-01 -c qemu+ssh://host/system   # from local copies
+  snpvirt measure --firmware /usr/share/edk2/ovmf/OVMF.amdsev.fd --vcpus 1 --vcpu-type host-passthrough \\
+      --vcpu-sig 0xa10f11 --record vm1   # an imported domain: its inputs, checked against its definition
 Guest features default to 0x1 (upstream KVM); hosts with DebugSwap need --guest-features 0x21.
 """
 IDBLOCK_EPILOG = """\b
@@ -26,15 +29,19 @@ Keys are P-384 EC private keys (openssl ecparam -name secp384r1 -genkey -noout -
 """
 
 
-def _int(value: Optional[str], option: str) -> Optional[int]:
+def _int(value: Optional[str], option: str, bits: int) -> Optional[int]:
+    """A hex or decimal number that fits the field it fills (the spec's bounds for the same key)."""
     from snpvirt.errors import BadInputError
 
     if value is None:
         return None
     try:
-        return int(value, 16) if value.lower().startswith("0x") else int(value)
+        number = int(value, 16) if value.lower().startswith("0x") else int(value)
     except ValueError:
         raise BadInputError(f"{option} {value!r} is not a number", "write it as hex (0x...) or decimal") from None
+    if not 0 <= number < 1 << bits:
+        raise BadInputError(f"{option} {value} does not fit in {bits} bits", f"give {option} from 0 to {(1 << bits) - 1:#x}")
+    return number
 
 
 def measure(
@@ -44,12 +51,14 @@ def measure(
     kernel: Optional[str] = typer.Option(None, "--kernel", metavar="FILE", help="Kernel: turns kernel hashes on."),
     initrd: Optional[str] = typer.Option(None, "--initrd", metavar="FILE", help="Initrd (with --kernel)."),
     cmdline: Optional[str] = typer.Option(None, "--cmdline", metavar="TEXT", help="Kernel command line (with --kernel)."),
-    vcpus: Optional[int] = typer.Option(None, "--vcpus", min=1, metavar="N", help="Number of vCPUs."),
+    vcpus: Optional[int] = typer.Option(None, "--vcpus", min=VCPUS_RANGE[0], max=VCPUS_RANGE[1], metavar="N",
+                                        help="Number of vCPUs."),
     vcpu_type: Optional[str] = typer.Option(None, "--vcpu-type", metavar="TYPE", help="QEMU CPU model, e.g. EPYC-Genoa."),
     vcpu_sig: Optional[str] = typer.Option(None, "--vcpu-sig", metavar="HEX", help="CPUID signature (host-passthrough)."),
     guest_features: Optional[str] = typer.Option(None, "--guest-features", metavar="HEX", help="VMSA SEV_FEATURES (0x1)."),
     ovmf_hash: Optional[str] = typer.Option(None, "--ovmf-hash", metavar="HEX", help="Precomputed LD after the firmware pages."),
-    record: Optional[str] = typer.Option(None, "--record", metavar="NAME", help="Store the result in this domain's metadata."),
+    record: Optional[str] = typer.Option(None, "--record", metavar="NAME",
+                                         help="Store the result in this domain's metadata (its launch inputs must match)."),
     connect: Optional[str] = connect_option(),
     json_output: bool = json_option(),
 ) -> None:
@@ -59,7 +68,8 @@ def measure(
     from snpvirt import spec as specs
     from snpvirt.errors import BadInputError
 
-    signature_override, features_override = _int(vcpu_sig, "--vcpu-sig"), _int(guest_features, "--guest-features")
+    signature_override = _int(vcpu_sig, "--vcpu-sig", 32)  # CPUID Fn0000_0001_EAX
+    features_override = _int(guest_features, "--guest-features", 64)  # VMSA SEV_FEATURES
     seed = None
     if ovmf_hash is not None:
         try:
@@ -81,9 +91,9 @@ def measure(
         initrd = vm.boot.initrd if hashes_on else None
         cmdline = vm.boot.cmdline if hashes_on else None
     else:
-        if record is not None:
-            raise BadInputError("--record needs a SPEC (the domain's launch inputs are checked against it)",
-                                "snpvirt measure SPEC --record NAME")
+        if record is not None and vcpu_type is None:
+            raise BadInputError("--record needs --vcpu-type: the domain's CPU model is checked against it",
+                                "for a host-passthrough domain: --vcpu-type host-passthrough --vcpu-sig HEX")
         if firmware is None or vcpus is None or (vcpu_type is None and signature_override is None):
             raise BadInputError("without a SPEC, --firmware, --vcpus and --vcpu-type (or --vcpu-sig) are required",
                                 "snpvirt measure --firmware OVMF.amdsev.fd --vcpus 4 --vcpu-type EPYC-Genoa")
@@ -119,9 +129,13 @@ def measure(
     changed = False
     if record is not None:
         from snpvirt.cli.common import manager
+        from snpvirt.manager import LaunchInputs
 
         with manager(connect) as mgr:
-            outcome = mgr.record_measurement(record, vm, result)
+            # Checked against what the domain launches with, whether the inputs came from a spec or options.
+            inputs = LaunchInputs.of_spec(vm) if spec_file is not None else \
+                LaunchInputs(vcpus, vcpu_type, cmdline, kernel is not None, source="given")
+            outcome = mgr.record_measurement(record, inputs, result)
             changed = outcome.changed
             item["recorded"] = {"domain": record, "changed": changed}
     if json_output:
@@ -140,10 +154,14 @@ def idblock(
     author_key: Optional[Path] = typer.Option(None, "--author-key", metavar="PEM", help="P-384 key that signs the ID key."),
     family_id: Optional[str] = typer.Option(None, "--family-id", metavar="HEX", help="16 bytes, copied to reports."),
     image_id: Optional[str] = typer.Option(None, "--image-id", metavar="HEX", help="16 bytes, copied to reports."),
-    guest_svn: int = typer.Option(0, "--guest-svn", min=0, metavar="N", help="Guest security version number."),
+    guest_svn: int = typer.Option(0, "--guest-svn", min=0, max=2 ** 32 - 1, metavar="N",
+                                  help="Guest security version number."),
     json_output: bool = json_option(),
 ) -> None:
-    """Build the base64 idBlock (96 bytes) and idAuth (4096 bytes) libvirt takes, and the key digests."""
+    """Build the base64 idBlock (96 bytes) and idAuth (4096 bytes) libvirt takes, and the key digests.
+
+    The key digests are in hex, as `attest show` prints a report's ID_KEY_DIGEST and AUTHOR_KEY_DIGEST.
+    """
     import base64
 
     from snpvirt import idblock as ids
@@ -190,9 +208,11 @@ def idblock(
     blocks = ids.build(digest, policy_value, ids.load_private_key(id_key, "ID key"),
                        ids.load_private_key(author_key, "author key") if author_key else None, family, image, svn)
     b64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
+    # The blobs in base64, as libvirt's <idBlock>/<idAuth> take them; the digests in hex, as `attest show`
+    # prints the report's ID_KEY_DIGEST and AUTHOR_KEY_DIGEST, so they compare by eye.
     item = {"measurement": digest.hex(), "policy": snp_policy.to_hex(policy_value), "id_block": b64(blocks.id_block),
-            "id_auth": b64(blocks.id_auth), "id_key_digest": b64(blocks.id_key_digest),
-            "author_key_digest": b64(blocks.author_key_digest) if blocks.author_key_digest else None,
+            "id_auth": b64(blocks.id_auth), "id_key_digest": blocks.id_key_digest.hex(),
+            "author_key_digest": blocks.author_key_digest.hex() if blocks.author_key_digest else None,
             "author_key": author_key is not None}
     if json_output:
         output.print_json(output.envelope(True, False, [item]))

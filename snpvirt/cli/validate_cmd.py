@@ -24,16 +24,16 @@ def validate(
 
     Exit 0 when every file is valid (warnings allowed), 2 otherwise; every failing rule is listed.
     """
-    from snpvirt import domxml, output
+    from snpvirt import domxml, fileio, output
     from snpvirt.errors import ExitCode
     from snpvirt.models import Finding
 
     results = []
     for path in xmlfile:
         try:
-            findings = domxml.check(path.read_bytes(), allow_debug)
-        except OSError as exc:
-            findings = [Finding("file.read", "error", f"cannot read: {exc.strerror}", "check the path and permissions")]
+            findings = domxml.check(fileio.read_input(path, "xml"), allow_debug)
+        except fileio.InputFileError as err:
+            findings = [Finding("file.read", "error", f"cannot read: {err.reason}", err.hint)]
         errors = [f for f in findings if f.severity == "error"]
         results.append({"file": str(path), "valid": not errors, "findings": [f.as_dict() for f in findings]})
         if errors:

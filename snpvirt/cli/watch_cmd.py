@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from snpvirt.cli.common import connect_option
+from snpvirt.cli.common import connect_option, seconds_option
 
 WATCH_EPILOG = """\b
 Examples:
@@ -19,11 +19,16 @@ Examples:
 def watch(
     names: Optional[List[str]] = typer.Argument(None, metavar="[NAME]...", help="Only these domains (default: all)."),
     count: Optional[int] = typer.Option(None, "--count", min=1, metavar="N", help="Stop after N events."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", min=0, metavar="S", help="Stop after S seconds."),
+    timeout: Optional[float] = seconds_option(None, "Stop after S seconds."),
     connect: Optional[str] = connect_option(),
     json_output: bool = typer.Option(False, "--json", help="One JSON object per event and line (NDJSON)."),
 ) -> None:
-    """Print domain lifecycle events (defined, started, stopped, ...) as libvirt reports them."""
+    """Print domain lifecycle events (defined, started, stopped, ...) as libvirt reports them.
+
+    A lost connection is reported (with --json as a "disconnected" event, then "reconnected") and retried;
+    a watch that ends while disconnected exits 6.
+    """
+    import datetime
     import json
     import sys
     import threading
@@ -46,6 +51,18 @@ def watch(
     def on_status(message: str) -> None:
         sys.stderr.write(f"snpvirt: {message}\n")
 
+    disconnected_from: list[str] = []  # the URI while the connection is lost
+
+    def on_link(change: str, uri: str) -> None:
+        """The connection's own events, in the stream a script reads (same keys as a domain's, no domain)."""
+        disconnected_from[:] = [uri] if change == "disconnected" else []
+        if json_output:
+            now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+            detail = "connection lost; reconnecting" if change == "disconnected" else "connection back"
+            sys.stdout.write(json.dumps({"time": now, "uri": uri, "domain": None, "uuid": None, "event": change,
+                                         "detail": detail}) + "\n")
+            sys.stdout.flush()
+
     if timeout is not None:
         timer = threading.Timer(timeout, stop.set)
         timer.daemon = True
@@ -54,7 +71,7 @@ def watch(
 
     def run() -> None:
         try:
-            events.watch(connect, set(names or []), on_event, on_status, stop)
+            events.watch(connect, set(names or []), on_event, on_status, stop, on_link=on_link)
         except events.libvirt.libvirtError as exc:
             worker_error.append(translate(exc, "watch", connect))
         finally:
@@ -70,3 +87,10 @@ def watch(
     thread.join(timeout=2)
     if worker_error:
         raise worker_error[0]
+    if disconnected_from:  # stdout stays NDJSON: the error goes to stderr only
+        from snpvirt import output
+        from snpvirt.errors import ExitCode
+
+        output.print_error(f"the watch ended while disconnected from {disconnected_from[0]}; events may have been missed",
+                           "check that libvirtd runs on that host, then watch again")
+        raise typer.Exit(int(ExitCode.CONNECTION))

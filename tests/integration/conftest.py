@@ -42,3 +42,16 @@ def libvirtd(tmp_path_factory, qemu_caps_cache):
         pytest.skip(reason)
     with IsolatedLibvirtd(tmp_path_factory.mktemp("libvirtd"), qemu_caps_cache) as daemon:
         yield daemon
+
+
+@pytest.fixture
+def held(libvirtd):
+    """The daemon's test driver keeps state only while a client is connected: hold one for the test."""
+    conn = libvirt.open(libvirtd.test_uri)
+    yield conn
+    for dom in conn.listAllDomains():
+        if dom.name() != "test":
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+    conn.close()

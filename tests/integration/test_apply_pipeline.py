@@ -83,10 +83,10 @@ def test_results_come_back_in_the_order_given(conn):
 
 
 def test_a_rendered_document_that_fails_the_schema_is_never_defined(conn):
-    """firmware = "/" passes the spec's checks; libvirt's schema wants a file name after the "/" (absFilePath).
-    The schema check runs on a worker now, before the define, in both apply and apply --check."""
+    """A multicast MAC passes the spec's checks (any six hex pairs); libvirt's schema wants a unicast one
+    (uniMacAddr). The schema check runs on a worker, before the define, in both apply and apply --check."""
     inputs = batch("schema")
-    inputs[3] = spec_input("schema-bad", firmware="/")
+    inputs[3] = spec_input("schema-bad", networks=[{"network": "default", "mac": "01:00:5e:00:00:01"}])
     for check in (True, False):
         outcomes = manager(conn, lambda: None).apply(inputs, check=check)
         bad = outcomes[3]

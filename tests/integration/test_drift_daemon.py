@@ -23,19 +23,6 @@ pytestmark = pytest.mark.daemon
 WEB = EXAMPLES / "web-01.toml"
 
 
-@pytest.fixture
-def held(libvirtd):
-    """The daemon's test driver keeps state only while a client is connected: hold one for the test."""
-    conn = libvirt.open(libvirtd.test_uri)
-    yield conn
-    for dom in conn.listAllDomains():
-        if dom.name() != "test":
-            if dom.isActive():
-                dom.destroy()
-            dom.undefine()
-    conn.close()
-
-
 def cli_json(*args):
     result = run_cli(*args, "--json")
     return result, json.loads(result.stdout)

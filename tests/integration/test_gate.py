@@ -13,7 +13,7 @@ from snpvirt.connection import Connection
 from snpvirt.errors import BadInputError, HostNotReadyError
 from snpvirt.manager import Manager, SpecInput
 from tests.conftest import GOLDEN, vector
-from tests.unit.fakehost import FakeHost, genoa_domcaps
+from tests.unit.fakehost import SNP_FIRMWARE, FakeHost, captured_descriptors, genoa_domcaps
 
 SPEC = {"name": "gate-01", "memory_mib": 2048, "vcpus": 2, "firmware": "/usr/share/ovmf/OVMF.amdsev.fd",
         "snp": {"cbitpos": 51, "reduced_phys_bits": 1}, "disks": [{"path": "/var/lib/libvirt/images/gate-01.qcow2"}]}
@@ -54,8 +54,9 @@ VERBS = {
     "define (spec)": (_nothing, lambda mgr: mgr.apply([spec_input()], start=False)[0]),
     "define (XML)": (_nothing, lambda mgr: mgr.define_xml((GOLDEN / "db-01.xml").read_bytes(), "db-01.xml")),
     "start": (_define_stopped, lambda mgr: mgr.start("gate-01")),
-    "import --fix (file)": (_nothing, lambda mgr: mgr.import_domain(vector(LEGACY_SEV).read_bytes(), None, fix=True,
-                                                                  check=False, sev=None, firmware=None)),
+    "import --fix (file)": (_nothing, lambda mgr: mgr.import_domain(
+        vector(LEGACY_SEV).read_bytes(), None, fix=True, check=False, sev=None, firmware=SNP_FIRMWARE,
+        installed=captured_descriptors())),
     "import --fix (by name)": (_define_unmanaged, _import_by_name),
 }
 

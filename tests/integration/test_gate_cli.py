@@ -12,23 +12,10 @@ import pytest
 from snpvirt.errors import ExitCode
 from tests.conftest import EXAMPLES, GOLDEN, assert_clean_error, run_cli, vector
 from tests.integration.test_gate import LEGACY_SEV, import_ready_xml
-from tests.unit.fakehost import FakeHost, genoa_domcaps
+from tests.unit.fakehost import SNP_FIRMWARE, FakeHost, genoa_domcaps
 
 pytestmark = pytest.mark.daemon
 WEB = EXAMPLES / "web-01.toml"
-
-
-@pytest.fixture
-def held(libvirtd):
-    """The daemon's test driver keeps state only while a client is connected: hold one for the test."""
-    conn = libvirt.open(libvirtd.test_uri)
-    yield conn
-    for dom in conn.listAllDomains():
-        if dom.name() != "test":
-            if dom.isActive():
-                dom.destroy()
-            dom.undefine()
-    conn.close()
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +47,7 @@ COMMANDS = {
     "define (spec)": (None, ("define", WEB), lambda c: not c.lookupByName("web-01").isActive()),
     "define (XML)": (None, ("define", GOLDEN / "db-01.xml"), lambda c: "snpvirt" in c.lookupByName("db-01").XMLDesc(0)),
     "start": (_define_web, ("start", "web-01"), lambda c: c.lookupByName("web-01").isActive()),
-    "import --fix (file)": (None, ("import", vector(LEGACY_SEV), "--fix"),
+    "import --fix (file)": (None, ("import", vector(LEGACY_SEV), "--fix", "--firmware", SNP_FIRMWARE),
                             lambda c: "sev-snp" in c.lookupByName("linux2020").XMLDesc(0)),
     "import --fix (by name)": (_define_unmanaged, ("import", "vm1", "--fix"),
                                lambda c: "snpvirt" in c.lookupByName("vm1").XMLDesc(0)),

@@ -21,19 +21,6 @@ pytestmark = pytest.mark.daemon
 WEB = EXAMPLES / "web-01.toml"
 
 
-@pytest.fixture
-def held(libvirtd):
-    """The daemon's test driver keeps state only while a client is connected: hold one for the test."""
-    conn = libvirt.open(libvirtd.test_uri)
-    yield conn
-    for dom in conn.listAllDomains():
-        if dom.name() != "test":
-            if dom.isActive():
-                dom.destroy()
-            dom.undefine()
-    conn.close()
-
-
 def cli_json(*args):
     result = run_cli(*args, "--json")
     return result, json.loads(result.stdout)
@@ -98,6 +85,56 @@ def test_cli_errors_have_their_exit_codes(libvirtd, held):
     assert several.code == ExitCode.PARTIAL and [r["ok"] for r in doc["results"]] == [True, False]
 
 
+def test_stop_several_at_once_and_the_bounds_of_waiting(libvirtd, held, tmp_path):
+    uri = libvirtd.test_uri
+    db = tmp_path / "db-01.toml"
+    db.write_text(WEB.read_text().replace('name = "web-01"', 'name = "db-01"'))
+    assert run_cli("apply", WEB, db, "-c", uri).code == 0
+    for bad in ("-5", "nan"):
+        result = run_cli("stop", "web-01", "--timeout", bad, "-c", uri)
+        assert result.code == ExitCode.BAD_INPUT and "--timeout" in result.stderr, result.stderr
+    assert all(held.lookupByName(n).isActive() for n in ("web-01", "db-01")), "a bad --timeout changes nothing"
+    result, doc = cli_json("stop", "web-01", "db-01", "--timeout", "0", "-c", uri)
+    assert result.code == 0, result.stderr  # the test driver's guests stop at once: no timeout
+    assert [(r["name"], r["changed"], r["state"]) for r in doc["results"]] == [("web-01", True, "shutoff"),
+                                                                               ("db-01", True, "shutoff")]
+    assert "waiting for" not in result.stderr, "nothing for people on stderr with --json"
+
+
+def test_undefine_of_a_running_domain_is_a_conflict(libvirtd, held):
+    uri = libvirtd.test_uri
+    assert run_cli("apply", WEB, "-c", uri).code == 0
+    result = run_cli("undefine", "web-01", "-c", uri)
+    assert result.code == ExitCode.CONFLICT and "hint: stop it first: snpvirt stop web-01" in result.stderr
+    result, doc = cli_json("undefine", "web-01", "-c", uri)
+    assert result.code == ExitCode.CONFLICT and doc["error"]["kind"] == "conflict"
+    assert held.lookupByName("web-01").isActive()
+
+
+def test_apply_converges_the_run_state_and_restarts_only_when_asked(libvirtd, held, tmp_path):
+    uri = libvirtd.test_uri
+    off = tmp_path / "web-01.toml"
+    off.write_text('state = "shutoff"\nautostart = true\n' + WEB.read_text())
+    assert run_cli("apply", WEB, "-c", uri).code == 0
+    plan = run_cli("apply", off, "--check", "-c", uri)
+    assert plan.code == 0 and "would set autostart and shut down" in plan.stdout, plan.stdout
+    result, doc = cli_json("apply", off, "-c", uri)
+    assert result.code == 0 and doc["changed"] and doc["results"][0]["state"] == "shutoff"
+    dom = held.lookupByName("web-01")
+    assert (dom.isActive(), dom.autostart()) == (0, 1)
+    _, doc = cli_json("apply", off, "-c", uri)
+    assert doc["changed"] is False
+
+    bigger = tmp_path / "bigger.toml"
+    bigger.write_text(WEB.read_text().replace("vcpus = 4", "vcpus = 2"))
+    assert run_cli("apply", WEB, "-c", uri).code == 0
+    assert run_cli("apply", bigger, "-c", uri).stdout.count("snpvirt apply SPEC --restart") == 1
+    restarted = run_cli("apply", bigger, "--restart", "-c", uri)
+    assert restarted.code == 0 and "restarted on its new definition" in restarted.stdout, restarted.stdout
+    _, doc = cli_json("status", "web-01", "-c", uri)
+    assert doc["results"][0]["restart_required"] is False
+
+
 def test_apply_on_the_real_qemu_driver_stops_at_the_gate(libvirtd):
     result = run_cli("apply", WEB, "-c", libvirtd.qemu_uri)
     assert result.code == ExitCode.NOT_READY and "Traceback" not in result.stderr
@@ -148,16 +185,20 @@ class Lines:
                 return event
 
 
-def wait_until_watching(lines: Lines, conn, timeout: float = 30) -> None:
+def wait_until_watching(lines: Lines, conn, timeout: float = 30, skipped: list | None = None) -> None:
     """Define the probe domain until the watcher reports it: from then on it is subscribed. Events, not
-    sleeps: a watcher that never subscribes fails here after `timeout` seconds."""
+    sleeps: a watcher that never subscribes fails here after `timeout` seconds. `skipped` collects the
+    other events read meanwhile."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         conn.defineXML(PROBE_XML)  # each definition is an event ("defined", "added" then "updated")
         line = lines.next(0.25)
         while line is not None:
-            if json.loads(line)["domain"] == PROBE:
+            event = json.loads(line)
+            if event["domain"] == PROBE:
                 return
+            if skipped is not None:
+                skipped.append(event)
             line = lines.next(0)
     pytest.fail(f"the watcher reported none of the probe's events within {timeout} s")
 
@@ -215,7 +256,10 @@ def test_watch_reconnects_after_the_daemon_restarts(tmp_path, qemu_caps_cache):
         with IsolatedLibvirtd(tmp_path / "h", qemu_caps_cache) as second:  # same socket path: the host came back
             conn = libvirt.open(second.test_uri)
             try:
-                wait_until_watching(lines, conn)  # seen from the second daemon: reconnected
+                meanwhile = []
+                wait_until_watching(lines, conn, skipped=meanwhile)  # seen from the second daemon: reconnected
+                link = [(e["event"], e["uri"], e["domain"]) for e in meanwhile if e["domain"] is None]
+                assert link == [("disconnected", uri, None), ("reconnected", uri, None)], meanwhile
                 conn.defineXML(PROBE_XML.replace(PROBE, "after").replace("0a7c11", "0af7e2"))
                 event = lines.event()
                 assert (event["domain"], event["event"]) == ("after", "defined")
@@ -225,6 +269,35 @@ def test_watch_reconnects_after_the_daemon_restarts(tmp_path, qemu_caps_cache):
         _, err = watcher.communicate(timeout=10)
         assert watcher.returncode == 0, err
         assert b"lost; reconnecting" in err and b"reconnected to" in err
+    finally:
+        watcher.kill()
+        watcher.wait()
+
+
+def test_watch_that_ends_disconnected_says_so_and_exits_6(tmp_path, qemu_caps_cache):
+    reason = libvirtd_available()
+    if reason:
+        pytest.skip(reason)
+    with IsolatedLibvirtd(tmp_path / "h", qemu_caps_cache) as daemon:
+        uri = daemon.test_uri
+        watcher = start_watch(uri, "--timeout", "10")  # ends by itself, after the daemon is gone
+        lines = Lines(watcher.stdout)
+        conn = libvirt.open(uri)
+        try:
+            wait_until_watching(lines, conn)
+        finally:
+            conn.close()
+    try:
+        deadline = time.monotonic() + 30
+        line = lines.next(30)
+        while line is not None and json.loads(line)["domain"] is not None and time.monotonic() < deadline:
+            line = lines.next(max(0.0, deadline - time.monotonic()))  # the probe's last events
+        assert line is not None, "no disconnected event"
+        event = json.loads(line)
+        assert (event["event"], event["uri"], event["domain"]) == ("disconnected", uri, None)
+        _, err = watcher.communicate(timeout=30)
+        assert watcher.returncode == ExitCode.CONNECTION, err
+        assert b"snpvirt: error: the watch ended while disconnected" in err and b"Traceback" not in err
     finally:
         watcher.kill()
         watcher.wait()

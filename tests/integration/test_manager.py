@@ -11,10 +11,11 @@ from lxml import etree
 from snpvirt import events, readiness, sevparams
 from snpvirt import spec as specs
 from snpvirt.connection import Connection
-from snpvirt.errors import (ConflictError, ExitCode, NotFoundError, OperationTimeoutError, SnpvirtError,
+from snpvirt.errors import (BadInputError, ConflictError, ExitCode, NotFoundError, OperationTimeoutError, SnpvirtError,
                             StartFailedError)
 from snpvirt.manager import Manager, SpecInput
 from tests.conftest import GOLDEN, vector
+from tests.unit.fakehost import SNP_FIRMWARE, installed_firmware
 
 BASE = {"name": "mgr-01", "memory_mib": 2048, "vcpus": 2, "firmware": "/usr/share/ovmf/OVMF.amdsev.fd",
         "boot": {"kernel": "/boot/vmlinuz", "cmdline": "console=ttyS0"},
@@ -154,10 +155,71 @@ def test_verbs_are_idempotent(mgr, conn):
         mgr.start("mgr-01")
 
 
-def test_undefine_refuses_a_running_domain(mgr):
+def test_undefine_refuses_a_running_domain_as_a_conflict(mgr, conn):
     mgr.apply([spec()])
-    with pytest.raises(SnpvirtError, match="undefines only stopped domains"):
+    with pytest.raises(ConflictError, match="undefines only stopped domains") as info:
         mgr.undefine("mgr-01")
+    assert info.value.exit_code == ExitCode.CONFLICT and "snpvirt stop mgr-01" in info.value.hint
+    assert conn.state("mgr-01") == "running"
+
+
+def test_stop_with_no_time_to_wait_reads_the_state_again(mgr, conn):
+    """The test driver's guests stop the moment they are asked: with --timeout 0 the deadline has passed
+    by the time anyone looks, and the guest is stopped. That is a stop, not a timeout."""
+    mgr.apply([spec()])
+    done = mgr.stop("mgr-01", 0, False)
+    assert (done.ok, done.changed, done.state) == (True, True, "shutoff")
+
+
+def test_a_negative_stop_timeout_is_bad_input(mgr, conn):
+    mgr.apply([spec()])
+    with pytest.raises(BadInputError, match="0 or more seconds"):
+        mgr.stop_all(["mgr-01"], -5, False)
+    assert conn.state("mgr-01") == "running"
+
+
+class RecordsCalls(Connection):
+    """Records the order of shutdown requests and state reads; with `ignore`, guests never react."""
+
+    def __init__(self, uri, ignore=False):
+        super().__init__(uri)
+        self.calls, self.ignore = [], ignore
+
+    def shutdown(self, name):
+        self.calls.append(("shutdown", name))
+        if not self.ignore:
+            super().shutdown(name)
+
+    def state(self, name):
+        self.calls.append(("state", name))
+        return super().state(name)
+
+    def start(self, name):
+        self.calls.append(("start", name))
+        return super().start(name)
+
+
+def test_stop_asks_every_domain_before_waiting_for_any(clean_test_driver):
+    with RecordsCalls("test:///default", ignore=True) as conn:
+        m = make_manager(conn)
+        names = ["mgr-21", "mgr-22", "mgr-23"]
+        m.apply([spec(name=n) for n in names])
+        conn.calls.clear()
+        heard = []
+        outcomes = m.stop_all(names + ["nosuch"], 0.2, False, poll_s=0.05, waiting=lambda left, _s: heard.append(left))
+        first_read = next(i for i, call in enumerate(conn.calls) if call[0] == "state")
+        assert [c for c in conn.calls[:first_read]] == [("shutdown", n) for n in names]
+        assert heard and heard[0] == names, "people hear which guests are still shutting down"
+        assert [o.error.kind for o in outcomes] == ["timeout", "timeout", "timeout", "not_found"]
+        assert [conn.state(n) for n in names] == ["running"] * 3
+
+
+def test_stop_all_stops_them_all(clean_test_driver):
+    with RecordsCalls("test:///default") as conn:
+        m = make_manager(conn)
+        m.apply([spec(name="mgr-24"), spec(name="mgr-25")])
+        outcomes = m.stop_all(["mgr-24", "mgr-25"], 5, False)
+        assert [(o.ok, o.changed, o.state) for o in outcomes] == [(True, True, "shutoff")] * 2
 
 
 class IgnoresShutdown(Connection):
@@ -192,21 +254,23 @@ def test_list_shows_only_managed_domains(mgr):
     assert (row["vcpus"], row["memory_mib"], row["policy"], row["kernel_hashes"], row["state"]) == (2, 2048, "0x30000", True, "running")
 
 
-@pytest.mark.parametrize("name,ok,changes", [
-    ("virt-install-x86_64-launch-security-sev-snp.xml", True, 2),
-    ("virt-install-amd-sev.xml", True, 3),
-    ("virt-install-x86_64-launch-security-sev-snp-full.xml", False, 0),
+@pytest.mark.parametrize("name,firmware,ok,changes", [
+    ("virt-install-x86_64-launch-security-sev-snp.xml", None, True, 2),
+    ("virt-install-amd-sev.xml", SNP_FIRMWARE, True, 3),  # its OVMF_CODE.fd is no SNP build: replaced
+    ("virt-install-amd-sev.xml", None, False, 3),
+    ("virt-install-x86_64-launch-security-sev-snp-full.xml", None, False, 0),
 ])
-def test_import_virt_manager_domains(mgr, conn, name, ok, changes):
+def test_import_virt_manager_domains(mgr, conn, name, firmware, ok, changes, tmp_path):
     xml = vector(f"virt-manager/{name}").read_bytes()
-    outcome = mgr.import_domain(xml, None, fix=True, check=False, sev=None, firmware=None)
+    installed = installed_firmware(tmp_path)
+    outcome = mgr.import_domain(xml, None, fix=True, check=False, sev=None, firmware=firmware, installed=installed)
     assert outcome.ok is ok
     if ok:
         assert len(outcome.details["changes"]) == changes
     domain = outcome.name
     if ok:
         assert mgr.status(domain)["origin"] == "import"
-        again = mgr.import_domain(xml, None, fix=True, check=False, sev=None, firmware=None)
+        again = mgr.import_domain(xml, None, fix=True, check=False, sev=None, firmware=firmware, installed=installed)
         assert (again.ok, again.action, again.changed) == (True, "unchanged", False)
     else:
         assert outcome.error.exit_code == ExitCode.BAD_INPUT and conn.lookup(domain) is None
@@ -230,9 +294,10 @@ def with_nvram(xml: str) -> str:
     return xml.replace(loader, loader + "\n    <nvram>/var/lib/libvirt/qemu/nvram/linux2020_VARS.fd</nvram>")
 
 
-def test_import_fix_drops_nvram_from_what_libvirt_defines(mgr, conn):
+def test_import_fix_drops_nvram_from_what_libvirt_defines(mgr, conn, tmp_path):
     xml = with_nvram(vector("virt-manager/virt-install-amd-sev.xml").read_text()).encode()
-    outcome = mgr.import_domain(xml, None, fix=True, check=False, sev=None, firmware=None)
+    outcome = mgr.import_domain(xml, None, fix=True, check=False, sev=None, firmware=SNP_FIRMWARE,
+                                installed=installed_firmware(tmp_path))
     assert outcome.ok, outcome.error
     assert "snp.no_nvram" in {f["id"] for f in outcome.details["broken_rules"]}
     assert "removed <nvram>: SEV-SNP firmware is stateless" in outcome.details["changes"]
@@ -240,9 +305,10 @@ def test_import_fix_drops_nvram_from_what_libvirt_defines(mgr, conn):
     assert defined.find("os/nvram") is None and defined.find("os/loader").get("stateless") == "yes"
 
 
-def test_import_check_defines_nothing(mgr, conn):
+def test_import_check_defines_nothing(mgr, conn, tmp_path):
     xml = with_nvram(vector("virt-manager/virt-install-amd-sev.xml").read_text()).encode()
-    plan = mgr.import_domain(xml, None, fix=True, check=True, sev=None, firmware=None)
+    plan = mgr.import_domain(xml, None, fix=True, check=True, sev=None, firmware=SNP_FIRMWARE,
+                             installed=installed_firmware(tmp_path))
     assert (plan.ok, plan.changed, plan.details["planned"]) == (True, True, True)
     assert plan.details["changes"] and "-    <nvram>" in plan.details["xml_diff"]
     assert conn.lookup("linux2020") is None, "--check defines nothing"
@@ -328,3 +394,95 @@ def test_define_of_an_edited_document_updates_it(mgr, conn):
     outcome = mgr.define_xml(edited.encode(), "db-01.xml")
     assert (outcome.action, outcome.changed) == ("update", True) and mgr.status("db-01")["memory_mib"] == 4096
     assert mgr.define_xml(edited.encode(), "db-01.xml").action == "unchanged"
+
+
+# --- desired run state: state, autostart, --restart ------------------------------------------------
+
+
+def test_state_shutoff_defines_without_starting_and_shuts_a_running_domain_down(mgr, conn):
+    plan = mgr.apply([spec(state="shutoff")], check=True)[0]
+    assert (plan.action, plan.changed, plan.details["will_start"]) == ("create", True, False)
+    assert mgr.apply([spec(state="shutoff")])[0].state == "shutoff" and conn.state("mgr-01") == "shutoff"
+    assert mgr.apply([spec(state="shutoff")])[0].changed is False
+
+    mgr.apply([spec()])  # running (the default)
+    plan = mgr.apply([spec(state="shutoff")], check=True)[0]
+    assert (plan.action, plan.changed, plan.details["will_stop"]) == ("unchanged", True, True)
+    assert plan.details["diff"] == [{"key": "state", "from": "running", "to": "shutoff"}]
+    assert conn.state("mgr-01") == "running", "--check changes nothing"
+    done = mgr.apply([spec(state="shutoff")])[0]
+    assert (done.ok, done.changed, done.state) == (True, True, "shutoff") and conn.state("mgr-01") == "shutoff"
+    assert mgr.apply([spec(state="shutoff")], check=True)[0].changed is False
+    assert mgr.apply([spec(state="shutoff")])[0].changed is False
+
+
+def test_the_run_state_never_redefines_the_domain(mgr, conn):
+    mgr.apply([spec()])
+    before = conn.lookup("mgr-01").xml
+    mgr.apply([spec(state="shutoff", autostart=True)])
+    assert conn.lookup("mgr-01").xml == before
+
+
+def test_autostart_converges_through_libvirts_flag(mgr, conn):
+    plan = mgr.apply([spec(autostart=True)], check=True)[0]
+    assert {"key": "autostart", "from": False, "to": True} in plan.details["diff"]
+    assert mgr.apply([spec(autostart=True)])[0].changed and conn.autostart("mgr-01") is True
+    assert mgr.apply([spec(autostart=True)], check=True)[0].changed is False
+    assert mgr.apply([spec(autostart=True)])[0].changed is False
+    assert mgr.apply([spec()])[0].changed is False and conn.autostart("mgr-01") is True, "a silent spec leaves it"
+    plan = mgr.apply([spec(autostart=False)], check=True)[0]
+    assert (plan.changed, plan.details["diff"]) == (True, [{"key": "autostart", "from": True, "to": False}])
+    assert conn.autostart("mgr-01") is True, "--check changes nothing"
+    assert mgr.apply([spec(autostart=False)])[0].changed and conn.autostart("mgr-01") is False
+    assert mgr.apply([spec(autostart=False)])[0].changed is False
+
+
+def test_restart_applies_a_new_definition_only_when_asked(mgr, conn):
+    mgr.apply([spec()])
+    updated = mgr.apply([spec(vcpus=4)])[0]
+    assert updated.details["restart_required"] and "restarted" not in updated.details, "nothing restarts implicitly"
+    plan = mgr.apply([spec(vcpus=4)], check=True, restart=True)[0]
+    assert (plan.changed, plan.details["will_restart"]) == (True, True)
+    assert mgr.status("mgr-01")["restart_required"] is True, "--check changes nothing"
+    done = mgr.apply([spec(vcpus=4)], restart=True)[0]
+    assert (done.ok, done.changed, done.state, done.details["restarted"]) == (True, True, "running", True)
+    assert mgr.status("mgr-01")["restart_required"] is False and mgr.status("mgr-01")["vcpus"] == 4
+    again = mgr.apply([spec(vcpus=4)], restart=True)[0]
+    assert (again.changed, again.details["will_restart"]) == (False, False)
+
+
+class SlowToShutDown(RecordsCalls):
+    """Guests that take a moment to shut down, so restarts on two workers would overlap; counts the
+    restarts in flight (from the shutdown request until the start)."""
+
+    def __init__(self, uri):
+        super().__init__(uri)
+        self.in_flight, self.most_in_flight, self.lock = set(), 0, threading.Lock()
+
+    def shutdown(self, name):
+        with self.lock:
+            self.in_flight.add(name)
+            self.most_in_flight = max(self.most_in_flight, len(self.in_flight))
+        time.sleep(0.2)  # gives another worker the time to begin a restart, if it may
+        super().shutdown(name)
+
+    def start(self, name):
+        super().start(name)
+        with self.lock:
+            self.in_flight.discard(name)
+
+
+def test_restart_takes_one_domain_at_a_time(clean_test_driver):
+    with SlowToShutDown("test:///default") as conn:
+        m = make_manager(conn)
+        names = ["mgr-31", "mgr-32", "mgr-33"]
+        m.apply([spec(name=n) for n in names])
+        m.apply([spec(name=n, vcpus=4) for n in names])
+        conn.calls.clear()
+        outcomes = m.apply([spec(name=n, vcpus=4) for n in names], restart=True)
+        assert all(o.details.get("restarted") for o in outcomes)
+        steps = [c for c in conn.calls if c[0] in ("shutdown", "start")]
+        assert sorted(steps[i][1] for i in range(0, 6, 2)) == names
+        assert all(steps[i][1] == steps[i + 1][1] and (steps[i][0], steps[i + 1][0]) == ("shutdown", "start")
+                   for i in range(0, 6, 2)), steps
+        assert conn.most_in_flight == 1

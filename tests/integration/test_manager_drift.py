@@ -406,3 +406,20 @@ def test_start_is_not_refused_for_changes_that_leave_the_launch_alone(mgr, conn,
     mgr.apply([SpecInput("web-01", specs.load_spec(EXAMPLES / "web-01.toml"))], start=False)
     edit_outside(clean_test_driver, "web-01", DRIFTS["memory"][0])  # e.g. `virsh setmaxmem --config`
     assert mgr.start("web-01").changed is True
+
+
+def test_start_checks_what_runs_a_definition_changed_between_check_and_start_is_destroyed(conn, clean_test_driver):
+    """The check before start and libvirt's create are two calls: another tool can define in between
+    (here, at the worst moment: just before create). What runs is checked again and never left running."""
+    make_manager(conn).apply([spec(name="race-01")], start=False)
+
+    real_start = conn.start
+
+    def start_after_another_tool_defines(name):
+        edit_outside(clean_test_driver, name, strip_snp_behind_a_comment)
+        real_start(name)
+
+    conn.start = start_after_another_tool_defines
+    with pytest.raises(ConflictError, match="changed while snpvirt started it"):
+        make_manager(conn).start("race-01")
+    assert conn.state("race-01") == "shutoff"

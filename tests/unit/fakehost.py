@@ -73,6 +73,34 @@ class FakeHost:
             handle.write(struct.pack("<4I", *regs))
 
 
+SEV_ONLY_DESCRIPTOR = "libvirt/firmware/45-ovmf-sev-stateless.json"  # names /usr/share/OVMF/OVMF.sev.fd
+SNP_FIRMWARE = "/usr/share/edk2/ovmf/OVMF.amdsev.fd"  # what SNP_DESCRIPTOR names
+
+
+def installed_firmware(root: Path):
+    """A host's firmware as import judges it: the captured SNP descriptor and the file it names, and a
+    captured SEV-only descriptor (no amd-sev-snp). Not this machine's /usr/share/qemu/firmware."""
+    from snpvirt.firmware import InstalledFirmware
+
+    for relative in (SNP_DESCRIPTOR, SEV_ONLY_DESCRIPTOR):
+        target = root / "usr/share/qemu/firmware" / Path(relative).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(vector(relative).read_bytes())
+    firmware = root / SNP_FIRMWARE.lstrip("/")
+    firmware.parent.mkdir(parents=True, exist_ok=True)
+    firmware.write_bytes(vector(AMDSEV_OVMF).read_bytes())
+    return InstalledFirmware.read(root)
+
+
+def captured_descriptors():
+    """The captured descriptors alone, for a host whose files are not here (a remote URI)."""
+    from snpvirt.firmware import InstalledFirmware, parse_descriptor
+
+    return InstalledFirmware(tuple(parse_descriptor(vector(relative).read_text(), "/usr/share/qemu/firmware/"
+                                                    + Path(relative).name)
+                                   for relative in (SNP_DESCRIPTOR, SEV_ONLY_DESCRIPTOR)), None)
+
+
 def genoa_domcaps() -> Path:
     return vector(GENOA_DOMCAPS)
 

@@ -252,7 +252,7 @@ def test_remote_uri_skips_local_files(milan):
 
 def test_cli_human_and_json_for_a_ready_host(milan):
     runner = CliRunner()
-    args = ["host", "check", "--sysroot", str(milan.root), "--domcaps", str(genoa_domcaps())]
+    args = ["host", "check", "--sysroot", str(milan.root), "--host-caps", str(genoa_domcaps())]
     human = runner.invoke(app, args)
     assert human.exit_code == 0, human.output
     assert "pass  cpu.sev_snp" in human.output and human.output.rstrip().endswith("ready for SEV-SNP guests")
@@ -265,16 +265,16 @@ def test_cli_human_and_json_for_a_ready_host(milan):
 
 def test_cli_not_ready_shows_fixes_and_exits_3(milan, tmp_path):
     domcaps = broken(milan, tmp_path, "kernel.iommu")
-    result = CliRunner().invoke(app, ["host", "check", "--sysroot", str(milan.root), "--domcaps", str(domcaps)])
+    result = CliRunner().invoke(app, ["host", "check", "--sysroot", str(milan.root), "--host-caps", str(domcaps)])
     assert result.exit_code == ExitCode.NOT_READY
     assert "fail  kernel.iommu" in result.output and "fix: remove iommu=pt" in result.output
-    doc = json.loads(CliRunner().invoke(app, ["host", "check", "--sysroot", str(milan.root), "--domcaps", str(domcaps),
+    doc = json.loads(CliRunner().invoke(app, ["host", "check", "--sysroot", str(milan.root), "--host-caps", str(domcaps),
                                               "--json"]).output)
     assert doc["ready"] is False and [c["id"] for c in doc["checks"] if c["status"] == "fail"] == ["kernel.iommu"]
 
 
 def test_cli_policy_from_a_spec(milan, capsys):
-    code = run(["host", "check", "--sysroot", str(milan.root), "--domcaps", str(genoa_domcaps()),
+    code = run(["host", "check", "--sysroot", str(milan.root), "--host-caps", str(genoa_domcaps()),
                 "--policy", str(EXAMPLES / "db-01.toml"), "--json"])
     doc = json.loads(capsys.readouterr().out)
     checks = {c["id"]: c for c in doc["checks"]}
@@ -285,7 +285,8 @@ def test_cli_policy_from_a_spec(milan, capsys):
 @pytest.mark.parametrize("args,fragment", [
     (["--policy", "0xzz"], "--policy '0xzz' is neither a spec file nor a hexadecimal policy"),
     (["--sysroot", "/nonexistent"], "is not a directory"),
-    (["--domcaps", "/nonexistent.xml", "--sysroot", "/"], "cannot read --domcaps"),
+    (["--host-caps", "/nonexistent.xml", "--sysroot", "/"], "cannot read --host-caps"),
+    (["--domcaps", "/nonexistent.xml", "--sysroot", "/"], "cannot read --host-caps"),  # the old name, still read
 ])
 def test_cli_bad_arguments_exit_2(capsys, args, fragment):
     code = run(["host", "check", *args])

@@ -73,3 +73,8 @@ def test_the_lazy_command_table_matches_the_commands():
         doc = target.registered_callback.callback.__doc__ if isinstance(target, typer.Typer) else target.__doc__
         assert " ".join(doc.split("\n\n")[0].split()) == listed_help, name
         assert load_command(name).name in (name, "")  # a sub-app group takes its name from the table
+
+
+def test_fileio_stays_at_the_vocabulary_level():
+    """Every layer reads and writes files through fileio, so it may lean on nothing but the errors."""
+    assert {n for n in imports(PACKAGE / "fileio.py") if n.startswith("snpvirt")} == {"snpvirt.errors"}

@@ -137,7 +137,7 @@ def test_firmware_problems_are_clear(tmp_path):
         measure.measure(not_ovmf.read_bytes(), vcpus=1, signature=0x800F12)
     with pytest.raises(BadInputError, match=r"firmware .*/nope\.fd: not found on this machine"):
         launch.measure_files(str(tmp_path / "nope.fd"), vcpus=1, signature=0x800F12, guest_features=1)
-    with pytest.raises(BadInputError, match="unknown vCPU type 'EPYC-Foo'") as info:
+    with pytest.raises(BadInputError, match="vCPU type 'EPYC-Foo' is not a QEMU EPYC model snpvirt can measure") as info:
         measure.vcpu_signature("EPYC-Foo")
     assert "EPYC-Genoa" in info.value.hint
     with pytest.raises(BadInputError, match="host-passthrough") as info:

@@ -200,3 +200,13 @@ def test_an_inline_private_key_is_not_echoed(tmp_path, verb, how):
 def test_an_ordinary_rejected_value_is_still_quoted():
     assert "'relative/OVMF.fd' is not an absolute file path" in rejects("absolute", firmware="relative/OVMF.fd").message
     assert "not repeated" in rejects("absolute", snp={"id_key": "key.pem"}).message, "a key's value is never repeated"
+
+
+def test_run_state_defaults_and_checks():
+    vm = parse()
+    assert (vm.state, vm.autostart) == ("running", None), "a silent spec leaves autostart as it is"
+    vm = parse(state="shutoff", autostart=True)
+    assert (vm.state, vm.autostart) == ("shutoff", True)
+    assert "state" not in vm.source and "autostart" not in vm.source, "the run state is not part of the definition"
+    rejects(r"state: 'paused' is not one of running, shutoff", state="paused")
+    rejects(r"autostart: expected true or false", autostart="yes")
