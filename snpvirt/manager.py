@@ -92,6 +92,7 @@ class _Plan:
     start: bool  # the spec wants it running and it is not
     diff: list[dict[str, Any]] = field(default_factory=list)
     xml: str | None = None
+    asked_snp: dict[str, Any] | None = None  # the SNP projection of `xml`, from the parse that checked it
     restart_required: bool = False  # the running domain's live definition differs from the desired one
     restart: bool = False  # apply --restart: shut it down and start it again on the desired definition
     stop: bool = False  # the spec wants it shut off and it is active
@@ -112,6 +113,15 @@ class _DefinedMeanwhile(ConflictError):
 
 
 RACE_RETRIES = 3  # re-plans after losing a create race; each one sees the domain the other client made
+# Threads carrying out plans. libvirt's remote protocol keeps several calls in flight on one connection
+# (libvirt-python releases the GIL in each call), so the define / XMLDesc / create round trips of several
+# domains overlap. A worker also waits for the GIL between its calls (the main thread renders meanwhile),
+# so 8 keep a daemon's 5 request slots per client (max_client_requests) busy; more wait in the socket.
+LIBVIRT_WORKERS = 8
+# Plans handed to the workers and not yet carried out. Without a bound the main thread renders every spec
+# first, holding the GIL, while the workers wait for it between their calls and the daemon idles; then
+# the libvirt work follows as a long tail. Two per worker keeps each one fed and the tail short.
+LOOKAHEAD = 2 * LIBVIRT_WORKERS
 
 
 def _snp_errors(definition: str | etree._Element, allow_debug: bool) -> list[Finding]:
@@ -158,6 +168,8 @@ class Manager:
         self.clock = clock
         self.warnings: list[Finding] = []
         self._ready = False
+        self._not_ready: tuple[str, str] | None = None  # the gate's refusal, given again to every later caller
+        self._gate_lock = threading.Lock()  # the gate runs once, whichever thread asks first
         self.shutdown_timeout_s = 60.0  # how long apply waits for a graceful shutdown (state = "shutoff", --restart)
         self._restarting = threading.Lock()  # --restart: one domain of this host at a time
 
@@ -166,18 +178,25 @@ class Manager:
     def ensure_ready(self) -> None:
         """Fail closed before the first change. The gate has no report only for a simulated hypervisor
         (libvirt's test driver without a captured host's facts): then say that the gate does not apply."""
-        if self._ready:
-            return
-        report = self._gate()
-        if report is None and self.hv.simulated:
-            self.warnings.append(Finding("gate.simulated", "warning",
-                                         "libvirt's test driver is a simulated hypervisor: the SEV-SNP readiness gate does not apply",
-                                         "use a qemu:// URI for real guests"))
-        elif report is None or not report.ready:  # a real hypervisor without a report is never waved through
-            raise HostNotReadyError("host not ready for SEV-SNP, nothing was changed: "
-                                    + (report.summary if report else "no host facts to check"),
-                                    f"see the fixes: snpvirt host check --connect {self.hv.uri or '<uri>'}")
-        self._ready = True
+        with self._gate_lock:
+            if self._ready:
+                return
+            if self._not_ready is None:
+                report = self._gate()
+                if report is None and self.hv.simulated:
+                    self.warnings.append(Finding("gate.simulated", "warning",
+                                                 "libvirt's test driver is a simulated hypervisor: the SEV-SNP readiness gate does not apply",
+                                                 "use a qemu:// URI for real guests"))
+                    self._ready = True
+                    return
+                if report is not None and report.ready:
+                    self._ready = True
+                    return
+                # A real hypervisor without a report is never waved through.
+                self._not_ready = ("host not ready for SEV-SNP, nothing was changed: "
+                                   + (report.summary if report else "no host facts to check"),
+                                   f"see the fixes: snpvirt host check --connect {self.hv.uri or '<uri>'}")
+            raise HostNotReadyError(*self._not_ready)
 
     # --- managed domains -------------------------------------------------------------------------
 
@@ -247,20 +266,23 @@ class Manager:
             return False
         return bool(drift.differences(desired, drift.project(domxml.parse(record.live_xml))))
 
-    def _define_checked(self, xml: str, previous: DomainRecord | None) -> DomainRecord:
+    def _define_checked(self, xml: str, previous: DomainRecord | None,
+                        asked_snp: dict[str, Any] | None = None) -> DomainRecord:
         """Define, then check libvirt's own view of it: every SNP setting it was given kept, so every SNP rule
         holds. A failed check rolls back: an update puts the previous definition back (never an undefine,
-        which would delete the user's domain); a new domain is removed."""
-        asked = domxml.parse(xml)
+        which would delete the user's domain); a new domain is removed. `asked_snp`: the SNP projection of
+        `xml` when the caller has it already (render parsed the document)."""
+        if asked_snp is None:
+            asked_snp = drift.project(domxml.parse(xml), snp_only=True)
         try:
             record = self.hv.define(xml)
         except SnpvirtError:
-            name = asked.findtext("name")
+            name = domxml.parse(xml).findtext("name")
             if previous is None and self.hv.lookup(name) is not None:
                 raise _DefinedMeanwhile(f"domain {name} was defined by another client at the same time",
                                         "run the command again: it will see that domain") from None
             raise
-        problem = self._not_kept(asked, record.xml)
+        problem = self._not_kept(asked_snp, record.xml)
         if problem is not None:
             if previous is None:
                 self.hv.undefine(record.name)
@@ -271,7 +293,7 @@ class Manager:
         return record
 
     @staticmethod
-    def _not_kept(asked: etree._Element, stored_xml: str) -> tuple[str, str] | None:
+    def _not_kept(asked_snp: dict[str, Any], stored_xml: str) -> tuple[str, str] | None:
         """(message, hint) when libvirt's stored definition lost or changed an SEV-SNP setting it was given.
 
         Every document defined here passed every SNP rule first (render, define_xml and import check it),
@@ -282,7 +304,7 @@ class Manager:
             stored = domxml.parse(stored_xml)
         except etree.XMLSyntaxError as exc:
             return f"is not well-formed XML ({exc})", "see the libvirt log of this host"
-        lost = drift.differences(drift.project(asked, snp_only=True), drift.project(stored, snp_only=True))
+        lost = drift.differences(asked_snp, drift.project(stored, snp_only=True))
         if lost:
             return (f"does not keep what it was given ({_drift_text(lost)})",
                     "this libvirt does not keep these SEV-SNP settings: use libvirt >= 10.5 on this host")
@@ -344,11 +366,20 @@ class Manager:
             return None
 
     def _with_xml(self, plan: _Plan, defined_at: str, now: str, record: launch.LaunchRecord | None = None) -> _Plan:
-        """The document to define: rendered with the launch record and the stamp, checked by render."""
+        """The document to define, rendered with the launch record and the stamp. It is checked (schema, SNP
+        rules) by _execute, on the thread that carries the plan out, before anything else is done with it."""
         record = record or launch.record(plan.spec)
         stamp = Stamp(defined_at, now, record.expected.digests)
-        plan.xml = render.render(plan.spec, self._resolve_sev(plan.spec), self.allow_debug, stamp, record).xml
+        plan.xml = render.render_xml(plan.spec, self._resolve_sev(plan.spec), stamp, record)
         return plan
+
+    def _check_rendered(self, plan: _Plan) -> None:
+        """Raise BadInputError unless the plan's document passes libvirt's schema and every SNP rule, as
+        render.render checks it; keep its SNP projection for the check after define. On a worker thread,
+        the parse and the schema check run without the GIL, beside the main thread's next render."""
+        if plan.xml is not None and plan.asked_snp is None:
+            _, root = render.check_rendered(plan.spec.name, plan.xml, self.allow_debug)
+            plan.asked_snp = drift.project(root, snp_only=True)
 
     def apply(self, inputs: Iterable[SpecInput], check: bool = False, start: bool = True,
               restart: bool = False) -> list[Outcome]:
@@ -356,14 +387,17 @@ class Manager:
         run state: running or shut off; `restart`: restart the ones running an older definition. `check`
         only plans.
 
-        Specs are planned (parsed, rendered, validated) on this thread while two worker threads carry
-        out earlier plans through libvirt: the CPU work and the RPC round trips overlap. Each domain's
-        own steps stay in order (one worker owns a plan); results come back in the order given.
+        Specs are planned (parsed, rendered) on this thread, which also passes the readiness gate before
+        the first change (a plan is refused alike), while LIBVIRT_WORKERS threads carry out earlier plans:
+        the CPU work and the RPC round trips overlap. Each domain's own steps stay in order (one worker
+        owns a plan: check the rendered document, define, check libvirt's copy, autostart, run state);
+        results come back in the order given.
         """
         existing_names = self.hv.domain_names()
         seen: set[str] = set()
         results: list[Outcome | Future[Outcome]] = []
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="snpvirt-apply") as libvirt_workers:
+        slots = threading.BoundedSemaphore(LOOKAHEAD)
+        with ThreadPoolExecutor(LIBVIRT_WORKERS, thread_name_prefix="snpvirt-apply") as libvirt_workers:
             for item in inputs:
                 planned = self._plan_item(item, seen, existing_names)
                 if isinstance(planned, Outcome):
@@ -376,7 +410,10 @@ class Manager:
                 if check:
                     results.append(self._execute(planned, True, start))
                     continue
-                results.append(libvirt_workers.submit(self._execute, planned, False, start))
+                slots.acquire()  # waits (without the GIL) while LOOKAHEAD plans are still to be carried out
+                future = libvirt_workers.submit(self._execute, planned, False, start)
+                future.add_done_callback(lambda _: slots.release())
+                results.append(future)
         return [r.result() if isinstance(r, Future) else r for r in results]
 
     def _plan_item(self, item: SpecInput, seen: set[str], existing_names: set[str]) -> _Plan | Outcome:
@@ -393,6 +430,10 @@ class Manager:
             return Outcome(spec.name, _refused_action(err)).fail(err)
 
     def _execute(self, plan: _Plan, check: bool, start: bool, retries: int = RACE_RETRIES) -> Outcome:
+        try:
+            self._check_rendered(plan)
+        except BadInputError as err:
+            return Outcome(plan.spec.name, "invalid").fail(err)
         existing_state = plan.existing.state if plan.existing else None
         will_start, will_stop, will_restart = start and plan.start, start and plan.stop, plan.restart
         run_state = [c for c in plan.run_state_diff() if start or c["key"] != "state"]  # define leaves it running
@@ -410,7 +451,7 @@ class Manager:
             return out
         try:
             if plan.xml is not None:
-                self._define_checked(plan.xml, plan.existing)
+                self._define_checked(plan.xml, plan.existing, plan.asked_snp)
                 out.changed, out.state = True, existing_state or "shutoff"
             if plan.autostart is not None:
                 self.hv.set_autostart(plan.spec.name, plan.autostart)

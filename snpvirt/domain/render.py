@@ -9,13 +9,14 @@ from pathlib import Path
 
 import jinja2
 import markupsafe
+from lxml import etree
 
 from snpvirt import __version__
 from snpvirt.domain import xml as domxml
 from snpvirt import policy as snp_policy
 from snpvirt.errors import BadInputError
 from snpvirt.launch.inputs import LaunchRecord
-from snpvirt.models import RenderResult, Stamp, VmSpec
+from snpvirt.models import Finding, RenderResult, Stamp, VmSpec
 from snpvirt.domain.sevparams import SevParams
 
 DOMAIN_TEMPLATE = "domain.xml.j2"
@@ -39,6 +40,7 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
+        auto_reload=False,  # the templates ship with the package: no stat of the file on every render
     )
     env.globals["yes_no"] = lambda flag: "yes" if flag else "no"
     env.globals["hex"] = lambda number: f"{number:#x}"
@@ -81,11 +83,7 @@ def render(spec: VmSpec, sev: SevParams, allow_debug: bool = False, stamp: Stamp
     the caller, which reads the files; without them the metadata holds the spec alone.
     """
     xml = render_xml(spec, sev, stamp, launch)
-    findings = domxml.check(xml, allow_debug=allow_debug)
-    errors = [f for f in findings if f.severity == "error"]
-    if errors:
-        first = errors[0]
-        raise BadInputError(f"{spec.name}: rendered XML breaks rule {first.rule_id}: {first.message}", first.hint)
+    findings, _ = check_rendered(spec.name, xml, allow_debug)
     return RenderResult(
         name=spec.name,
         xml=xml,
@@ -95,3 +93,15 @@ def render(spec: VmSpec, sev: SevParams, allow_debug: bool = False, stamp: Stamp
         sev_params_source=sev.source,
         warnings=sev.warnings + tuple(findings),
     )
+
+
+def check_rendered(name: str, xml: str, allow_debug: bool = False) -> tuple[list[Finding], etree._Element]:
+    """The checks every rendered document passes before it is shown or defined: libvirt's schema and every
+    SNP rule. Raises BadInputError on the first error; returns the findings (warnings) and the parsed root,
+    which the manager compares libvirt's copy with after a define."""
+    findings, root = domxml.check_document(xml, allow_debug=allow_debug)
+    errors = [f for f in findings if f.severity == "error"]
+    if errors:
+        first = errors[0]
+        raise BadInputError(f"{name}: rendered XML breaks rule {first.rule_id}: {first.message}", first.hint)
+    return findings, root

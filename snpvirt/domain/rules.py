@@ -21,6 +21,17 @@ from snpvirt.models import Finding
 Problem = str | tuple[str, str]
 
 
+def _first(parent: etree._Element | None, tag: str) -> etree._Element | None:
+    """parent.find(tag) for a plain tag, without ElementPath (the rules run on every render and define)."""
+    return next(parent.iterchildren(tag), None) if parent is not None else None
+
+
+def _first_text(parent: etree._Element | None, tag: str) -> str | None:
+    """parent.findtext(tag): None without such a child, its text ("" when empty) otherwise."""
+    child = _first(parent, tag)
+    return None if child is None else child.text or ""
+
+
 class Domain:
     """The parts of a <domain> the rules look at, found once (the rules run on every render)."""
 
@@ -28,11 +39,11 @@ class Domain:
 
     def __init__(self, root: etree._Element) -> None:
         self.root = root
-        self.os = root.find("os")
-        self.launch_security = root.find("launchSecurity")
+        self.os = _first(root, "os")
+        self.launch_security = _first(root, "launchSecurity")
         ls = self.launch_security
         self.snp = ls if ls is not None and ls.get("type") == "sev-snp" else None
-        self.policy_text = self.snp.findtext("policy") if self.snp is not None else None
+        self.policy_text = _first_text(self.snp, "policy")
         self.policy: int | None = None  # None: absent (QEMU's default 0x30000 is valid) or not hex
         if self.policy_text is not None:
             try:
@@ -64,7 +75,7 @@ def _domain_kvm(dom: Domain, allow_debug: bool) -> Iterator[Problem]:
 
 
 def _machine_q35(dom: Domain, allow_debug: bool) -> Iterator[Problem]:
-    os_type = dom.os.find("type") if dom.os is not None else None
+    os_type = _first(dom.os, "type")
     machine = os_type.get("machine", "") if os_type is not None else ""
     if machine != "q35" and not machine.startswith("pc-q35-"):
         yield f"machine type {machine or '(default: i440fx pc)'} is not q35"
@@ -75,7 +86,7 @@ def _machine_q35(dom: Domain, allow_debug: bool) -> Iterator[Problem]:
 
 def _firmware(dom: Domain, allow_debug: bool) -> Iterator[Problem]:
     os_el = dom.os
-    loader = os_el.find("loader") if os_el is not None else None
+    loader = _first(os_el, "loader")
     efi = os_el is not None and os_el.get("firmware") == "efi"
     if loader is None and not efi:
         yield "no UEFI firmware (neither <os firmware='efi'> nor <loader>): SEV-SNP needs OVMF"
@@ -88,12 +99,13 @@ def _firmware(dom: Domain, allow_debug: bool) -> Iterator[Problem]:
 
 
 def _no_nvram(dom: Domain, allow_debug: bool) -> Iterator[Problem]:
-    if dom.os is not None and dom.os.find("nvram") is not None:
+    if _first(dom.os, "nvram") is not None:
         yield "<nvram> is set: SEV-SNP firmware is stateless and has no variable store"
 
 
 def _no_smm(dom: Domain, allow_debug: bool) -> Iterator[Problem]:
-    smm = dom.root.find("features/smm")
+    # As find("features/smm") and libvirt's XPath read it: the first <smm> under any <features>.
+    smm = next((smm for features in dom.root.iterchildren("features") for smm in features.iterchildren("smm")), None)
     if smm is not None and smm.get("state", "on") == "on":
         yield "SMM is on: SEV-SNP guests run without SMM"
 
@@ -110,20 +122,20 @@ def _policy(dom: Domain, allow_debug: bool, rule_id: str) -> Iterator[Problem]:
 
 def _kernel_hashes(dom: Domain, allow_debug: bool) -> Iterator[Problem]:
     snp, os_el = dom.snp, dom.os
-    if snp is not None and snp.get("kernelHashes") == "yes" and (os_el is None or os_el.find("kernel") is None):
+    if snp is not None and snp.get("kernelHashes") == "yes" and _first(os_el, "kernel") is None:
         yield "kernelHashes='yes' without <kernel>: there is nothing to hash"
 
 
 def _kernel_unmeasured(dom: Domain, allow_debug: bool) -> Iterator[Problem]:
     snp, os_el = dom.snp, dom.os
-    if snp is not None and os_el is not None and os_el.find("kernel") is not None and snp.get("kernelHashes") != "yes":
+    if snp is not None and _first(os_el, "kernel") is not None and snp.get("kernelHashes") != "yes":
         yield ("direct kernel boot without kernelHashes='yes': the launch measurement does not cover the kernel, "
                "initrd or cmdline, so the host can swap them and attestation still passes")
 
 
 def _blob(element: str, size: int) -> Callable[[Domain, bool], Iterator[Problem]]:
     def check(dom: Domain, allow_debug: bool) -> Iterator[Problem]:
-        text = dom.snp.findtext(element) if dom.snp is not None else None
+        text = _first_text(dom.snp, element)
         if text is None:
             return
         try:
@@ -140,25 +152,26 @@ def _author_key(dom: Domain, allow_debug: bool) -> Iterator[Problem]:
     snp = dom.snp
     if snp is None:
         return
-    if snp.get("authorKey") == "yes" and snp.find("idAuth") is None:
+    id_auth = _first(snp, "idAuth")
+    if snp.get("authorKey") == "yes" and id_auth is None:
         yield "authorKey='yes' without <idAuth>: the author key is carried in idAuth"
-    if snp.find("idAuth") is not None and snp.find("idBlock") is None:
+    if id_auth is not None and _first(snp, "idBlock") is None:
         yield "<idAuth> without <idBlock>: the ID authentication signs an ID block"
 
 
 def _virtio_iommu(dom: Domain, allow_debug: bool) -> Iterator[Problem]:
-    devices = dom.root.find("devices")
+    devices = _first(dom.root, "devices")
     for device in devices if devices is not None else ():
         if device.tag == "disk":
-            target = device.find("target")
+            target = _first(device, "target")
             virtio = target is not None and target.get("bus") == "virtio"
             label = f"virtio disk {target.get('dev') if target is not None else ''}"
         elif device.tag == "interface":
-            model = device.find("model")
+            model = _first(device, "model")
             virtio, label = model is not None and model.get("type") == "virtio", "virtio interface"
         else:
             continue
-        driver = device.find("driver")
+        driver = _first(device, "driver")
         if virtio and (driver is None or driver.get("iommu") != "on"):
             yield f"{label} lacks <driver iommu='on'/>"
 

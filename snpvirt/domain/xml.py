@@ -56,11 +56,16 @@ def schema_findings(root: etree._Element) -> list[Finding]:
 
 def check(xml: str | bytes, allow_debug: bool = False) -> list[Finding]:
     """All findings for one document: well-formedness, libvirt's schema, SNP rules."""
+    return check_document(xml, allow_debug)[0]
+
+
+def check_document(xml: str | bytes, allow_debug: bool = False) -> tuple[list[Finding], etree._Element | None]:
+    """check(), and the parsed document for a caller that goes on with it (None when not well-formed)."""
     try:
         root = parse(xml)
     except etree.XMLSyntaxError as exc:
-        return [Finding("xml.well_formed", "error", f"not well-formed XML: {exc}", "fix the XML syntax at that line")]
+        return [Finding("xml.well_formed", "error", f"not well-formed XML: {exc}", "fix the XML syntax at that line")], None
     if root.tag != "domain":
         return [Finding("xml.domain", "error", f"root element is <{root.tag}>, not <domain>",
-                        "give a libvirt domain document, e.g. from: virsh dumpxml NAME")]
-    return schema_findings(root) + check_rules(root, allow_debug)
+                        "give a libvirt domain document, e.g. from: virsh dumpxml NAME")], root
+    return schema_findings(root) + check_rules(root, allow_debug), root

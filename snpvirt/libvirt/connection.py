@@ -149,10 +149,11 @@ class Connection:
     def _record(self, dom: libvirt.virDomain, state: int | None = None) -> DomainRecord:
         """The domain's persistent definition, and for an active one its live definition too (they differ
         after a redefinition, until it restarts)."""
-        self._handles[dom.name()] = dom
+        name = dom.name()  # each call releases and retakes the GIL: once is enough
+        self._handles[name] = dom
         if state is None:
             state = dom.state()[0]
-        return DomainRecord(dom.name(), dom.UUIDString(), STATE_NAMES.get(state, "nostate"),
+        return DomainRecord(name, dom.UUIDString(), STATE_NAMES.get(state, "nostate"),
                             dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), dom.XMLDesc(0) if state in _ACTIVE else None)
 
     def domains(self) -> Iterator[DomainRecord]:
