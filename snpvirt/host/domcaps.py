@@ -9,8 +9,9 @@ from snpvirt.models import HostSevCaps
 
 
 def _int(node: etree._Element, tag: str) -> int | None:
-    text = node.findtext(tag)
-    return int(text) if text is not None and text.strip().isdigit() else None
+    text = (node.findtext(tag) or "").strip()
+    # ASCII digits only: str.isdigit() also accepts "²", which int() then refuses.
+    return int(text) if text.isascii() and text.isdigit() else None
 
 
 def parse_domcaps(xml: str | bytes, origin: str = "domain capabilities") -> HostSevCaps:

@@ -303,3 +303,12 @@ def test_old_libvirt_and_qemu_fail_with_the_minimum_named():
     assert report.failed() == ["libvirt.version", "qemu.version"]
     assert report.by_id("libvirt.version").message == "libvirt 9.0.0 (SEV-SNP needs >= 10.5.0)"
     assert report.by_id("qemu.version").message == "QEMU 8.2.0 (SEV-SNP needs >= 9.1.0)"
+
+
+def test_a_domcaps_number_in_other_digits_is_absent_not_a_crash():
+    """str.isdigit() accepts '²'; int() does not: a crafted --host-caps must not crash the parser."""
+    from snpvirt.host import domcaps
+
+    caps = domcaps.parse_domcaps("<domainCapabilities><features><sev supported='yes'><cbitpos>²</cbitpos>"
+                                 "<reducedPhysBits>1</reducedPhysBits></sev></features></domainCapabilities>")
+    assert caps.cbitpos is None and caps.reduced_phys_bits == 1
