@@ -70,8 +70,8 @@ def check(
         # Not ready is a failure like any other: a script finds why under the envelope's `error`.
         error = None if report.ready else HostNotReadyError(report.summary, next(
             (c.hint for c in report.checks if c.status == "fail" and c.hint), "see the checks that failed or were skipped"))
-        output.print_json(output.envelope(report.ready, False, [], error=error, ready=report.ready, host=report.host,
-                                          checks=[c.as_dict() for c in report.checks], summary=report.summary))
+        output.print_json(output.envelope(report.ready, False, [output.check_item(c) for c in report.checks],
+                                          error=error, warnings=output.check_warnings(report.checks), ready=report.ready, host=report.host, summary=report.summary))
     else:
         typer.echo(_human(report))
     if not report.ready:

@@ -32,7 +32,7 @@ def list_domains(all_domains: bool = typer.Option(False, "--all", "-a", help="In
     with manager(connect) as m:
         rows = m.list(include_inactive=all_domains)
     if json_output:
-        output.print_json(output.envelope(True, False, rows))
+        output.print_json(output.envelope(True, False, [output.result(r["name"], **r) for r in rows]))
         return
     table = [(r["name"], r["state"], str(r["vcpus"]), str(r["memory_mib"]), _policy_text(r),
               "yes" if r["kernel_hashes"] else "no", _measurement_text(r), _pending_text(r), r["uuid"]) for r in rows]
@@ -75,7 +75,7 @@ def status(name: str = typer.Argument(..., help="Domain name."), connect: Option
     with manager(connect) as m:
         info = m.status(name)
     if json_output:
-        output.print_json(output.envelope(True, False, [info]))
+        output.print_json(output.envelope(True, False, [output.result(info["name"], **info)]))
         return
     for key in ("name", "uuid", "state", "vcpus", "memory_mib", "launch_security", "policy", "policy_flags", "kernel_hashes",
                 "expected_measurement", "measurement_stale", "restart_required", "origin", "spec_digest", "defined_at",

@@ -107,6 +107,10 @@ def measure(
     result = launch.measure_files(firmware, vcpus=vcpus, signature=signature, guest_features=features,
                                   kernel=kernel, initrd=initrd, cmdline=cmdline, firmware_ld=seed)
     item = {
+        # Named as what it measures: the domain it is recorded in, else the spec, else the firmware.
+        "name": record or (str(spec_file) if spec_file is not None else str(firmware)),
+        "ok": True,
+        "changed": False,
         "measurement": result.value,
         "inputs": {
             **{kind: {"path": path, "sha256": result.digests[kind].sha256, "size": result.digests[kind].size}
@@ -129,7 +133,7 @@ def measure(
             inputs = LaunchInputs.of_spec(vm) if spec_file is not None else \
                 LaunchInputs(vcpus, vcpu_type, cmdline, kernel is not None, source="given")
             outcome = mgr.record_measurement(record, inputs, result)
-            changed = outcome.changed
+            changed = item["changed"] = outcome.changed
             item["recorded"] = {"domain": record, "changed": changed}
     if json_output:
         output.print_json(output.envelope(True, changed, [item]))
@@ -197,7 +201,8 @@ def idblock(
     blocks = ids.build(digest, policy_value, ids.load_private_key(id_key, "ID key"),
                        ids.load_private_key(author_key, "author key") if author_key else None, family, image, svn)
     b64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
-    item = {"measurement": digest.hex(), "policy": snp_policy.to_hex(policy_value), "id_block": b64(blocks.id_block),
+    item = {"name": str(spec_file) if spec_file is not None else "idblock", "ok": True, "changed": False,
+            "measurement": digest.hex(), "policy": snp_policy.to_hex(policy_value), "id_block": b64(blocks.id_block),
             "id_auth": b64(blocks.id_auth), "id_key_digest": b64(blocks.id_key_digest),
             "author_key_digest": b64(blocks.author_key_digest) if blocks.author_key_digest else None,
             "author_key": author_key is not None}
