@@ -69,6 +69,19 @@ class OperationTimeoutError(SnpvirtError):
     exit_code = ExitCode.TIMEOUT
 
 
+def exit_code_of(kind: str) -> ExitCode:
+    """The exit code that goes with an envelope's error kind: the contract scripts rely on (a batch whose
+    items failed exits 9, PARTIAL, whatever the first failure's kind)."""
+    return _EXIT_CODES.get(kind, ExitCode.FAILURE)
+
+
+_EXIT_CODES = {cls.kind: cls.exit_code for cls in (SnpvirtError, BadInputError, NotFoundError, ConnectionFailedError,
+                                                    HostNotReadyError, ConflictError, StartFailedError,
+                                                    OperationTimeoutError)}
+_EXIT_CODES.update({"usage": ExitCode.BAD_INPUT, "partial": ExitCode.PARTIAL})
+ERROR_KINDS = tuple(_EXIT_CODES)
+
+
 _SECRET_NAME = re.compile(r"key|secret|passw|token|private|credential", re.IGNORECASE)
 _SECRET_TEXT = re.compile(r"-----BEGIN|PRIVATE KEY", re.IGNORECASE)
 NOT_REPEATED = "the value given (not repeated: it may be a secret)"

@@ -821,7 +821,7 @@ class Manager:
         record, info = self._managed(name)
         root = domxml.parse(record.xml)
         return {**inventory.row(record, root, info), "origin": info.origin, "snpvirt_version": info.version,
-                "spec_digest": info.digest, "spec": info.spec, "launch": info.launch,
+                "spec_digest": info.digest, "spec": info.spec, "launch": metadata.typed_launch(info.launch),
                 "defined_at": info.defined_at, "updated_at": info.updated_at}
 
 

@@ -12,14 +12,49 @@ from snpvirt.errors import SnpvirtError
 
 
 def envelope(ok: bool, changed: bool = False, results: list[dict[str, Any]] | None = None,
-             error: SnpvirtError | dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:
-    doc: dict[str, Any] = {"ok": ok, "changed": changed, "results": results or []}
+             error: SnpvirtError | dict[str, str] | None = None, warnings: list[dict[str, str]] | None = None,
+             **extra: Any) -> dict[str, Any]:
+    """The one JSON document every command prints (docs/envelope.schema.json): ok, changed, results (each
+    item with name, ok, changed and, when it failed, error), warnings (always a list) and, whenever ok is
+    false, error{kind, message, hint}. Extra keys are the command's own."""
+    doc: dict[str, Any] = {"ok": ok, "changed": changed, "results": results or [], "warnings": list(warnings or [])}
     doc.update(extra)
     if isinstance(error, SnpvirtError):
-        doc["error"] = {"kind": error.kind, "message": error.message, "hint": error.hint}
+        doc["error"] = error_dict(error)
     elif error is not None:
         doc["error"] = error
     return doc
+
+
+def result(name: str, ok: bool = True, changed: bool = False, error: SnpvirtError | dict[str, str] | None = None,
+           /, **fields: Any) -> dict[str, Any]:
+    """One item of an envelope's results: the shared keys first, then the command's own (a row that
+    already has a name may be passed whole)."""
+    item: dict[str, Any] = {"name": name, "ok": ok, "changed": changed}
+    item.update((key, value) for key, value in fields.items() if key not in item)
+    if error is not None:
+        item["error"] = error_dict(error) if isinstance(error, SnpvirtError) else error
+    return item
+
+
+def check_item(check: Any, failed_kind: str = "not_ready") -> dict[str, Any]:
+    """A readiness check (host check, guest check) as a result item: name is the check's id; a failed
+    check carries the error a script acts on (its message and fix)."""
+    failed = check.status == "fail"
+    error = {"kind": failed_kind, "message": f"{check.check_id}: {check.message}",
+             "hint": check.hint or "see the check's facts"} if failed else None
+    return result(check.check_id, not failed, False, error, status=check.status, message=check.message,
+                  hint=check.hint, facts=check.facts)
+
+
+def check_warnings(checks: Iterable[Any]) -> list[dict[str, str]]:
+    """The checks that passed with a warning, as the envelope's warnings (a Finding's keys)."""
+    return [{"id": c.check_id, "severity": "warning", "message": c.message, "hint": c.hint}
+            for c in checks if c.status == "warn"]
+
+
+def error_dict(error: SnpvirtError) -> dict[str, str]:
+    return {"kind": error.kind, "message": error.message, "hint": error.hint}
 
 
 def batch_error(errors: list[dict[str, str]], total: int) -> dict[str, str] | None:

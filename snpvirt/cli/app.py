@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def run(argv: list[str]) -> int:
     """Run the CLI and return its exit code; every failure becomes `snpvirt: error:` + `hint:`."""
-    json_mode = "--json" in argv
+    json_mode = _json_mode(argv)
     try:
         code = typer.main.get_command(app).main(args=argv, prog_name=PROG, standalone_mode=False)
         return code if isinstance(code, int) else 0
@@ -183,6 +183,25 @@ def run(argv: list[str]) -> int:
             raise
         err = SnpvirtError(f"internal error: {type(exc).__name__}: {exc}", "run again with --debug and report the traceback")
         return _fail(err, json_mode)
+
+
+def _json_mode(argv: list[str]) -> bool:
+    """Did the command line ask for one JSON document? `--json` anywhere before a `--` (before or after
+    the command, as click accepts it); except for `watch`, whose stdout is an NDJSON stream of events
+    only (its errors go to stderr)."""
+    words = argv[:argv.index("--")] if "--" in argv else argv
+    return "--json" in words and _command_name(words) != "watch"
+
+
+def _command_name(argv: list[str]) -> str | None:
+    """The command word: the first argument that is not a root option (nor -c/--connect's value)."""
+    words = iter(argv)
+    for word in words:
+        if word in ("-c", "--connect"):
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
 
 
 def _fail(err: SnpvirtError, json_mode: bool) -> int:

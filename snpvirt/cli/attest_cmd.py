@@ -27,7 +27,8 @@ Examples:
   snpvirt attest verify report.bin --certs ./certs --domain web-01 -c qemu:///system --report-data $NONCE
   snpvirt attest verify r1.bin r2.bin --vcek vcek.der --chain cert_chain.pem --expected-measurement 6d28...08fa --no-nonce
   snpvirt attest verify report.bin --fetch --domain web-01 --json       # certificates from AMD KDS, cached
-Exit 0: every report verified · 1: a check failed (the output says which) · 2: bad input.
+Exit 0: every report verified · 1: a check failed (the output says which) · 2: bad input ·
+6: KDS unreachable (--fetch) · 9: some of several reports not verified.
 """
 FETCH_EPILOG = """\b
 Examples:
@@ -66,7 +67,7 @@ def show(report_file: Path = typer.Argument(..., metavar="REPORT", help="A 1184-
     rep = reports.parse(_read(report_file), str(report_file))
     fields = rep.as_dict(_product(product))
     if json_output:
-        output.print_json(output.envelope(True, False, [{"report": str(report_file), **fields}]))
+        output.print_json(output.envelope(True, False, [output.result(str(report_file), report=str(report_file), **fields)]))
         return
     for key, value in fields.items():
         typer.echo(f"{key + ':':<22} {_shown(key, value, rep.version, fields['product'] is not None)}")
@@ -190,7 +191,7 @@ def verify(
     expect = _expectations(domain, connect, expected_measurement, report_data, host_data, allow_debug, vmpl, no_nonce,
                            allow_migration_agent, min_tcb)
     service = _kds(kds_url, root) if fetch else None
-    results, bad_input = [], False
+    results = []
     for path in report_files:
         try:
             data = _read(path)
@@ -198,22 +199,18 @@ def verify(
                 pool += _fetched(service, data, str(path), _product(product), pool)
             verdict = verifier.verify(data, str(path), pool, expect=expect, now=when, trust_root=root,
                                       product=_product(product))
-        except BadInputError as err:
-            bad_input = True
-            results.append({"report": str(path), "verified": False, "error": {"kind": err.kind, "message": err.message,
-                                                                               "hint": err.hint}, "checks": []})
+        except SnpvirtError as err:  # this report's own error (unreadable, no certificate, KDS unreachable...)
+            results.append(output.result(str(path), False, False, err, report=str(path), verified=False, checks=[]))
             continue
-        except SnpvirtError as err:
-            results.append({"report": str(path), "verified": False, "error": {"kind": err.kind, "message": err.message,
-                                                                               "hint": err.hint}, "checks": []})
-            continue
-        results.append({"report": str(path), "verified": verdict.verified, "product": verdict.product,
-                        "measurement": verdict.report.measurement.hex(), "chip_id": verdict.report.chip_id.hex(),
-                        "failed": verdict.failed(), "checks": [c.as_dict() for c in verdict.checks]})
+        results.append(output.result(str(path), verdict.verified, False, report=str(path), verified=verdict.verified,
+                                     product=verdict.product, measurement=verdict.report.measurement.hex(),
+                                     chip_id=verdict.report.chip_id.hex(), failed=verdict.failed(),
+                                     checks=[c.as_dict() for c in verdict.checks]))
     all_verified = all(r["verified"] for r in results)
     if json_output:
-        output.print_json(output.envelope(all_verified, False, results, error=output.batch_error(
-            [_report_error(r) for r in results if not r["verified"]], len(results))))
+        items = [{**r, "error": _report_error(r)} if not r["ok"] else r for r in results]
+        output.print_json(output.envelope(all_verified, False, items, error=output.batch_error(
+            [r["error"] for r in items if not r["ok"]], len(items))))
     else:
         for r in results:  # messages quote certificates and file names: shown, never obeyed by the terminal
             typer.echo(output.printable(f"{'VERIFIED' if r['verified'] else 'NOT VERIFIED'}  {r['report']}"))
@@ -229,11 +226,21 @@ def verify(
         else:
             output.print_error(f"{len(failed)} of {len(results)} report(s) NOT verified: "
                                f"{', '.join(r['report'] for r in failed)}", _failure_hint(failed))
-        raise typer.Exit(int(ExitCode.BAD_INPUT if bad_input else ExitCode.FAILURE))
+        raise typer.Exit(_exit_code(results))
+
+
+def _exit_code(results: list[dict]) -> int:
+    """As for the lifecycle commands: one report, its error's code (6 when KDS is unreachable, 2 for a file
+    that is no report, 1 for a failed check); several, 9 (partial) when any was not verified."""
+    from snpvirt.errors import ExitCode, exit_code_of
+
+    if len(results) > 1:
+        return int(ExitCode.PARTIAL)
+    return int(exit_code_of(_report_error(results[0])["kind"]))
 
 
 def _report_error(result: dict) -> dict:
-    """A report's error for the envelope's top level: the one it raised, or the checks it failed."""
+    """A report's error: the one it raised, or the checks it failed."""
     if "error" in result:
         return result["error"]
     return {"kind": "failure", "message": f"{result['report']}: NOT verified: failed {', '.join(result['failed'])}",
@@ -314,8 +321,9 @@ def fetch_certs(
     changed = fileio.write_files(out_dir, contents, what="-o")
     files = {name.split(".")[0]: str(out_dir / name) for name in contents}
     if json_output:
-        output.print_json(output.envelope(True, changed, [{"report": str(report_file), "product": product,
-                                                        "files": files, "network_requests": service.fetched}]))
+        output.print_json(output.envelope(True, changed, [output.result(
+            str(report_file), True, changed, report=str(report_file), product=product, files=files,
+            network_requests=service.fetched)]))
     else:
         for role, path in files.items():
             typer.echo(f"{role:<5} {path}")

@@ -37,12 +37,18 @@ def check(sysroot: Path = typer.Option(Path("/"), "--sysroot", metavar="DIR", hi
     """Is this an SEV-SNP guest, and can it get attestation reports? A fix for each problem."""
     from snpvirt import output
     from snpvirt.attest import guest
-    from snpvirt.errors import ExitCode
+    from snpvirt.errors import ExitCode, HostNotReadyError
 
     results = guest.check(sysroot)
-    ready = all(r.status == "pass" for r in results if r.check_id in ("guest.sev_snp", "guest.report_interface"))
+    blocking = [r for r in results if r.check_id in ("guest.sev_snp", "guest.report_interface") and r.status != "pass"]
+    ready = not blocking
     if json_output:
-        output.print_json(output.envelope(ready, False, [], ready=ready, checks=[r.as_dict() for r in results]))
+        # Not ready is a failure like any other: a script finds why under the envelope's `error`.
+        error = None if ready else HostNotReadyError(
+            "not ready to get attestation reports: " + ", ".join(f"{r.check_id} {r.status}" for r in blocking),
+            next((r.hint for r in blocking if r.hint), "see the checks that failed"))
+        output.print_json(output.envelope(ready, False, [output.check_item(r) for r in results], error=error,
+                                          warnings=output.check_warnings(results), ready=ready))
     else:
         for r in results:
             typer.echo(f"{r.status:<4}  {r.check_id:<24} {r.message}")
@@ -100,10 +106,10 @@ def report(
         written = {name: str(certs_out / name) for name in got.certificates}
     fileio.write_file(output_file, got.report, hint="give -o the path of a regular file")
     if json_output:
-        output.print_json(output.envelope(True, True, [{"report": str(output_file), "interface": got.interface,
-                                                        "sha256": hashlib.sha256(got.report).hexdigest(),
-                                                        "report_data": data.hex(), "random": random_nonce,
-                                                        "certificates": written}]))
+        output.print_json(output.envelope(True, True, [output.result(
+            str(output_file), True, True, report=str(output_file), interface=got.interface,
+            sha256=hashlib.sha256(got.report).hexdigest(), report_data=data.hex(), random=random_nonce,
+            certificates=written)]))
     else:
         typer.echo(f"wrote {output_file} ({len(got.report)} bytes, via {got.interface})"
                    + (f"; certificates: {', '.join(written)}" if written else ""))

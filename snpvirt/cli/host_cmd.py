@@ -71,8 +71,8 @@ def check(
         # Not ready is a failure like any other: a script finds why under the envelope's `error`.
         error = None if report.ready else HostNotReadyError(report.summary, next(
             (c.hint for c in report.checks if c.status == "fail" and c.hint), "see the checks that failed or were skipped"))
-        output.print_json(output.envelope(report.ready, False, [], error=error, ready=report.ready, host=report.host,
-                                          checks=[c.as_dict() for c in report.checks], summary=report.summary))
+        output.print_json(output.envelope(report.ready, False, [output.check_item(c) for c in report.checks],
+                                          error=error, warnings=output.check_warnings(report.checks), ready=report.ready, host=report.host, summary=report.summary))
     else:
         typer.echo(_human(report))
     if not report.ready:
@@ -166,6 +166,8 @@ def show_tcb(
         "run it as root on the SEV-SNP host itself (SNP_PLATFORM_STATUS needs /dev/sev)"
         + ("" if connect else ", or give -c URI for libvirt's view"))
     if json_output:
+        if error is not None:
+            item["error"] = output.error_dict(error)  # the envelope's rule: a failed item carries its error
         output.print_json(output.envelope(found, False, [item], error=error))
     else:
         typer.echo(_tcb_text(item))

@@ -41,7 +41,7 @@ def list_domains(all_domains: bool = typer.Option(False, "--all", "-a", help="In
     with manager(connect) as m:
         rows, hidden = m.inventory(include_inactive=all_domains, include_unmanaged=unmanaged)
     if json_output:
-        output.print_json(output.envelope(True, False, rows, unmanaged_hidden=hidden))
+        output.print_json(output.envelope(True, False, [output.result(r["name"], **r) for r in rows], unmanaged_hidden=hidden))
         return
     columns = [c for c in LIST_COLUMNS if (wide or not c.wide_only) and (unmanaged or c.header != "MANAGED")]
     typer.echo(_fitted_table(columns, rows, None if wide else _terminal_width(), wide))
@@ -158,7 +158,7 @@ def status(name: str = typer.Argument(..., help="Domain name."), connect: Option
         info = m.status(name)
     info = {**info, "launch": inventory.readable_launch(info["launch"])}
     if json_output:
-        output.print_json(output.envelope(True, False, [info]))
+        output.print_json(output.envelope(True, False, [output.result(info["name"], **info)]))
         return
     for key in ("name", "uuid", "state", "vcpus", "memory_mib", "launch_security", "policy", "policy_flags", "kernel_hashes",
                 "expected_measurement", "measurement_stale", "restart_required", "origin", "spec_digest", "defined_at",

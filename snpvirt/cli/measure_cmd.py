@@ -116,6 +116,10 @@ def measure(
     result = launch.measure_files(firmware, vcpus=vcpus, signature=signature, guest_features=features,
                                   kernel=kernel, initrd=initrd, cmdline=cmdline, firmware_ld=seed)
     item = {
+        # Named as what it measures: the domain it is recorded in, else the spec, else the firmware.
+        "name": record or (str(spec_file) if spec_file is not None else str(firmware)),
+        "ok": True,
+        "changed": False,
         "measurement": result.value,
         "inputs": {
             **{kind: {"path": path, "sha256": result.digests[kind].sha256, "size": result.digests[kind].size}
@@ -138,7 +142,7 @@ def measure(
             inputs = LaunchInputs.of_spec(vm) if spec_file is not None else \
                 LaunchInputs(vcpus, vcpu_type, cmdline, kernel is not None, source="given")
             outcome = mgr.record_measurement(record, inputs, result)
-            changed = outcome.changed
+            changed = item["changed"] = outcome.changed
             item["recorded"] = {"domain": record, "changed": changed}
     if json_output:
         output.print_json(output.envelope(True, changed, [item]))
@@ -213,7 +217,8 @@ def idblock(
     b64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
     # The blobs in base64, as libvirt's <idBlock>/<idAuth> take them; the digests in hex, as `attest show`
     # prints the report's ID_KEY_DIGEST and AUTHOR_KEY_DIGEST, so they compare by eye.
-    item = {"measurement": digest.hex(), "policy": snp_policy.to_hex(policy_value), "id_block": b64(blocks.id_block),
+    item = {"name": str(spec_file) if spec_file is not None else "idblock", "ok": True, "changed": False,
+            "measurement": digest.hex(), "policy": snp_policy.to_hex(policy_value), "id_block": b64(blocks.id_block),
             "id_auth": b64(blocks.id_auth), "id_key_digest": blocks.id_key_digest.hex(),
             "author_key_digest": blocks.author_key_digest.hex() if blocks.author_key_digest else None,
             "author_key": author_key is not None}

@@ -63,6 +63,8 @@ def render(
     if json_output:
         item = {
             "name": result.name,
+            "ok": True,
+            "changed": changed,
             "spec": str(spec),
             "output": str(output_file) if output_file else None,
             "policy": policy.to_hex(result.policy),

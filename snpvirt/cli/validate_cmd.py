@@ -36,7 +36,8 @@ def validate(
         except fileio.InputFileError as err:
             findings = [Finding("file.read", "error", f"cannot read: {err.reason}", err.hint)]
         errors = [f for f in findings if f.severity == "error"]
-        results.append({"file": str(path), "valid": not errors, "findings": [f.as_dict() for f in findings]})
+        results.append(output.result(str(path), not errors, False, file=str(path), valid=not errors,
+                                     findings=[f.as_dict() for f in findings]))
         if errors:
             results[-1]["error"] = {"kind": "bad_input", "message": f"{path}: {errors[0].rule_id}: {errors[0].message}"
                                     + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""), "hint": errors[0].hint}

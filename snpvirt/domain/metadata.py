@@ -104,6 +104,22 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: value}
 
 
+# Launch attributes that are counts or sizes: XML keeps them as text, scripts read them as numbers.
+_NUMERIC_ATTRIBUTES = ("count", "size")
+
+
+def typed_launch(launch: dict[str, Any]) -> dict[str, Any]:
+    """The launch inputs as `status` shows them: counts and sizes as numbers (`vcpus.count` 4, not "4").
+    Comparisons keep the text as read (they compare it with the definition's text)."""
+    def typed(attrs: Any) -> Any:
+        if not isinstance(attrs, dict):
+            return attrs
+        return {key: int(value) if key in _NUMERIC_ATTRIBUTES and isinstance(value, str) and value.isascii()
+                and value.isdigit() else value for key, value in attrs.items()}
+
+    return {tag: typed(value) for tag, value in launch.items()}
+
+
 LAUNCH_INPUTS = ("firmware", "kernel", "initrd", "cmdline", "vcpus", "policy")
 
 

@@ -17,15 +17,15 @@ def test_real_qemu_driver_host_is_not_ready(libvirtd):
     assert result.code == ExitCode.NOT_READY, result.stderr
     assert "Traceback" not in result.stderr
     doc = json.loads(result.stdout)
-    checks = {c["id"]: c for c in doc["checks"]}
+    checks = {c["name"]: c for c in doc["results"]}
     assert doc["ready"] is False and doc["host"]["uri"] == libvirtd.qemu_uri and doc["host"]["remote"] is False
     assert checks["domcaps.sev_snp"]["status"] == "fail"
     assert checks["domcaps.sev"]["status"] == "fail" and "<sev supported='no'>" in checks["domcaps.sev"]["message"]
     assert checks["libvirt.version"]["status"] == "pass" and checks["qemu.version"]["status"] == "pass"
     assert checks["capacity.snp_guests"]["status"] == "skip"
     # Every check ran or said why not: no silent passes on the files this machine lacks.
-    assert all(c["message"] for c in doc["checks"])
-    assert all(c["hint"] for c in doc["checks"] if c["status"] in ("fail", "warn"))
+    assert all(c["message"] for c in doc["results"])
+    assert all(c["hint"] for c in doc["results"] if c["status"] in ("fail", "warn"))
 
 
 @pytest.mark.daemon
@@ -39,7 +39,7 @@ def test_human_output_against_the_real_daemon(libvirtd):
 def test_unreachable_libvirt_is_a_skip_not_a_crash(tmp_path):
     result = run_cli("host", "check", "--connect", f"qemu+unix:///system?socket={tmp_path}/absent", "--json")
     doc = json.loads(result.stdout)
-    checks = {c["id"]: c for c in doc["checks"]}
+    checks = {c["name"]: c for c in doc["results"]}
     assert result.code == ExitCode.NOT_READY
     assert checks["libvirt.version"]["status"] == "skip" and "no libvirt connection" in checks["libvirt.version"]["message"]
     assert "cannot talk to" in doc["host"]["libvirt_error"]

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from snpvirt.attest import certs, kds
 from snpvirt.attest import report as reports
 from snpvirt.cli.app import run
-from snpvirt.errors import BadInputError, ConnectionFailedError, NotFoundError
+from snpvirt.errors import BadInputError, ConnectionFailedError, ExitCode, NotFoundError
 from tests.attest_factory import issue_vcek, make_ca
 from tests.conftest import ROOT, CliRun, assert_clean_error, vector
 
@@ -206,7 +206,7 @@ def test_verify_fetch_gets_each_chips_vcek(server, tmp_path, monkeypatch, capsys
                 "--now", "2026-01-01T00:00:00Z", "--json"])
     results = json.loads(capsys.readouterr().out)["results"]
     assert [r["failed"] for r in results] == [["expect.measurement"], ["expect.measurement"]], "only the measurement is missing"
-    assert code == 1 and sum("/vcek/v1/Milan/" in r and "cert_chain" not in r for r in FakeKds.requests) == 2
+    assert code == ExitCode.PARTIAL and sum("/vcek/v1/Milan/" in r and "cert_chain" not in r for r in FakeKds.requests) == 2
 
 
 def test_a_non_certificate_answer_is_refused_and_not_cached(server, tmp_path):

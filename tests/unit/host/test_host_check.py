@@ -260,8 +260,8 @@ def test_cli_human_and_json_for_a_ready_host(milan):
     data = runner.invoke(app, args + ["--json"])
     doc = json.loads(data.output)
     assert data.exit_code == 0 and doc["ready"] is True and doc["ok"] is True
-    assert {c["id"] for c in doc["checks"]} >= set(HINTS) and all(set(c) == {"id", "status", "message", "hint", "facts"}
-                                                                  for c in doc["checks"])
+    assert {c["name"] for c in doc["results"]} >= set(HINTS) and all(
+        set(c) == {"name", "ok", "changed", "status", "message", "hint", "facts"} for c in doc["results"])
 
 
 def test_cli_not_ready_shows_fixes_and_exits_3(milan, tmp_path):
@@ -271,14 +271,15 @@ def test_cli_not_ready_shows_fixes_and_exits_3(milan, tmp_path):
     assert "fail  kernel.iommu" in result.output and "fix: remove iommu=pt" in result.output
     doc = json.loads(CliRunner().invoke(app, ["host", "check", "--sysroot", str(milan.root), "--host-caps", str(domcaps),
                                               "--json"]).output)
-    assert doc["ready"] is False and [c["id"] for c in doc["checks"] if c["status"] == "fail"] == ["kernel.iommu"]
+    assert doc["ready"] is False and [c["name"] for c in doc["results"] if c["status"] == "fail"] == ["kernel.iommu"]
+    assert doc["error"]["kind"] == "not_ready" and [c["name"] for c in doc["results"] if not c["ok"]] == ["kernel.iommu"]
 
 
 def test_cli_policy_from_a_spec(milan, capsys):
     code = run(["host", "check", "--sysroot", str(milan.root), "--host-caps", str(genoa_domcaps()),
                 "--policy", str(EXAMPLES / "db-01.toml"), "--json"])
     doc = json.loads(capsys.readouterr().out)
-    checks = {c["id"]: c for c in doc["checks"]}
+    checks = {c["name"]: c for c in doc["results"]}
     # db-01 forbids SMT while the fake host runs with SMT; its firmware path is not in the fake host.
     assert code == ExitCode.NOT_READY and checks["policy.smt"]["status"] == "fail"
 
