@@ -97,17 +97,34 @@ def _tcb_value(parts: dict) -> int:
 CHIP_ID = object()  # make_ca(hw_id=CHIP_ID): the VCEK's hwID is the chip id, as KDS issues it
 
 
+# Making an RSA-2048 key takes ~0.1 s: most of an attestation test's time, and of every mutant's in
+# scripts/mutation. make_ca takes its RSA keys from a pool in turn, so keys repeat only after
+# _RSA_POOL_SIZE draws (a test that needs CAs with distinct keys makes at most 4), and a forked
+# process (mutmut tests each mutant in one) inherits the pool instead of making it again.
+_RSA_POOL_SIZE = 12
+_rsa_pool: list[rsa.RSAPrivateKey] = []
+_rsa_draws = 0
+
+
+def _rsa_key() -> rsa.RSAPrivateKey:
+    global _rsa_draws
+    if len(_rsa_pool) < _RSA_POOL_SIZE:
+        _rsa_pool.append(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    key = _rsa_pool[_rsa_draws % _RSA_POOL_SIZE]
+    _rsa_draws += 1
+    return key
+
+
 def make_ca(product: str = "Milan", chip_id: bytes = bytes(range(64)), tcb: dict | None = None, *,
             hw_id: bytes | None | object = CHIP_ID, expired: tuple[str, ...] = (), ark_self_signed: bool = True) -> TestCA:
     """A CA and its VCEK. Broken on request: `hw_id` another hwID (None: no hwID extension), `expired`
     the roles ("ark", "ask", "vcek") whose validity ended in January 2024, `ark_self_signed=False` an
     ARK signed by some other key."""
     tcb = tcb or {"bootloader": 3, "tee": 0, "snp": 8, "microcode": 115}
-    ark_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    ask_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ark_key, ask_key = _rsa_key(), _rsa_key()
     vcek_key = ec.generate_private_key(ec.SECP384R1())
     days = {role: 30 if role in expired else 3650 for role in ("ark", "ask", "vcek")}
-    ark_signer = ark_key if ark_self_signed else rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ark_signer = ark_key if ark_self_signed else _rsa_key()
     ark = _cert(f"ARK-{product}", f"ARK-{product}", ark_key.public_key(), ark_signer, days=days["ark"])
     ask = _cert(f"SEV-{product}", f"ARK-{product}", ask_key.public_key(), ark_key, days=days["ask"])
     amd = "1.3.6.1.4.1.3704.1"
