@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import difflib
 import os
 import shutil
 import subprocess
@@ -188,13 +189,14 @@ def describe(mutant: Mutant, original: dict[str, tuple[int, list[str]]], mutated
     old, new = orig[1], this[1]
     old = [old[0].replace(f"{mangled}__mutmut_orig", short)] + old[1:]
     new = [new[0].replace(local, short)] + new[1:]
-    changed = [i for i in range(max(len(old), len(new))) if i >= len(old) or i >= len(new) or old[i] != new[i]]
-    if not changed:
+    # mutmut rewrites a mutated statement on fewer lines at times: diff, do not compare line by line.
+    changes = [op for op in difflib.SequenceMatcher(None, old, new, autojunk=False).get_opcodes() if op[0] != "equal"]
+    if not changes:
         return
-    first, last = changed[0], changed[-1]
-    mutant.before = "\n".join(line.strip() for line in old[first:last + 1])
-    mutant.after = "\n".join(line.strip() for line in new[first:last + 1])
-    mutant.line = def_line + first
+    (_, old_start, _, new_start, _), (_, _, old_end, _, new_end) = changes[0], changes[-1]
+    mutant.before = "\n".join(line.strip() for line in old[old_start:old_end])
+    mutant.after = "\n".join(line.strip() for line in new[new_start:new_end])
+    mutant.line = def_line + old_start
 
 
 def load_equivalents() -> list[dict[str, str]]:
@@ -248,7 +250,8 @@ def report(result: ModuleResult, unused: list[dict[str, str]]) -> None:
     print(f"{result.path}: {result.killed}/{total} killed ({result.score:.1%}), {verdict}  [{result.seconds:.0f} s]")
     for m in sorted((m for m in result.mutants if m.status not in KILLED), key=lambda m: m.line):
         label = "equivalent" if m.equivalent else m.status
-        print(f"  {label:<10} {result.path}:{m.line}  {m.function}:  {m.before}  ->  {m.after}  ({m.name})")
+        before, after = (" ".join(text.splitlines()) for text in (m.before, m.after))
+        print(f"  {label:<10} {result.path}:{m.line}  {m.function}:  {before}  ->  {after}  ({m.name})")
     for entry in unused:
         print(f"  stale entry in {EQUIVALENT_FILE.relative_to(ROOT)}: {entry['function']}: {entry['before']} -> {entry['after']} "
               "matches no survivor (killed now, or the code changed): remove it")
