@@ -29,13 +29,15 @@ def _der_int(value: int) -> bytes:
     return bytes([0x02, len(body)]) + body
 
 
-def _cert(subject: str, issuer: str, public_key, signing_key, extensions=(), days=3650, serial=1) -> x509.Certificate:
+def _cert(subject: str, issuer: str, public_key, signing_key, extensions=(), days=3650, serial=1, pss=True) -> x509.Certificate:
     builder = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(issuer))
                .public_key(public_key).serial_number(serial).not_valid_before(START)
                .not_valid_after(START + datetime.timedelta(days=days)))
     for oid, value in extensions:
         builder = builder.add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier(oid), value), critical=False)
-    return builder.sign(signing_key, hashes.SHA384(), rsa_padding=PSS)
+    if not isinstance(signing_key, rsa.RSAPrivateKey):
+        return builder.sign(signing_key, hashes.SHA384())  # an EC "intermediate": AMD's are all RSA
+    return builder.sign(signing_key, hashes.SHA384(), rsa_padding=PSS if pss else padding.PKCS1v15())
 
 
 @dataclass
@@ -127,12 +129,28 @@ def make_ca(product: str = "Milan", chip_id: bytes = bytes(range(64)), tcb: dict
     ark_signer = ark_key if ark_self_signed else _rsa_key()
     ark = _cert(f"ARK-{product}", f"ARK-{product}", ark_key.public_key(), ark_signer, days=days["ark"])
     ask = _cert(f"SEV-{product}", f"ARK-{product}", ask_key.public_key(), ark_key, days=days["ask"])
+    hw_id = chip_id if hw_id is CHIP_ID else hw_id
+    vcek = _cert("SEV-VCEK", f"SEV-{product}", vcek_key.public_key(), ask_key, _leaf_extensions(product, tcb, hw_id),
+                 days=days["vcek"])
+    return TestCA(ark_key, ask_key, vcek_key, ark, ask, vcek, chip_id, tcb)
+
+
+def _leaf_extensions(product: str, tcb: dict, hw_id: bytes | None) -> list[tuple[str, bytes]]:
+    """AMD's VCEK extensions: structure version, product name, the TCB's SPLs, the hwID (chip id)."""
     amd = "1.3.6.1.4.1.3704.1"
     extensions = [(f"{amd}.1", _der_int(0)), (f"{amd}.2", b"\x16" + bytes([len(product) + 3]) + f"{product}-B0".encode()),
                   (f"{amd}.3.1", _der_int(tcb["bootloader"])), (f"{amd}.3.2", _der_int(tcb["tee"])),
                   (f"{amd}.3.3", _der_int(tcb["snp"])), (f"{amd}.3.8", _der_int(tcb["microcode"]))]
-    hw_id = chip_id if hw_id is CHIP_ID else hw_id
     if hw_id is not None:
         extensions.append((f"{amd}.4", hw_id))
-    vcek = _cert("SEV-VCEK", f"SEV-{product}", vcek_key.public_key(), ask_key, extensions, days=days["vcek"])
-    return TestCA(ark_key, ask_key, vcek_key, ark, ask, vcek, chip_id, tcb)
+    return extensions
+
+
+def leaf_cert(ca: TestCA, *, cn: str = "SEV-VCEK", issuer: str = "SEV-Milan", product: str = "Milan",
+              tcb: dict | None = None, hw_id: bytes | None | object = CHIP_ID, key=None, signer=None,
+              pss: bool = True) -> x509.Certificate:
+    """Another leaf, signed by this CA's ASK unless `signer` is given: the same VCEK key for another TCB,
+    a VLEK, another chip's VCEK, a key of another kind (`key`), a PKCS#1 v1.5 signature (pss=False)."""
+    public_key = (key or ca.vcek_key).public_key()
+    extensions = _leaf_extensions(product, {**ca.tcb, **(tcb or {})}, ca.chip_id if hw_id is CHIP_ID else hw_id)
+    return _cert(cn, issuer, public_key, signer or ca.ask_key, extensions, pss=pss)
