@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from snpvirt import host, readiness
 from snpvirt.cli.app import app, run
-from snpvirt.errors import ExitCode
+from snpvirt.errors import BadInputError, ExitCode
 from snpvirt.models import HostSevCaps, LibvirtFacts
 from tests.unit.fakehost import MILAN, RYZEN, FakeHost, cpuid_sample, edited_domcaps, genoa_domcaps
 from tests.conftest import EXAMPLES, vector
@@ -301,3 +301,97 @@ def test_old_libvirt_and_qemu_fail_with_the_minimum_named():
     assert report.failed() == ["libvirt.version", "qemu.version"]
     assert report.by_id("libvirt.version").message == "libvirt 9.0.0 (SEV-SNP needs >= 10.5.0)"
     assert report.by_id("qemu.version").message == "QEMU 8.2.0 (SEV-SNP needs >= 9.1.0)"
+
+
+# --- what readiness.assess hands the checks: a connection's facts, its domcaps, or why they are missing ---
+
+class CapturedConnection:
+    """A libvirt connection as readiness sees it (anything with libvirt_facts()): facts captured on a
+    Genoa host, libvirt 11.3 and QEMU 10.0, with its real domain capabilities."""
+
+    def __init__(self, **changes):
+        self.facts = LibvirtFacts(**{"uri": "qemu:///system", "driver": "QEMU", "hostname": "genoa-01",
+                                     "lib_version": 11_003_000, "hypervisor_version": 10_000_000,
+                                     "domcaps_xml": genoa_domcaps().read_text(), "running_es_snp_guests": 0, **changes})
+
+    def libvirt_facts(self):
+        return self.facts
+
+
+def test_a_connections_facts_and_domain_capabilities_are_what_is_checked(milan):
+    report = readiness.assess(CapturedConnection(), sysroot=str(milan.root))
+    assert report.ready, report.summary
+    assert report.by_id("domcaps.sev_snp").message == "qemu:///system: <launchSecurity> lists sev-snp"
+    assert report.by_id("domcaps.sev").facts["source"] == "qemu:///system"
+    assert report.by_id("libvirt.version").message == "libvirt 11.3.0"
+    assert report.by_id("capacity.snp_guests").status == "pass"
+    assert report.host == {"hostname": "genoa-01", "uri": "qemu:///system", "libvirt_error": None, "remote": False,
+                           "sysroot": str(milan.root), "kernel": "6.12.0-snp-amd64",
+                           "cpu": "AMD EPYC 7713P 64-Core Processor"}
+
+
+def test_a_domcaps_file_wins_over_the_connections(milan, tmp_path):
+    no_snp = vector("virt-manager/kvm-x86_64-domcaps-amd-sev.xml")
+    report = readiness.assess(CapturedConnection(), sysroot=str(milan.root), domcaps_file=no_snp)
+    assert report.by_id("domcaps.sev_snp").message == f"--domcaps {no_snp}: <launchSecurity> does not list sev-snp"
+
+
+def test_domain_capabilities_libvirt_could_not_give_leave_the_host_not_ready(milan):
+    connection = CapturedConnection(domcaps_xml=None, domcaps_error="QEMU binary not found")
+    report = readiness.assess(connection, sysroot=str(milan.root))
+    assert not report.ready and report.failed() == []
+    assert report.by_id("domcaps.sev_snp").message == "domain capabilities unavailable: QEMU binary not found"
+    assert report.summary == ("not ready: domcaps.sev_snp could not be checked "
+                              "(domain capabilities unavailable: QEMU binary not found)")
+
+
+def test_malformed_domain_capabilities_name_where_they_came_from(milan, tmp_path):
+    with pytest.raises(BadInputError, match=r"^qemu:///system: not well-formed XML"):
+        readiness.assess(CapturedConnection(domcaps_xml="<domainCapabilities>"), sysroot=str(milan.root))
+    broken = tmp_path / "domcaps.xml"
+    broken.write_text("<domainCapabilities>")
+    with pytest.raises(BadInputError, match=f"^--domcaps {broken}: not well-formed XML"):
+        readiness.assess(None, sysroot=str(milan.root), domcaps_file=broken)
+
+
+def test_an_unreadable_domcaps_file_is_bad_input_with_how_to_save_one(milan, tmp_path):
+    with pytest.raises(BadInputError) as error:
+        readiness.assess(None, sysroot=str(milan.root), domcaps_file=tmp_path / "missing.xml")
+    assert (error.value.message, error.value.hint) == (
+        f"cannot read --domcaps {tmp_path / 'missing.xml'}: No such file or directory",
+        "save it on the host with: virsh domcapabilities > domcaps.xml")
+
+
+def test_a_failed_connection_is_the_reason_for_every_libvirt_check(milan):
+    report = readiness.assess(None, uri="qemu:///system", connection_error="cannot connect to qemu:///system",
+                              sysroot=str(milan.root))
+    for check_id in ("libvirt.version", "qemu.version", "domcaps.sev_snp"):
+        assert report.by_id(check_id).message == "no libvirt connection", check_id
+    assert report.host["libvirt_error"] == "cannot connect to qemu:///system" and report.host["uri"] == "qemu:///system"
+
+
+def test_without_a_connection_or_domcaps_the_message_says_what_to_give(milan):
+    report = readiness.assess(None, sysroot=str(milan.root))
+    assert report.by_id("domcaps.sev_snp").message == "no domain capabilities: give --connect URI or --domcaps FILE"
+
+
+def test_this_machine_is_assessed_by_default_and_named():
+    import platform
+    report = readiness.assess(None)
+    assert report.host["sysroot"] == "/" and report.host["hostname"] == platform.node()
+    assert report.by_id("libvirt.version").message == "no libvirt connection"
+
+
+def test_a_remote_host_reports_no_local_facts():
+    report = readiness.assess(CapturedConnection(uri="qemu+ssh://root@genoa-01/system"))
+    assert report.host == {"hostname": "genoa-01", "uri": "qemu+ssh://root@genoa-01/system", "libvirt_error": None,
+                           "remote": True, "sysroot": None, "kernel": None, "cpu": None}
+    assert report.by_id("cpu.vendor").message == ("remote host (qemu+ssh://root@genoa-01/system): "
+                                                   "only what libvirt reports is checked")
+    assert report.ready, report.summary
+
+
+def test_an_unreadable_smt_state_says_which_file(milan):
+    milan.remove("sys/devices/system/cpu/smt/active")
+    report = assess(milan, policy=0x30000)
+    assert report.by_id("policy.smt").message == "/sys/devices/system/cpu/smt/active does not exist"
