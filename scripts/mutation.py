@@ -49,6 +49,7 @@ MODULES: dict[str, list[str]] = {
     "snpvirt/importer.py": ["tests/unit/test_explain_import.py", "tests/integration/test_manager.py"],
     "snpvirt/metadata.py": ["tests/unit/test_explain_import.py", "tests/integration/test_manager.py",
                             "tests/integration/test_measurement_recorded.py"],
+    # When the atomic writer lands: "snpvirt/fileio.py": ["tests/unit/test_fileio.py", ...],
 }
 
 # What a mutant's tests did -> whether it counts as killed. A timeout is a kill: the tests noticed.
@@ -268,6 +269,8 @@ def main() -> int:
         module = name if name in MODULES else by_stem.get(Path(name).stem)
         if module is None:
             die(f"unknown module {name!r}", f"one of: {', '.join(by_stem)} (add it to MODULES in scripts/mutation.py)")
+        if not (ROOT / module).is_file():
+            die(f"{module} is not in this checkout", "remove it from MODULES in scripts/mutation.py, or name another module")
         chosen.append(module)
     if args.jobs < 1:
         die(f"-j {args.jobs}: needs at least 1", "give -j 1 or more")

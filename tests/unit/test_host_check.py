@@ -395,3 +395,97 @@ def test_an_unreadable_smt_state_says_which_file(milan):
     milan.remove("sys/devices/system/cpu/smt/active")
     report = assess(milan, policy=0x30000)
     assert report.by_id("policy.smt").message == "/sys/devices/system/cpu/smt/active does not exist"
+
+
+# --- every check's words, for a ready host and for each broken fact: what an operator acts on ---------
+
+KVM_AMD_FIX = ("add 'options kvm_amd sev=1 sev_es=1 sev_snp=1' to /etc/modprobe.d/kvm-amd.conf, then reload kvm_amd "
+               "(modprobe -r kvm_amd; modprobe kvm_amd) or reboot; if it stays N see dmesg | grep -i sev (BIOS, ASIDs, "
+               "firmware >= 1.51)")
+FIRMWARE = "/usr/share/edk2/ovmf/OVMF.amdsev.fd"
+DESCRIPTOR = "/usr/share/qemu/firmware/60-edk2-ovmf-x64-amdsev.json"
+READY_MILAN = [
+    ("cpu.vendor", "pass", "AuthenticAMD AMD EPYC 7713P 64-Core Processor", "",
+     {"vendor": "AuthenticAMD", "model": "AMD EPYC 7713P 64-Core Processor"}),
+    ("cpu.sev", "pass", "CPUID 0x8000001F EAX bit 1 is 1", "", {"eax": "0x101fd3f"}),
+    ("cpu.sev_es", "pass", "CPUID 0x8000001F EAX bit 3 is 1", "", {"eax": "0x101fd3f"}),
+    ("cpu.sev_snp", "pass", "CPUID 0x8000001F EAX bit 4 is 1", "", {"eax": "0x101fd3f"}),
+    ("cpu.cbitpos", "pass", "C-bit 51, host physical-address reduction 5; libvirt agrees", "",
+     {"cbitpos": 51, "phys_addr_reduction": 5, "vmpls": 4}),
+    ("asid.snp", "pass", "127 ASIDs for SEV-ES/SNP guests (1..127)", "", {"snp_asids": 127, "min_sev_asid": 128, "max_asid": 509}),
+    ("kvm.dev", "pass", "/dev/kvm present", "", {}),
+    ("kvm_amd.sev", "pass", "sev = Y", "", {"value": "Y"}),
+    ("kvm_amd.sev_es", "pass", "sev_es = Y", "", {"value": "Y"}),
+    ("kvm_amd.sev_snp", "pass", "sev_snp = Y", "", {"value": "Y"}),
+    ("psp.dev_sev", "pass", "/dev/sev present, read-write for QEMU user libvirt-qemu", "",
+     {"mode": "0660", "uid": 0, "gid": 106, "qemu_user": "libvirt-qemu"}),
+    ("kernel.version", "pass", "6.12.0-snp-amd64 (>= 6.11)", "", {"release": "6.12.0-snp-amd64"}),
+    ("kernel.iommu", "pass", "IOMMU active (ivhd0), no passthrough or v2 page table", "", {"units": ["ivhd0"]}),
+    ("libvirt.version", "pass", "libvirt 11.3.0", "", {"version": "11.3.0"}),
+    ("qemu.version", "pass", "QEMU 10.0.0", "", {"version": "10.0.0"}),
+    ("domcaps.sev", "pass", "SEV supported: cbitpos 51, reducedPhysBits 1, maxGuests 59, maxESGuests 450", "",
+     {"cbitpos": 51, "reduced_phys_bits": 1, "max_guests": 59, "max_es_guests": 450, "source": "qemu:///system"}),
+    ("domcaps.sev_snp", "pass", "qemu:///system: <launchSecurity> lists sev-snp", "", {"source": "qemu:///system"}),
+    ("firmware.snp", "pass", f"{FIRMWARE} (descriptor {DESCRIPTOR})", "",
+     {"descriptor": DESCRIPTOR, "firmware": FIRMWARE, "kernel_hashes": True}),
+    ("capacity.snp_guests", "pass", "0 of 450 SEV-ES/SNP guests running, 450 free", "",
+     {"running": 0, "max_es_guests": 450, "free": 450}),
+    ("policy.smt", "pass", "SMT active on the host; policy allows it", "", {"smt_active": True}),
+    ("policy.debug", "pass", "DEBUG is clear", "", {}),
+    ("policy.bits", "pass", "policy 0x30000 uses only bits every SNP kernel accepts", "", {}),
+]
+
+
+def as_rows(report):
+    return [(c.check_id, c.status, c.message, c.hint, c.facts) for c in report.checks]
+
+
+def test_a_ready_host_reports_every_check_word_for_word(milan):
+    report = readiness.assess(CapturedConnection(), sysroot=str(milan.root), policy=0x30000)
+    assert as_rows(report) == READY_MILAN
+    assert (report.ready, report.summary) == (True, "ready for SEV-SNP guests")
+
+
+BROKEN_SAYS = {
+    "asid.snp": ("no ASIDs for SEV-ES/SNP guests (minimum SEV non-ES ASID is 1)",
+                 "BIOS: raise 'SEV-ES ASID Space Limit' / 'Minimum SEV non-ES ASID' (e.g. to 100)",
+                 {"snp_asids": 0, "min_sev_asid": 1, "max_asid": 509}),
+    "cpu.cbitpos": ("C-bit 51, host physical-address reduction 5, but libvirt reports cbitpos 47",
+                    "libvirt's cached QEMU capabilities are stale: restart libvirtd (or virtqemud) to re-probe",
+                    {"cbitpos": 51, "phys_addr_reduction": 5, "vmpls": 4}),
+    "cpu.sev": ("CPUID 0x8000001F EAX bit 1 is 0", "enable SME and SEV in the BIOS (SMEE, 'SEV Control')", {"eax": "0x101fd3d"}),
+    "cpu.sev_es": ("CPUID 0x8000001F EAX bit 3 is 0", "enable SEV-ES in the BIOS", {"eax": "0x101fd37"}),
+    "cpu.sev_snp": ("CPUID 0x8000001F EAX bit 4 is 0", "needs EPYC 7003 (Milan) or newer; BIOS: enable 'SEV-SNP Support' "
+                    "and 'SNP Memory Coverage'", {"eax": "0x1780f"}),
+    "cpu.vendor": ("GenuineIntel AMD EPYC 7713P 64-Core Processor", "SEV-SNP needs an AMD EPYC 7003 (Milan) or newer CPU",
+                   {"vendor": "GenuineIntel", "model": "AMD EPYC 7713P 64-Core Processor"}),
+    "firmware.snp": ("no QEMU firmware descriptor offers amd-sev-snp (descriptors: 45-ovmf-sev-stateless.json)",
+                     "install an OVMF AmdSev build with its descriptor (Fedora: edk2-ovmf's OVMF.amdsev.fd; Ubuntu: ovmf), "
+                     "or name an OVMF.amdsev.fd as the spec's firmware",
+                     {"descriptors": ["/usr/share/qemu/firmware/45-ovmf-sev-stateless.json"]}),
+    "kernel.iommu": ("kernel command line has iommu=pt: SNP needs the IOMMU on, translated, with v1 page tables",
+                     "remove iommu=pt from GRUB_CMDLINE_LINUX in /etc/default/grub, run update-grub, reboot",
+                     {"arguments": ["iommu=pt"]}),
+    "kvm.dev": ("/dev/kvm absent", "enable SVM (AMD-V) in the BIOS and load kvm_amd: modprobe kvm_amd", {}),
+    "kvm_amd.sev": ("sev = N", KVM_AMD_FIX, {"value": "N"}),
+    "kvm_amd.sev_snp": ("sev_snp = N", KVM_AMD_FIX, {"value": "N"}),
+    "psp.dev_sev": ("/dev/sev is absent", "load the PSP driver (modprobe ccp) and check dmesg | grep -i 'sev' for "
+                    "firmware init errors", {}),
+}
+
+
+@pytest.mark.parametrize("check_id", sorted(BROKEN_SAYS))
+def test_each_broken_fact_is_reported_word_for_word(milan, tmp_path, check_id):
+    report = assess(milan, broken(milan, tmp_path, check_id))
+    check = report.by_id(check_id)
+    assert (check.status, check.message, check.hint, check.facts) == ("fail", *BROKEN_SAYS[check_id])
+    assert report.summary == f"not ready: 1 check(s) failed: {check_id}"
+
+
+def test_domcaps_without_snp_says_which_source_and_what_it_needs(milan):
+    source = vector("virt-manager/kvm-x86_64-domcaps-amd-sev.xml")
+    check = assess(milan, source).by_id("domcaps.sev_snp")
+    assert (check.message, check.hint, check.facts) == (
+        f"--domcaps {source}: <launchSecurity> does not list sev-snp",
+        "needs libvirt >= 10.5, QEMU >= 9.1 and kvm_amd sev_snp=Y; restart libvirtd after fixing them",
+        {"source": f"--domcaps {source}"})
