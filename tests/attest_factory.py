@@ -50,6 +50,7 @@ class TestCA:
     vcek: x509.Certificate
     chip_id: bytes
     tcb: dict
+    product: str = "Milan"
 
     def write(self, folder: Path) -> dict[str, Path]:
         folder.mkdir(parents=True, exist_ok=True)
@@ -67,8 +68,9 @@ class TestCA:
         current_tcb/launch_tcb change some of their parts (a guest launched before a firmware update,
         or a firmware rolled back since). `patch` writes raw bytes (offset: bytes) before signing."""
         raw = bytearray(0x4A0)
-        reported = _tcb_value(self.tcb)
-        current = _tcb_value({**self.tcb, **(current_tcb or {})})
+        turin = self.product == "Turin"
+        reported = _tcb_value(self.tcb, turin)
+        current = _tcb_value({**self.tcb, **(current_tcb or {})}, turin)
         struct.pack_into("<IIQ", raw, 0, version, 0, policy)
         struct.pack_into("<II", raw, 0x30, 0, 1)
         struct.pack_into("<QQ", raw, 0x38, current, 0x1)
@@ -83,7 +85,7 @@ class TestCA:
         raw[0x1A0:0x1E0] = self.chip_id
         struct.pack_into("<Q", raw, 0x1E0, current)
         raw[0x1E8:0x1EB] = bytes([4, 52, 1])
-        struct.pack_into("<Q", raw, 0x1F0, _tcb_value({**self.tcb, **(launch_tcb or {})}))
+        struct.pack_into("<Q", raw, 0x1F0, _tcb_value({**self.tcb, **(launch_tcb or {})}, turin))
         for offset, value in (patch or {}).items():
             raw[offset:offset + len(value)] = value
         signature = amd_ecdsa.sign(self.vcek_key, bytes(raw[:0x2A0]))
@@ -91,8 +93,11 @@ class TestCA:
         return bytes(raw)
 
 
-def _tcb_value(parts: dict) -> int:
-    """Milan/Genoa TCB_VERSION: boot loader, TEE, 4 reserved bytes, SNP, microcode."""
+def _tcb_value(parts: dict, turin: bool = False) -> int:
+    """TCB_VERSION. Milan/Genoa: boot loader, TEE, 4 reserved bytes, SNP, microcode. Turin: FMC, boot
+    loader, TEE, SNP, 3 reserved bytes, microcode."""
+    if turin:
+        return parts["fmc"] | parts["bootloader"] << 8 | parts["tee"] << 16 | parts["snp"] << 24 | parts["microcode"] << 56
     return parts["bootloader"] | parts["tee"] << 8 | parts["snp"] << 48 | parts["microcode"] << 56
 
 
@@ -121,8 +126,8 @@ def make_ca(product: str = "Milan", chip_id: bytes = bytes(range(64)), tcb: dict
             hw_id: bytes | None | object = CHIP_ID, expired: tuple[str, ...] = (), ark_self_signed: bool = True) -> TestCA:
     """A CA and its VCEK. Broken on request: `hw_id` another hwID (None: no hwID extension), `expired`
     the roles ("ark", "ask", "vcek") whose validity ended in January 2024, `ark_self_signed=False` an
-    ARK signed by some other key."""
-    tcb = tcb or {"bootloader": 3, "tee": 0, "snp": 8, "microcode": 115}
+    ARK signed by some other key. A Turin CA's TCB has an FMC part and Turin's layout."""
+    tcb = tcb or {"bootloader": 3, "tee": 0, "snp": 8, "microcode": 115, **({"fmc": 1} if product == "Turin" else {})}
     ark_key, ask_key = _rsa_key(), _rsa_key()
     vcek_key = ec.generate_private_key(ec.SECP384R1())
     days = {role: 30 if role in expired else 3650 for role in ("ark", "ask", "vcek")}
@@ -132,7 +137,7 @@ def make_ca(product: str = "Milan", chip_id: bytes = bytes(range(64)), tcb: dict
     hw_id = chip_id if hw_id is CHIP_ID else hw_id
     vcek = _cert("SEV-VCEK", f"SEV-{product}", vcek_key.public_key(), ask_key, _leaf_extensions(product, tcb, hw_id),
                  days=days["vcek"])
-    return TestCA(ark_key, ask_key, vcek_key, ark, ask, vcek, chip_id, tcb)
+    return TestCA(ark_key, ask_key, vcek_key, ark, ask, vcek, chip_id, tcb, product)
 
 
 def _leaf_extensions(product: str, tcb: dict, hw_id: bytes | None) -> list[tuple[str, bytes]]:
@@ -141,6 +146,8 @@ def _leaf_extensions(product: str, tcb: dict, hw_id: bytes | None) -> list[tuple
     extensions = [(f"{amd}.1", _der_int(0)), (f"{amd}.2", b"\x16" + bytes([len(product) + 3]) + f"{product}-B0".encode()),
                   (f"{amd}.3.1", _der_int(tcb["bootloader"])), (f"{amd}.3.2", _der_int(tcb["tee"])),
                   (f"{amd}.3.3", _der_int(tcb["snp"])), (f"{amd}.3.8", _der_int(tcb["microcode"]))]
+    if "fmc" in tcb:
+        extensions.append((f"{amd}.3.9", _der_int(tcb["fmc"])))
     if hw_id is not None:
         extensions.append((f"{amd}.4", hw_id))
     return extensions

@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from snpvirt import certs, report as reports, verify
 from snpvirt.cli.app import run
@@ -730,8 +732,9 @@ def test_a_missing_link_is_named(keep, product, signer, message):
 def test_an_ask_from_another_ca_is_named_as_not_signed_by_the_ark():
     ca = shared_ca()
     stranger = make_ca()
-    pool = [certs.Cert(ca.ark, "ark.pem"), certs.Cert(stranger.ask, "other-ask.pem"), certs.Cert(ca.vcek, "vcek.pem")]
-    checks = chain_checks(pool, pool[2], trust_root=pool[0])
+    genoa_ask = next(c for c in certs.load_paths([vector("amd-certs/trustee/genoa_ask_ark_asvk.pem")]) if c.role == "ask")
+    pool = [certs.Cert(ca.ark, "ark.pem"), genoa_ask, certs.Cert(stranger.ask, "other-ask.pem"), certs.Cert(ca.vcek, "vcek.pem")]
+    checks = chain_checks(pool, pool[3], trust_root=pool[0])  # the Genoa ASK is no candidate for a Milan chain
     assert checks["cert.ask_signed_by_ark"] == (False, "SEV-Milan (other-ask.pem) is NOT signed by ARK-Milan (ark.pem)")
 
 
@@ -769,7 +772,7 @@ def cert_with(extension_suffix, value):
 
 @pytest.mark.parametrize("value,name", [
     (b"\x16\x08Genoa-B0", "Genoa-B0"),
-    (b"\x16\x03Tur", "Tur"),                # the length byte decides where the name ends
+    (b"\x16\x03Turin", "Tur"),              # the length byte decides where the name ends
     (b"\x16\x00", ""),
     (b"\x16\x02\xffA", "\ufffdA"),          # not ASCII: replaced, never an exception
     (b"\x0c\x08Genoa-B0", None),            # a UTF8String, not AMD's IA5String
@@ -807,6 +810,8 @@ def test_certificates_are_loaded_from_files_by_extension_and_keep_their_path(tmp
     assert sorted((c.role, Path(c.source).name) for c in loaded) == [("ark", "ark.CRT"), ("ask", "ask.cer"),
                                                                       ("vcek", "vcek.pem")]
     assert certs.load_paths([paths["vcek"]])[0].source == str(paths["vcek"])
+    der = vector("attestation/virtee-sev/vcek_milan.der")
+    assert certs.load_paths([der])[0].source == str(der)
 
 
 def test_unreadable_or_not_certificates_are_bad_input_with_a_hint(tmp_path):
@@ -832,3 +837,98 @@ def test_cli_json_gives_every_check_a_status(tmp_path, capsys):
     assert checks[0] == {"id": "report.format", "status": "pass", "message": "version 2, ECDSA P-384/SHA-384, milan"}
     assert {"id": "expect.measurement", "status": "fail", "message": "no expected measurement to compare with "
             "(give --domain NAME or --expected-measurement HEX)"} in checks
+
+
+# --- products, layouts and leaf choice --------------------------------------------------------------
+
+TURIN_CHIP = bytes(range(8)) + bytes(56)
+
+
+def turin_ca():
+    return make_ca(product="Turin", chip_id=TURIN_CHIP, hw_id=TURIN_CHIP[:8])
+
+
+def turin_report(ca, **kwargs):
+    return ca.report(version=3, patch={0x188: b"\x1a", 0x189: b"\x02"}, **kwargs)  # CPUID family 0x1A: Turin
+
+
+def test_a_turin_report_is_read_in_turins_tcb_layout():
+    ca = turin_ca()
+    pool = named_pool(ca)
+    verdict = verify.verify(turin_report(ca), "r.bin", pool, expect=replayable(bytes(48), "t", min_tcb={"fmc": 2}),
+                            now=NOW, trust_root=pool[0])
+    checks = {c.check_id: (c.ok, c.message) for c in verdict.checks}
+    assert verdict.product == "turin"
+    assert checks["cert.tcb"] == (True, "VCEK SPLs equal the reported TCB "
+                                        "{'fmc': 1, 'bootloader': 3, 'tee': 0, 'snp': 8, 'microcode': 115}")
+    assert checks["expect.min_tcb"] == (False, "TCB below --min-tcb: reported fmc 1 < 2; current fmc 1 < 2; launch fmc 1 < 2")
+    assert verdict.failed() == ["expect.min_tcb"]
+
+
+def test_among_turin_vceks_for_one_key_the_one_for_the_reported_tcb_wins():
+    ca = turin_ca()
+    stale = certs.Cert(leaf_cert(ca, issuer="SEV-Turin", product="Turin", tcb={"fmc": 0}, hw_id=TURIN_CHIP[:8]), "old.pem")
+    current = certs.Cert(ca.vcek, "vcek.pem")
+    assert verify.select_leaf([stale, current], reports.parse(ca.report()), "turin") is current
+
+
+def test_a_vcek_that_does_not_name_a_whole_milan_chip_is_never_the_leaf_even_if_its_key_signed():
+    ca = shared_ca()
+    prefix_only = certs.Cert(leaf_cert(ca, hw_id=ca.chip_id[:8]), "prefix.pem")  # the key that signed the report
+    whole = certs.Cert(leaf_cert(ca, key=make_ca().vcek_key), "whole.pem")       # the chip's id, another key
+    rep = reports.parse(ca.report())
+    assert verify.select_leaf([prefix_only, whole], rep, "milan") is whole
+    pool = named_pool(ca)[:2] + [prefix_only, whole]
+    verdict = verify.verify(ca.report(), "r.bin", pool, expect=replayable(bytes(48), "t"), now=NOW, trust_root=pool[0],
+                            product="milan")
+    assert verdict.failed() == ["report.signature"]
+
+
+def test_several_reserved_values_are_all_named():
+    checks = {c[0]: c for c in verdict_of(shared_ca().report(patch={0x4C: b"\x01", 0x1EB: b"\x01"}))}
+    assert checks["report.reserved"] == ("report.reserved", False,
+                                         "reserved values set: bytes 0x4c..0x4f; bytes 0x1eb..0x1eb")
+
+
+def test_a_reserved_signing_key_is_checked_as_a_vcek_chain():
+    checks = {c[0] for c in verdict_of(shared_ca().report(patch={0x48: b"\x08"}))}
+    assert {"cert.vcek_signed_by_ask", "cert.vcek_key"} <= checks
+
+
+def test_the_given_product_picks_the_root_among_every_generations_certificates():
+    entry, data, pool = milan_case()
+    others = certs.load_paths([vector("amd-certs/trustee/genoa_ask_ark_asvk.pem"),
+                               vector("amd-certs/trustee/turin_ask_ark_asvk.pem")])
+    verdict = verify.verify(data, "r", others + pool, expect=replayable(bytes.fromhex(entry["fields"]["measurement"]), "t"),
+                            now=pinned_now(entry), product="milan")
+    assert verdict.verified, verdict.failed()
+
+
+def test_a_vlek_says_it_is_bound_to_the_provider_not_a_chip():
+    vlek = next(e for e in json.loads(vector("attestation/expected-fields.json").read_text()) if e["name"] == "trustee/milan-vlek-aws")
+    pool = certs.load_paths([vector(vlek["signer_cert_file"])]) + chain_for(vlek)
+    verdict = verify.verify(vector(vlek["report_file"]).read_bytes(), "r", pool,
+                            expect=replayable(bytes.fromhex(vlek["fields"]["measurement"]), "t"), now=pinned_now(vlek))
+    assert verdict.verified, verdict.failed()
+    assert next(c.message for c in verdict.checks if c.check_id == "cert.chip_id") == (
+        "VLEK: signed for the cloud provider, not bound to a chip id")
+
+
+def test_another_chips_vcek_of_unknown_product_is_named_not_a_crash():
+    ca = shared_ca()
+    stranger = certs.Cert(leaf_cert(ca, issuer="SEV-Unknown", product="Mystery", hw_id=bytes(range(1, 65))), "v")
+    verdict = verify.verify(ca.report(), "r.bin", named_pool(ca)[:2] + [stranger], expect=replayable(bytes(48), "t"),
+                            now=NOW, trust_root=named_pool(ca)[0])
+    assert verdict.product is None
+    assert next(c.message for c in verdict.checks if c.check_id == "cert.chip_id").startswith("VCEK hwID 0102030405060708...")
+
+
+def test_the_product_is_read_from_the_issuer_first_and_from_a_nameless_issuer_not_at_all():
+    ca = shared_ca()
+    assert verify._product_of(certs.Cert(leaf_cert(ca, issuer="SEV-Genoa", product="Mystery"), "v")) == "genoa"
+    nameless = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "SEV-VCEK")]))
+                .issuer_name(x509.Name([x509.NameAttribute(x509.NameOID.ORGANIZATION_NAME, "Advanced Micro Devices")]))
+                .public_key(ca.vcek_key.public_key()).serial_number(1)
+                .not_valid_before(datetime.datetime(2024, 1, 1)).not_valid_after(datetime.datetime(2034, 1, 1))
+                .sign(ca.ask_key, hashes.SHA384()))
+    assert verify._product_of(certs.Cert(nameless, "v")) is None

@@ -197,3 +197,9 @@ def test_a_domain_without_os_or_type_still_gets_what_it_can():
 def test_removing_nvram_keeps_the_indentation_wherever_it_stands():
     first = b"<domain>\n  <os>\n    <nvram>/v.fd</nvram>\n    <type>hvm</type>\n    <loader type='rom'>/f</loader>\n  </os>\n</domain>"
     assert fix_text(first)[1].startswith('<domain>\n  <os>\n    <type>hvm</type>\n    <loader type="rom">/f</loader>\n  </os>')
+
+
+def test_an_added_loader_takes_the_indentation_of_what_precedes_type():
+    xml = b"<domain>\n  <os><kernel>/k</kernel>\n    <type>hvm</type>\n  </os>\n</domain>"
+    assert fix_text(xml)[1].startswith('<domain>\n  <os firmware="efi"><kernel>/k</kernel>\n    <type>hvm</type>\n'
+                                       '    <loader stateless="yes"/>\n  </os>')

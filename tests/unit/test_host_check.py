@@ -368,11 +368,14 @@ def test_a_failed_connection_is_the_reason_for_every_libvirt_check(milan):
     for check_id in ("libvirt.version", "qemu.version", "domcaps.sev_snp"):
         assert report.by_id(check_id).message == "no libvirt connection", check_id
     assert report.host["libvirt_error"] == "cannot connect to qemu:///system" and report.host["uri"] == "qemu:///system"
+    remote = readiness.assess(None, uri="qemu+ssh://root@h/system", connection_error="no route to host")
+    assert remote.host["hostname"] is None, "a remote host that could not be reached has no name here"
 
 
 def test_without_a_connection_or_domcaps_the_message_says_what_to_give(milan):
     report = readiness.assess(None, sysroot=str(milan.root))
     assert report.by_id("domcaps.sev_snp").message == "no domain capabilities: give --connect URI or --domcaps FILE"
+    assert report.host["hostname"] is None, "a captured sysroot is not this machine"
 
 
 def test_this_machine_is_assessed_by_default_and_named():

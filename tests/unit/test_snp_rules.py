@@ -177,6 +177,7 @@ SAYS = {
     "i440fx": (_set("os/type", "machine", "pc-i440fx-8.2"), [("snp.machine_q35", "machine type pc-i440fx-8.2 is not q35")]),
     "no machine": (_drop_attr("os/type", "machine"), [("snp.machine_q35", "machine type (default: i440fx pc) is not q35")]),
     "versioned q35": (_set("os/type", "machine", "pc-q35-9.0"), []),
+    "no os type": (_remove("os/type"), [("snp.machine_q35", "machine type (default: i440fx pc) is not q35")]),
     "not x86_64": (_set("os/type", "arch", "aarch64"), [("snp.machine_q35", "architecture aarch64 is not x86_64")]),
     "no arch": (_drop_attr("os/type", "arch"), []),
     "no firmware": (_remove("os/loader"), [("snp.firmware_stateless",
