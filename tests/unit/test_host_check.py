@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from typer.testing import CliRunner
@@ -492,3 +493,222 @@ def test_domcaps_without_snp_says_which_source_and_what_it_needs(milan):
         f"--domcaps {source}: <launchSecurity> does not list sev-snp",
         "needs libvirt >= 10.5, QEMU >= 9.1 and kvm_amd sev_snp=Y; restart libvirtd after fixing them",
         {"source": f"--domcaps {source}"})
+
+
+# --- each check's other branches, word for word ----------------------------------------------------
+
+def _w(path, text):
+    return lambda fake: fake.write(path, text)
+
+
+def _rm(path):
+    return lambda fake: fake.remove(path)
+
+
+def _all(*edits):
+    def edit(fake):
+        for one in edits:
+            one(fake)
+    return edit
+
+
+def _dev_sev(uid, gid, mode):
+    def edit(fake):
+        os.chown(fake.root / "dev/sev", uid, gid)
+        (fake.root / "dev/sev").chmod(mode)
+    return edit
+
+
+NO_SEV = vector("virt-manager/kvm-x86_64-domcaps-latest.xml")
+# case: (check, how the host differs from the ready Milan one, what else assess() gets)
+BRANCHES = {
+    'kernel 6.11 exactly': ("kernel.version", _w("proc/sys/kernel/osrelease", "6.11.0\n"), {}),
+    'kernel 6.10 with SNP backport': ("kernel.version", _w("proc/sys/kernel/osrelease", "6.10.5-vendor\n"), {}),
+    'kernel 5.15 without SNP': ("kernel.version",
+                                _all(_w("proc/sys/kernel/osrelease", "5.15.0\n"), _rm("sys/module/kvm_amd/parameters/sev_snp")),
+                                {}),
+    'kernel release unparseable': ("kernel.version", _w("proc/sys/kernel/osrelease", "weird\n"), {}),
+    'kernel release unreadable': ("kernel.version", _rm("proc/sys/kernel/osrelease"), {}),
+    'psp: QEMU user unknown': ("psp.dev_sev", _w("etc/passwd", "root:x:0:0::/root:/bin/sh\n"), {}),
+    'psp: owner read-write': ("psp.dev_sev", _dev_sev(64055, 0, 0o600), {}),
+    'psp: world read-write': ("psp.dev_sev", _dev_sev(0, 0, 0o606), {}),
+    'psp: group read only': ("psp.dev_sev", _dev_sev(0, 106, 0o640), {}),
+    'psp: owner without write': ("psp.dev_sev", _dev_sev(64055, 0, 0o400), {}),
+    'iommu off and v2': ("kernel.iommu", _w("proc/cmdline", "root=/dev/sda1 amd_iommu=off amd_iommu=pgtbl_v2\n"), {}),
+    'iommu v1 is fine': ("kernel.iommu", _w("proc/cmdline", "root=/dev/sda1 amd_iommu=pgtbl_v1\n"), {}),
+    'no iommu unit': ("kernel.iommu", _rm("sys/class/iommu/ivhd0"), {}),
+    'cmdline unreadable': ("kernel.iommu", _rm("proc/cmdline"), {}),
+    'smt active, policy forbids': ("policy.smt", None, {"policy": 0x20000}),
+    'smt off, policy forbids': ("policy.smt", _w("sys/devices/system/cpu/smt/active", "0\n"), {"policy": 0x20000}),
+    'smt off, policy allows': ("policy.smt", _w("sys/devices/system/cpu/smt/active", "0\n"), {"policy": 0x30000}),
+    'no cpuid: cbitpos': ("cpu.cbitpos", _rm("dev/cpu/0/cpuid"), {}),
+    'no cpuid: asid': ("asid.snp",
+                       _all(_rm("dev/cpu/0/cpuid"), _w("proc/cpuinfo", "vendor_id\t: AuthenticAMD\nflags\t\t: sev sev_es sev_snp\n")),
+                       {}),
+    "cbitpos without libvirt's": ("cpu.cbitpos", None, {"domcaps_file": None}),
+    'vendor unknown': ("cpu.vendor", _all(_rm("dev/cpu/0/cpuid"), _w("proc/cpuinfo", "processor\t: 0\n")), {}),
+    'vendor from cpuinfo': ("cpu.vendor", _rm("dev/cpu/0/cpuid"), {}),
+    'debug allowed': ("policy.debug", None, {"policy": 0xB0000}),
+    'policy bit 17 clear': ("policy.bits", None, {"policy": 0x24}),
+    'policy with new bits': ("policy.bits", None, {"policy": 0x70000}),
+    'policy ok': ("policy.bits", None, {"policy": 0x30000}),
+    'sev_snp flag absent in cpuinfo': ("cpu.sev_snp",
+                                       _all(_rm("dev/cpu/0/cpuid"), _w("proc/cpuinfo", "vendor_id\t: AuthenticAMD\nflags\t\t: sev sev_es\n")),
+                                       {}),
+    'cpuinfo unreadable too': ("cpu.sev",
+                               _all(_rm("dev/cpu/0/cpuid"), _w("proc/cpuinfo", "vendor_id\t: AuthenticAMD\n")),
+                               {}),
+    'kvm_amd not loaded': ("kvm_amd.sev", _rm("sys/module/kvm_amd"), {}),
+    'sev_es off while snp on': ("kvm_amd.sev_es", _w("sys/module/kvm_amd/parameters/sev_es", "N\n"), {}),
+    'sev_es 1': ("kvm_amd.sev_es", _w("sys/module/kvm_amd/parameters/sev_es", "1\n"), {}),
+    'sev_es off, snp off': ("kvm_amd.sev_es",
+                            _all(_w("sys/module/kvm_amd/parameters/sev_es", "N\n"), _w("sys/module/kvm_amd/parameters/sev_snp", "N\n")),
+                            {}),
+    'no sev_snp parameter': ("kvm_amd.sev_snp", _rm("sys/module/kvm_amd/parameters/sev_snp"), {}),
+    'spec firmware is fine': ("firmware.snp", None, {"spec_firmware": FIRMWARE}),
+    'spec firmware missing': ("firmware.snp", None, {"spec_firmware": "/srv/none.fd"}),
+    'descriptor file missing': ("firmware.snp", _rm(FIRMWARE), {}),
+    'domcaps no sev': ("domcaps.sev", None, {"domcaps_file": NO_SEV}),
+    'capacity full': ("capacity.snp_guests",
+                      None,
+                      {"conn": CapturedConnection(running_es_snp_guests=450), "domcaps_file": None}),
+    'capacity unknown': ("capacity.snp_guests", None, {}),
+    'qemu other driver': ("qemu.version", None, {"conn": CapturedConnection(driver="Test"), "domcaps_file": None}),
+    'qemu 9.1 exactly': ("qemu.version",
+                         None,
+                         {"conn": CapturedConnection(hypervisor_version=9_001_000), "domcaps_file": None}),
+    'libvirt 10.5 exactly': ("libvirt.version",
+                             None,
+                             {"conn": CapturedConnection(lib_version=10_005_000), "domcaps_file": None}),
+    'libvirt 10.4.9': ("libvirt.version",
+                       None,
+                       {"conn": CapturedConnection(lib_version=10_004_009), "domcaps_file": None}),
+}
+BRANCH_SAYS = {  # (status, message, hint, facts)
+    'kernel 6.11 exactly': ('pass', '6.11.0 (>= 6.11)', '', {'release': '6.11.0'}),
+    'kernel 6.10 with SNP backport': ('warn',
+                                      '6.10.5-vendor is older than 6.11 but kvm_amd reports SNP (a backport)',
+                                      'keep QEMU and this kernel in lock-step: use the QEMU your kernel vendor pairs with it',
+                                      {'release': '6.10.5-vendor'}),
+    'kernel 5.15 without SNP': ('fail',
+                                '5.15.0 is older than 6.11 (no upstream SEV-SNP host support)',
+                                'install a kernel >= 6.11 (Debian 12: linux-image-amd64 from bookworm-backports)',
+                                {'release': '5.15.0'}),
+    'kernel release unparseable': ('skip', "cannot parse 'weird'", '', {}),
+    'kernel release unreadable': ('skip', '/proc/sys/kernel/osrelease does not exist', '', {}),
+    'psp: QEMU user unknown': ('pass',
+                               '/dev/sev present (QEMU user unknown here; libvirt grants it access)',
+                               '',
+                               {'mode': '0660', 'uid': 0, 'gid': 106, 'qemu_user': None}),
+    'psp: owner read-write': ('pass',
+                              '/dev/sev present, read-write for QEMU user libvirt-qemu',
+                              '',
+                              {'mode': '0600', 'uid': 64055, 'gid': 0, 'qemu_user': 'libvirt-qemu'}),
+    'psp: world read-write': ('pass',
+                              '/dev/sev present, read-write for QEMU user libvirt-qemu',
+                              '',
+                              {'mode': '0606', 'uid': 0, 'gid': 0, 'qemu_user': 'libvirt-qemu'}),
+    'psp: group read only': ('warn',
+                             '/dev/sev (0640) is not read-write for QEMU user libvirt-qemu',
+                             'libvirt normally grants it per domain; if QEMU cannot open it: chgrp kvm /dev/sev; chmod 0660 /dev/sev (udev rule: KERNEL=="sev", GROUP="kvm", MODE="0660")',
+                             {'mode': '0640', 'uid': 0, 'gid': 106, 'qemu_user': 'libvirt-qemu'}),
+    'psp: owner without write': ('warn',
+                                 '/dev/sev (0400) is not read-write for QEMU user libvirt-qemu',
+                                 'libvirt normally grants it per domain; if QEMU cannot open it: chgrp kvm /dev/sev; chmod 0660 /dev/sev (udev rule: KERNEL=="sev", GROUP="kvm", MODE="0660")',
+                                 {'mode': '0400', 'uid': 64055, 'gid': 0, 'qemu_user': 'libvirt-qemu'}),
+    'iommu off and v2': ('fail',
+                         'kernel command line has amd_iommu=off amd_iommu=pgtbl_v2: SNP needs the IOMMU on, translated, with v1 page tables',
+                         'remove amd_iommu=off amd_iommu=pgtbl_v2 from GRUB_CMDLINE_LINUX in /etc/default/grub, run update-grub, reboot',
+                         {'arguments': ['amd_iommu=off', 'amd_iommu=pgtbl_v2']}),
+    'iommu v1 is fine': ('pass', 'IOMMU active (ivhd0), no passthrough or v2 page table', '', {'units': ['ivhd0']}),
+    'no iommu unit': ('fail',
+                      'no IOMMU is active (/sys/class/iommu is empty)',
+                      'enable the IOMMU in the BIOS (AMD-Vi / IOMMU: Enabled) and reboot',
+                      {'units': []}),
+    'cmdline unreadable': ('skip', '/proc/cmdline does not exist', '', {}),
+    'smt active, policy forbids': ('fail',
+                                   'policy 0x20000 forbids SMT but host SMT is active',
+                                   'set snp.policy.smt = true, or disable SMT (BIOS, or: echo off > /sys/devices/system/cpu/smt/control)',
+                                   {'smt_active': True}),
+    'smt off, policy forbids': ('pass', 'SMT off on the host; policy forbids it', '', {'smt_active': False}),
+    'smt off, policy allows': ('pass', 'SMT off on the host; policy allows it', '', {'smt_active': False}),
+    'no cpuid: cbitpos': ('skip', 'needs CPUID: /dev/cpu/0/cpuid is absent', 'modprobe cpuid', {}),
+    'no cpuid: asid': ('skip', 'needs CPUID: /dev/cpu/0/cpuid is absent', 'modprobe cpuid', {}),
+    "cbitpos without libvirt's": ('pass', 'C-bit 51, host physical-address reduction 5 (no libvirt cbitpos to compare)', '', {'cbitpos': 51, 'phys_addr_reduction': 5, 'vmpls': 4}),
+    'vendor unknown': ('skip', 'CPU vendor unknown', '', {}),
+    'vendor from cpuinfo': ('pass',
+                            'AuthenticAMD AMD EPYC 7713P 64-Core Processor',
+                            '',
+                            {'vendor': 'AuthenticAMD', 'model': 'AMD EPYC 7713P 64-Core Processor'}),
+    'debug allowed': ('warn',
+                      'policy 0xb0000 allows debugging: the host can read guest memory',
+                      'clear snp.policy.debug for any guest with real data',
+                      {}),
+    'policy bit 17 clear': ('fail',
+                            'policy 0x24 has bit 17 clear; SEV-SNP requires it set (KVM rejects the launch with -EINVAL)',
+                            'use 0x20024 (bit 17 added), e.g. 0x30000 for SMT allowed',
+                            {}),
+    'policy with new bits': ('warn',
+                             'policy sets migrate_ma (0x40000), which KVM before the 2025 policy extensions rejects (SNP_LAUNCH_START -EINVAL)',
+                             'make sure the host kernel accepts these bits, or clear them',
+                             {'bits': ['migrate_ma']}),
+    'policy ok': ('pass', 'policy 0x30000 uses only bits every SNP kernel accepts', '', {}),
+    'sev_snp flag absent in cpuinfo': ('fail',
+                                       "cpuinfo flag 'sev_snp' absent (/dev/cpu/0/cpuid is absent; from /proc/cpuinfo flags instead)",
+                                       "needs EPYC 7003 (Milan) or newer; BIOS: enable 'SEV-SNP Support' and 'SNP Memory Coverage' (or modprobe cpuid to read CPUID directly)",
+                                       {'source': '/proc/cpuinfo'}),
+    'cpuinfo unreadable too': ('skip', 'cannot read CPUID or /proc/cpuinfo (/dev/cpu/0/cpuid is absent)', '', {}),
+    'kvm_amd not loaded': ('fail', 'kvm_amd is not loaded', 'modprobe kvm_amd', {}),
+    'sev_es off while snp on': ('warn',
+                                'sev_es = N: SEV-ES guests unavailable while SNP is on',
+                                'nothing to do for SNP guests; SEV-ES guests need firmware without the CVE-2025-48514 change',
+                                {'value': 'N'}),
+    'sev_es 1': ('pass', 'sev_es = 1', '', {'value': '1'}),
+    'sev_es off, snp off': ('fail',
+                            'sev_es = N',
+                            "add 'options kvm_amd sev=1 sev_es=1 sev_snp=1' to /etc/modprobe.d/kvm-amd.conf, then reload kvm_amd (modprobe -r kvm_amd; modprobe kvm_amd) or reboot; if it stays N see dmesg | grep -i sev (BIOS, ASIDs, firmware >= 1.51)",
+                            {'value': 'N'}),
+    'no sev_snp parameter': ('fail',
+                             "kvm_amd has no 'sev_snp' parameter: this kernel lacks SEV-SNP host support",
+                             'install a kernel >= 6.11 with CONFIG_KVM_AMD_SEV=y',
+                             {}),
+    'spec firmware is fine': ('pass',
+                              "/usr/share/edk2/ovmf/OVMF.amdsev.fd (the spec's firmware; carries OVMF SEV metadata)",
+                              '',
+                              {'firmware': '/usr/share/edk2/ovmf/OVMF.amdsev.fd', 'kernel_hashes': True}),
+    'spec firmware missing': ('fail',
+                              "the spec's firmware /srv/none.fd: /srv/none.fd does not exist",
+                              "point the spec's firmware at an SEV-capable OVMF: the AmdSev build, e.g. OVMF.amdsev.fd",
+                              {'firmware': '/srv/none.fd'}),
+    'descriptor file missing': ('fail',
+                                'descriptor /usr/share/qemu/firmware/60-edk2-ovmf-x64-amdsev.json names /usr/share/edk2/ovmf/OVMF.amdsev.fd: /usr/share/edk2/ovmf/OVMF.amdsev.fd does not exist',
+                                'install the firmware package that provides it (Fedora: edk2-ovmf; Ubuntu: ovmf)',
+                                {'descriptor': '/usr/share/qemu/firmware/60-edk2-ovmf-x64-amdsev.json', 'firmware': '/usr/share/edk2/ovmf/OVMF.amdsev.fd'}),
+    'domcaps no sev': ('fail',
+                       "--domcaps /work/shared/vectors/virt-manager/kvm-x86_64-domcaps-latest.xml: <sev supported='no'>",
+                       'libvirt found no usable SEV in QEMU/KVM: fix the failed CPU/kvm_amd/psp checks, then restart libvirtd so it probes QEMU again',
+                       {'cbitpos': None, 'reduced_phys_bits': None, 'max_guests': None, 'max_es_guests': None, 'source': f'--domcaps {NO_SEV}'}),
+    'capacity full': ('warn',
+                      'no free SEV-ES/SNP ASIDs: 450 of 450 in use',
+                      'stop an SEV-ES/SNP guest, or raise the SEV-ES ASID limit in the BIOS',
+                      {'running': 450, 'max_es_guests': 450, 'free': 0}),
+    'capacity unknown': ('skip', 'needs maxESGuests and the running domains from a libvirt connection', '', {}),
+    'qemu other driver': ('skip', "the connection's driver is Test, not QEMU", '', {}),
+    'qemu 9.1 exactly': ('pass', 'QEMU 9.1.0', '', {'version': '9.1.0'}),
+    'libvirt 10.5 exactly': ('pass', 'libvirt 10.5.0', '', {'version': '10.5.0'}),
+    'libvirt 10.4.9': ('fail',
+                       'libvirt 10.4.9 (SEV-SNP needs >= 10.5.0)',
+                       'install libvirt >= 10.5 (Debian 12: bookworm-backports; Ubuntu >= 25.04)',
+                       {'version': '10.4.9'}),
+}
+
+
+@pytest.mark.parametrize("case", list(BRANCHES))
+def test_each_branch_of_each_check_says_what_it_found(tmp_path, case):
+    check_id, edit, inputs = BRANCHES[case]
+    fake = FakeHost(tmp_path / "host")
+    if edit:
+        edit(fake)
+    inputs = {"domcaps_file": genoa_domcaps(), **inputs}
+    check = readiness.assess(inputs.pop("conn", None), sysroot=str(fake.root), **inputs).by_id(check_id)
+    assert (check.status, check.message, check.hint, check.facts) == BRANCH_SAYS[case]
