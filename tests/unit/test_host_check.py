@@ -712,3 +712,81 @@ def test_each_branch_of_each_check_says_what_it_found(tmp_path, case):
     inputs = {"domcaps_file": genoa_domcaps(), **inputs}
     check = readiness.assess(inputs.pop("conn", None), sysroot=str(fake.root), **inputs).by_id(check_id)
     assert (check.status, check.message, check.hint, check.facts) == BRANCH_SAYS[case]
+
+
+DESCRIPTOR_FILE = "usr/share/qemu/firmware/60-edk2-ovmf-x64-amdsev.json"
+
+
+def _descriptor(mapping, features=("amd-sev-snp",)):
+    return _w(DESCRIPTOR_FILE, json.dumps({"features": list(features), "mapping": mapping}))
+
+
+def _two_descriptors_without_snp(fake):
+    fake.remove(DESCRIPTOR_FILE)
+    for name, file in (("10-a.json", "/x.fd"), ("20-b.json", "/y.fd")):
+        fake.write(f"usr/share/qemu/firmware/{name}", json.dumps({"features": [], "mapping": {"device": "memory",
+                                                                                                 "filename": file}}))
+
+
+FIRMWARE_HINT = ("install an OVMF AmdSev build with its descriptor (Fedora: edk2-ovmf's OVMF.amdsev.fd; Ubuntu: ovmf), "
+                 "or name an OVMF.amdsev.fd as the spec's firmware")
+FIRMWARE_BRANCHES = {
+    "a kernel mapping": (_descriptor({"device": "kernel", "executable": {"filename": FIRMWARE}}),
+                         ("fail", f"/{DESCRIPTOR_FILE} offers amd-sev-snp but maps it as kernel (no mode): SNP firmware "
+                                  "must be ROM or stateless flash",
+                          'use a descriptor with "device": "memory" or flash "mode": "stateless"',
+                          {"descriptor": f"/{DESCRIPTOR_FILE}"})),
+    "no descriptors": (_rm("usr/share/qemu/firmware"),
+                       ("fail", "no QEMU firmware descriptor offers amd-sev-snp (descriptors: none)", FIRMWARE_HINT,
+                        {"descriptors": []})),
+    "two descriptors without snp": (_two_descriptors_without_snp,
+                                    ("fail", "no QEMU firmware descriptor offers amd-sev-snp (descriptors: 10-a.json, "
+                                             "20-b.json)", FIRMWARE_HINT,
+                                     {"descriptors": ["/usr/share/qemu/firmware/10-a.json",
+                                                      "/usr/share/qemu/firmware/20-b.json"]})),
+}
+
+
+@pytest.mark.parametrize("case", list(FIRMWARE_BRANCHES))
+def test_each_firmware_descriptor_problem_is_named(tmp_path, case):
+    edit, says = FIRMWARE_BRANCHES[case]
+    fake = FakeHost(tmp_path / "host")
+    edit(fake)
+    check = assess(fake).by_id("firmware.snp")
+    assert (check.status, check.message, check.hint, check.facts) == says
+
+
+def test_a_descriptor_that_names_no_file_says_so(tmp_path):
+    fake = FakeHost(tmp_path / "host")
+    _descriptor({"device": "memory"})(fake)
+    check = assess(fake).by_id("firmware.snp")
+    assert check.status == "fail" and check.message.endswith(": the descriptor names no file")
+    assert (check.hint, check.facts) == ("install the firmware package that provides it (Fedora: edk2-ovmf; Ubuntu: ovmf)",
+                                         {"descriptor": f"/{DESCRIPTOR_FILE}", "firmware": None})
+
+
+@pytest.mark.parametrize("uri,remote", [
+    ("qemu:///system", False), ("qemu+unix:///system?socket=/run/x.sock", False), (None, False), ("", False),
+    ("qemu://genoa-01/system", True), ("qemu+ssh:///system", True), ("qemu+tcp:///system", True),
+    ("qemu+tls:///system", True), ("qemu+libssh:///system", True), ("qemu+ssh://root@genoa-01/system", True),
+])
+def test_what_counts_as_a_remote_host(uri, remote):
+    """A remote host's readiness must never be read from this machine's files."""
+    assert host.is_remote_uri(uri) is remote
+
+
+def test_a_check_below_one_that_could_not_run_says_so(milan):
+    milan.remove("dev/cpu/0/cpuid")
+    milan.write("proc/cpuinfo", "vendor_id\t: AuthenticAMD\n")
+    report = assess(milan)
+    assert report.by_id("cpu.sev").status == "skip"
+    assert report.by_id("cpu.sev_es").message == "cpu.sev could not be checked"
+
+
+def test_the_summary_lists_warnings_and_failures(milan, tmp_path):
+    milan.write("proc/sys/kernel/osrelease", "6.8.0\n")
+    (milan.root / "dev/sev").chmod(0o600)
+    assert assess(milan).summary == "ready for SEV-SNP guests (warnings: psp.dev_sev, kernel.version)"
+    milan.write("proc/cmdline", "root=/dev/sda1 iommu=pt\n")
+    milan.remove("dev/kvm")
+    assert assess(milan).summary == "not ready: 2 check(s) failed: kvm.dev, kernel.iommu"
