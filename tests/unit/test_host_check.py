@@ -790,3 +790,39 @@ def test_the_summary_lists_warnings_and_failures(milan, tmp_path):
     milan.write("proc/cmdline", "root=/dev/sda1 iommu=pt\n")
     milan.remove("dev/kvm")
     assert assess(milan).summary == "not ready: 2 check(s) failed: kvm.dev, kernel.iommu"
+
+
+def test_a_debug_policy_warns_once_and_is_no_policy_bits_failure(milan):
+    """--allow-debug guests are the user's call: policy.debug warns, policy.bits must not fail the gate too."""
+    report = assess(milan, policy=0xB0000)
+    assert (report.by_id("policy.debug").status, report.by_id("policy.bits").status) == ("warn", "pass")
+    assert report.ready
+
+
+def test_without_a_connection_or_domcaps_each_libvirt_check_is_skipped_and_says_why(milan):
+    report = readiness.assess(None, sysroot=str(milan.root))
+    rows = {c.check_id: (c.status, c.message) for c in report.checks}
+    assert rows["libvirt.version"] == rows["qemu.version"] == ("skip", "no libvirt connection (--sysroot without --connect)")
+    assert rows["domcaps.sev"] == rows["domcaps.sev_snp"] == (
+        "skip", "no domain capabilities: give --connect URI or --domcaps FILE")
+
+
+def test_a_remote_host_skips_the_smt_check_with_the_reason():
+    report = readiness.assess(CapturedConnection(uri="qemu+ssh://root@genoa-01/system"), policy=0x20000)
+    check = report.by_id("policy.smt")
+    assert (check.status, check.message) == ("skip", "remote host (qemu+ssh://root@genoa-01/system): only what libvirt "
+                                                      "reports is checked")
+
+
+def test_qemu_running_as_root_can_open_any_dev_sev(milan):
+    milan.write("etc/passwd", "root:x:0:0::/root:/bin/sh\nlibvirt-qemu:x:0:0::/var/lib/libvirt:/usr/sbin/nologin\n")
+    os.chown(milan.root / "dev/sev", 64055, 64055)
+    (milan.root / "dev/sev").chmod(0o600)
+    assert assess(milan).by_id("psp.dev_sev").status == "pass"
+
+
+def test_an_old_qemu_says_what_to_install():
+    facts = CapturedConnection(hypervisor_version=9_000_002).libvirt_facts()
+    check = host.run_checks(host.HostInputs(local=None, local_skip="remote", libvirt=facts)).by_id("qemu.version")
+    assert (check.status, check.message, check.hint) == (
+        "fail", "QEMU 9.0.2 (SEV-SNP needs >= 9.1.0)", "install QEMU >= 9.1 (Debian 12: qemu-system-x86 from bookworm-backports)")
