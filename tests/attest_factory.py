@@ -106,8 +106,9 @@ CHIP_ID = object()  # make_ca(hw_id=CHIP_ID): the VCEK's hwID is the chip id, as
 
 # Making an RSA-2048 key takes ~0.1 s: most of an attestation test's time, and of every mutant's in
 # scripts/mutation. make_ca takes its RSA keys from a pool in turn, so keys repeat only after
-# _RSA_POOL_SIZE draws (a test that needs CAs with distinct keys makes at most 4), and a forked
-# process (mutmut tests each mutant in one) inherits the pool instead of making it again.
+# _RSA_POOL_SIZE draws (a test that needs CAs with distinct keys makes at most 4, all of them in the
+# test: a CA kept across tests, like test_attest's shared_ca(), may share keys with a later one),
+# and a forked process (mutmut tests each mutant in one) inherits the pool instead of making it again.
 _RSA_POOL_SIZE = 12
 _rsa_pool: list[rsa.RSAPrivateKey] = []
 _rsa_draws = 0

@@ -730,8 +730,7 @@ def test_a_missing_link_is_named(keep, product, signer, message):
 
 
 def test_an_ask_from_another_ca_is_named_as_not_signed_by_the_ark():
-    ca = shared_ca()
-    stranger = make_ca()
+    ca, stranger = make_ca(), make_ca()  # both fresh: shared_ca() may hold keys the pool hands out again
     genoa_ask = next(c for c in certs.load_paths([vector("amd-certs/trustee/genoa_ask_ark_asvk.pem")]) if c.role == "ask")
     pool = [certs.Cert(ca.ark, "ark.pem"), genoa_ask, certs.Cert(stranger.ask, "other-ask.pem"), certs.Cert(ca.vcek, "vcek.pem")]
     checks = chain_checks(pool, pool[3], trust_root=pool[0])  # the Genoa ASK is no candidate for a Milan chain
