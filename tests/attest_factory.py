@@ -29,13 +29,15 @@ def _der_int(value: int) -> bytes:
     return bytes([0x02, len(body)]) + body
 
 
-def _cert(subject: str, issuer: str, public_key, signing_key, extensions=(), days=3650, serial=1) -> x509.Certificate:
+def _cert(subject: str, issuer: str, public_key, signing_key, extensions=(), days=3650, serial=1, pss=True) -> x509.Certificate:
     builder = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(issuer))
                .public_key(public_key).serial_number(serial).not_valid_before(START)
                .not_valid_after(START + datetime.timedelta(days=days)))
     for oid, value in extensions:
         builder = builder.add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier(oid), value), critical=False)
-    return builder.sign(signing_key, hashes.SHA384(), rsa_padding=PSS)
+    if not isinstance(signing_key, rsa.RSAPrivateKey):
+        return builder.sign(signing_key, hashes.SHA384())  # an EC "intermediate": AMD's are all RSA
+    return builder.sign(signing_key, hashes.SHA384(), rsa_padding=PSS if pss else padding.PKCS1v15())
 
 
 @dataclass
@@ -48,6 +50,7 @@ class TestCA:
     vcek: x509.Certificate
     chip_id: bytes
     tcb: dict
+    product: str = "Milan"
 
     def write(self, folder: Path) -> dict[str, Path]:
         folder.mkdir(parents=True, exist_ok=True)
@@ -65,8 +68,9 @@ class TestCA:
         current_tcb/launch_tcb change some of their parts (a guest launched before a firmware update,
         or a firmware rolled back since). `patch` writes raw bytes (offset: bytes) before signing."""
         raw = bytearray(0x4A0)
-        reported = _tcb_value(self.tcb)
-        current = _tcb_value({**self.tcb, **(current_tcb or {})})
+        turin = self.product == "Turin"
+        reported = _tcb_value(self.tcb, turin)
+        current = _tcb_value({**self.tcb, **(current_tcb or {})}, turin)
         struct.pack_into("<IIQ", raw, 0, version, 0, policy)
         struct.pack_into("<II", raw, 0x30, 0, 1)
         struct.pack_into("<QQ", raw, 0x38, current, 0x1)
@@ -81,7 +85,7 @@ class TestCA:
         raw[0x1A0:0x1E0] = self.chip_id
         struct.pack_into("<Q", raw, 0x1E0, current)
         raw[0x1E8:0x1EB] = bytes([4, 52, 1])
-        struct.pack_into("<Q", raw, 0x1F0, _tcb_value({**self.tcb, **(launch_tcb or {})}))
+        struct.pack_into("<Q", raw, 0x1F0, _tcb_value({**self.tcb, **(launch_tcb or {})}, turin))
         for offset, value in (patch or {}).items():
             raw[offset:offset + len(value)] = value
         signature = amd_ecdsa.sign(self.vcek_key, bytes(raw[:0x2A0]))
@@ -89,37 +93,62 @@ class TestCA:
         return bytes(raw)
 
 
-def _tcb_value(parts: dict) -> int:
-    """Milan/Genoa TCB_VERSION: boot loader, TEE, 4 reserved bytes, SNP, microcode."""
+def _tcb_value(parts: dict, turin: bool = False) -> int:
+    """TCB_VERSION. Milan/Genoa: boot loader, TEE, 4 reserved bytes, SNP, microcode. Turin: FMC, boot
+    loader, TEE, SNP, 3 reserved bytes, microcode."""
+    if turin:
+        return parts["fmc"] | parts["bootloader"] << 8 | parts["tee"] << 16 | parts["snp"] << 24 | parts["microcode"] << 56
     return parts["bootloader"] | parts["tee"] << 8 | parts["snp"] << 48 | parts["microcode"] << 56
 
 
 CHIP_ID = object()  # make_ca(hw_id=CHIP_ID): the VCEK's hwID is the chip id, as KDS issues it
 
 
+# Making an RSA-2048 key takes ~0.1 s: most of an attestation test's time, and of every mutant's in
+# scripts/mutation. make_ca takes its RSA keys from a pool in turn, so keys repeat only after
+# _RSA_POOL_SIZE draws (a test that needs CAs with distinct keys makes at most 4, all of them in the
+# test: a CA kept across tests, like test_attest's shared_ca(), may share keys with a later one),
+# and a forked process (mutmut tests each mutant in one) inherits the pool instead of making it again.
+_RSA_POOL_SIZE = 12
+_rsa_pool: list[rsa.RSAPrivateKey] = []
+_rsa_draws = 0
+
+
+def _rsa_key() -> rsa.RSAPrivateKey:
+    global _rsa_draws
+    if len(_rsa_pool) < _RSA_POOL_SIZE:
+        _rsa_pool.append(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    key = _rsa_pool[_rsa_draws % _RSA_POOL_SIZE]
+    _rsa_draws += 1
+    return key
+
+
 def make_ca(product: str = "Milan", chip_id: bytes = bytes(range(64)), tcb: dict | None = None, *,
             hw_id: bytes | None | object = CHIP_ID, expired: tuple[str, ...] = (), ark_self_signed: bool = True) -> TestCA:
     """A CA and its VCEK. Broken on request: `hw_id` another hwID (None: no hwID extension), `expired`
     the roles ("ark", "ask", "vcek") whose validity ended in January 2024, `ark_self_signed=False` an
-    ARK signed by some other key."""
-    tcb = tcb or {"bootloader": 3, "tee": 0, "snp": 8, "microcode": 115}
-    ark_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    ask_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ARK signed by some other key. A Turin CA's TCB has an FMC part and Turin's layout."""
+    tcb = tcb or {"bootloader": 3, "tee": 0, "snp": 8, "microcode": 115, **({"fmc": 1} if product == "Turin" else {})}
+    ark_key, ask_key = _rsa_key(), _rsa_key()
     vcek_key = ec.generate_private_key(ec.SECP384R1())
     days = {role: 30 if role in expired else 3650 for role in ("ark", "ask", "vcek")}
-    ark_signer = ark_key if ark_self_signed else rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ark_signer = ark_key if ark_self_signed else _rsa_key()
     ark = _cert(f"ARK-{product}", f"ARK-{product}", ark_key.public_key(), ark_signer, days=days["ark"])
     ask = _cert(f"SEV-{product}", f"ARK-{product}", ask_key.public_key(), ark_key, days=days["ask"])
-    extensions = _vcek_extensions(product, chip_id if hw_id is CHIP_ID else hw_id, tcb)
-    vcek = _cert("SEV-VCEK", f"SEV-{product}", vcek_key.public_key(), ask_key, extensions, days=days["vcek"])
-    return TestCA(ark_key, ask_key, vcek_key, ark, ask, vcek, chip_id, tcb)
+    hw_id = chip_id if hw_id is CHIP_ID else hw_id
+    vcek = _cert("SEV-VCEK", f"SEV-{product}", vcek_key.public_key(), ask_key, _leaf_extensions(product, tcb, hw_id),
+                 days=days["vcek"])
+    return TestCA(ark_key, ask_key, vcek_key, ark, ask, vcek, chip_id, tcb, product)
 
 
-def _vcek_extensions(product: str, hw_id: bytes | None, tcb: dict) -> list:
+def _leaf_extensions(product: str, tcb: dict, hw_id: bytes | None) -> list[tuple[str, bytes]]:
+    """AMD's VCEK extensions: structure version, product name, the TCB's SPLs, the hwID (chip id)."""
     amd = "1.3.6.1.4.1.3704.1"
     extensions = [(f"{amd}.1", _der_int(0)), (f"{amd}.2", b"\x16" + bytes([len(product) + 3]) + f"{product}-B0".encode()),
                   (f"{amd}.3.1", _der_int(tcb["bootloader"])), (f"{amd}.3.2", _der_int(tcb["tee"])),
                   (f"{amd}.3.3", _der_int(tcb["snp"])), (f"{amd}.3.8", _der_int(tcb["microcode"]))]
+    if "fmc" in tcb:
+        extensions.append((f"{amd}.3.9", _der_int(tcb["fmc"])))
     if hw_id is not None:
         extensions.append((f"{amd}.4", hw_id))
     return extensions
@@ -131,4 +160,14 @@ def issue_vcek(ca: TestCA, tcb: dict, chip_id: bytes | None = None, product: str
     expires `days` after 2024-01-01."""
     key = ec.generate_private_key(ec.SECP384R1())
     return _cert("SEV-VCEK", f"SEV-{product}", key.public_key(), ca.ask_key,
-                 _vcek_extensions(product, ca.chip_id if chip_id is None else chip_id, tcb), days=days)
+                 _leaf_extensions(product, tcb, ca.chip_id if chip_id is None else chip_id), days=days)
+
+
+def leaf_cert(ca: TestCA, *, cn: str = "SEV-VCEK", issuer: str = "SEV-Milan", product: str = "Milan",
+              tcb: dict | None = None, hw_id: bytes | None | object = CHIP_ID, key=None, signer=None,
+              pss: bool = True) -> x509.Certificate:
+    """Another leaf, signed by this CA's ASK unless `signer` is given: the same VCEK key for another TCB,
+    a VLEK, another chip's VCEK, a key of another kind (`key`), a PKCS#1 v1.5 signature (pss=False)."""
+    public_key = (key or ca.vcek_key).public_key()
+    extensions = _leaf_extensions(product, {**ca.tcb, **(tcb or {})}, ca.chip_id if hw_id is CHIP_ID else hw_id)
+    return _cert(cn, issuer, public_key, signer or ca.ask_key, extensions, pss=pss)

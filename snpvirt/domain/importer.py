@@ -75,7 +75,7 @@ def _fix_firmware(root: etree._Element, firmware: str | None, changes: list[str]
         return
     nvram = os_el.find("nvram")
     if nvram is not None:
-        os_el.remove(nvram)
+        _remove(nvram)
         changes.append("removed <nvram>: SEV-SNP firmware is stateless")
     loader = os_el.find("loader")
     if firmware is not None:
@@ -101,6 +101,16 @@ def _fix_firmware(root: etree._Element, firmware: str | None, changes: list[str]
         loader.set("stateless", "yes")
         what = f"the firmware {loader.text.strip()}" if loader.text and loader.text.strip() else "the firmware"
         changes.append(f"made {what} stateless (no NVRAM)")  # whether it is an SEV-SNP build: manager.import_domain
+
+
+def _remove(element: etree._Element) -> None:
+    """Remove an element and keep the layout: lxml drops its tail (the indent of what follows) with it."""
+    previous, parent = element.getprevious(), element.getparent()
+    if previous is not None:
+        previous.tail = element.tail
+    else:
+        parent.text = element.tail
+    parent.remove(element)
 
 
 def _insert_after_type(os_el: etree._Element, element: etree._Element) -> None:

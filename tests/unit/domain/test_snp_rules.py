@@ -1,10 +1,12 @@
 """Each SNP rule fires on the document that breaks it, and only the rules that apply fire."""
 
+import base64
+
 import pytest
 from lxml import etree
 
 from snpvirt.domain import xml as domxml
-from snpvirt.domain.rules import RULES
+from snpvirt.domain.rules import RULES, check_rules
 from tests.conftest import GOLDEN, vector
 
 
@@ -145,3 +147,110 @@ def test_a_direct_kernel_without_hashes_is_warned_about():
     findings = domxml.check(etree.tostring(root))
     assert [(f.rule_id, f.severity) for f in findings] == [("snp.kernel_unmeasured", "warning")]
     assert "attestation still passes" in findings[0].message
+
+
+# What each rule tells the user, word for word, for each way a document can break it: a finding
+# under the right rule id that names the wrong problem sends the user to fix the wrong thing.
+VALID_ID_AUTH = base64.b64encode(bytes(4096)).decode()
+HOST_DATA = "5rLtUUmoVQtIr7RBa3FJ/DnMhGnRKMc8pDdejNg2ldQ="
+NOT_STATELESS = ("firmware is not stateless: libvirt loads it as pflash with an NVRAM store, "
+                 "which SEV-SNP cannot launch (SNP_LAUNCH_START ret=-22)")
+
+
+def _insert_device(xml):
+    def mutate(root):
+        root.find("devices").insert(0, etree.fromstring(xml))
+    return mutate
+
+
+SAYS = {
+    "no launchSecurity": (_remove("launchSecurity"),
+                          [("snp.launch_security", "no <launchSecurity type='sev-snp'>: this domain would run without SEV-SNP")]),
+    "legacy SEV": (_set("launchSecurity", "type", "sev"), [("snp.launch_security", "<launchSecurity type='sev'> is not SEV-SNP")]),
+    "not KVM": (_set(".", "type", "qemu"), [("snp.domain_kvm", "<domain type='qemu'>: SEV-SNP needs KVM")]),
+    "i440fx": (_set("os/type", "machine", "pc-i440fx-8.2"), [("snp.machine_q35", "machine type pc-i440fx-8.2 is not q35")]),
+    "no machine": (_drop_attr("os/type", "machine"), [("snp.machine_q35", "machine type (default: i440fx pc) is not q35")]),
+    "versioned q35": (_set("os/type", "machine", "pc-q35-9.0"), []),
+    "no os type": (_remove("os/type"), [("snp.machine_q35", "machine type (default: i440fx pc) is not q35")]),
+    "not x86_64": (_set("os/type", "arch", "aarch64"), [("snp.machine_q35", "architecture aarch64 is not x86_64")]),
+    "no arch": (_drop_attr("os/type", "arch"), []),
+    "no firmware": (_remove("os/loader"), [("snp.firmware_stateless",
+                                            "no UEFI firmware (neither <os firmware='efi'> nor <loader>): SEV-SNP needs OVMF")]),
+    "efi autoselect": (_both(_remove("os/loader"), lambda root: root.find("os").set("firmware", "efi")),
+                       [("snp.firmware_stateless", NOT_STATELESS)]),
+    "pflash with NVRAM": (_both(_set("os/loader", "type", "pflash"), _drop_attr("os/loader", "stateless")),
+                          [("snp.firmware_stateless", NOT_STATELESS)]),
+    "rom is stateless": (_drop_attr("os/loader", "stateless"), []),
+    "stateless pflash": (_set("os/loader", "type", "pflash"), []),
+    "nvram": (_add("os", "<nvram>/var/lib/libvirt/qemu/nvram/x_VARS.fd</nvram>"),
+              [("snp.no_nvram", "<nvram> is set: SEV-SNP firmware is stateless and has no variable store")]),
+    "smm on": (_set("features/smm", "state", "on"), [("snp.no_smm", "SMM is on: SEV-SNP guests run without SMM")]),
+    "smm, on by default": (_drop_attr("features/smm", "state"), [("snp.no_smm", "SMM is on: SEV-SNP guests run without SMM")]),
+    "kernelHashes without kernel": (_both(_remove("os/kernel"), _both(_remove("os/initrd"), _remove("os/cmdline"))),
+                                    [("snp.kernel_hashes", "kernelHashes='yes' without <kernel>: there is nothing to hash")]),
+    "hostData too short": (_text("launchSecurity/hostData", "AAAA"),
+                           [("snp.blob.hostData", "<hostData> decodes to 3 bytes, SEV-SNP needs exactly 32")]),
+    # A lenient decoder drops the '!' and finds 32 bytes: only a strict one sees the typo.
+    "hostData with a stray character": (_text("launchSecurity/hostData", HOST_DATA[:8] + "!" + HOST_DATA[8:]),
+                                        [("snp.blob.hostData", "<hostData> is not valid base64")]),
+    "authorKey without idAuth": (_set("launchSecurity", "authorKey", "yes"),
+                                 [("snp.id_auth", "authorKey='yes' without <idAuth>: the author key is carried in idAuth")]),
+    "idAuth without idBlock": (_add("launchSecurity", f"<idAuth>{VALID_ID_AUTH}</idAuth>"),
+                               [("snp.id_auth", "<idAuth> without <idBlock>: the ID authentication signs an ID block")]),
+}
+
+
+@pytest.mark.parametrize("case", list(SAYS))
+def test_each_rule_says_what_it_found(case):
+    mutation, expected = SAYS[case]
+    root = golden_root()
+    mutation(root)
+    assert [(f.rule_id, f.message) for f in check_rules(root) if f.severity == "error"] == expected
+
+
+def test_a_policy_that_is_not_hex_is_reported_once_with_a_hint():
+    root = golden_root()
+    _text("launchSecurity/policy", " zz ")(root)
+    findings = [f for f in check_rules(root) if f.severity == "error"]
+    assert [(f.rule_id, f.message, f.hint) for f in findings] == [
+        ("snp.policy_bit17", "policy 'zz' is not a hexadecimal number", "write it as 0x30000")]
+
+
+def test_debug_policy_is_refused_unless_the_caller_allows_it():
+    root = golden_root()
+    _text("launchSecurity/policy", "0xb0000")(root)
+    assert [f.rule_id for f in check_rules(root)] == ["snp.policy_debug"]
+    assert check_rules(root, allow_debug=True) == []
+
+
+IOMMU = {
+    "virtio disk": (lambda root: root.find("devices/disk/driver").attrib.pop("iommu"),
+                    ["virtio disk vda lacks <driver iommu='on'/>"]),
+    "virtio interface": (_remove("devices/interface/driver"), ["virtio interface lacks <driver iommu='on'/>"]),
+    "e1000 interface": (_both(_remove("devices/interface/driver"), _set("devices/interface/model", "type", "e1000")), []),
+    "interface without model": (_both(_remove("devices/interface/driver"), _remove("devices/interface/model")), []),
+    "sata disk": (_both(lambda root: root.find("devices/disk/driver").attrib.pop("iommu"),
+                        _set("devices/disk/target", "bus", "sata")), []),
+    "disk without target": (_both(lambda root: root.find("devices/disk/driver").attrib.pop("iommu"),
+                                  _remove("devices/disk/target")), []),
+    # Devices of other kinds come first in many documents; the scan must go on past them.
+    "after a controller": (_both(_insert_device("<controller type='usb' model='none'/>"), _remove("devices/disk/driver")),
+                           ["virtio disk vda lacks <driver iommu='on'/>"]),
+}
+
+
+@pytest.mark.parametrize("case", list(IOMMU))
+def test_virtio_devices_without_iommu_are_named(case):
+    mutation, expected = IOMMU[case]
+    root = golden_root()
+    mutation(root)
+    assert [f.message for f in check_rules(root) if f.rule_id == "snp.virtio_iommu"] == expected
+
+
+def test_direct_kernel_without_hashes_warning_says_what_is_unmeasured():
+    root = golden_root()
+    root.find("launchSecurity").attrib.pop("kernelHashes")
+    assert [(f.rule_id, f.severity, f.message) for f in check_rules(root)] == [
+        ("snp.kernel_unmeasured", "warning",
+         "direct kernel boot without kernelHashes='yes': the launch measurement does not cover the kernel, "
+         "initrd or cmdline, so the host can swap them and attestation still passes")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from typer.testing import CliRunner
@@ -10,7 +11,7 @@ from typer.testing import CliRunner
 from snpvirt.host import readiness
 from snpvirt.host import checks as host
 from snpvirt.cli.app import app, run
-from snpvirt.errors import ExitCode
+from snpvirt.errors import BadInputError, ExitCode
 from snpvirt.models import HostSevCaps, LibvirtFacts
 from tests.unit.fakehost import MILAN, RYZEN, FakeHost, cpuid_sample, edited_domcaps, genoa_domcaps
 from tests.conftest import EXAMPLES, vector
@@ -313,3 +314,527 @@ def test_a_domcaps_number_in_other_digits_is_absent_not_a_crash():
     caps = domcaps.parse_domcaps("<domainCapabilities><features><sev supported='yes'><cbitpos>²</cbitpos>"
                                  "<reducedPhysBits>1</reducedPhysBits></sev></features></domainCapabilities>")
     assert caps.cbitpos is None and caps.reduced_phys_bits == 1
+
+
+# --- what readiness.assess hands the checks: a connection's facts, its domcaps, or why they are missing ---
+
+class CapturedConnection:
+    """A libvirt connection as readiness sees it (anything with libvirt_facts()): facts captured on a
+    Genoa host, libvirt 11.3 and QEMU 10.0, with its real domain capabilities."""
+
+    def __init__(self, **changes):
+        self.facts = LibvirtFacts(**{"uri": "qemu:///system", "driver": "QEMU", "hostname": "genoa-01",
+                                     "lib_version": 11_003_000, "hypervisor_version": 10_000_000,
+                                     "domcaps_xml": genoa_domcaps().read_text(), "running_es_snp_guests": 0, **changes})
+
+    def libvirt_facts(self):
+        return self.facts
+
+
+def test_a_connections_facts_and_domain_capabilities_are_what_is_checked(milan):
+    report = readiness.assess(CapturedConnection(), sysroot=str(milan.root))
+    assert report.ready, report.summary
+    assert report.by_id("domcaps.sev_snp").message == "qemu:///system: <launchSecurity> lists sev-snp"
+    assert report.by_id("domcaps.sev").facts["source"] == "qemu:///system"
+    assert report.by_id("libvirt.version").message == "libvirt 11.3.0"
+    assert report.by_id("capacity.snp_guests").status == "pass"
+    assert report.host == {"hostname": "genoa-01", "uri": "qemu:///system", "libvirt_error": None, "remote": False,
+                           "sysroot": str(milan.root), "kernel": "6.12.0-snp-amd64",
+                           "cpu": "AMD EPYC 7713P 64-Core Processor"}
+
+
+def test_a_domcaps_file_wins_over_the_connections(milan, tmp_path):
+    no_snp = vector("virt-manager/kvm-x86_64-domcaps-amd-sev.xml")
+    report = readiness.assess(CapturedConnection(), sysroot=str(milan.root), domcaps_file=no_snp)
+    assert report.by_id("domcaps.sev_snp").message == f"--host-caps {no_snp}: <launchSecurity> does not list sev-snp"
+
+
+def test_domain_capabilities_libvirt_could_not_give_leave_the_host_not_ready(milan):
+    connection = CapturedConnection(domcaps_xml=None, domcaps_error="QEMU binary not found")
+    report = readiness.assess(connection, sysroot=str(milan.root))
+    assert not report.ready and report.failed() == []
+    assert report.by_id("domcaps.sev_snp").message == "domain capabilities unavailable: QEMU binary not found"
+    assert report.summary == ("not ready: domcaps.sev_snp could not be checked "
+                              "(domain capabilities unavailable: QEMU binary not found)")
+
+
+def test_malformed_domain_capabilities_name_where_they_came_from(milan, tmp_path):
+    with pytest.raises(BadInputError, match=r"^qemu:///system: not well-formed XML"):
+        readiness.assess(CapturedConnection(domcaps_xml="<domainCapabilities>"), sysroot=str(milan.root))
+    broken = tmp_path / "domcaps.xml"
+    broken.write_text("<domainCapabilities>")
+    with pytest.raises(BadInputError, match=f"^--host-caps {broken}: not well-formed XML"):
+        readiness.assess(None, sysroot=str(milan.root), domcaps_file=broken)
+
+
+def test_an_unreadable_domcaps_file_is_bad_input_with_how_to_save_one(milan, tmp_path):
+    with pytest.raises(BadInputError) as error:
+        readiness.assess(None, sysroot=str(milan.root), domcaps_file=tmp_path / "missing.xml")
+    assert (error.value.message, error.value.hint) == (
+        f"cannot read --host-caps {tmp_path / 'missing.xml'}: does not exist",
+        "check the path")
+
+
+def test_a_failed_connection_is_the_reason_for_every_libvirt_check(milan):
+    report = readiness.assess(None, uri="qemu:///system", connection_error="cannot connect to qemu:///system",
+                              sysroot=str(milan.root))
+    for check_id in ("libvirt.version", "qemu.version", "domcaps.sev_snp"):
+        assert report.by_id(check_id).message == "no libvirt connection", check_id
+    assert report.host["libvirt_error"] == "cannot connect to qemu:///system" and report.host["uri"] == "qemu:///system"
+    remote = readiness.assess(None, uri="qemu+ssh://root@h/system", connection_error="no route to host")
+    assert remote.host["hostname"] is None, "a remote host that could not be reached has no name here"
+
+
+def test_without_a_connection_or_domcaps_the_message_says_what_to_give(milan):
+    report = readiness.assess(None, sysroot=str(milan.root))
+    assert report.by_id("domcaps.sev_snp").message == "no domain capabilities: give --connect URI or --host-caps FILE"
+    assert report.host["hostname"] is None, "a captured sysroot is not this machine"
+
+
+def test_this_machine_is_assessed_by_default_and_named():
+    import platform
+    report = readiness.assess(None)
+    assert report.host["sysroot"] == "/" and report.host["hostname"] == platform.node()
+    assert report.by_id("libvirt.version").message == "no libvirt connection"
+
+
+def test_a_remote_host_reports_no_local_facts():
+    report = readiness.assess(CapturedConnection(uri="qemu+ssh://root@genoa-01/system"))
+    assert report.host == {"hostname": "genoa-01", "uri": "qemu+ssh://root@genoa-01/system", "libvirt_error": None,
+                           "remote": True, "sysroot": None, "kernel": None, "cpu": None}
+    assert report.by_id("cpu.vendor").message == ("remote host (qemu+ssh://root@genoa-01/system): "
+                                                   "only what libvirt reports is checked")
+    assert report.ready, report.summary
+
+
+def test_an_unreadable_smt_state_says_which_file(milan):
+    milan.remove("sys/devices/system/cpu/smt/active")
+    report = assess(milan, policy=0x30000)
+    assert report.by_id("policy.smt").message == "/sys/devices/system/cpu/smt/active does not exist"
+
+
+# --- every check's words, for a ready host and for each broken fact: what an operator acts on ---------
+
+KVM_AMD_FIX = ("add 'options kvm_amd sev=1 sev_es=1 sev_snp=1' to /etc/modprobe.d/kvm-amd.conf, then reload kvm_amd "
+               "(modprobe -r kvm_amd; modprobe kvm_amd) or reboot; if it stays N see dmesg | grep -i sev (BIOS, ASIDs, "
+               "firmware >= 1.51)")
+FIRMWARE = "/usr/share/edk2/ovmf/OVMF.amdsev.fd"
+DESCRIPTOR = "/usr/share/qemu/firmware/60-edk2-ovmf-x64-amdsev.json"
+READY_MILAN = [
+    ("cpu.vendor", "pass", "AuthenticAMD AMD EPYC 7713P 64-Core Processor", "",
+     {"vendor": "AuthenticAMD", "model": "AMD EPYC 7713P 64-Core Processor"}),
+    ("cpu.sev", "pass", "CPUID 0x8000001F EAX bit 1 is 1", "", {"eax": "0x101fd3f"}),
+    ("cpu.sev_es", "pass", "CPUID 0x8000001F EAX bit 3 is 1", "", {"eax": "0x101fd3f"}),
+    ("cpu.sev_snp", "pass", "CPUID 0x8000001F EAX bit 4 is 1", "", {"eax": "0x101fd3f"}),
+    ("cpu.cbitpos", "pass", "C-bit 51, host physical-address reduction 5; libvirt agrees", "",
+     {"cbitpos": 51, "phys_addr_reduction": 5, "vmpls": 4}),
+    ("asid.snp", "pass", "127 ASIDs for SEV-ES/SNP guests (1..127)", "", {"snp_asids": 127, "min_sev_asid": 128, "max_asid": 509}),
+    ("kvm.dev", "pass", "/dev/kvm present", "", {}),
+    ("kvm_amd.sev", "pass", "sev = Y", "", {"value": "Y"}),
+    ("kvm_amd.sev_es", "pass", "sev_es = Y", "", {"value": "Y"}),
+    ("kvm_amd.sev_snp", "pass", "sev_snp = Y", "", {"value": "Y"}),
+    ("psp.dev_sev", "pass", "/dev/sev present, read-write for QEMU user libvirt-qemu", "",
+     {"mode": "0660", "uid": 0, "gid": 106, "qemu_user": "libvirt-qemu"}),
+    ("kernel.version", "pass", "6.12.0-snp-amd64 (>= 6.11)", "", {"release": "6.12.0-snp-amd64"}),
+    ("kernel.iommu", "pass", "IOMMU active (ivhd0), no passthrough or v2 page table", "", {"units": ["ivhd0"]}),
+    ("libvirt.version", "pass", "libvirt 11.3.0", "", {"version": "11.3.0"}),
+    ("qemu.version", "pass", "QEMU 10.0.0", "", {"version": "10.0.0"}),
+    ("domcaps.sev", "pass", "SEV supported: cbitpos 51, reducedPhysBits 1, maxGuests 59, maxESGuests 450", "",
+     {"cbitpos": 51, "reduced_phys_bits": 1, "max_guests": 59, "max_es_guests": 450, "source": "qemu:///system"}),
+    ("domcaps.sev_snp", "pass", "qemu:///system: <launchSecurity> lists sev-snp", "", {"source": "qemu:///system"}),
+    ("firmware.snp", "pass", f"{FIRMWARE} (descriptor {DESCRIPTOR})", "",
+     {"descriptor": DESCRIPTOR, "firmware": FIRMWARE, "kernel_hashes": True}),
+    ("capacity.snp_guests", "pass", "0 of 450 SEV-ES/SNP guests running, 450 free", "",
+     {"running": 0, "max_es_guests": 450, "free": 450}),
+    ("policy.smt", "pass", "SMT active on the host; policy allows it", "", {"smt_active": True}),
+    ("policy.debug", "pass", "DEBUG is clear", "", {}),
+    ("policy.bits", "pass", "policy 0x30000 uses only bits every SNP kernel accepts", "", {}),
+]
+
+
+def as_rows(report):
+    return [(c.check_id, c.status, c.message, c.hint, c.facts) for c in report.checks]
+
+
+def test_a_ready_host_reports_every_check_word_for_word(milan):
+    report = readiness.assess(CapturedConnection(), sysroot=str(milan.root), policy=0x30000)
+    assert as_rows(report) == READY_MILAN
+    assert (report.ready, report.summary) == (True, "ready for SEV-SNP guests")
+
+
+BROKEN_SAYS = {
+    "asid.snp": ("no ASIDs for SEV-ES/SNP guests (minimum SEV non-ES ASID is 1)",
+                 "BIOS: raise 'SEV-ES ASID Space Limit' / 'Minimum SEV non-ES ASID' (e.g. to 100)",
+                 {"snp_asids": 0, "min_sev_asid": 1, "max_asid": 509}),
+    "cpu.cbitpos": ("C-bit 51, host physical-address reduction 5, but libvirt reports cbitpos 47",
+                    "libvirt's cached QEMU capabilities are stale: restart libvirtd (or virtqemud) to re-probe",
+                    {"cbitpos": 51, "phys_addr_reduction": 5, "vmpls": 4}),
+    "cpu.sev": ("CPUID 0x8000001F EAX bit 1 is 0", "enable SME and SEV in the BIOS (SMEE, 'SEV Control')", {"eax": "0x101fd3d"}),
+    "cpu.sev_es": ("CPUID 0x8000001F EAX bit 3 is 0", "enable SEV-ES in the BIOS", {"eax": "0x101fd37"}),
+    "cpu.sev_snp": ("CPUID 0x8000001F EAX bit 4 is 0", "needs EPYC 7003 (Milan) or newer; BIOS: enable 'SEV-SNP Support' "
+                    "and 'SNP Memory Coverage'", {"eax": "0x1780f"}),
+    "cpu.vendor": ("GenuineIntel AMD EPYC 7713P 64-Core Processor", "SEV-SNP needs an AMD EPYC 7003 (Milan) or newer CPU",
+                   {"vendor": "GenuineIntel", "model": "AMD EPYC 7713P 64-Core Processor"}),
+    "firmware.snp": ("no QEMU firmware descriptor offers amd-sev-snp (descriptors: 45-ovmf-sev-stateless.json)",
+                     "install an OVMF AmdSev build with its descriptor (Fedora: edk2-ovmf's OVMF.amdsev.fd; Ubuntu: ovmf), "
+                     "or name an OVMF.amdsev.fd as the spec's firmware",
+                     {"descriptors": ["/usr/share/qemu/firmware/45-ovmf-sev-stateless.json"]}),
+    "kernel.iommu": ("kernel command line has iommu=pt: SNP needs the IOMMU on, translated, with v1 page tables",
+                     "remove iommu=pt from GRUB_CMDLINE_LINUX in /etc/default/grub, run update-grub, reboot",
+                     {"arguments": ["iommu=pt"]}),
+    "kvm.dev": ("/dev/kvm absent", "enable SVM (AMD-V) in the BIOS and load kvm_amd: modprobe kvm_amd", {}),
+    "kvm_amd.sev": ("sev = N", KVM_AMD_FIX, {"value": "N"}),
+    "kvm_amd.sev_snp": ("sev_snp = N", KVM_AMD_FIX, {"value": "N"}),
+    "psp.dev_sev": ("/dev/sev is absent", "load the PSP driver (modprobe ccp) and check dmesg | grep -i 'sev' for "
+                    "firmware init errors", {}),
+}
+
+
+@pytest.mark.parametrize("check_id", sorted(BROKEN_SAYS))
+def test_each_broken_fact_is_reported_word_for_word(milan, tmp_path, check_id):
+    report = assess(milan, broken(milan, tmp_path, check_id))
+    check = report.by_id(check_id)
+    assert (check.status, check.message, check.hint, check.facts) == ("fail", *BROKEN_SAYS[check_id])
+    assert report.summary == f"not ready: 1 check(s) failed: {check_id}"
+
+
+def test_domcaps_without_snp_says_which_source_and_what_it_needs(milan):
+    source = vector("virt-manager/kvm-x86_64-domcaps-amd-sev.xml")
+    check = assess(milan, source).by_id("domcaps.sev_snp")
+    assert (check.message, check.hint, check.facts) == (
+        f"--host-caps {source}: <launchSecurity> does not list sev-snp",
+        "needs libvirt >= 10.5, QEMU >= 9.1 and kvm_amd sev_snp=Y; restart libvirtd after fixing them",
+        {"source": f"--host-caps {source}"})
+
+
+# --- each check's other branches, word for word ----------------------------------------------------
+
+def _w(path, text):
+    return lambda fake: fake.write(path, text)
+
+
+def _rm(path):
+    return lambda fake: fake.remove(path)
+
+
+def _all(*edits):
+    def edit(fake):
+        for one in edits:
+            one(fake)
+    return edit
+
+
+def _dev_sev(uid, gid, mode):
+    def edit(fake):
+        os.chown(fake.root / "dev/sev", uid, gid)
+        (fake.root / "dev/sev").chmod(mode)
+    return edit
+
+
+NO_SEV = vector("virt-manager/kvm-x86_64-domcaps-latest.xml")
+# case: (check, how the host differs from the ready Milan one, what else assess() gets)
+BRANCHES = {
+    'kernel 6.11 exactly': ("kernel.version", _w("proc/sys/kernel/osrelease", "6.11.0\n"), {}),
+    'kernel 6.10 with SNP backport': ("kernel.version", _w("proc/sys/kernel/osrelease", "6.10.5-vendor\n"), {}),
+    'kernel 5.15 without SNP': ("kernel.version",
+                                _all(_w("proc/sys/kernel/osrelease", "5.15.0\n"), _rm("sys/module/kvm_amd/parameters/sev_snp")),
+                                {}),
+    'kernel release unparseable': ("kernel.version", _w("proc/sys/kernel/osrelease", "weird\n"), {}),
+    'kernel release unreadable': ("kernel.version", _rm("proc/sys/kernel/osrelease"), {}),
+    'psp: QEMU user unknown': ("psp.dev_sev", _w("etc/passwd", "root:x:0:0::/root:/bin/sh\n"), {}),
+    'psp: owner read-write': ("psp.dev_sev", _dev_sev(64055, 0, 0o600), {}),
+    'psp: world read-write': ("psp.dev_sev", _dev_sev(0, 0, 0o606), {}),
+    'psp: group read only': ("psp.dev_sev", _dev_sev(0, 106, 0o640), {}),
+    'psp: owner without write': ("psp.dev_sev", _dev_sev(64055, 0, 0o400), {}),
+    'iommu off and v2': ("kernel.iommu", _w("proc/cmdline", "root=/dev/sda1 amd_iommu=off amd_iommu=pgtbl_v2\n"), {}),
+    'iommu v1 is fine': ("kernel.iommu", _w("proc/cmdline", "root=/dev/sda1 amd_iommu=pgtbl_v1\n"), {}),
+    'no iommu unit': ("kernel.iommu", _rm("sys/class/iommu/ivhd0"), {}),
+    'cmdline unreadable': ("kernel.iommu", _rm("proc/cmdline"), {}),
+    'smt active, policy forbids': ("policy.smt", None, {"policy": 0x20000}),
+    'smt off, policy forbids': ("policy.smt", _w("sys/devices/system/cpu/smt/active", "0\n"), {"policy": 0x20000}),
+    'smt off, policy allows': ("policy.smt", _w("sys/devices/system/cpu/smt/active", "0\n"), {"policy": 0x30000}),
+    'no cpuid: cbitpos': ("cpu.cbitpos", _rm("dev/cpu/0/cpuid"), {}),
+    'no cpuid: asid': ("asid.snp",
+                       _all(_rm("dev/cpu/0/cpuid"), _w("proc/cpuinfo", "vendor_id\t: AuthenticAMD\nflags\t\t: sev sev_es sev_snp\n")),
+                       {}),
+    "cbitpos without libvirt's": ("cpu.cbitpos", None, {"domcaps_file": None}),
+    'vendor unknown': ("cpu.vendor", _all(_rm("dev/cpu/0/cpuid"), _w("proc/cpuinfo", "processor\t: 0\n")), {}),
+    'vendor from cpuinfo': ("cpu.vendor", _rm("dev/cpu/0/cpuid"), {}),
+    'debug allowed': ("policy.debug", None, {"policy": 0xB0000}),
+    'policy bit 17 clear': ("policy.bits", None, {"policy": 0x24}),
+    'policy with new bits': ("policy.bits", None, {"policy": 0x70000}),
+    'policy ok': ("policy.bits", None, {"policy": 0x30000}),
+    'sev_snp flag absent in cpuinfo': ("cpu.sev_snp",
+                                       _all(_rm("dev/cpu/0/cpuid"), _w("proc/cpuinfo", "vendor_id\t: AuthenticAMD\nflags\t\t: sev sev_es\n")),
+                                       {}),
+    'cpuinfo unreadable too': ("cpu.sev",
+                               _all(_rm("dev/cpu/0/cpuid"), _w("proc/cpuinfo", "vendor_id\t: AuthenticAMD\n")),
+                               {}),
+    'kvm_amd not loaded': ("kvm_amd.sev", _rm("sys/module/kvm_amd"), {}),
+    'sev_es off while snp on': ("kvm_amd.sev_es", _w("sys/module/kvm_amd/parameters/sev_es", "N\n"), {}),
+    'sev_es 1': ("kvm_amd.sev_es", _w("sys/module/kvm_amd/parameters/sev_es", "1\n"), {}),
+    'sev_es off, snp off': ("kvm_amd.sev_es",
+                            _all(_w("sys/module/kvm_amd/parameters/sev_es", "N\n"), _w("sys/module/kvm_amd/parameters/sev_snp", "N\n")),
+                            {}),
+    'no sev_snp parameter': ("kvm_amd.sev_snp", _rm("sys/module/kvm_amd/parameters/sev_snp"), {}),
+    'spec firmware is fine': ("firmware.snp", None, {"spec_firmware": FIRMWARE}),
+    'spec firmware missing': ("firmware.snp", None, {"spec_firmware": "/srv/none.fd"}),
+    'descriptor file missing': ("firmware.snp", _rm(FIRMWARE), {}),
+    'domcaps no sev': ("domcaps.sev", None, {"domcaps_file": NO_SEV}),
+    'capacity full': ("capacity.snp_guests",
+                      None,
+                      {"conn": CapturedConnection(running_es_snp_guests=450), "domcaps_file": None}),
+    'capacity unknown': ("capacity.snp_guests", None, {}),
+    'qemu other driver': ("qemu.version", None, {"conn": CapturedConnection(driver="Test"), "domcaps_file": None}),
+    'qemu 9.1 exactly': ("qemu.version",
+                         None,
+                         {"conn": CapturedConnection(hypervisor_version=9_001_000), "domcaps_file": None}),
+    'libvirt 10.5 exactly': ("libvirt.version",
+                             None,
+                             {"conn": CapturedConnection(lib_version=10_005_000), "domcaps_file": None}),
+    'libvirt 10.4.9': ("libvirt.version",
+                       None,
+                       {"conn": CapturedConnection(lib_version=10_004_009), "domcaps_file": None}),
+}
+BRANCH_SAYS = {  # (status, message, hint, facts)
+    'kernel 6.11 exactly': ('pass', '6.11.0 (>= 6.11)', '', {'release': '6.11.0'}),
+    'kernel 6.10 with SNP backport': ('warn',
+                                      '6.10.5-vendor is older than 6.11 but kvm_amd reports SNP (a backport)',
+                                      'keep QEMU and this kernel in lock-step: use the QEMU your kernel vendor pairs with it',
+                                      {'release': '6.10.5-vendor'}),
+    'kernel 5.15 without SNP': ('fail',
+                                '5.15.0 is older than 6.11 (no upstream SEV-SNP host support)',
+                                'install a kernel >= 6.11 (Debian 12: linux-image-amd64 from bookworm-backports)',
+                                {'release': '5.15.0'}),
+    'kernel release unparseable': ('skip', "cannot parse 'weird'", '', {}),
+    'kernel release unreadable': ('skip', '/proc/sys/kernel/osrelease does not exist', '', {}),
+    'psp: QEMU user unknown': ('pass',
+                               '/dev/sev present (QEMU user unknown here; libvirt grants it access)',
+                               '',
+                               {'mode': '0660', 'uid': 0, 'gid': 106, 'qemu_user': None}),
+    'psp: owner read-write': ('pass',
+                              '/dev/sev present, read-write for QEMU user libvirt-qemu',
+                              '',
+                              {'mode': '0600', 'uid': 64055, 'gid': 0, 'qemu_user': 'libvirt-qemu'}),
+    'psp: world read-write': ('pass',
+                              '/dev/sev present, read-write for QEMU user libvirt-qemu',
+                              '',
+                              {'mode': '0606', 'uid': 0, 'gid': 0, 'qemu_user': 'libvirt-qemu'}),
+    'psp: group read only': ('warn',
+                             '/dev/sev (0640) is not read-write for QEMU user libvirt-qemu',
+                             'libvirt normally grants it per domain; if QEMU cannot open it: chgrp kvm /dev/sev; chmod 0660 /dev/sev (udev rule: KERNEL=="sev", GROUP="kvm", MODE="0660")',
+                             {'mode': '0640', 'uid': 0, 'gid': 106, 'qemu_user': 'libvirt-qemu'}),
+    'psp: owner without write': ('warn',
+                                 '/dev/sev (0400) is not read-write for QEMU user libvirt-qemu',
+                                 'libvirt normally grants it per domain; if QEMU cannot open it: chgrp kvm /dev/sev; chmod 0660 /dev/sev (udev rule: KERNEL=="sev", GROUP="kvm", MODE="0660")',
+                                 {'mode': '0400', 'uid': 64055, 'gid': 0, 'qemu_user': 'libvirt-qemu'}),
+    'iommu off and v2': ('fail',
+                         'kernel command line has amd_iommu=off amd_iommu=pgtbl_v2: SNP needs the IOMMU on, translated, with v1 page tables',
+                         'remove amd_iommu=off amd_iommu=pgtbl_v2 from GRUB_CMDLINE_LINUX in /etc/default/grub, run update-grub, reboot',
+                         {'arguments': ['amd_iommu=off', 'amd_iommu=pgtbl_v2']}),
+    'iommu v1 is fine': ('pass', 'IOMMU active (ivhd0), no passthrough or v2 page table', '', {'units': ['ivhd0']}),
+    'no iommu unit': ('fail',
+                      'no IOMMU is active (/sys/class/iommu is empty)',
+                      'enable the IOMMU in the BIOS (AMD-Vi / IOMMU: Enabled) and reboot',
+                      {'units': []}),
+    'cmdline unreadable': ('skip', '/proc/cmdline does not exist', '', {}),
+    'smt active, policy forbids': ('fail',
+                                   'policy 0x20000 forbids SMT but host SMT is active',
+                                   'set snp.policy.smt = true, or disable SMT (BIOS, or: echo off > /sys/devices/system/cpu/smt/control)',
+                                   {'smt_active': True}),
+    'smt off, policy forbids': ('pass', 'SMT off on the host; policy forbids it', '', {'smt_active': False}),
+    'smt off, policy allows': ('pass', 'SMT off on the host; policy allows it', '', {'smt_active': False}),
+    'no cpuid: cbitpos': ('skip', 'needs CPUID: /dev/cpu/0/cpuid is absent', 'modprobe cpuid', {}),
+    'no cpuid: asid': ('skip', 'needs CPUID: /dev/cpu/0/cpuid is absent', 'modprobe cpuid', {}),
+    "cbitpos without libvirt's": ('pass', 'C-bit 51, host physical-address reduction 5 (no libvirt cbitpos to compare)', '', {'cbitpos': 51, 'phys_addr_reduction': 5, 'vmpls': 4}),
+    'vendor unknown': ('skip', 'CPU vendor unknown', '', {}),
+    'vendor from cpuinfo': ('pass',
+                            'AuthenticAMD AMD EPYC 7713P 64-Core Processor',
+                            '',
+                            {'vendor': 'AuthenticAMD', 'model': 'AMD EPYC 7713P 64-Core Processor'}),
+    'debug allowed': ('warn',
+                      'policy 0xb0000 allows debugging: the host can read guest memory',
+                      'clear snp.policy.debug for any guest with real data',
+                      {}),
+    'policy bit 17 clear': ('fail',
+                            'policy 0x24 has bit 17 clear; SEV-SNP requires it set (KVM rejects the launch with -EINVAL)',
+                            'use 0x20024 (bit 17 added), e.g. 0x30000 for SMT allowed',
+                            {}),
+    'policy with new bits': ('warn',
+                             'policy sets migrate_ma (0x40000), which KVM before the 2025 policy extensions rejects (SNP_LAUNCH_START -EINVAL)',
+                             'make sure the host kernel accepts these bits, or clear them',
+                             {'bits': ['migrate_ma']}),
+    'policy ok': ('pass', 'policy 0x30000 uses only bits every SNP kernel accepts', '', {}),
+    'sev_snp flag absent in cpuinfo': ('fail',
+                                       "cpuinfo flag 'sev_snp' absent (/dev/cpu/0/cpuid is absent; from /proc/cpuinfo flags instead)",
+                                       "needs EPYC 7003 (Milan) or newer; BIOS: enable 'SEV-SNP Support' and 'SNP Memory Coverage' (or modprobe cpuid to read CPUID directly)",
+                                       {'source': '/proc/cpuinfo'}),
+    'cpuinfo unreadable too': ('skip', 'cannot read CPUID or /proc/cpuinfo (/dev/cpu/0/cpuid is absent)', '', {}),
+    'kvm_amd not loaded': ('fail', 'kvm_amd is not loaded', 'modprobe kvm_amd', {}),
+    'sev_es off while snp on': ('warn',
+                                'sev_es = N: SEV-ES guests unavailable while SNP is on',
+                                'nothing to do for SNP guests; SEV-ES guests need firmware without the CVE-2025-48514 change',
+                                {'value': 'N'}),
+    'sev_es 1': ('pass', 'sev_es = 1', '', {'value': '1'}),
+    'sev_es off, snp off': ('fail',
+                            'sev_es = N',
+                            "add 'options kvm_amd sev=1 sev_es=1 sev_snp=1' to /etc/modprobe.d/kvm-amd.conf, then reload kvm_amd (modprobe -r kvm_amd; modprobe kvm_amd) or reboot; if it stays N see dmesg | grep -i sev (BIOS, ASIDs, firmware >= 1.51)",
+                            {'value': 'N'}),
+    'no sev_snp parameter': ('fail',
+                             "kvm_amd has no 'sev_snp' parameter: this kernel lacks SEV-SNP host support",
+                             'install a kernel >= 6.11 with CONFIG_KVM_AMD_SEV=y',
+                             {}),
+    'spec firmware is fine': ('pass',
+                              "/usr/share/edk2/ovmf/OVMF.amdsev.fd (the spec's firmware; carries OVMF SEV metadata)",
+                              '',
+                              {'firmware': '/usr/share/edk2/ovmf/OVMF.amdsev.fd', 'kernel_hashes': True}),
+    'spec firmware missing': ('fail',
+                              "the spec's firmware /srv/none.fd: /srv/none.fd does not exist",
+                              "point the spec's firmware at an SEV-capable OVMF: the AmdSev build, e.g. OVMF.amdsev.fd",
+                              {'firmware': '/srv/none.fd'}),
+    'descriptor file missing': ('fail',
+                                'descriptor /usr/share/qemu/firmware/60-edk2-ovmf-x64-amdsev.json names /usr/share/edk2/ovmf/OVMF.amdsev.fd: /usr/share/edk2/ovmf/OVMF.amdsev.fd does not exist',
+                                'install the firmware package that provides it (Fedora: edk2-ovmf; Ubuntu: ovmf)',
+                                {'descriptor': '/usr/share/qemu/firmware/60-edk2-ovmf-x64-amdsev.json', 'firmware': '/usr/share/edk2/ovmf/OVMF.amdsev.fd'}),
+    'domcaps no sev': ('fail',
+                       f"--host-caps {NO_SEV}: <sev supported='no'>",
+                       'libvirt found no usable SEV in QEMU/KVM: fix the failed CPU/kvm_amd/psp checks, then restart libvirtd so it probes QEMU again',
+                       {'cbitpos': None, 'reduced_phys_bits': None, 'max_guests': None, 'max_es_guests': None, 'source': f'--host-caps {NO_SEV}'}),
+    'capacity full': ('warn',
+                      'no free SEV-ES/SNP ASIDs: 450 of 450 in use',
+                      'stop an SEV-ES/SNP guest, or raise the SEV-ES ASID limit in the BIOS',
+                      {'running': 450, 'max_es_guests': 450, 'free': 0}),
+    'capacity unknown': ('skip', 'needs maxESGuests and the running domains from a libvirt connection', '', {}),
+    'qemu other driver': ('skip', "the connection's driver is Test, not QEMU", '', {}),
+    'qemu 9.1 exactly': ('pass', 'QEMU 9.1.0', '', {'version': '9.1.0'}),
+    'libvirt 10.5 exactly': ('pass', 'libvirt 10.5.0', '', {'version': '10.5.0'}),
+    'libvirt 10.4.9': ('fail',
+                       'libvirt 10.4.9 (SEV-SNP needs >= 10.5.0)',
+                       'install libvirt >= 10.5 (Debian 12: bookworm-backports; Ubuntu >= 25.04)',
+                       {'version': '10.4.9'}),
+}
+
+
+@pytest.mark.parametrize("case", list(BRANCHES))
+def test_each_branch_of_each_check_says_what_it_found(tmp_path, case):
+    check_id, edit, inputs = BRANCHES[case]
+    fake = FakeHost(tmp_path / "host")
+    if edit:
+        edit(fake)
+    inputs = {"domcaps_file": genoa_domcaps(), **inputs}
+    check = readiness.assess(inputs.pop("conn", None), sysroot=str(fake.root), **inputs).by_id(check_id)
+    assert (check.status, check.message, check.hint, check.facts) == BRANCH_SAYS[case]
+
+
+DESCRIPTOR_FILE = "usr/share/qemu/firmware/60-edk2-ovmf-x64-amdsev.json"
+
+
+def _descriptor(mapping, features=("amd-sev-snp",)):
+    return _w(DESCRIPTOR_FILE, json.dumps({"features": list(features), "mapping": mapping}))
+
+
+def _two_descriptors_without_snp(fake):
+    fake.remove(DESCRIPTOR_FILE)
+    for name, file in (("10-a.json", "/x.fd"), ("20-b.json", "/y.fd")):
+        fake.write(f"usr/share/qemu/firmware/{name}", json.dumps({"features": [], "mapping": {"device": "memory",
+                                                                                                 "filename": file}}))
+
+
+FIRMWARE_HINT = ("install an OVMF AmdSev build with its descriptor (Fedora: edk2-ovmf's OVMF.amdsev.fd; Ubuntu: ovmf), "
+                 "or name an OVMF.amdsev.fd as the spec's firmware")
+FIRMWARE_BRANCHES = {
+    "a kernel mapping": (_descriptor({"device": "kernel", "executable": {"filename": FIRMWARE}}),
+                         ("fail", f"/{DESCRIPTOR_FILE} offers amd-sev-snp but maps it as kernel (no mode): SNP firmware "
+                                  "must be ROM or stateless flash",
+                          'use a descriptor with "device": "memory" or flash "mode": "stateless"',
+                          {"descriptor": f"/{DESCRIPTOR_FILE}"})),
+    "no descriptors": (_rm("usr/share/qemu/firmware"),
+                       ("fail", "no QEMU firmware descriptor offers amd-sev-snp (descriptors: none)", FIRMWARE_HINT,
+                        {"descriptors": []})),
+    "two descriptors without snp": (_two_descriptors_without_snp,
+                                    ("fail", "no QEMU firmware descriptor offers amd-sev-snp (descriptors: 10-a.json, "
+                                             "20-b.json)", FIRMWARE_HINT,
+                                     {"descriptors": ["/usr/share/qemu/firmware/10-a.json",
+                                                      "/usr/share/qemu/firmware/20-b.json"]})),
+}
+
+
+@pytest.mark.parametrize("case", list(FIRMWARE_BRANCHES))
+def test_each_firmware_descriptor_problem_is_named(tmp_path, case):
+    edit, says = FIRMWARE_BRANCHES[case]
+    fake = FakeHost(tmp_path / "host")
+    edit(fake)
+    check = assess(fake).by_id("firmware.snp")
+    assert (check.status, check.message, check.hint, check.facts) == says
+
+
+def test_a_descriptor_that_names_no_file_says_so(tmp_path):
+    fake = FakeHost(tmp_path / "host")
+    _descriptor({"device": "memory"})(fake)
+    check = assess(fake).by_id("firmware.snp")
+    assert check.status == "fail" and check.message.endswith(": the descriptor names no file")
+    assert (check.hint, check.facts) == ("install the firmware package that provides it (Fedora: edk2-ovmf; Ubuntu: ovmf)",
+                                         {"descriptor": f"/{DESCRIPTOR_FILE}", "firmware": None})
+
+
+@pytest.mark.parametrize("uri,remote", [
+    ("qemu:///system", False), ("qemu+unix:///system?socket=/run/x.sock", False), (None, False), ("", False),
+    ("qemu://genoa-01/system", True), ("qemu+ssh:///system", True), ("qemu+tcp:///system", True),
+    ("qemu+tls:///system", True), ("qemu+libssh:///system", True), ("qemu+ssh://root@genoa-01/system", True),
+])
+def test_what_counts_as_a_remote_host(uri, remote):
+    """A remote host's readiness must never be read from this machine's files."""
+    assert host.is_remote_uri(uri) is remote
+
+
+def test_a_check_below_one_that_could_not_run_says_so(milan):
+    milan.remove("dev/cpu/0/cpuid")
+    milan.write("proc/cpuinfo", "vendor_id\t: AuthenticAMD\n")
+    report = assess(milan)
+    assert report.by_id("cpu.sev").status == "skip"
+    assert report.by_id("cpu.sev_es").message == "cpu.sev could not be checked"
+
+
+def test_the_summary_lists_warnings_and_failures(milan, tmp_path):
+    milan.write("proc/sys/kernel/osrelease", "6.8.0\n")
+    (milan.root / "dev/sev").chmod(0o600)
+    assert assess(milan).summary == "ready for SEV-SNP guests (warnings: psp.dev_sev, kernel.version)"
+    milan.write("proc/cmdline", "root=/dev/sda1 iommu=pt\n")
+    milan.remove("dev/kvm")
+    assert assess(milan).summary == "not ready: 2 check(s) failed: kvm.dev, kernel.iommu"
+
+
+def test_a_debug_policy_warns_once_and_is_no_policy_bits_failure(milan):
+    """--allow-debug guests are the user's call: policy.debug warns, policy.bits must not fail the gate too."""
+    report = assess(milan, policy=0xB0000)
+    assert (report.by_id("policy.debug").status, report.by_id("policy.bits").status) == ("warn", "pass")
+    assert report.ready
+
+
+def test_without_a_connection_or_domcaps_each_libvirt_check_is_skipped_and_says_why(milan):
+    report = readiness.assess(None, sysroot=str(milan.root))
+    rows = {c.check_id: (c.status, c.message) for c in report.checks}
+    assert rows["libvirt.version"] == rows["qemu.version"] == ("skip", "no libvirt connection (--sysroot without --connect)")
+    assert rows["domcaps.sev"] == rows["domcaps.sev_snp"] == (
+        "skip", "no domain capabilities: give --connect URI or --host-caps FILE")
+
+
+def test_a_remote_host_skips_the_smt_check_with_the_reason():
+    report = readiness.assess(CapturedConnection(uri="qemu+ssh://root@genoa-01/system"), policy=0x20000)
+    check = report.by_id("policy.smt")
+    assert (check.status, check.message) == ("skip", "remote host (qemu+ssh://root@genoa-01/system): only what libvirt "
+                                                      "reports is checked")
+
+
+def test_qemu_running_as_root_can_open_any_dev_sev(milan):
+    milan.write("etc/passwd", "root:x:0:0::/root:/bin/sh\nlibvirt-qemu:x:0:0::/var/lib/libvirt:/usr/sbin/nologin\n")
+    os.chown(milan.root / "dev/sev", 64055, 64055)
+    (milan.root / "dev/sev").chmod(0o600)
+    assert assess(milan).by_id("psp.dev_sev").status == "pass"
+
+
+def test_an_old_qemu_says_what_to_install():
+    facts = CapturedConnection(hypervisor_version=9_000_002).libvirt_facts()
+    check = host.run_checks(host.HostInputs(local=None, local_skip="remote", libvirt=facts)).by_id("qemu.version")
+    assert (check.status, check.message, check.hint) == (
+        "fail", "QEMU 9.0.2 (SEV-SNP needs >= 9.1.0)", "install QEMU >= 9.1 (Debian 12: qemu-system-x86 from bookworm-backports)")
