@@ -135,7 +135,7 @@ def measure(
     changed = False
     if record is not None:
         from snpvirt.cli.common import manager
-        from snpvirt.manager import LaunchInputs
+        from snpvirt.domain.launchrecord import LaunchInputs
 
         with manager(connect) as mgr:
             # Checked against what the domain launches with, whether the inputs came from a spec or options.
