@@ -17,7 +17,6 @@ import sys
 import termios
 import time
 
-import libvirt
 import pytest
 
 from snpvirt.errors import ExitCode
@@ -53,19 +52,6 @@ def test_list_says_what_it_hides_and_unmanaged_shows_it_marked():
     assert re.search(r"(?m)^test\s+no\s+running\s", shown.stdout)
     row = json.loads(run_cli("list", "--unmanaged", "-c", "test:///default", "--json").stdout)["results"][0]
     assert row["name"] == "test" and row["managed"] is False and row["expected_measurement"] is None
-
-
-@pytest.fixture
-def held(libvirtd):
-    """The daemon's test driver keeps state only while a client is connected: hold one for the test."""
-    conn = libvirt.open(libvirtd.test_uri)
-    yield conn
-    for dom in conn.listAllDomains():
-        if dom.name() != "test":
-            if dom.isActive():
-                dom.destroy()
-            dom.undefine()
-    conn.close()
 
 
 def run_on_terminal(*args: str, columns: int, env: dict[str, str] | None = None) -> CliRun:
