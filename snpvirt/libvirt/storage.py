@@ -35,10 +35,11 @@ class VolumeInfo:
     capacity: int  # bytes the guest sees (a qcow2's virtual size)
     allocation: int  # bytes it takes on the host
     format: str  # "qcow2", "raw", ... as libvirt sees the file
+    physical: int = 0  # the file's own size in bytes (what an upload sent, what a download sends)
 
     def as_dict(self) -> dict[str, object]:
         return {"name": self.name, "path": self.path, "capacity_bytes": self.capacity,
-                "allocation_bytes": self.allocation, "format": self.format}
+                "allocation_bytes": self.allocation, "physical_bytes": self.physical, "format": self.format}
 
 
 @dataclass(frozen=True)
@@ -338,7 +339,8 @@ def _pool_path(xml: str) -> str:
 def _info(vol: libvirt.virStorageVol) -> VolumeInfo:
     doc = _parse(vol.XMLDesc(0))
     fmt = doc.find("target/format")
+    capacity = int(doc.findtext("capacity") or 0)
     return VolumeInfo(doc.findtext("name") or vol.name(), doc.findtext("target/path") or vol.path(),
-                      int(doc.findtext("capacity") or 0), int(doc.findtext("allocation") or 0),
-                      fmt.get("type") if fmt is not None else "raw")
+                      capacity, int(doc.findtext("allocation") or 0), fmt.get("type") if fmt is not None else "raw",
+                      int(doc.findtext("physical") or capacity))
 
