@@ -16,7 +16,7 @@ from typing import Callable, Optional
 import libvirt
 
 from snpvirt import fileio
-from snpvirt.errors import BadInputError, ConflictError, NotFoundError, SnpvirtError
+from snpvirt.errors import BadInputError, ConflictError, ConnectionFailedError, NotFoundError, SnpvirtError
 from snpvirt.libvirt import events
 from snpvirt.libvirt.connection import Connection, translate
 
@@ -59,6 +59,9 @@ def _error(exc: libvirt.libvirtError, action: str, uri: str | None) -> SnpvirtEr
         return NotFoundError(f"{action}: {detail}", "list the volumes with: virsh vol-list POOL")
     if code in (libvirt.VIR_ERR_STORAGE_VOL_EXIST, libvirt.VIR_ERR_STORAGE_POOL_BUILT):
         return ConflictError(f"{action}: {detail}", "choose another name, or delete the existing one first")
+    if exc.get_error_domain() == libvirt.VIR_FROM_RPC:  # keepalive gave up, the socket closed: not a libvirt bug
+        return ConnectionFailedError(f"{action}: {detail}", "check that the host and its libvirtd answer, then run "
+                                                            "the command again")
     return translate(exc, action, uri)
 
 

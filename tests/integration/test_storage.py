@@ -7,14 +7,18 @@ The daemon runs in a private mount namespace whose /var/lib/snpvirt is a folder 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import threading
 from pathlib import Path
 
 import libvirt
 import pytest
 
-from snpvirt.errors import BadInputError, ConflictError, NotFoundError
+from snpvirt.errors import BadInputError, ConflictError, ConnectionFailedError, NotFoundError
 from snpvirt.libvirt import storage
+from tests.integration.daemon import IsolatedLibvirtd, libvirtd_available
 
 POOL = "default"
 
@@ -86,7 +90,7 @@ def test_upload_sends_the_bytes_and_libvirt_sees_a_qcow2(libvirtd, store, base_i
     info = store.upload(POOL, "up.qcow2", base_image, "qcow2", progress=lambda done, total: seen.append((done, total)))
     try:
         size = base_image.stat().st_size
-        assert (info.name, info.format, info.capacity) == ("up.qcow2", "qcow2", 64 << 20)
+        assert (info.name, info.format, info.capacity, info.physical) == ("up.qcow2", "qcow2", 64 << 20, size)
         assert outside(libvirtd, info.path).read_bytes() == base_image.read_bytes()
         assert seen[-1] == (size, size)
         assert store.volume(POOL, "up.qcow2") == info
@@ -184,3 +188,24 @@ def test_missing_pools_and_volumes_are_not_found(store, tmp_path):
         store.delete(POOL, "no-such-volume")
     with pytest.raises(NotFoundError):
         store.download(POOL, "no-such-volume", tmp_path / "x", max_bytes=1)
+
+
+def test_a_daemon_that_stops_answering_fails_the_call_instead_of_hanging(tmp_path, qemu_caps_cache, monkeypatch):
+    """Keepalive bounds every call: a host that goes silent (here: libvirtd stopped with SIGSTOP) fails the
+    call with a connection error after interval x count seconds (1 x 3 here, 5 x 3 in use)."""
+    if libvirtd_available():
+        pytest.skip(libvirtd_available())
+    monkeypatch.setattr(storage, "KEEPALIVE_INTERVAL_S", 1)
+    with IsolatedLibvirtd(tmp_path / "d", qemu_caps_cache) as daemon, storage.connect(daemon.qemu_uri) as store:
+        store.ensure_pool(POOL)
+        os.kill(daemon.pid, signal.SIGSTOP)
+        # Without keepalive the call would wait for ever: the daemon comes back after 60 s, and then the
+        # call succeeds, which fails the test instead of hanging it.
+        wake = threading.Timer(60, os.kill, (daemon.pid, signal.SIGCONT))
+        wake.start()
+        try:
+            with pytest.raises(ConnectionFailedError, match="keepalive"):
+                store.volumes(POOL)
+        finally:
+            wake.cancel()
+            os.kill(daemon.pid, signal.SIGCONT)
