@@ -175,12 +175,12 @@ def _same_bytes(storage: Storage, pool: str, e: Expected, cache: Cache, report: 
     """Read a volume no manifest vouches for (a pull stopped before writing it) back from the pool: when
     its bytes have the signed digest, it is the file, and the cache keeps the copy."""
     report.step(f"{e.file.volume} is in pool {pool} without a manifest: reading it back to check it")
-    partial = cache.partial(e.sha256)
-    storage.download(pool, e.file.volume, partial, MAX_IMAGE_FILE_BYTES)
-    if verify.sha256_file(partial)[0] != e.sha256:
-        partial.unlink(missing_ok=True)
-        return False
-    os.replace(partial, cache.verified(e.sha256))
+    with cache.downloading(e.sha256) as partial:
+        storage.download(pool, e.file.volume, partial, MAX_IMAGE_FILE_BYTES)
+        if verify.sha256_file(partial)[0] != e.sha256:
+            partial.unlink(missing_ok=True)
+            return False
+        os.replace(partial, cache.verified(e.sha256))
     return True
 
 
@@ -190,12 +190,12 @@ def _verified_copy(e: Expected, image: catalog.Image, fetcher: Fetcher, cache: C
     if cache.verified_path(e.sha256) is not None:
         report.step(f"{e.file.name}: verified copy in the cache")
         return 0
-    partial = cache.partial(e.sha256)
-    before = fetcher.received
-    report.step(f"downloading {image.url(e.file.path)}")
-    fetcher.to_file(image.url(e.file.path), partial, e.file.name)
-    verify.check_digest(partial, e.sha256, e.file.path)  # deletes the download when it does not match
-    os.replace(partial, cache.verified(e.sha256))
+    with cache.downloading(e.sha256) as partial:
+        before = fetcher.received
+        report.step(f"downloading {image.url(e.file.path)}")
+        fetcher.to_file(image.url(e.file.path), partial, e.file.name)
+        verify.check_digest(partial, e.sha256, e.file.path)  # deletes the download when it does not match
+        os.replace(partial, cache.verified(e.sha256))
     report.step(f"{e.file.name}: SHA-256 matches the signed list")
     return fetcher.received - before
 

@@ -11,12 +11,15 @@ them, never a symbolic link): anyone else able to write there could choose what 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import stat
 from pathlib import Path
+from typing import Iterator
 
-from snpvirt.errors import SnpvirtError
+from snpvirt.errors import ConflictError, SnpvirtError
 
 _HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -47,6 +50,22 @@ class Cache:
 
     def verified(self, sha256: str) -> Path:
         return self.folder("sha256") / _checked(sha256)
+
+    @contextlib.contextmanager
+    def downloading(self, sha256: str) -> Iterator[Path]:
+        """The partial file of `sha256`, locked for this process: two pulls appending to one file would
+        make it match neither; the second is told, and its partial file is left to the first."""
+        path = self.partial(sha256)
+        fd = os.open(f"{path}.lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConflictError(f"another snpvirt is downloading {path.name[:16]}... into {path.parent}",
+                                    "wait for it to finish, then run the command again (it will find the file)") from None
+            yield path
+        finally:
+            os.close(fd)  # the lock goes with the descriptor; the lock file stays (removing it would race)
 
     def verified_path(self, sha256: str) -> Path | None:
         """The cached file whose SHA-256 is `sha256` (it got its name only after that check), or None."""
