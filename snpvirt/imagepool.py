@@ -237,10 +237,26 @@ def _vouched(manifest: dict[str, Any] | None, expected: list[Expected]) -> dict[
     if manifest is None:
         return {}
     want = {e.file.volume: e.sha256 for e in expected}
-    entries = manifest.get("files") if isinstance(manifest.get("files"), list) else []
-    return {entry["volume"]: entry for entry in entries
-            if isinstance(entry, dict) and isinstance(entry.get("size_bytes"), int)
-            and want.get(entry.get("volume")) == entry.get("sha256")}
+    return {entry["volume"]: entry for entry in _entries(manifest)
+            if isinstance(entry.get("size_bytes"), int) and want.get(entry.get("volume")) == entry.get("sha256")}
+
+
+def _entries(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The manifest's file entries that are objects (a volume anyone could have written: types are checked)."""
+    files = manifest.get("files")
+    return [entry for entry in files if isinstance(entry, dict)] if isinstance(files, list) else []
+
+
+def volume_record(storage: Storage, pool: str, volume: str) -> dict[str, Any] | None:
+    """What `image pull` recorded of a volume (sha256, size_bytes, role, upstream), from the manifests of the
+    pool, or None. With cache.verified_path(record["sha256"]) the launch measurement finds the same bytes
+    locally instead of downloading the volume."""
+    for name in sorted(v.name for v in storage.volumes(pool) if v.name.endswith(MANIFEST_SUFFIX)):
+        manifest = read_manifest(storage, pool, name)
+        for entry in _entries(manifest) if manifest else []:
+            if entry.get("volume") == volume and isinstance(entry.get("sha256"), str):
+                return entry
+    return None
 
 
 def _write_manifest(storage: Storage, pool: str, image: catalog.Image, files: list[dict], cache: Cache) -> None:
@@ -265,12 +281,10 @@ def list_images(storage: Storage, pool: str) -> list[dict[str, Any]]:
     images = []
     for name in sorted(n for n in volumes if n.endswith(MANIFEST_SUFFIX)):
         manifest = read_manifest(storage, pool, name)
-        if manifest is None:
-            continue
+        if manifest is None or not isinstance(manifest.get("image"), str) or not isinstance(manifest.get("arch"), str):
+            continue  # not one `image pull` wrote
         files = []
-        for entry in manifest.get("files") or []:
-            if not isinstance(entry, dict):
-                continue
+        for entry in _entries(manifest):
             volume = volumes.get(str(entry.get("volume")))
             files.append({"role": entry.get("role"), "volume": entry.get("volume"), "sha256": entry.get("sha256"),
                           "size_bytes": entry.get("size_bytes"), "path": volume.path if volume else None,

@@ -106,3 +106,12 @@ def resolve(ref: str, arch: str = "amd64", mirror: str | None = None) -> Image:
         raise BadInputError(f"mirror {mirror!r} is not an http(s) URL",
                             f"give --mirror (or {MIRROR_ENV}) as http(s)://HOST[/PATH], the folder that holds releases/")
     return Image("ubuntu", version, UBUNTU_RELEASES[version], arch, mirror.rstrip("/"))
+
+
+def ref_for_volume(volume: str) -> str | None:
+    """The `image pull` argument that makes a volume: `ubuntu-24.04.qcow2` -> `ubuntu:24.04`,
+    `ubuntu-24.04-arm64.vmlinuz` -> `ubuntu:24.04 --arch arm64`; None for a name no pull gives."""
+    match = re.fullmatch(r"ubuntu-(?P<version>\d\d\.\d\d)(?:-(?P<arch>[a-z0-9]+))?\.(?:qcow2|vmlinuz|initrd)", volume)
+    if not match or match["version"] not in UBUNTU_RELEASES or (match["arch"] or "amd64") not in ARCHES:
+        return None
+    return f"ubuntu:{match['version']}" + (f" --arch {match['arch']}" if match["arch"] else "")

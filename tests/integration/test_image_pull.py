@@ -197,3 +197,32 @@ def test_a_release_the_mirror_lacks_is_not_found(libvirtd, mirror, pool, cache):
 def test_list_of_an_absent_pool_is_not_found(libvirtd):
     run = run_cli("image", "list", "--pool", "no-such-pool", "-c", libvirtd.qemu_uri)
     assert run.code == 4 and "storage pool" in run.stderr
+
+
+def test_manifest_shaped_volumes_written_by_others_do_not_break_list(libvirtd, mirror, pool, cache, tmp_path):
+    from snpvirt.libvirt import storage
+    assert pull(libvirtd, mirror, cache).code == 0
+    odd = {"odd.snpvirt-image.json": b'{"manifest_version": 1, "image": 5, "files": 5}',
+           "big.snpvirt-image.json": b"[" * 100_000, "text.snpvirt-image.json": b"\xff\xfe not json"}
+    with storage.connect(libvirtd.qemu_uri) as store:
+        for name, data in odd.items():
+            (tmp_path / name).write_bytes(data)
+            store.upload("default", name, tmp_path / name, "raw")
+    listed = run_cli("image", "list", "-c", libvirtd.qemu_uri, "--json")
+    assert listed.code == 0, listed.stderr
+    assert [(r["name"], len(r["files"])) for r in json.loads(listed.stdout)["results"]] == [("ubuntu:24.04", 3)]
+    assert run_cli("image", "list", "-c", libvirtd.qemu_uri).code == 0
+
+
+def test_a_volume_leads_to_its_verified_cache_copy(libvirtd, mirror, pool, cache, monkeypatch):
+    """What the launch measurement does with a kernel the spec names as a volume."""
+    from snpvirt import imagepool
+    from snpvirt.image import cache as image_cache
+    from snpvirt.libvirt import storage
+    assert pull(libvirtd, mirror, cache).code == 0
+    monkeypatch.setenv("SNPVIRT_CACHE_DIR", str(cache))
+    with storage.connect(libvirtd.qemu_uri) as store:
+        record = imagepool.volume_record(store, "default", "ubuntu-24.04.vmlinuz")
+        assert imagepool.volume_record(store, "default", "web-01.qcow2") is None
+    assert record["sha256"] == sha256(mirror.files[KERNEL]) and record["role"] == "kernel"
+    assert image_cache.verified_path(record["sha256"]).read_bytes() == mirror.files[KERNEL]

@@ -45,3 +45,15 @@ def test_unknown_names_arches_and_mirrors_are_bad_input(ref, arch, mirror, word)
     with pytest.raises(BadInputError, match=word.replace("(", r"\(").replace(")", r"\)")) as caught:
         catalog.resolve(ref, arch, mirror)
     assert caught.value.hint
+
+
+@pytest.mark.parametrize("volume, ref", [
+    ("ubuntu-24.04.qcow2", "ubuntu:24.04"), ("ubuntu-25.04.vmlinuz", "ubuntu:25.04"),
+    ("ubuntu-24.04-arm64.initrd", "ubuntu:24.04 --arch arm64"),
+    ("ubuntu-99.04.qcow2", None), ("web-01.qcow2", None), ("ubuntu-24.04.qcow2.bak", None),
+])
+def test_a_volume_name_leads_back_to_the_pull_that_makes_it(volume, ref):
+    assert catalog.ref_for_volume(volume) == ref
+    if ref:
+        image = catalog.resolve(*ref.replace("--arch ", "").split())
+        assert volume.rsplit(".", 1)[0] == image.volume_stem
