@@ -95,8 +95,10 @@ class Mirror:
     files: dict[str, bytes]
     requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range header)
     stall: dict[str, int] = field(default_factory=dict)  # path -> bytes sent before its first answer stalls
+    stall_always: bool = False  # stall every answer of those paths, not only the first
     missing: set[str] = field(default_factory=set)  # paths answered with 404
     ignore_range: bool = False  # answer 200 with the whole file, as a server without Range support
+    drip: set[str] = field(default_factory=set)  # paths answered with a header byte every 0.1 s, for ever
     stopping: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -122,7 +124,16 @@ def _handler(mirror: Mirror):
             range_header = self.headers.get("Range")
             with mirror.lock:
                 mirror.requests.append((path, range_header))
-                stall_at = mirror.stall.pop(path, None)
+                stall_at = mirror.stall.get(path) if mirror.stall_always else mirror.stall.pop(path, None)
+            if path in mirror.drip:
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                try:
+                    while not mirror.stopping.wait(0.1):
+                        self.wfile.write(b"a")
+                        self.wfile.flush()
+                except OSError:
+                    pass  # the client gave up: what the test wants
+                return
             target = (mirror.root / path).resolve()
             if path in mirror.missing or not target.is_file() or mirror.root.resolve() not in target.parents:
                 self._answer(404, b"not found\n")

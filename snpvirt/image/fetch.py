@@ -1,22 +1,27 @@
 """HTTP downloads that cannot hang: a deadline on every request, retries with backoff, and resumption of
 a big file where it stopped (an HTTP Range request appends to the partial file).
 
-Bounds: every socket operation waits at most `timeout_s` (a stalled server is noticed then); a small
-answer (SHA256SUMS, a signature) must be complete within its own deadline and size; a big file must
+Bounds: every socket operation waits at most `timeout_s` (a stalled server is noticed then); the
+connection, redirects and headers of a request must be done within `timeout_s` (a timer shuts the
+request's sockets down, so a server dripping header bytes cannot hold it); a small answer (SHA256SUMS,
+a signature) must be complete within that deadline too, and within its size; a big file's body must
 keep a floor rate (`MIN_RATE` over a window), so a server dripping a byte at a time is left like a
 stalled one. What was received before a failure stays in the partial file for the next attempt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import re
+import socket
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -67,10 +72,6 @@ class Fetcher:
     on_retry: Callable[[str], None] = _quiet
     requests: int = 0  # HTTP requests made
     received: int = 0  # body bytes received over the network
-    _opener: urllib.request.OpenerDirector = field(default=None, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self._opener = _opener()
 
     def small(self, url: str, max_bytes: int) -> bytes:
         """A small file, whole, within `timeout_s`; NotFoundError for a 404."""
@@ -100,64 +101,61 @@ class Fetcher:
                 delay *= 2
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    def _open(self, url: str, headers: dict[str, str]):
+    @contextlib.contextmanager
+    def _open(self, url: str, headers: dict[str, str], whole: bool):
+        """The response, its headers in within `timeout_s` (and with `whole`, its body too: the timer runs
+        until the block ends)."""
         self.requests += 1
         request = urllib.request.Request(url, headers={"User-Agent": f"snpvirt/{__version__}", **headers})
+        watch = _Watch(self.timeout_s)
         try:
-            return self._opener.open(request, timeout=self.timeout_s)
-        except urllib.error.HTTPError as exc:
-            exc.close()
-            if exc.code == 404:
-                raise NotFoundError(f"{url}: the mirror has no such file (404)",
-                                    "check the image name and --arch, or the mirror's layout") from None
-            if exc.code == 416:
-                raise _PastEnd() from None
-            if exc.code in RETRY_STATUS:
-                raise _Retry(f"the server answered {exc.code}", False) from None
-            raise ConnectionFailedError(f"{url}: the server answered {exc.code}",
-                                        "check the URL of the mirror (--mirror / SNPVIRT_IMAGE_MIRROR)") from None
-        except (TimeoutError, urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-            raise _failure(exc) from None
+            try:
+                response = _opener(watch).open(request, timeout=self.timeout_s)
+            except urllib.error.HTTPError as exc:
+                exc.close()
+                raise _status_error(url, exc.code) from None
+            except (TimeoutError, urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+                raise _failure(exc, watch.expired) from None
+            with response:
+                if not whole:
+                    watch.cancel()
+                _check(watch)  # a socket shut down mid-header reads as a short, clean answer: it is not one
+                try:
+                    yield response
+                except (TimeoutError, OSError, http.client.HTTPException) as exc:
+                    raise _failure(exc, watch.expired) from None
+                _check(watch)
+        finally:
+            watch.cancel()
 
     def _small_once(self, url: str, max_bytes: int) -> bytes:
-        deadline = time.monotonic() + self.timeout_s
-        with self._open(url, {}) as response:
+        with self._open(url, {}, whole=True) as response:
             chunks, size = [], 0
-            try:
-                while chunk := response.read1(65536):
-                    size += len(chunk)
-                    self.received += len(chunk)
-                    if size > max_bytes:
-                        raise SnpvirtError(f"{url}: more than {max_bytes} bytes: not the file expected",
-                                           "check the mirror (--mirror / SNPVIRT_IMAGE_MIRROR)")
-                    if time.monotonic() > deadline:
-                        raise _Retry(f"the answer took longer than {self.timeout_s:g} s", True)
-                    chunks.append(chunk)
-            except (TimeoutError, OSError, http.client.HTTPException) as exc:
-                raise _failure(exc) from None
-        return b"".join(chunks)
+            while chunk := response.read1(65536):
+                size += len(chunk)
+                self.received += len(chunk)
+                if size > max_bytes:
+                    raise SnpvirtError(f"{url}: more than {max_bytes} bytes: not the file expected",
+                                       "check the mirror (--mirror / SNPVIRT_IMAGE_MIRROR)")
+                chunks.append(chunk)
+            return b"".join(chunks)
 
     def _file_once(self, url: str, partial: Path, name: str) -> int:
         offset = partial.stat().st_size if partial.exists() else 0
         try:
-            response = self._open(url, {"Range": f"bytes={offset}-"} if offset else {})
+            with self._open(url, {"Range": f"bytes={offset}-"} if offset else {}, whole=False) as response:
+                start, total = _where(response, offset)
+                with _open_partial(partial, truncate=start == 0) as out:
+                    return self._copy(response, out, name, start, total)
         except _PastEnd:  # the partial file is complete (a run stopped before checking it), or too long
             return offset
-        with response:
-            start, total = _where(response, offset)
-            with _open_partial(partial, truncate=start == 0) as out:
-                return self._copy(response, out, name, start, total)
 
     def _copy(self, response, out, name: str, done: int, total: int | None) -> int:
         started = last_report = time.monotonic()
         window_start, window_bytes, got = started, 0, 0
         window = 4 * self.timeout_s
         while True:
-            try:
-                chunk = response.read1(1 << 20)
-            except (TimeoutError, OSError, http.client.HTTPException) as exc:
-                out.flush()
-                raise _failure(exc) from None
+            chunk = response.read1(1 << 20)  # a timeout or reset here is retried by _open's caller
             if not chunk:
                 break
             out.write(chunk)
@@ -170,7 +168,6 @@ class Fetcher:
             window_bytes += len(chunk)
             if now - window_start >= window:
                 if window_bytes < MIN_RATE * window:
-                    out.flush()
                     raise _Retry(f"slower than {MIN_RATE} bytes/s for {window:g} s", True)
                 window_start, window_bytes = now, 0
             if now - last_report >= PROGRESS_EVERY_S:
@@ -216,14 +213,73 @@ class _open_partial:
         self._file.close()
 
 
-def _failure(exc: BaseException) -> _Retry:
+def _check(watch: _Watch) -> None:
+    if watch.expired:
+        raise _Retry("no answer within the timeout", True)
+
+
+def _status_error(url: str, code: int) -> Exception:
+    if code == 404:
+        return NotFoundError(f"{url}: the mirror has no such file (404)",
+                             "check the image name and --arch, or the mirror's layout")
+    if code == 416:
+        return _PastEnd()  # Range past the end: the caller decides
+    if code in RETRY_STATUS:
+        return _Retry(f"the server answered {code}", False)
+    return ConnectionFailedError(f"{url}: the server answered {code}",
+                                 "check the URL of the mirror (--mirror / SNPVIRT_IMAGE_MIRROR)")
+
+
+def _failure(exc: BaseException, deadline_passed: bool = False) -> _Retry:
+    if deadline_passed:  # the watch shut the socket down: whatever error that caused, the reason is time
+        return _Retry("no answer within the timeout", True)
     reason = getattr(exc, "reason", exc)
-    timed_out = isinstance(reason, TimeoutError) or isinstance(exc, TimeoutError)
-    if timed_out:
+    if isinstance(reason, TimeoutError) or isinstance(exc, TimeoutError):
         return _Retry("no data within the timeout", True)
     if isinstance(exc, http.client.HTTPException):  # its text is the server's bytes: not repeated
         return _Retry(f"the answer was not HTTP ({type(exc).__name__})", False)
     return _Retry(f"{getattr(reason, 'strerror', None) or reason}", False)
+
+
+class _Watch:
+    """A request's deadline: when it passes, every socket the request opened is shut down, which ends any
+    read or connect in progress (a per-operation timeout alone lets a dripping server go on for ever)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def track(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired:
+                _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _watched(connection_class: type, watch: _Watch) -> type:
+    class Watched(connection_class):
+        def connect(self) -> None:
+            super().connect()
+            watch.track(self.sock)
+    return Watched
 
 
 class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
@@ -237,11 +293,18 @@ class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-def _opener() -> urllib.request.OpenerDirector:
-    """http(s) only (no file:, ftp: or data: handler), proxies from the environment."""
+def _opener(watch: _Watch) -> urllib.request.OpenerDirector:
+    """http(s) only (no file:, ftp: or data: handler), proxies from the environment, sockets under `watch`."""
+    class Http(urllib.request.HTTPHandler):
+        def http_open(self, req):
+            return self.do_open(_watched(http.client.HTTPConnection, watch), req)
+
+    class Https(urllib.request.HTTPSHandler):
+        def https_open(self, req):
+            return self.do_open(_watched(http.client.HTTPSConnection, watch), req, context=self._context)
+
     opener = urllib.request.OpenerDirector()
-    for handler in (urllib.request.ProxyHandler(), urllib.request.UnknownHandler(), urllib.request.HTTPHandler(),
-                    urllib.request.HTTPSHandler(), urllib.request.HTTPDefaultErrorHandler(), _HttpOnlyRedirects(),
-                    urllib.request.HTTPErrorProcessor()):
+    for handler in (urllib.request.ProxyHandler(), urllib.request.UnknownHandler(), Http(), Https(),
+                    urllib.request.HTTPDefaultErrorHandler(), _HttpOnlyRedirects(), urllib.request.HTTPErrorProcessor()):
         opener.add_handler(handler)
     return opener

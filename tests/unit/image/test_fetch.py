@@ -54,13 +54,7 @@ def test_a_complete_partial_file_costs_one_416(mirror, tmp_path):
 
 def test_a_server_that_stalls_every_time_ends_in_a_timeout_keeping_what_arrived(mirror, tmp_path):
     got = fetcher(timeout_s=0.5, attempts=2)
-    mirror.stall[IMG] = 4096
-    original = got._open
-
-    def stall_again(url, headers):  # the stall is re-armed for every request
-        mirror.stall[IMG] = 4096
-        return original(url, headers)
-    got._open = stall_again
+    mirror.stall[IMG], mirror.stall_always = 4096, True
     with pytest.raises(OperationTimeoutError, match="after 2 attempts.*resumes it"):
         got.to_file(f"{mirror.url}/{IMG}", tmp_path / "img", "img")
     assert (tmp_path / "img").stat().st_size == 8192
@@ -87,3 +81,12 @@ def test_a_refused_connection_is_retried_then_a_connection_error(tmp_path):
 def test_a_small_answer_that_is_too_big_is_refused(mirror):
     with pytest.raises(SnpvirtError, match="more than 1000 bytes"):
         fetcher().small(f"{mirror.url}/{INITRD}", 1000)
+
+
+def test_a_server_dripping_its_headers_meets_the_request_deadline(mirror):
+    """Each byte comes well within the per-read timeout: only the request's own deadline ends it."""
+    mirror.drip.add("releases/SHA256SUMS")
+    got = fetcher(timeout_s=1.0, attempts=2)
+    with pytest.raises(OperationTimeoutError, match="no answer within the timeout"):
+        got.small(f"{mirror.url}/releases/SHA256SUMS", 1024)
+    assert got.requests == 2
