@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import libvirt
 import pytest
 
 from tests.conftest import EXAMPLES, ROOT
@@ -108,6 +109,11 @@ def test_check_mode_reports_the_plan_and_changes_nothing(libvirtd, held, playboo
     assert stop_plan.result["changed"] is True and stop_plan.result["results"][0]["will_stop"] is True
     assert held.lookupByName("web-01").isActive()  # still running: the shutdown was only planned
     assert "-state: running" in stop_plan.stdout and "+state: shutoff" in stop_plan.stdout
+    resize_plan = playbook({"uri": libvirtd.test_uri, "specs": specs[:1], "overrides": ["vcpus=8"]}, "--check", "--diff")
+    assert resize_plan.result["results"][0]["action"] == "update"
+    assert "-vcpus: 4" in resize_plan.stdout and "+vcpus: 8" in resize_plan.stdout
+    persistent = held.lookupByName("web-01").XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    assert ">4</vcpu>" in persistent  # libvirt's definition is untouched
 
 
 def test_state_present_defines_without_starting(libvirtd, held, playbook, specs):

@@ -197,8 +197,8 @@ def domain_diff(result):
         before.append("running: false")
         after.append("running: true")
     if result.get("will_restart"):
-        before.append("definition running: previous")
-        after.append("definition running: current (restarted)")
+        before.append("running definition: previous")
+        after.append("running definition: new (restarted)")
     elif result.get("restart_required"):
         after.append("restart_required: true  # runs the previous definition until restarted")
     return dict(before_header=result["name"], after_header=result["name"],
