@@ -18,9 +18,7 @@ import http.client
 import os
 import re
 import secrets
-import socket
 import stat
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -29,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from snpvirt import netio
 from snpvirt.attest import certs
 from snpvirt.errors import BadInputError, ConnectionFailedError, NotFoundError, SnpvirtError
 from snpvirt.attest.report import Report
@@ -236,12 +235,11 @@ def _certificates(data: bytes, source: str) -> list[certs.Cert]:
 def _fetch_once(url: str, timeout_s: float) -> bytes:
     """One request, redirects included, that ends within `timeout_s` whatever the server does.
 
-    urllib's timeout bounds each socket operation, not the request: a server dripping a header byte
-    every few seconds, or a redirect to ftp: doing the same, holds it for hours. A timer shuts every
-    socket of the request down when the deadline passes; what was read by then is not an answer."""
-    deadline = _Deadline(timeout_s)
+    urllib's timeout bounds each socket operation, not the request: netio.Deadline shuts every socket of
+    the request down when the deadline passes; what was read by then is not an answer."""
+    deadline = netio.Deadline(timeout_s)
     try:
-        with _opener(deadline).open(url, timeout=timeout_s) as response:
+        with netio.opener(deadline, _refused_redirect).open(url, timeout=timeout_s) as response:
             data = _read_answer(response, url, time.monotonic() + timeout_s)
     except (OSError, http.client.HTTPException) as exc:  # URLError and HTTPError are OSErrors: retried by the caller
         if deadline.expired:
@@ -256,85 +254,10 @@ def _fetch_once(url: str, timeout_s: float) -> bytes:
     return data
 
 
-class _Deadline:
-    """Shuts down every socket a request opened once `seconds` have passed (each is tracked by a dup of
-    its descriptor: TLS takes the original over, and a shutdown acts on the connection, not on one fd)."""
-
-    def __init__(self, seconds: float) -> None:
-        self.expired = False
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def track(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._sockets.append(sock.dup())
-            if self.expired:
-                _shut(self._sockets[-1])
-
-    def _expire(self) -> None:
-        with self._lock:
-            self.expired = True
-            for sock in self._sockets:
-                _shut(sock)
-
-    def cancel(self) -> None:
-        self._timer.cancel()
-        with self._lock:
-            for sock in self._sockets:
-                sock.close()
-            self._sockets.clear()
-
-
-def _shut(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
-
-
-def _tracked(connection_class: type, deadline: _Deadline) -> Callable[..., http.client.HTTPConnection]:
-    """A connection factory for urllib whose every TCP socket is under `deadline`."""
-    def make(*args, **kwargs) -> http.client.HTTPConnection:
-        connection = connection_class(*args, **kwargs)
-        create = connection._create_connection
-
-        def create_tracked(*c_args, **c_kwargs) -> socket.socket:
-            sock = create(*c_args, **c_kwargs)
-            deadline.track(sock)
-            return sock
-        connection._create_connection = create_tracked
-        return connection
-    return make
-
-
-class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+def _refused_redirect(url: str, scheme: str) -> UntrustedAnswer:
     """urllib follows a redirect to ftp: too: --kds-url is http(s) only, and so is every hop."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        scheme = urllib.parse.urlsplit(newurl).scheme
-        if scheme not in ("http", "https"):
-            fp.close()
-            raise UntrustedAnswer(f"{req.full_url} redirected to a URL that is not http(s)"
-                                  + (f" ({scheme}:)" if scheme.isalnum() else ""), _HINT)
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-def _opener(deadline: _Deadline) -> urllib.request.OpenerDirector:
-    """http(s) only (no ftp:, file: or data: handler), proxies from the environment, each socket under `deadline`."""
-    class Http(urllib.request.HTTPHandler):
-        def http_open(self, req):
-            return self.do_open(_tracked(http.client.HTTPConnection, deadline), req)
-
-    class Https(urllib.request.HTTPSHandler):
-        def https_open(self, req):
-            return self.do_open(_tracked(http.client.HTTPSConnection, deadline), req, context=self._context)
-
-    opener = urllib.request.OpenerDirector()
-    for handler in (urllib.request.ProxyHandler(), urllib.request.UnknownHandler(), Http(), Https(),
-                    urllib.request.HTTPDefaultErrorHandler(), _HttpOnlyRedirects(), urllib.request.HTTPErrorProcessor()):
-        opener.add_handler(handler)
-    return opener
+    return UntrustedAnswer(f"{url} redirected to a URL that is not http(s)" + (f" ({scheme}:)" if scheme.isalnum() else ""),
+                           _HINT)
 
 
 def _read_answer(response, url: str, deadline: float) -> bytes:

@@ -15,8 +15,6 @@ import contextlib
 import http.client
 import os
 import re
-import socket
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -25,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from snpvirt import __version__
+from snpvirt import __version__, netio
 from snpvirt.errors import ConnectionFailedError, NotFoundError, OperationTimeoutError, SnpvirtError
 
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
@@ -107,10 +105,10 @@ class Fetcher:
         until the block ends)."""
         self.requests += 1
         request = urllib.request.Request(url, headers={"User-Agent": f"snpvirt/{__version__}", **headers})
-        watch = _Watch(self.timeout_s)
+        watch = netio.Deadline(self.timeout_s)
         try:
             try:
-                response = _opener(watch).open(request, timeout=self.timeout_s)
+                response = netio.opener(watch, _refused_redirect).open(request, timeout=self.timeout_s)
             except urllib.error.HTTPError as exc:
                 exc.close()
                 raise _status_error(url, exc.code) from None
@@ -213,7 +211,7 @@ class _open_partial:
         self._file.close()
 
 
-def _check(watch: _Watch) -> None:
+def _check(watch: netio.Deadline) -> None:
     if watch.expired:
         raise _Retry("no answer within the timeout", True)
 
@@ -241,70 +239,7 @@ def _failure(exc: BaseException, deadline_passed: bool = False) -> _Retry:
     return _Retry(f"{getattr(reason, 'strerror', None) or reason}", False)
 
 
-class _Watch:
-    """A request's deadline: when it passes, every socket the request opened is shut down, which ends any
-    read or connect in progress (a per-operation timeout alone lets a dripping server go on for ever)."""
-
-    def __init__(self, seconds: float) -> None:
-        self.expired = False
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def track(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._sockets.append(sock)
-            if self.expired:
-                _shut(sock)
-
-    def _expire(self) -> None:
-        with self._lock:
-            self.expired = True
-            for sock in self._sockets:
-                _shut(sock)
-
-    def cancel(self) -> None:
-        self._timer.cancel()
-
-
-def _shut(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
-
-
-def _watched(connection_class: type, watch: _Watch) -> type:
-    class Watched(connection_class):
-        def connect(self) -> None:
-            super().connect()
-            watch.track(self.sock)
-    return Watched
-
-
-class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
-    """urllib would follow a redirect to ftp: or file: too; a mirror is http(s) at every hop."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        if urllib.parse.urlsplit(newurl).scheme not in ("http", "https"):
-            fp.close()
-            raise ConnectionFailedError(f"{req.full_url} redirected to a URL that is not http(s)",
-                                        "check the mirror (--mirror / SNPVIRT_IMAGE_MIRROR)")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-def _opener(watch: _Watch) -> urllib.request.OpenerDirector:
-    """http(s) only (no file:, ftp: or data: handler), proxies from the environment, sockets under `watch`."""
-    class Http(urllib.request.HTTPHandler):
-        def http_open(self, req):
-            return self.do_open(_watched(http.client.HTTPConnection, watch), req)
-
-    class Https(urllib.request.HTTPSHandler):
-        def https_open(self, req):
-            return self.do_open(_watched(http.client.HTTPSConnection, watch), req, context=self._context)
-
-    opener = urllib.request.OpenerDirector()
-    for handler in (urllib.request.ProxyHandler(), urllib.request.UnknownHandler(), Http(), Https(),
-                    urllib.request.HTTPDefaultErrorHandler(), _HttpOnlyRedirects(), urllib.request.HTTPErrorProcessor()):
-        opener.add_handler(handler)
-    return opener
+def _refused_redirect(url: str, scheme: str) -> ConnectionFailedError:
+    """A mirror is http(s) at every hop (urllib would follow a redirect to ftp: or file: too)."""
+    return ConnectionFailedError(f"{url} redirected to a URL that is not http(s)" + (f" ({scheme}:)" if scheme.isalnum() else ""),
+                                 "check the mirror (--mirror / SNPVIRT_IMAGE_MIRROR)")
