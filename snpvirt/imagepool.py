@@ -99,7 +99,7 @@ def pull(image: catalog.Image, storage: Storage, pool: str, cache: Cache, fetche
     held = {e.file.volume: _held(storage, pool, e, vouched, cache, report) for e in expected}
     missing = [e for e in expected if held[e.file.volume] is None]
     for e in missing:  # every file verified before any is uploaded
-        result.downloaded_bytes += _verified_copy(e, image, fetcher, cache, report, storage, pool)
+        result.downloaded_bytes += _verified_copy(e, image, fetcher, cache, report)
     for e in expected:
         action = held[e.file.volume] or _upload(e, storage, pool, cache, report)
         size = os.stat(cache.verified(e.sha256)).st_size if action != "unchanged" else vouched[e.file.volume]["size_bytes"]
@@ -184,8 +184,7 @@ def _same_bytes(storage: Storage, pool: str, e: Expected, cache: Cache, report: 
     return True
 
 
-def _verified_copy(e: Expected, image: catalog.Image, fetcher: Fetcher, cache: Cache, report: Reporter,
-                   storage: Storage, pool: str) -> int:
+def _verified_copy(e: Expected, image: catalog.Image, fetcher: Fetcher, cache: Cache, report: Reporter) -> int:
     """Make sure the cache holds the file by its digest; returns the bytes downloaded for it."""
     if cache.verified_path(e.sha256) is not None:
         report.step(f"{e.file.name}: verified copy in the cache")
