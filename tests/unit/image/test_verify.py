@@ -1,5 +1,7 @@
 """gpgv over SHA256SUMS (real gpgv, a throwaway key) and SHA-256 of each file."""
 
+from pathlib import Path
+
 import pytest
 
 from snpvirt.errors import BadInputError
@@ -65,3 +67,40 @@ def test_sums_lines_in_both_forms_and_nothing_else():
     assert verify.parse_sums(text, "x") == {"a.img": sha256(b"a"), "unpacked/b": sha256(b"b")}
     with pytest.raises(VerificationError):
         verify.parse_sums(b"x" * (verify.MAX_SUMS_BYTES + 1), "x")
+
+
+def test_a_list_signed_twice_needs_one_good_signature_by_the_keyring(tmp_path):
+    """Ubuntu may sign with a second key the keyring lacks: one good signature by a key of the keyring is
+    enough (gpgv then exits non-zero for the unknown one); the checker does not go by gpgv's exit alone."""
+    import subprocess
+    with signer("ours <ours@example.invalid>") as ours:
+        subprocess.run(["gpg", "--batch", "--quiet", "--homedir", str(ours.home), "--passphrase", "",
+                        "--quick-generate-key", "theirs <theirs@example.invalid>", "ed25519", "sign", "never"],
+                       check=True, capture_output=True, timeout=60)
+        with open(ours.keyring, "wb") as out:  # the keyring holds only the first key
+            subprocess.run(["gpg", "--batch", "--homedir", str(ours.home), "--export", "ours@example.invalid"],
+                           stdout=out, check=True, timeout=60)
+        sums = tmp_path / "SHA256SUMS"
+        sums.write_text(f"{sha256(b'disk')} *a.img\n")
+        subprocess.run(["gpg", "--batch", "--quiet", "--homedir", str(ours.home), "-u", "ours@example.invalid",
+                        "-u", "theirs@example.invalid", "--armor", "--detach-sign", "-o", f"{sums}.gpg", str(sums)],
+                       check=True, capture_output=True, timeout=60)
+        assert verify.check_signature(sums, f"{sums}.gpg", ours.keyring, "x")
+        sums.write_text(f"{sha256(b'evil')} *a.img\n")
+        with pytest.raises(VerificationError, match="does not match"):
+            verify.check_signature(sums, f"{sums}.gpg", ours.keyring, "x")
+
+
+def test_any_bad_signature_refuses_the_list_even_beside_a_good_one(tmp_path, mirror_key):
+    """A signature file with a good signature and a bad one (over other bytes) is tampered with."""
+    import subprocess
+    sums, other = tmp_path / "SHA256SUMS", tmp_path / "other"
+    sums.write_text(f"{sha256(b'disk')} *a.img\n")
+    other.write_text("something else\n")
+    for path in (sums, other):
+        subprocess.run(["gpg", "--batch", "--quiet", "--homedir", str(mirror_key.home), "--detach-sign", "-o",
+                        f"{path}.sig", str(path)], check=True, capture_output=True, timeout=60)
+    (tmp_path / "both.gpg").write_bytes(Path(f"{sums}.sig").read_bytes() + Path(f"{other}.sig").read_bytes())
+    assert verify.check_signature(sums, f"{sums}.sig", mirror_key.keyring, "x")
+    with pytest.raises(VerificationError, match="does not match"):
+        verify.check_signature(sums, tmp_path / "both.gpg", mirror_key.keyring, "x")
