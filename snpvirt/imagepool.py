@@ -192,7 +192,7 @@ def _verified_copy(e: Expected, image: catalog.Image, fetcher: Fetcher, cache: C
     with cache.downloading(e.sha256) as partial:
         before = fetcher.received
         report.step(f"downloading {image.url(e.file.path)}")
-        fetcher.to_file(image.url(e.file.path), partial, e.file.name)
+        fetcher.to_file(image.url(e.file.path), partial, e.file.name, e.file.max_bytes)
         verify.check_digest(partial, e.sha256, e.file.path)  # deletes the download when it does not match
         os.replace(partial, cache.verified(e.sha256))
     report.step(f"{e.file.name}: SHA-256 matches the signed list")

@@ -17,11 +17,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from snpvirt import fileio
 from snpvirt.errors import BadInputError
 
 DEFAULT_MIRROR = "https://cloud-images.ubuntu.com"
 MIRROR_ENV = "SNPVIRT_IMAGE_MIRROR"
 DEFAULT_KEYRING = "/usr/share/keyrings/ubuntu-cloudimage-keyring.gpg"  # Ubuntu's and Debian's ubuntu-keyring package
+MAX_DISK_BYTES = 16 << 30  # Ubuntu's server cloud images are 0.5-1 GiB (qcow2, compressed)
 ARCHES = ("amd64", "arm64", "ppc64el", "s390x", "riscv64")
 
 # version -> codename: the releases whose cloud images have the layout above.
@@ -37,6 +39,7 @@ class ImageFile:
     path: str  # below the release folder: "ubuntu-24.04-server-cloudimg-amd64.img", "unpacked/..."
     volume: str  # its volume name in a pool
     format: str  # what libvirt must read it as: "qcow2" or "raw"
+    max_bytes: int  # the most a download of it may bring (Ubuntu's are far below; a mirror cannot fill the disk)
 
     @property
     def folder(self) -> str:
@@ -76,9 +79,12 @@ class Image:
 
     def files(self) -> tuple[ImageFile, ...]:
         stem = f"ubuntu-{self.version}-server-cloudimg-{self.arch}"
-        return (ImageFile("disk", f"{stem}.img", f"{self.volume_stem}.qcow2", "qcow2"),
-                ImageFile("kernel", f"unpacked/{stem}-vmlinuz-generic", f"{self.volume_stem}.vmlinuz", "raw"),
-                ImageFile("initrd", f"unpacked/{stem}-initrd-generic", f"{self.volume_stem}.initrd", "raw"))
+        # Kernel and initrd: the limits the launch measurement reads them with (a bigger one could not be measured).
+        return (ImageFile("disk", f"{stem}.img", f"{self.volume_stem}.qcow2", "qcow2", MAX_DISK_BYTES),
+                ImageFile("kernel", f"unpacked/{stem}-vmlinuz-generic", f"{self.volume_stem}.vmlinuz", "raw",
+                          fileio.LIMITS["kernel"]),
+                ImageFile("initrd", f"unpacked/{stem}-initrd-generic", f"{self.volume_stem}.initrd", "raw",
+                          fileio.LIMITS["initrd"]))
 
     def url(self, path: str) -> str:
         return f"{self.release_url}/{path}"

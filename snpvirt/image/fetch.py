@@ -29,7 +29,7 @@ from snpvirt.errors import ConnectionFailedError, NotFoundError, OperationTimeou
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 MIN_RATE = 1024  # bytes/s, averaged over a window of 4 x timeout_s: slower than this is a stall
 PROGRESS_EVERY_S = 0.5
-MAX_FILE_BYTES = 64 << 30  # no cloud image comes near; a server streaming forever stops here
+MAX_FILE_BYTES = 64 << 30  # the default bound of a file: a server streaming for ever stops here
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
@@ -46,6 +46,10 @@ class Transfer:
 
 def _quiet(*_args) -> None:
     """The default callbacks: library code never prints; the CLI passes ones that do."""
+
+
+class TooBig(SnpvirtError):
+    """A file bigger than such a file may be: not retried, and what arrived is deleted (exit 1)."""
 
 
 class _PastEnd(Exception):
@@ -75,9 +79,10 @@ class Fetcher:
         """A small file, whole, within `timeout_s`; NotFoundError for a 404."""
         return self._with_retries(url, lambda: self._small_once(url, max_bytes))
 
-    def to_file(self, url: str, partial: Path, name: str) -> int:
-        """Download `url` into `partial`, resuming from its current size; returns the final size."""
-        return self._with_retries(url, lambda: self._file_once(url, partial, name), partial)
+    def to_file(self, url: str, partial: Path, name: str, max_bytes: int = MAX_FILE_BYTES) -> int:
+        """Download `url` into `partial`, resuming from its current size; returns the final size. A file
+        announced or sent bigger than `max_bytes` is refused (a mirror cannot fill the disk)."""
+        return self._with_retries(url, lambda: self._file_once(url, partial, name, max_bytes), partial)
 
     # --- one attempt ---------------------------------------------------------------------------
 
@@ -138,17 +143,24 @@ class Fetcher:
                 chunks.append(chunk)
             return b"".join(chunks)
 
-    def _file_once(self, url: str, partial: Path, name: str) -> int:
+    def _file_once(self, url: str, partial: Path, name: str, max_bytes: int) -> int:
         offset = partial.stat().st_size if partial.exists() else 0
         try:
             with self._open(url, {"Range": f"bytes={offset}-"} if offset else {}, whole=False) as response:
                 start, total = _where(response, offset)
+                if (total or 0) > max_bytes:
+                    raise TooBig(f"{name}: the server announces {total} bytes, more than the {max_bytes} such a "
+                                       "file may have", "check the mirror (--mirror / SNPVIRT_IMAGE_MIRROR)")
                 with _open_partial(partial, truncate=start == 0) as out:
-                    return self._copy(response, out, name, start, total)
+                    return self._copy(response, out, name, start, total or max_bytes, total is not None)
         except _PastEnd:  # the partial file is complete (a run stopped before checking it), or too long
             return offset
+        except TooBig:
+            partial.unlink(missing_ok=True)
+            raise
 
-    def _copy(self, response, out, name: str, done: int, total: int | None) -> int:
+    def _copy(self, response, out, name: str, done: int, limit: int, announced: bool) -> int:
+        total = limit if announced else None
         started = last_report = time.monotonic()
         window_start, window_bytes, got = started, 0, 0
         window = 4 * self.timeout_s
@@ -159,8 +171,9 @@ class Fetcher:
             out.write(chunk)
             done, got = done + len(chunk), got + len(chunk)
             self.received += len(chunk)
-            if done > (total or MAX_FILE_BYTES):
-                raise SnpvirtError(f"{name}: the server sent more than the {total or MAX_FILE_BYTES} bytes announced",
+            if done > limit:
+                raise TooBig(f"{name}: the server sent more than the {limit} bytes "
+                                   + ("it announced" if announced else "such a file may have"),
                                    "check the mirror (--mirror / SNPVIRT_IMAGE_MIRROR)")
             now = time.monotonic()
             window_bytes += len(chunk)

@@ -90,3 +90,10 @@ def test_a_server_dripping_its_headers_meets_the_request_deadline(mirror):
     with pytest.raises(OperationTimeoutError, match="no answer within the timeout"):
         got.small(f"{mirror.url}/releases/SHA256SUMS", 1024)
     assert got.requests == 2
+
+
+def test_a_file_bigger_than_such_a_file_may_be_is_refused_and_deleted(mirror, tmp_path):
+    got = fetcher()
+    with pytest.raises(SnpvirtError, match="announces 300000 bytes, more than the 1000"):
+        got.to_file(f"{mirror.url}/{KERNEL}", tmp_path / "k", "kernel", max_bytes=1000)
+    assert not (tmp_path / "k").exists() and got.requests == 1  # not retried
