@@ -164,10 +164,27 @@ def _boot_file(path: str, value: str | dict[str, Any]) -> str | VolumeRef:
     return VolumeRef(checked["pool"], checked["volume"])
 
 
-# Key types an SSH public key line may start with (sshd's PubkeyAcceptedAlgorithms for keys, not certificates).
-SSH_KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
-                 "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com")
+# Key types an SSH public key line may start with (plain keys, not certificates), and how many length-prefixed
+# fields their key blob holds after the type (RFC 4253 §6.6, RFC 5656 §3.1, RFC 8709 §4, OpenSSH PROTOCOL.u2f).
+SSH_KEY_FIELDS = {"ssh-ed25519": 1, "ssh-rsa": 2, "ecdsa-sha2-nistp256": 2, "ecdsa-sha2-nistp384": 2,
+                  "ecdsa-sha2-nistp521": 2, "sk-ssh-ed25519@openssh.com": 2, "sk-ecdsa-sha2-nistp256@openssh.com": 3}
+SSH_KEY_TYPES = tuple(SSH_KEY_FIELDS)
 MAX_SSH_KEYS = 64
+
+
+def _ssh_blob_fields(blob: bytes) -> list[bytes] | None:
+    """The length-prefixed strings of an SSH key blob, or None when they do not fill it exactly."""
+    fields, offset = [], 0
+    while offset < len(blob):
+        if offset + 4 > len(blob):
+            return None
+        size = int.from_bytes(blob[offset:offset + 4], "big")
+        offset += 4
+        if offset + size > len(blob):
+            return None
+        fields.append(blob[offset:offset + size])
+        offset += size
+    return fields
 
 
 def _ssh_public_key(path: str, value: Any) -> str:
@@ -185,8 +202,9 @@ def _ssh_public_key(path: str, value: Any) -> str:
         blob = base64.b64decode(parts[1], validate=True)
     except (binascii.Error, ValueError):
         raise _fail(path, "its key part is not valid base64", hint) from None
-    size = int.from_bytes(blob[:4], "big")
-    if blob[4:4 + size] != parts[0].encode():  # the blob starts with its own type: a truncated or mixed-up key does not
+    fields = _ssh_blob_fields(blob)
+    # The blob starts with its own type and holds exactly the type's fields: a truncated or mixed-up key does not.
+    if not fields or fields[0] != parts[0].encode() or len(fields) != 1 + SSH_KEY_FIELDS[parts[0]]:
         raise _fail(path, f"the key data is not a {parts[0]} key (damaged or truncated?)", hint)
     return " ".join(parts)
 
