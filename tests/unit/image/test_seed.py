@@ -117,3 +117,12 @@ def test_the_clock_is_restored_after_a_build(key):
 
     seeds.build(cloud_init(user="alice", ssh_authorized_keys=[key]), "web-01")
     assert pycdlib.dates.time is time and pycdlib.pycdlib.time is time
+
+
+def test_the_same_spec_gives_the_same_bytes_at_any_time(key, monkeypatch):
+    import time
+
+    ci = cloud_init(user="alice", ssh_authorized_keys=[key])
+    now = seeds.build(ci, "web-01").sha256
+    monkeypatch.setattr(time, "time", lambda: 4102444800.0)  # 2100-01-01: the clock pycdlib would read
+    assert seeds.build(ci, "web-01").sha256 == now
