@@ -51,6 +51,8 @@ LIMITS: dict[str, int] = {
     "report": 64 * KiB,
     "nonce": 4 * KiB,
     "host": 16 * MiB,  # host facts under /proc, /sys, /etc: /proc/cpuinfo of a 512-CPU host is ~1 MiB
+    # Cloud images (qcow2) are 0.5-1 GiB; they are only streamed (hashed, uploaded), never held in memory.
+    "image": 64 * GiB,
     "log": 1 << 62,  # QEMU's log grows without bound: only its tail is ever read (read_tail)
 }
 

@@ -74,6 +74,11 @@ class Connection:
             pass  # closing a dead connection is not worth an error
 
     @property
+    def handle(self) -> libvirt.virConnect:
+        """The libvirt-python connection, for the boundary's other modules (storage.py)."""
+        return self._conn
+
+    @property
     def actual_uri(self) -> str:
         return self._conn.getURI()
 

@@ -31,14 +31,18 @@ import libvirt
 # state dirs and /etc/libvirt (a copy); tmp_dir itself is not overmounted, so
 # the sockets in it are reachable from outside.  /run gets an empty tmpfs first
 # because /run/libvirt may not exist on the host and must not be created there
-# (a bind mount needs an existing mount point).
+# (a bind mount needs an existing mount point). /var/lib gets one too, for the
+# same reason: /var/lib/snpvirt (snpvirt's default storage pool) is $T/snpvirt.
 _WRAPPER = """\
 set -eu
 T="$1"
 mount -t tmpfs -o mode=0755 isolated-libvirtd-run /run
 mkdir /run/libvirt
 mount --bind "$T/run" /run/libvirt
+mount -t tmpfs -o mode=0755 isolated-libvirtd-varlib /var/lib
+mkdir /var/lib/libvirt /var/lib/snpvirt
 mount --bind "$T/lib" /var/lib/libvirt
+mount --bind "$T/snpvirt" /var/lib/snpvirt
 mount --bind "$T/cache" /var/cache/libvirt
 mount --bind "$T/log" /var/log/libvirt
 mount --bind "$T/etc" /etc/libvirt
@@ -206,6 +210,11 @@ class IsolatedLibvirtd:
         return f"test+unix:///default?socket={self.socket_path}"
 
     @property
+    def var_lib_snpvirt(self) -> Path:
+        """Where this daemon's /var/lib/snpvirt (snpvirt's default pool folder) is, seen from outside."""
+        return self.tmp_dir / "snpvirt"
+
+    @property
     def log_path(self) -> str:
         return str(self.tmp_dir / "libvirtd.log")
 
@@ -240,7 +249,7 @@ class IsolatedLibvirtd:
         # A daemon may be started again in the same folder: the same "host" coming back, same socket.
         shutil.copytree("/etc/libvirt", t / "etc", symlinks=True, dirs_exist_ok=True)
         (t / "etc" / "qemu.conf").write_text(_QEMU_CONF)
-        for name in ("run", "lib", "cache", "log", "sock"):
+        for name in ("run", "lib", "cache", "log", "sock", "snpvirt"):
             (t / name).mkdir(mode=0o755, exist_ok=True)
         if self.caps_cache is not None:
             self._caps_dir.mkdir(parents=True, exist_ok=True)
