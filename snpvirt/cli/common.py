@@ -50,6 +50,7 @@ def manager(connect: Optional[str], host_caps: Optional[Path] = None, allow_debu
     host; on libvirt's test driver, the captured host `sysroot` with --host-caps, or nothing without one."""
     from snpvirt.host import readiness
     from snpvirt.libvirt.connection import Connection
+    from snpvirt.libvirt.storage import Storage
     from snpvirt.manager import Manager
 
     conn = Connection(connect)
@@ -57,7 +58,7 @@ def manager(connect: Optional[str], host_caps: Optional[Path] = None, allow_debu
         readiness.check_captured_host(conn, sysroot)  # refused before anything else is read or changed
         sev = SevSources(host_caps, lambda: (conn.domain_capabilities(), f"host {conn.actual_uri}"))
         yield Manager(conn, gate=lambda: readiness.gate_report(conn, sysroot=sysroot, domcaps_file=host_caps),
-                      resolve_sev=sev.resolve, allow_debug=allow_debug)
+                      resolve_sev=sev.resolve, allow_debug=allow_debug, storage=Storage(conn))
     finally:
         conn.close()
 
