@@ -149,3 +149,11 @@ def test_cloud_init_without_a_seed_file_is_refused(spec):
 
 def test_seed_goes_with_format_qemu(spec, tmp_path):
     assert_clean_error(run_cli("render", spec, "--seed", tmp_path / "s.iso"), 2, "--seed goes with --format qemu")
+
+
+def test_measure_refuses_a_kernel_volume_rather_than_measuring_without_it(spec, tmp_path):
+    """A kernel named as a pool volume has no bytes here: leaving it out would give a wrong value, silently."""
+    other = tmp_path / "volume-kernel.toml"
+    other.write_text(spec.read_text().replace(f'kernel = "{spec.parent}/vmlinuz"',
+                                              'kernel = { pool = "default", volume = "ubuntu-24.04.vmlinuz" }'))
+    assert_clean_error(run_cli("measure", other), 2, "boot.kernel is a pool volume")
