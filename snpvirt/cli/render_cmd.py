@@ -70,13 +70,17 @@ def render(
     # asked unbidden, so render keeps working (and refusing to guess) on a machine without a daemon.
     connect = connect or os.environ.get("LIBVIRT_DEFAULT_URI") or None
     sev = SevSources(host_caps, (lambda: (_domain_capabilities(connect), f"host {connect}")) if connect else None)
-    record = launch.record(vm)  # expected measurement (and ID blocks) from the files readable here
+    pooled = _from_pools(vm, connect) if connect else None  # pool volumes resolved on that host
+    if pooled is not None:
+        vm = pooled.spec
+    record = launch.record(vm, pooled.plan.digests if pooled else None)  # expected measurement (and ID blocks)
     seed = _seed(vm)
     params = sev.resolve(vm)
     result = renderer.render(vm, params, allow_debug, launch=record, seed_sha256=seed.sha256 if seed else None)
     text = result.xml
     if fmt is Format.qemu:  # built before anything is written: a spec it cannot express writes nothing
-        text = _qemu_text(vm, params, record, seed_file if seed else None)
+        seed_path = str(seed_file.resolve()) if seed and seed_file else pooled.seed_path if pooled else None
+        text = _qemu_text(vm, params, record, pooled.paths if pooled else {}, seed_path)
 
     changed = False
     if seed is not None and seed_file is not None:
@@ -123,13 +127,43 @@ def _seed(vm):
     return seed.build(vm.cloud_init, vm.name)
 
 
-def _qemu_text(vm, params, record, seed_file: Optional[Path]) -> str:
+def _qemu_text(vm, params, record, volume_paths: dict, seed_path: Optional[str]) -> str:
     from snpvirt.domain import qemu
 
     blocks = record.id_blocks
-    lines = qemu.command(vm, params, seed_path=str(seed_file.resolve()) if seed_file else None,
+    lines = qemu.command(vm, params, volume_paths, seed_path,
                          id_block=blocks.id_block if blocks else None, id_auth=blocks.id_auth if blocks else None)
     return qemu.shell_text(lines)
+
+
+class _Pooled:
+    """A spec's pool volumes as the host holds them: boot paths and digests, disk paths, the stored seed's path."""
+
+    def __init__(self, spec, plan, paths: dict, seed_path: Optional[str]) -> None:
+        self.spec, self.plan, self.paths, self.seed_path = spec, plan, paths, seed_path
+
+
+def _from_pools(vm, connect: str) -> Optional[_Pooled]:
+    """Only reads: what apply would find (render changes no pool)."""
+    from snpvirt.image import cache
+    from snpvirt.libvirt import storage
+    from snpvirt.models import VolumeRef
+    from snpvirt.orchestration import volumes
+
+    if not volumes.needs_storage(vm):
+        return None
+    with storage.connect(connect) as store:
+        resolved, plan = volumes.prepare(vm, store, cache.verified_path)
+        paths = {}
+        for disk in resolved.disks:
+            info = store.volume(disk.pool, disk.volume) if disk.volume_ref else None
+            if info is not None:
+                paths[disk.volume_ref] = info.path
+        seed_path = None
+        if resolved.cloud_init is not None and plan.seed_action == "unchanged":  # the pool holds this very seed
+            ref = VolumeRef(resolved.cloud_init.pool, resolved.cloud_init.volume_name(resolved.name))
+            seed_path = store.volume(ref.pool, ref.volume).path
+    return _Pooled(resolved, plan, paths, seed_path)
 
 
 def _domain_capabilities(uri: str) -> str:

@@ -85,8 +85,10 @@ def _disks(spec: VmSpec, volume_paths: Mapping[VolumeRef, str], seed_path: str |
     for disk in spec.disks:
         path = disk.path or volume_paths.get(disk.volume_ref)
         if path is None:
-            raise BadInputError(f"disk {disk.target} is volume {disk.volume!r} in pool {disk.pool!r}: its path on the host "
-                                "is not known", "give --connect URI (the host that holds the pool)")
+            raise BadInputError(f"disk {disk.target} is volume {disk.volume!r} in pool {disk.pool!r}: "
+                                "its path on the host is not known",
+                                "give --connect URI (the host that holds the pool); a volume apply has not made yet "
+                                "has no path")
         drives.append((disk.target, path, disk.format, disk.readonly))
     if spec.cloud_init is not None:
         if seed_path is None:

@@ -267,3 +267,58 @@ def test_volumes_made_for_a_domain_whose_define_fails_are_removed(hv, pool, file
     assert not done.ok and "injected" in done.error.message
     left = {v.name for v in store.volumes(name)}
     assert left == {"ubuntu-24.04.qcow2", "ubuntu-24.04.vmlinuz", "ubuntu-24.04.initrd", "vol-01-data.qcow2"}
+
+
+def spec_toml(pool_name: str, key: str) -> str:
+    return f"""
+name = "vol-01"
+memory_mib = 2048
+vcpus = 2
+firmware = "/usr/share/ovmf/OVMF.amdsev.fd"
+state = "shutoff"
+[boot]
+kernel = {{ pool = "{pool_name}", volume = "ubuntu-24.04.vmlinuz" }}
+initrd = {{ pool = "{pool_name}", volume = "ubuntu-24.04.initrd" }}
+cmdline = "console=ttyS0 root=LABEL=cloudimg-rootfs ro"
+[snp]
+cbitpos = 51
+reduced_phys_bits = 1
+[[disks]]
+pool = "{pool_name}"
+volume = "vol-01.qcow2"
+size_gib = 2
+backing = "ubuntu-24.04.qcow2"
+[[disks]]
+pool = "{pool_name}"
+volume = "vol-01-data.qcow2"
+size_gib = 1
+[cloud_init]
+user = "alice"
+ssh_authorized_keys = ["{key}"]
+pool = "{pool_name}"
+"""
+
+
+def test_render_with_connect_resolves_the_volumes_to_their_paths_on_that_host(libvirtd, hv, pool, files, tmp_path):
+    from tests.conftest import run_cli
+
+    name, folder, store = pool
+    upload_images(store, name, files)
+    key = public_key(tmp_path)
+    path = tmp_path / "vol-01.toml"
+    path.write_text(spec_toml(name, key))
+    assert specs.load_spec(path).source == spec_for(name, key).spec.source, "the TOML is the spec the manager applies"
+    xml = run_cli("render", path, "-c", libvirtd.qemu_uri)
+    assert xml.code == 0, xml.stderr
+    assert f"<kernel>{folder}/ubuntu-24.04.vmlinuz</kernel>" in xml.stdout
+    before = {v.name for v in store.volumes(name)}
+    refused = run_cli("render", path, "--format", "qemu", "-c", libvirtd.qemu_uri)
+    assert refused.code == 2 and "volume 'vol-01.qcow2'" in refused.stderr, "no path before apply creates it"
+    assert {v.name for v in store.volumes(name)} == before, "render changes no pool"
+
+    assert manager(hv, store).apply([spec_for(name, key)])[0].ok
+    line = run_cli("render", path, "--format", "qemu", "-c", libvirtd.qemu_uri)
+    assert line.code == 0, line.stderr
+    assert f"-kernel {folder}/ubuntu-24.04.vmlinuz" in line.stdout
+    assert f"file={folder}/vol-01.qcow2,format=qcow2" in line.stdout
+    assert f"file={folder}/vol-01-cidata.iso,format=raw,readonly=on" in line.stdout, "the pool's seed, read-only"
