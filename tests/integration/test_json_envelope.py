@@ -75,12 +75,49 @@ class Ctx:
             assert run_cli("start", "web-01", "-c", self.uri).code == 0
         return "web-01"
 
+    def image_mirror(self, signed: bool = True) -> str:
+        """A fake cloud-images mirror (tests/image_mirror.py) for `image pull`, stopped after the test; its
+        volumes go to the daemon's QEMU driver (storage), and are removed after the test too."""
+        from contextlib import ExitStack
+        from tests import image_mirror
+
+        stack = ExitStack()
+        self.cleanups.append(stack.close)
+        self.cleanups.append(lambda: _empty_pool(self.qemu_uri))
+        key = stack.enter_context(image_mirror.signer())
+        files = image_mirror.build_tree(self.tmp / "mirror", key)
+        if not signed:
+            (self.tmp / "mirror" / image_mirror.RELEASE / "SHA256SUMS.gpg").unlink()
+        self.keyring = key.keyring
+        return stack.enter_context(image_mirror.serve(self.tmp / "mirror", files)).url
+
+    def image_pull(self, signed: bool = True) -> list:
+        return ["image", "pull", "ubuntu:24.04", "-c", self.qemu_uri, "--mirror", self.image_mirror(signed),
+                "--keyring", self.keyring]
+
+    def pulled(self) -> str:
+        assert run_cli(*self.image_pull(), env={"SNPVIRT_CACHE_DIR": str(self.tmp / "image-cache")}).code == 0
+        return self.qemu_uri
+
     def verify_certs(self) -> Path:
         folder = self.tmp / "certs"
         folder.mkdir(exist_ok=True)
         (folder / "cert_chain.pem").write_bytes(vector("attestation/virtee-sev/cert_chain_milan.pem").read_bytes())
         (folder / "vcek.der").write_bytes(vector("attestation/virtee-sev/vcek_milan.der").read_bytes())
         return folder
+
+
+def _empty_pool(uri: str) -> None:
+    import libvirt
+    conn = libvirt.open(uri)
+    try:
+        pool = conn.storagePoolLookupByName("default")
+        for vol in pool.listAllVolumes(0):
+            vol.delete(0)
+    except libvirt.libvirtError:
+        pass
+    finally:
+        conn.close()
 
 
 def _host_ready(c):
@@ -142,6 +179,10 @@ CASES = {
                    "fail": lambda c: (["measure", "--vcpus", "1"], ExitCode.BAD_INPUT)},
     ("idblock",): {"ok": lambda c: ["idblock", "--measurement", "00" * 48, "--id-key", ID_KEY],
                    "fail": lambda c: (["idblock", "--measurement", "00" * 48], ExitCode.BAD_INPUT)},
+    ("image", "pull"): {"ok": lambda c: c.image_pull(),
+                        "fail": lambda c: (c.image_pull(signed=False), ExitCode.FAILURE)},  # an unsigned SHA256SUMS
+    ("image", "list"): {"ok": lambda c: ["image", "list", "-c", c.pulled()],
+                        "fail": lambda c: (["image", "list", "--pool", "absent", "-c", c.qemu_uri], ExitCode.NOT_FOUND)},
     ("watch",): "NDJSON",  # test_watch_json_is_one_event_per_line
 }
 
@@ -179,9 +220,12 @@ def test_every_command_has_a_case():
 def ctx(libvirtd, held, tmp_path, server):  # noqa: F811
     context = Ctx(libvirtd.test_uri, held, tmp_path, server)
     context.kernel = None
+    context.qemu_uri, context.cleanups = libvirtd.qemu_uri, []
     yield context
     if context.kernel is not None:
         context.kernel.__exit__(None, None, None)
+    for cleanup in reversed(context.cleanups):
+        cleanup()
 
 
 def run_json(c: Ctx, argv: list) -> tuple[int, dict]:
