@@ -229,7 +229,7 @@ class Applying:
             return out
         try:
             if volume_changes:  # the disks and the seed the definition points at, before it is defined
-                out.changed = pool_volumes.carry_out(plan.spec, plan.volumes, self.storage)
+                out.changed = pool_volumes.carry_out(plan.volumes, self.storage)
             if plan.xml is not None:
                 self._define_volumes_undone_on_failure(plan)
                 out.changed, out.state = True, existing_state or "shutoff"

@@ -59,6 +59,7 @@ class DiskVolume:
 class VolumePlan:
     disks: list[DiskVolume] = field(default_factory=list)
     seed: seeds.Seed | None = None
+    seed_ref: VolumeRef | None = None  # where the seed is stored: NAME-cidata.iso in cloud_init.pool
     seed_action: str | None = None  # "create", "replace" (other bytes) or "unchanged"
     digests: dict[str, FileDigest] = field(default_factory=dict)  # kernel/initrd volumes, for the measurement
     made: list[VolumeRef] = field(default_factory=list)  # what carry_out created: undone when the define fails
@@ -69,7 +70,8 @@ class VolumePlan:
         out = [{"pool": d.disk.pool, "volume": d.disk.volume, "action": "create",
                 "backing": d.disk.backing, "size_bytes": d.size_bytes} for d in self.disks if d.action == "create"]
         if self.seed is not None and self.seed_action != "unchanged":
-            out.append({"volume": "(cloud-init seed)", "action": self.seed_action, "sha256": self.seed.sha256})
+            out.append({"pool": self.seed_ref.pool, "volume": self.seed_ref.volume, "action": self.seed_action,
+                        "seed_sha256": self.seed.sha256})
         return out
 
 
@@ -100,7 +102,8 @@ def prepare(spec: VmSpec, store: VolumeStore | None, cached: Callable[[str], Pat
     plan.disks = [_disk_volume(store, disk) for disk in spec.disks if disk.volume_ref]
     if spec.cloud_init is not None:
         plan.seed = seeds.build(spec.cloud_init, spec.name)
-        plan.seed_action = _seed_action(store, spec, plan.seed)
+        plan.seed_ref = VolumeRef(spec.cloud_init.pool, spec.cloud_init.volume_name(spec.name))
+        plan.seed_action = _seed_action(store, plan.seed_ref, plan.seed)
     return spec, plan
 
 
@@ -140,15 +143,14 @@ def _disk_volume(store: VolumeStore, disk: DiskSpec) -> DiskVolume:
     return DiskVolume(disk, "create", size)
 
 
-def _seed_action(store: VolumeStore, spec: VmSpec, seed: seeds.Seed) -> str:
+def _seed_action(store: VolumeStore, ref: VolumeRef, seed: seeds.Seed) -> str:
     """"unchanged" when the pool holds exactly these bytes: a second apply uploads nothing."""
-    name = spec.cloud_init.volume_name(spec.name)
-    if store.volume(spec.cloud_init.pool, name) is None:
+    if store.volume(ref.pool, ref.volume) is None:
         return "create"
     with tempfile.TemporaryDirectory(prefix="snpvirt-seed-") as work:
-        target = Path(work, name)
+        target = Path(work, ref.volume)
         try:
-            store.download(spec.cloud_init.pool, name, target, SEED_MAX_BYTES)
+            store.download(ref.pool, ref.volume, target, SEED_MAX_BYTES)
         except BadInputError:
             return "replace"  # too big to be a seed of ours
         with open(target, "rb") as held:  # our own temporary file, which the download bounded
@@ -184,7 +186,7 @@ def _manifest_digest(store: VolumeStore, ref: VolumeRef, info: Any) -> str | Non
     return None
 
 
-def carry_out(spec: VmSpec, plan: VolumePlan, store: VolumeStore) -> bool:
+def carry_out(plan: VolumePlan, store: VolumeStore) -> bool:
     """Create the absent disk volumes and store the seed; True when anything changed. Runs before the define."""
     for item in plan.disks:
         if item.action != "create":
@@ -193,13 +195,13 @@ def carry_out(spec: VmSpec, plan: VolumePlan, store: VolumeStore) -> bool:
         store.create_volume(disk.pool, disk.volume, item.size_bytes, disk.format, backing=disk.backing)
         plan.made.append(disk.volume_ref)
     if plan.seed is not None and plan.seed_action != "unchanged":
-        _store_seed(spec, plan, store)
+        _store_seed(plan, store)
     return bool(plan.changes)
 
 
-def _store_seed(spec: VmSpec, plan: VolumePlan, store: VolumeStore) -> None:
+def _store_seed(plan: VolumePlan, store: VolumeStore) -> None:
     """The seed is snpvirt's own volume, made from the spec: other bytes under its name are replaced."""
-    pool, name = spec.cloud_init.pool, spec.cloud_init.volume_name(spec.name)
+    pool, name = plan.seed_ref.pool, plan.seed_ref.volume
     if plan.seed_action == "replace":
         store.delete(pool, name)
     with tempfile.TemporaryDirectory(prefix="snpvirt-seed-") as work:
@@ -207,7 +209,7 @@ def _store_seed(spec: VmSpec, plan: VolumePlan, store: VolumeStore) -> None:
         path.write_bytes(plan.seed.image)
         store.upload(pool, name, path, "iso")
     if plan.seed_action == "create":
-        plan.made.append(VolumeRef(pool, name))
+        plan.made.append(plan.seed_ref)
 
 
 def undo(plan: VolumePlan, store: VolumeStore) -> None:

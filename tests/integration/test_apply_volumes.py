@@ -143,7 +143,7 @@ def test_apply_creates_the_overlay_the_empty_disk_and_the_seed_then_touches_noth
     plan = mgr.apply([spec_for(name, key)], check=True)[0]
     assert plan.ok and plan.action == "create", plan.error
     assert [(v["volume"], v["action"]) for v in plan.details["volumes"]] == [
-        ("vol-01.qcow2", "create"), ("vol-01-data.qcow2", "create"), ("(cloud-init seed)", "create")]
+        ("vol-01.qcow2", "create"), ("vol-01-data.qcow2", "create"), ("vol-01-cidata.iso", "create")]
     assert recording.changes() == [], "--check changes no volume"
 
     done = mgr.apply([spec_for(name, key)])[0]
