@@ -322,3 +322,17 @@ def test_render_with_connect_resolves_the_volumes_to_their_paths_on_that_host(li
     assert f"-kernel {folder}/ubuntu-24.04.vmlinuz" in line.stdout
     assert f"file={folder}/vol-01.qcow2,format=qcow2" in line.stdout
     assert f"file={folder}/vol-01-cidata.iso,format=raw,readonly=on" in line.stdout, "the pool's seed, read-only"
+
+
+def test_the_cli_wires_the_connections_storage_and_names_the_pull(tmp_path):
+    """`snpvirt apply` gets its storage from the connection it opens (libvirt's test driver has a simulated
+    pool, default-pool): an absent image is exit 4 with the pull to run, and nothing is defined."""
+    from tests.conftest import assert_clean_error, run_cli
+
+    path = tmp_path / "cli-vol.toml"
+    path.write_text('name = "cli-vol"\nmemory_mib = 2048\nvcpus = 2\nfirmware = "/usr/share/ovmf/OVMF.amdsev.fd"\n'
+                    '[snp]\ncbitpos = 51\nreduced_phys_bits = 1\n'
+                    '[[disks]]\npool = "default-pool"\nvolume = "cli-vol.qcow2"\nbacking = "ubuntu-24.04.qcow2"\n')
+    run = run_cli("apply", path, "-c", "test:///default")
+    assert_clean_error(run, 4, "volume ubuntu-24.04.qcow2 is not in pool default-pool")
+    assert "hint: pull the image into the pool first: snpvirt image pull ubuntu:24.04 --pool default-pool" in run.stderr
