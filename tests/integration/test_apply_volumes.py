@@ -163,6 +163,8 @@ def test_apply_creates_the_overlay_the_empty_disk_and_the_seed_then_touches_noth
     root = domxml.parse(hv.lookup("vol-01").xml)
     info = metadata.read(root)
     assert info.seed["sha256"] == sha256(folder / "vol-01-cidata.iso"), "the metadata records the seed that was stored"
+    assert mgr.status("vol-01")["cloud_init_seed"] == {"pool": name, "volume": "vol-01-cidata.iso",
+                                                        "sha256": sha256(folder / "vol-01-cidata.iso")}
     assert root.findtext("os/kernel") == str(folder / "ubuntu-24.04.vmlinuz"), "the kernel volume resolved to its path"
     assert info.launch["kernel"]["sha256"] == sha256(files["kernel"])
     assert info.launch["initrd"]["sha256"] == sha256(files["initrd"])
