@@ -19,6 +19,7 @@ from snpvirt.domain import spec as specs
 from snpvirt.errors import BadInputError, SnpvirtError
 from snpvirt.host import domcaps, readiness
 from snpvirt.libvirt.connection import Connection
+from snpvirt.libvirt.storage import Storage
 from snpvirt.manager import Manager, Outcome, SpecInput
 from snpvirt.models import Finding
 
@@ -36,7 +37,7 @@ def open_manager(connect: Optional[str], host_caps: Optional[Path] = None, allow
         readiness.check_captured_host(conn, sysroot)  # refused before anything else is read or changed
         sev = SevSources(host_caps, lambda: (conn.domain_capabilities(), f"host {conn.actual_uri}"))
         yield Manager(conn, gate=lambda: readiness.gate_report(conn, sysroot=sysroot, domcaps_file=host_caps),
-                      resolve_sev=sev.resolve, allow_debug=allow_debug)
+                      resolve_sev=sev.resolve, allow_debug=allow_debug, storage=Storage(conn))
     finally:
         conn.close()
 

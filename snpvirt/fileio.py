@@ -45,6 +45,8 @@ LIMITS: dict[str, int] = {
     "xml": 16 * MiB,  # libvirt's own RPC message limit is 32 MiB; domain XML is a few KiB
     "domcaps": 4 * MiB,
     "key": 64 * KiB,
+    # cloud-init user-data: a #cloud-config or script of a few KiB; the seed is built in memory.
+    "user_data": 1 * MiB,
     "certificate": 1 * MiB,
     "report": 64 * KiB,
     "nonce": 4 * KiB,
@@ -55,7 +57,7 @@ LIMITS: dict[str, int] = {
 }
 
 # How a kind of file is named in messages, where its key is not already the word.
-NAMES = {"xml": "domain XML", "domcaps": "domain capabilities", "host": "host"}
+NAMES = {"xml": "domain XML", "domcaps": "domain capabilities", "host": "host", "user_data": "cloud-init user-data"}
 
 _OPEN_INPUT = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
 _BLOCK = 1 * MiB

@@ -8,10 +8,12 @@ readiness is checked before the first change (on libvirt's simulated test driver
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Callable
 
 from snpvirt.domain.sevparams import SevParams
 from snpvirt.errors import HostNotReadyError
+from snpvirt.image import cache
 from snpvirt.models import Finding, HostReport, VmSpec
 # What callers import from here: the parts live in orchestration/, Manager composes them.
 from snpvirt.orchestration.apply import LIBVIRT_WORKERS, LOOKAHEAD, RACE_RETRIES, Applying
@@ -20,6 +22,7 @@ from snpvirt.orchestration.define import Defining
 from snpvirt.orchestration.guards import Guards
 from snpvirt.orchestration.reading import Reading
 from snpvirt.orchestration.verbs import Verbs
+from snpvirt.orchestration.volumes import VolumeStore
 
 __all__ = ["ACTIVE_STATES", "LIBVIRT_WORKERS", "LOOKAHEAD", "RACE_RETRIES", "Hypervisor", "Manager", "Outcome",
            "SpecInput", "is_active", "utc_now"]
@@ -27,8 +30,11 @@ __all__ = ["ACTIVE_STATES", "LIBVIRT_WORKERS", "LOOKAHEAD", "RACE_RETRIES", "Hyp
 
 class Manager(Applying, Defining, Verbs, Reading, Guards):
     def __init__(self, hv: Hypervisor, *, gate: Callable[[], HostReport | None], resolve_sev: Callable[[VmSpec], SevParams],
-                 allow_debug: bool = False, clock: Callable[[], str] = utc_now) -> None:
+                 allow_debug: bool = False, clock: Callable[[], str] = utc_now, storage: VolumeStore | None = None,
+                 image_cache: Callable[[str], Path | None] = cache.verified_path) -> None:
         self.hv = hv
+        self.storage = storage  # pools and volumes of the same host (libvirt/storage.py), for specs naming volumes
+        self.image_cache = image_cache  # sha256 -> the verified copy of a pulled file (the launch measurement's kernel)
         self._gate = gate
         self._resolve_sev = resolve_sev
         self.allow_debug = allow_debug

@@ -11,10 +11,32 @@ VCPUS_RANGE = (1, 512)
 
 
 @dataclass(frozen=True)
+class VolumeRef:
+    """A volume in a libvirt storage pool, by name: libvirt knows its host path, the spec does not."""
+
+    pool: str
+    volume: str
+
+
+@dataclass(frozen=True)
 class BootSpec:
-    kernel: str | None = None
+    kernel: str | None = None  # host path; for a pool volume, filled in once the host has resolved it
     initrd: str | None = None
     cmdline: str | None = None
+    kernel_volume: VolumeRef | None = None  # boot.kernel = { pool = "...", volume = "..." }
+    initrd_volume: VolumeRef | None = None
+
+    @property
+    def direct(self) -> bool:
+        """Direct kernel boot: a kernel is named, by path or as a pool volume."""
+        return self.kernel is not None or self.kernel_volume is not None
+
+    @property
+    def unresolved(self) -> tuple[str, ...]:
+        """The boot files named as pool volumes whose host path is not known yet."""
+        return tuple(kind for kind, path, ref in (("kernel", self.kernel, self.kernel_volume),
+                                                  ("initrd", self.initrd, self.initrd_volume))
+                     if ref is not None and path is None)
 
 
 @dataclass(frozen=True)
@@ -40,10 +62,33 @@ class SnpSpec:
 
 @dataclass(frozen=True)
 class DiskSpec:
-    path: str
     target: str  # vda, vdb, ...
+    path: str | None = None  # a host file, or:
+    pool: str | None = None  # a volume in a libvirt storage pool
+    volume: str | None = None
+    size_gib: int | None = None  # apply creates an absent volume this large (an overlay: its virtual size)
+    backing: str | None = None  # apply creates an absent volume as a qcow2 overlay on this volume (same pool)
     format: str = "qcow2"
     readonly: bool = False
+
+    @property
+    def volume_ref(self) -> VolumeRef | None:
+        return VolumeRef(self.pool, self.volume) if self.pool and self.volume else None
+
+
+@dataclass(frozen=True)
+class CloudInitSpec:
+    """[cloud_init]: what the NoCloud seed tells cloud-init in the guest (image/seed.py builds it)."""
+
+    hostname: str
+    target: str  # the seed's virtio disk, after the spec's disks
+    pool: str = "default"  # where apply stores the seed volume
+    user: str | None = None
+    ssh_authorized_keys: tuple[str, ...] = ()
+    user_data: str | None = None  # a file used as the whole user-data, as is
+
+    def volume_name(self, domain: str) -> str:
+        return f"{domain}-cidata.iso"
 
 
 @dataclass(frozen=True)
@@ -67,6 +112,7 @@ class VmSpec:
     description: str | None = None
     disks: tuple[DiskSpec, ...] = ()
     networks: tuple[NetworkSpec, ...] = ()
+    cloud_init: CloudInitSpec | None = None
     # Desired run state, converged by `apply` (not part of the definition): running | shutoff, and
     # libvirt's autostart flag (None: leave it as it is).
     state: str = "running"

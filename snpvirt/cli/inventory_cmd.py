@@ -169,6 +169,10 @@ def status(name: str = typer.Argument(..., help="Domain name."), connect: Option
         _echo_indented([(key, [_plain(value)]) for key, value in info["pending"].items()])
     typer.echo("launch inputs:" if info["launch"] else f"{'launch inputs:':<22} - (none recorded)")
     _echo_indented([(key, _launch_lines(key, value)) for key, value in info["launch"].items()])
+    seed = info.get("cloud_init_seed")
+    if seed:  # outside the launch inputs: the measurement does not cover it
+        typer.echo(output.printable(f"{'cloud-init seed:':<22} {seed.get('pool')}/{seed.get('volume')} "
+                                    f"sha256 {seed.get('sha256', 'unknown')} (not measured)"))
     if info["spec"] is not None:
         from snpvirt.domain import metadata
 

@@ -87,6 +87,11 @@ def measure(
         signature = signature_override if signature_override is not None else launch.spec_signature(vm)
         features = features_override if features_override is not None else vm.snp.guest_features
         hashes_on = vm.snp.kernel_hashes
+        if hashes_on and vm.boot.unresolved:  # measured without them, the value would be silently wrong
+            kind = vm.boot.unresolved[0]
+            raise BadInputError(f"boot.{kind} is a pool volume: measure reads the launch files here",
+                                f"give a local copy with the same bytes: --set boot.{kind}=./FILE (apply records the "
+                                "measurement from the volume itself)")
         firmware, vcpus, vcpu_type = vm.firmware, vm.vcpus, vm.cpu_model
         kernel = vm.boot.kernel if hashes_on else None
         initrd = vm.boot.initrd if hashes_on else None

@@ -1,8 +1,9 @@
-"""`snpvirt render`: a TOML spec -> checked SEV-SNP domain XML."""
+"""`snpvirt render`: a TOML spec -> checked SEV-SNP domain XML, or the equivalent QEMU command line."""
 
 from __future__ import annotations
 
 import os
+from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
@@ -14,7 +15,14 @@ Examples:
   snpvirt render examples/db-01.toml --host-caps domcaps.xml -o db-01.xml
   snpvirt render examples/web-01.toml --set vcpus=8 --set snp.policy.smt=false --json
   snpvirt render spec.toml --connect qemu:///system -o vm.xml && virsh define vm.xml
+  snpvirt render examples/web-01.toml --format qemu              # the qemu-system-x86_64 line, as Ubuntu's guide
+  snpvirt render vm.toml --format qemu --seed vm-cidata.iso       # [cloud_init]: the seed written beside it
 """
+
+
+class Format(str, Enum):
+    xml = "xml"
+    qemu = "qemu"
 
 OUTPUT_HINT = "give -o the path of a regular file (a link to one is followed), or - for stdout"
 
@@ -32,6 +40,11 @@ def render(
                                           help="Ask this libvirt host for cbitpos/reducedPhysBits when the spec and "
                                                "--host-caps lack them (default: LIBVIRT_DEFAULT_URI when set)."),
     allow_debug: bool = typer.Option(False, "--allow-debug", help="Permit a policy with DEBUG set (test guests only)."),
+    fmt: Format = typer.Option(Format.xml, "--format", help="xml: libvirt domain XML. qemu: the equivalent "
+                               "qemu-system-x86_64 command line, one option per line (the XML is checked all the same)."),
+    seed_file: Optional[Path] = typer.Option(None, "--seed", metavar="FILE",
+                                             help="With --format qemu and [cloud_init]: write the NoCloud seed (ISO) to "
+                                                  "FILE, atomically, and attach it read-only on the command line."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON document."),
 ) -> None:
     """Render SPEC to libvirt domain XML, checked by libvirt's schema and snpvirt's SNP rules."""
@@ -46,17 +59,34 @@ def render(
         output_file = None
     if output_file is not None:  # a device, FIFO or folder is refused before any work
         fileio.output_target(output_file, hint=OUTPUT_HINT, follow_symlink=True)
+    if seed_file is not None:
+        if fmt is not Format.qemu:
+            from snpvirt.errors import BadInputError
+            raise BadInputError("--seed goes with --format qemu", "apply stores the seed as a pool volume; "
+                                "for the QEMU command line add --format qemu")
+        fileio.output_target(seed_file, what="--seed", hint=OUTPUT_HINT, follow_symlink=True)
     vm = specs.load_spec(spec, overrides, allow_debug)
     # Like the lifecycle commands and virsh, LIBVIRT_DEFAULT_URI names the host; libvirt's own default is not
     # asked unbidden, so render keeps working (and refusing to guess) on a machine without a daemon.
     connect = connect or os.environ.get("LIBVIRT_DEFAULT_URI") or None
     sev = SevSources(host_caps, (lambda: (_domain_capabilities(connect), f"host {connect}")) if connect else None)
-    record = launch.record(vm)  # expected measurement (and ID blocks) from the files readable here
-    result = renderer.render(vm, sev.resolve(vm), allow_debug, launch=record)
+    pooled = _from_pools(vm, connect) if connect else None  # pool volumes resolved on that host
+    if pooled is not None:
+        vm = pooled.spec
+    record = launch.record(vm, pooled.plan.digests if pooled else None)  # expected measurement (and ID blocks)
+    seed = _seed(vm)
+    params = sev.resolve(vm)
+    result = renderer.render(vm, params, allow_debug, launch=record, seed_sha256=seed.sha256 if seed else None)
+    text = result.xml
+    if fmt is Format.qemu:  # built before anything is written: a spec it cannot express writes nothing
+        seed_path = str(seed_file.resolve()) if seed and seed_file else pooled.seed_path if pooled else None
+        text = _qemu_text(vm, params, record, pooled.paths if pooled else {}, seed_path)
 
     changed = False
+    if seed is not None and seed_file is not None:
+        changed = fileio.write_file(seed_file, seed.image, what="--seed", hint=OUTPUT_HINT, follow_symlink=True)
     if output_file is not None:
-        changed = fileio.write_file(output_file, result.xml.encode(), hint=OUTPUT_HINT, follow_symlink=True)
+        changed = fileio.write_file(output_file, text.encode(), hint=OUTPUT_HINT, follow_symlink=True) or changed
     warnings = localfiles.missing_paths(vm) + tuple(result.warnings)  # a path missing here: for another host?
     for warning in warnings:
         output.print_warning(warning.message, warning.hint)
@@ -75,15 +105,65 @@ def render(
             "cbitpos": result.cbitpos,
             "reduced_phys_bits": result.reduced_phys_bits,
             "sev_params_source": result.sev_params_source,
+            "format": fmt.value,
+            "seed_sha256": seed.sha256 if seed else None,
             "warnings": [w.as_dict() for w in warnings],
         }
         if output_file is None:
-            item["xml"] = result.xml
+            item["xml" if fmt is Format.xml else "qemu_command"] = text
         output.print_json(output.envelope(True, changed, [item], warnings=[w.as_dict() for w in warnings]))
     elif output_file is None:
-        typer.echo(result.xml, nl=False)
+        typer.echo(text, nl=False)
     else:
         typer.echo(f"{'wrote' if changed else 'unchanged'} {output_file} ({result.name}, policy {policy.to_hex(result.policy)})")
+
+
+def _seed(vm):
+    """The cloud-init seed of a spec with [cloud_init]: its digest goes into the metadata, its bytes to --seed."""
+    if vm.cloud_init is None:
+        return None
+    from snpvirt.image import seed
+
+    return seed.build(vm.cloud_init, vm.name)
+
+
+def _qemu_text(vm, params, record, volume_paths: dict, seed_path: Optional[str]) -> str:
+    from snpvirt.domain import qemu
+
+    blocks = record.id_blocks
+    lines = qemu.command(vm, params, volume_paths, seed_path,
+                         id_block=blocks.id_block if blocks else None, id_auth=blocks.id_auth if blocks else None)
+    return qemu.shell_text(lines)
+
+
+class _Pooled:
+    """A spec's pool volumes as the host holds them: boot paths and digests, disk paths, the stored seed's path."""
+
+    def __init__(self, spec, plan, paths: dict, seed_path: Optional[str]) -> None:
+        self.spec, self.plan, self.paths, self.seed_path = spec, plan, paths, seed_path
+
+
+def _from_pools(vm, connect: str) -> Optional[_Pooled]:
+    """Only reads: what apply would find (render changes no pool)."""
+    from snpvirt.image import cache
+    from snpvirt.libvirt import storage
+    from snpvirt.models import VolumeRef
+    from snpvirt.orchestration import volumes
+
+    if not volumes.needs_storage(vm):
+        return None
+    with storage.connect(connect) as store:
+        resolved, plan = volumes.prepare(vm, store, cache.verified_path)
+        paths = {}
+        for disk in resolved.disks:
+            info = store.volume(disk.pool, disk.volume) if disk.volume_ref else None
+            if info is not None:
+                paths[disk.volume_ref] = info.path
+        seed_path = None
+        if resolved.cloud_init is not None and plan.seed_action == "unchanged":  # the pool holds this very seed
+            ref = VolumeRef(resolved.cloud_init.pool, resolved.cloud_init.volume_name(resolved.name))
+            seed_path = store.volume(ref.pool, ref.volume).path
+    return _Pooled(resolved, plan, paths, seed_path)
 
 
 def _domain_capabilities(uri: str) -> str:

@@ -24,7 +24,7 @@ def missing_paths(spec: VmSpec) -> tuple[Finding, ...]:
              ("boot.kernel", spec.boot.kernel, hashed, "record the measurement there: snpvirt measure SPEC --record NAME"),
              ("boot.initrd", spec.boot.initrd, hashed, "record the measurement there: snpvirt measure SPEC --record NAME")]
     paths += [(f"disks.{i}.path", disk.path, "", "create it there, e.g. qemu-img create -f qcow2 PATH 20G")
-              for i, disk in enumerate(spec.disks)]
+              for i, disk in enumerate(spec.disks) if disk.path]  # a pool volume is the host's to find
     return tuple(Finding(RULE_ID, "warning", f"{key} {path} does not exist on this machine{consequence}",
                          f"{ELSEWHERE} ({then}); otherwise correct the path")
                  for key, path, consequence, then in paths if path and _absent(path))

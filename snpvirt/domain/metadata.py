@@ -27,6 +27,7 @@ class ManagedInfo:
     defined_at: str | None = None
     updated_at: str | None = None
     xml_digest: str | None = None  # of the document `define XML` was given, without snpvirt's element
+    seed: dict[str, str] | None = None  # the cloud-init seed volume (pool, volume, sha256): not a launch input
 
 
 def find(root: etree._Element) -> etree._Element | None:
@@ -52,6 +53,7 @@ def read(root: etree._Element) -> ManagedInfo | None:
         tag = etree.QName(child).localname
         launch[tag] = dict(child.attrib) if len(child.attrib) else child.text
     times = element.find("s:timestamps", _NS)
+    seed = element.find("s:seed", _NS)
     return ManagedInfo(
         version=element.get("version", ""),
         origin=element.get("origin", "spec"),
@@ -61,6 +63,7 @@ def read(root: etree._Element) -> ManagedInfo | None:
         defined_at=times.get("defined") if times is not None else None,
         updated_at=times.get("updated") if times is not None else None,
         xml_digest=element.get("xml_digest"),
+        seed=dict(seed.attrib) if seed is not None else None,
     )
 
 

@@ -58,7 +58,13 @@ def spec_json(spec: VmSpec) -> str:
     return json.dumps(spec.source, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def render_xml(spec: VmSpec, sev: SevParams, stamp: Stamp | None = None, launch: LaunchRecord | None = None) -> str:
+def render_xml(spec: VmSpec, sev: SevParams, stamp: Stamp | None = None, launch: LaunchRecord | None = None,
+               seed_sha256: str | None = None) -> str:
+    unresolved = spec.boot.unresolved
+    if unresolved:  # only the host knows a pool volume's path, and <kernel>/<initrd> take a path
+        ref = getattr(spec.boot, f"{unresolved[0]}_volume")
+        raise BadInputError(f"boot.{unresolved[0]} is volume {ref.volume!r} in pool {ref.pool!r}: its path on the host is not known",
+                            "give --connect URI (the host that holds the pool), or name the file by path")
     text = spec_json(spec)
     return _environment().get_template(DOMAIN_TEMPLATE).render(
         spec=spec,
@@ -72,17 +78,19 @@ def render_xml(spec: VmSpec, sev: SevParams, stamp: Stamp | None = None, launch:
         reduced_phys_bits=sev.reduced_phys_bits,
         stamp=stamp,
         launch=launch,
+        seed_sha256=seed_sha256,
     )
 
 
 def render(spec: VmSpec, sev: SevParams, allow_debug: bool = False, stamp: Stamp | None = None,
-           launch: LaunchRecord | None = None) -> RenderResult:
+           launch: LaunchRecord | None = None, seed_sha256: str | None = None) -> RenderResult:
     """Render and check; a document that breaks the schema or an SNP rule is never returned.
 
     `launch` (launch.record: expected measurement, ID blocks) and `stamp` (digests, times) come from
-    the caller, which reads the files; without them the metadata holds the spec alone.
+    the caller, which reads the files; without them the metadata holds the spec alone. `seed_sha256` is the
+    digest of the cloud-init seed (image/seed.py), recorded beside, not in, the launch inputs.
     """
-    xml = render_xml(spec, sev, stamp, launch)
+    xml = render_xml(spec, sev, stamp, launch, seed_sha256)
     findings, _ = check_rendered(spec.name, xml, allow_debug)
     return RenderResult(
         name=spec.name,

@@ -24,11 +24,18 @@ from snpvirt import fileio
 from snpvirt.launch import measure
 from snpvirt import policy as snp_policy
 from snpvirt.errors import NOT_REPEATED, BadInputError, quoted
-from snpvirt.models import VCPUS_RANGE, BootSpec, DiskSpec, NetworkSpec, SnpSpec, VmSpec
+from snpvirt.models import VCPUS_RANGE, BootSpec, CloudInitSpec, DiskSpec, NetworkSpec, SnpSpec, VmSpec, VolumeRef
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MAC_RE = re.compile(r"([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}")
 BRIDGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,14}")  # Linux interface names: at most 15 chars
+# A volume's name is its file name in a dir pool: no path separator, no leading '.' or '-' (no "..", no option).
+VOLUME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+DISK_SIZE_GIB_RANGE = (1, 64 * 1024)  # 64 TiB: qcow2's own limit is far above, a typo like 20000000 is not
+# RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens, 253 characters at most.
+HOSTNAME_RE = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+# A Linux user name as useradd takes it by default (NAME_REGEX), at most 32 characters.
+USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 MEMORY_MIB_RANGE = (128, 4 * 1024 * 1024)
 # Decoded sizes fixed by the SNP_LAUNCH_* firmware commands (docs/snp-facts.md §3).
 BLOB_BYTES = {"host_data": 32, "guest_visible_workarounds": 16, "id_block": 96, "id_auth": 4096}
@@ -149,6 +156,78 @@ def _policy(path: str, value: Any) -> int:
     return value  # an int
 
 
+def _boot_file(path: str, value: str | dict[str, Any]) -> str | VolumeRef:
+    """boot.kernel/initrd: an absolute host path, or { pool = "...", volume = "..." } in a storage pool."""
+    if isinstance(value, str):
+        return _absolute_path(path, value)
+    checked = _check_table(value, VOLUME_REF, f"{path}.")
+    return VolumeRef(checked["pool"], checked["volume"])
+
+
+# Key types an SSH public key line may start with (plain keys, not certificates), and how many length-prefixed
+# fields their key blob holds after the type (RFC 4253 §6.6, RFC 5656 §3.1, RFC 8709 §4, OpenSSH PROTOCOL.u2f).
+SSH_KEY_FIELDS = {"ssh-ed25519": 1, "ssh-rsa": 2, "ecdsa-sha2-nistp256": 2, "ecdsa-sha2-nistp384": 2,
+                  "ecdsa-sha2-nistp521": 2, "sk-ssh-ed25519@openssh.com": 2, "sk-ecdsa-sha2-nistp256@openssh.com": 3}
+SSH_KEY_TYPES = tuple(SSH_KEY_FIELDS)
+MAX_SSH_KEYS = 64
+
+
+def _ssh_blob_fields(blob: bytes) -> list[bytes] | None:
+    """The length-prefixed strings of an SSH key blob, or None when they do not fill it exactly."""
+    fields, offset = [], 0
+    while offset < len(blob):
+        if offset + 4 > len(blob):
+            return None
+        size = int.from_bytes(blob[offset:offset + 4], "big")
+        offset += 4
+        if offset + size > len(blob):
+            return None
+        fields.append(blob[offset:offset + size])
+        offset += size
+    return fields
+
+
+def _ssh_public_key(path: str, value: Any) -> str:
+    """One line of authorized_keys without options: TYPE BASE64 [COMMENT], the blob naming the same type.
+    A private key, a key with options (command=...), or two keys in one string are refused."""
+    hint = "give the one line of a public key file, e.g. the content of ~/.ssh/id_ed25519.pub"
+    if not isinstance(value, str):
+        raise _fail(path, f"expected a string, got {_describe(value)}", hint)
+    if "PRIVATE KEY" in value:
+        raise _fail(path, "is a private key", "never put a private key in a spec: give the .pub file's line")
+    parts = value.strip().split(None, 2)
+    if len(parts) < 2 or parts[0] not in SSH_KEY_TYPES or _TEXT_FORBIDDEN_RE.search(value) or "\n" in value.strip():
+        raise _fail(path, f"{quoted(value, path)} is not an SSH public key ({', '.join(SSH_KEY_TYPES[:3])}, ...)", hint)
+    try:
+        blob = base64.b64decode(parts[1], validate=True)
+    except (binascii.Error, ValueError):
+        raise _fail(path, "its key part is not valid base64", hint) from None
+    fields = _ssh_blob_fields(blob)
+    # The blob starts with its own type and holds exactly the type's fields: a truncated or mixed-up key does not.
+    if not fields or fields[0] != parts[0].encode() or len(fields) != 1 + SSH_KEY_FIELDS[parts[0]]:
+        raise _fail(path, f"the key data is not a {parts[0]} key (damaged or truncated?)", hint)
+    return " ".join(parts)
+
+
+def _ssh_keys(path: str, value: list[Any]) -> tuple[str, ...]:
+    if len(value) > MAX_SSH_KEYS:
+        raise _fail(path, f"{len(value)} keys, at most {MAX_SSH_KEYS}", "give fewer keys")
+    return tuple(_ssh_public_key(f"{path}[{i}]", key) for i, key in enumerate(value))
+
+
+def _user(path: str, value: str) -> str:
+    _matches(USER_RE, "a Linux user name", "use lowercase letters, digits, '_' or '-', starting with a letter")(path, value)
+    if value == "root":
+        raise _fail(path, "'root' is refused", "name an ordinary user: cloud-init gives it sudo rights")
+    return value
+
+
+_volume_name = _matches(VOLUME_RE, "a volume name (a file name: no '/', not starting with '.' or '-')",
+                        "use up to 128 letters, digits, '.', '_', '+' or '-', starting with a letter or digit")
+_pool_name = _matches(NAME_RE, "a storage pool name", "use the name shown by: virsh pool-list --all")
+
+VOLUME_REF: dict[str, Any] = {"pool": Key(str, True, _pool_name), "volume": Key(str, True, _volume_name)}
+
 SCHEMA: dict[str, Any] = {
     "name": Key(str, True, _matches(NAME_RE, "a valid domain name",
                                     "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")),
@@ -162,8 +241,8 @@ SCHEMA: dict[str, Any] = {
     "state": Key(str, check=_one_of("running", "shutoff")),
     "autostart": Key(bool),
     "boot": {
-        "kernel": Key(str, check=_absolute_path),
-        "initrd": Key(str, check=_absolute_path),
+        "kernel": Key((str, dict), check=_boot_file),
+        "initrd": Key((str, dict), check=_boot_file),
         "cmdline": Key(str, check=_text),
     },
     "snp": {
@@ -182,10 +261,22 @@ SCHEMA: dict[str, Any] = {
         **{blob: Key(str, check=_base64_blob(blob)) for blob in BLOB_BYTES},
     },
     "disks": [{
-        "path": Key(str, True, _absolute_path),
+        "path": Key(str, check=_absolute_path),
+        "pool": Key(str, check=_pool_name),
+        "volume": Key(str, check=_volume_name),
+        "size_gib": Key(int, check=_in_range(*DISK_SIZE_GIB_RANGE)),
+        "backing": Key(str, check=_volume_name),
         "format": Key(str, check=_one_of("qcow2", "raw")),
         "readonly": Key(bool),
     }],
+    "cloud_init": {
+        "user": Key(str, check=_user),
+        "ssh_authorized_keys": Key(list, check=_ssh_keys),
+        "hostname": Key(str, check=_matches(HOSTNAME_RE, "a host name (RFC 1123)",
+                                            "use letters, digits and '-' in dot-separated labels")),
+        "user_data": Key(str, check=_absolute_path),
+        "pool": Key(str, check=_pool_name),
+    },
     "networks": [{
         "network": Key(str, check=_matches(NAME_RE, "a libvirt network name", "use the name shown by: virsh net-list --all")),
         "bridge": Key(str, check=_matches(BRIDGE_RE, "a bridge interface name", "use the host bridge's name, e.g. br0")),
@@ -369,8 +460,8 @@ def _index(items: list[Any], part: str, where: str) -> int:
 def parse_spec(raw: dict[str, Any], allow_debug: bool = False) -> VmSpec:
     """Check a raw spec (from TOML) completely and build the VmSpec, or raise BadInputError."""
     checked = _check_table(raw, SCHEMA, "")
-    boot = BootSpec(**checked.get("boot", {}))
-    if (boot.initrd or boot.cmdline) and not boot.kernel:
+    boot = _boot(checked.get("boot", {}))
+    if (boot.initrd or boot.initrd_volume or boot.cmdline) and not boot.direct:
         raise BadInputError("boot.initrd/boot.cmdline are set without boot.kernel",
                             "set boot.kernel for direct kernel boot, or remove boot.initrd and boot.cmdline")
     snp_raw = dict(checked.get("snp", {}))
@@ -378,8 +469,8 @@ def parse_spec(raw: dict[str, Any], allow_debug: bool = False) -> VmSpec:
     problem = next(iter(snp_policy.problems(policy_value, allow_debug)), None)
     if problem:
         raise BadInputError(f"snp.policy: {problem.message}", problem.hint)
-    kernel_hashes = snp_raw.pop("kernel_hashes", boot.kernel is not None)
-    if kernel_hashes and not boot.kernel:
+    kernel_hashes = snp_raw.pop("kernel_hashes", boot.direct)
+    if kernel_hashes and not boot.direct:
         raise BadInputError("snp.kernel_hashes = true needs boot.kernel (measured direct kernel boot)",
                             "set boot.kernel, or set snp.kernel_hashes = false")
     if isinstance(snp_raw.get("author_key"), str):
@@ -400,25 +491,76 @@ def parse_spec(raw: dict[str, Any], allow_debug: bool = False) -> VmSpec:
         raise BadInputError("snp.family_id/image_id/guest_svn go into the ID block, which needs snp.id_key",
                             "set snp.id_key (a P-384 PEM file), or remove them")
     snp = SnpSpec(policy=policy_value, kernel_hashes=kernel_hashes, **snp_raw)
-    disks = tuple(DiskSpec(target=_disk_target(i), **d) for i, d in enumerate(checked.get("disks", [])))
+    disks = tuple(_disk(i, d) for i, d in enumerate(checked.get("disks", [])))
+    cloud_init = _cloud_init(checked["cloud_init"], checked["name"], len(disks)) if "cloud_init" in checked else None
     networks = []
     for i, net in enumerate(checked.get("networks", [])):
         if ("network" in net) == ("bridge" in net):
             raise BadInputError(f"networks[{i}]: give exactly one of 'network' or 'bridge'",
                                 'network = "default" for a libvirt network, bridge = "br0" for a host bridge')
         networks.append(NetworkSpec(**net))
-    top = {k: v for k, v in checked.items() if k not in ("boot", "snp", "disks", "networks")}
+    top = {k: v for k, v in checked.items() if k not in ("boot", "snp", "disks", "networks", "cloud_init")}
     top.setdefault("cpu_model", "EPYC-v4")
     top.setdefault("memory_backing", "memfd")
     # The run state is not part of the definition: changing it never redefines (or restarts) a domain,
     # so it stays out of the source that the definition's digest and metadata are made from.
     source = {k: v for k, v in raw.items() if k not in RUN_STATE_KEYS}
-    return VmSpec(boot=boot, snp=snp, disks=disks, networks=tuple(networks), source=source, **top)
+    return VmSpec(boot=boot, snp=snp, disks=disks, networks=tuple(networks), cloud_init=cloud_init, source=source, **top)
+
+
+def _boot(checked: dict[str, Any]) -> BootSpec:
+    """Split each boot file into its host path or its pool volume (resolved to a path by the host later)."""
+    files: dict[str, Any] = {}
+    for kind in ("kernel", "initrd"):
+        value = checked.get(kind)
+        files[f"{kind}_volume" if isinstance(value, VolumeRef) else kind] = value
+    return BootSpec(cmdline=checked.get("cmdline"), **files)
+
+
+def _disk(index: int, disk: dict[str, Any]) -> DiskSpec:
+    """A host file (path) or a pool volume (pool + volume), and what apply may create for the latter."""
+    where = f"disks[{index}]"
+    if ("path" in disk) == ("pool" in disk or "volume" in disk):
+        raise BadInputError(f"{where}: give either 'path' or 'pool' and 'volume'",
+                            'path = "/var/lib/libvirt/images/x.qcow2" for a host file, '
+                            'pool = "default" and volume = "x.qcow2" for a volume in a storage pool')
+    if ("pool" in disk) != ("volume" in disk):
+        missing = "volume" if "pool" in disk else "pool"
+        raise BadInputError(f"{where}: '{missing}' is missing", f"a pool disk names both: add {where}.{missing}")
+    for key in ("size_gib", "backing"):
+        if key in disk and "pool" not in disk:
+            raise BadInputError(f"{where}.{key} needs 'pool' and 'volume'",
+                                "snpvirt creates only pool volumes; for a host file, create it yourself (qemu-img create)")
+    if "backing" in disk and disk.get("format", "qcow2") != "qcow2":
+        raise BadInputError(f"{where}.backing needs format qcow2", "an overlay on a backing image is a qcow2 file: "
+                            f"remove {where}.format or set it to qcow2")
+    if "backing" in disk and disk["backing"] == disk["volume"]:
+        raise BadInputError(f"{where}.backing names the disk's own volume", "name the image volume the disk starts from")
+    return DiskSpec(target=_disk_target(index), **disk)
+
+
+def _cloud_init(checked: dict[str, Any], name: str, disk_count: int) -> CloudInitSpec:
+    """The seed's contents: a user with keys, or a user-data file used as is (never both), and a host name."""
+    if "user_data" in checked and ("user" in checked or "ssh_authorized_keys" in checked):
+        raise BadInputError("cloud_init.user_data is used as is: cloud_init.user/ssh_authorized_keys cannot be added to it",
+                            "put the user and its keys into the user-data file, or drop user_data")
+    if ("user" in checked) != bool(checked.get("ssh_authorized_keys")):
+        raise BadInputError("cloud_init.user and cloud_init.ssh_authorized_keys go together",
+                            "the user logs in with its keys (its password is locked): give both")
+    hostname = checked.get("hostname")
+    if hostname is None:
+        if not HOSTNAME_RE.fullmatch(name) or "_" in name:
+            raise BadInputError(f"cloud_init.hostname: the domain name {name!r} is not a host name",
+                                "set cloud_init.hostname (letters, digits and '-')")
+        hostname = name
+    return CloudInitSpec(hostname=hostname, target=_disk_target(disk_count), pool=checked.get("pool", "default"),
+                         user=checked.get("user"), ssh_authorized_keys=checked.get("ssh_authorized_keys", ()),
+                         user_data=checked.get("user_data"))
 
 
 def _disk_target(index: int) -> str:
     if index >= 26:
-        raise BadInputError("too many disks: at most 26 (vda..vdz)", "attach fewer disks")
+        raise BadInputError("too many disks: at most 26 (vda..vdz, the cloud-init seed counted)", "attach fewer disks")
     return "vd" + chr(ord("a") + index)
 
 

@@ -36,9 +36,12 @@ def file_digest(path: str, kind: str) -> FileDigest:
                           else f"not readable here: {err.reason}")
 
 
-def launch_digests(spec: VmSpec) -> dict[str, FileDigest]:
+def launch_digests(spec: VmSpec, known: dict[str, FileDigest] | None = None) -> dict[str, FileDigest]:
+    """Each launch file's digest; `known` ones (a pool volume's, from the image cache or read through libvirt)
+    are taken as given, not read from the path, which is the host's."""
     files = {"firmware": spec.firmware, "kernel": spec.boot.kernel, "initrd": spec.boot.initrd}
-    return {kind: file_digest(path, kind) for kind, path in files.items() if path}
+    known = known or {}
+    return {kind: known.get(kind) or file_digest(path, kind) for kind, path in files.items() if path}
 
 
 @functools.lru_cache(maxsize=16)
@@ -103,10 +106,10 @@ def spec_signature(spec: VmSpec) -> int:
     return spec.snp.vcpu_signature if spec.snp.vcpu_signature is not None else measure.vcpu_signature(spec.cpu_model)
 
 
-def expected_measurement(spec: VmSpec) -> Expected:
-    """For a spec: the value when every launch file is readable here, otherwise 'unknown' and why."""
+def expected_measurement(spec: VmSpec, known: dict[str, FileDigest] | None = None) -> Expected:
+    """For a spec: the value when every launch file is readable here (or `known`), otherwise 'unknown' and why."""
     features = spec.snp.guest_features
-    digests = launch_digests(spec)
+    digests = launch_digests(spec, known)
     try:
         signature = spec_signature(spec)
     except BadInputError as err:
@@ -158,9 +161,10 @@ def id_blocks(spec: VmSpec, expected: Expected) -> IdBlocks:
                     b64(blocks.author_key_digest) if blocks.author_key_digest else None)
 
 
-def record(spec: VmSpec) -> LaunchRecord:
-    """Digests, expected measurement and ID blocks for a spec; raises only for an ID key that cannot work."""
-    expected = expected_measurement(spec)
+def record(spec: VmSpec, known: dict[str, FileDigest] | None = None) -> LaunchRecord:
+    """Digests, expected measurement and ID blocks for a spec; raises only for an ID key that cannot work.
+    `known`: digests of launch files that are pool volumes (kind -> FileDigest), not read from their paths."""
+    expected = expected_measurement(spec, known)
     return LaunchRecord(expected, id_blocks(spec, expected) if spec.snp.id_key else None)
 
 

@@ -18,6 +18,7 @@ from snpvirt.domain.sevparams import SevParams
 from snpvirt.errors import BadInputError, ConflictError, SnpvirtError
 from snpvirt.launch import inputs as launch
 from snpvirt.models import DomainRecord, Stamp, VmSpec
+from snpvirt.orchestration import volumes as pool_volumes
 from snpvirt.orchestration.base import Hypervisor, Outcome, SpecInput, is_active, snp_errors
 from snpvirt.orchestration.define import DefinedMeanwhile
 
@@ -35,6 +36,7 @@ class _Plan:
     restart: bool = False  # apply --restart: shut it down and start it again on the desired definition
     stop: bool = False  # the spec wants it shut off and it is active
     autostart: bool | None = None  # the autostart flag to set; None: it is as the spec wants (or the spec is silent)
+    volumes: pool_volumes.VolumePlan = field(default_factory=pool_volumes.VolumePlan)  # disks to create, the seed
 
     def run_state_diff(self) -> list[dict[str, Any]]:
         """The run-state changes, in the diff's form (keys without a `definition.` prefix)."""
@@ -77,13 +79,16 @@ class Applying:
     shutdown_timeout_s: float
     _resolve_sev: Callable[[VmSpec], SevParams]
     _restarting: threading.Lock
+    storage: pool_volumes.VolumeStore | None
+    image_cache: Callable[[str], Any]
 
     def _plan(self, spec: VmSpec, existing_names: set[str]) -> _Plan:
         existing = self.hv.lookup(spec.name) if spec.name in existing_names else None
         now = self.clock()
         if existing is None:  # libvirt defines a new domain without autostart: only `true` is a change
+            spec, volumes = pool_volumes.prepare(spec, self.storage, self.image_cache)
             return self._with_xml(_Plan(spec, "create", None, spec.state == "running",
-                                        autostart=True if spec.autostart else None), now, now)
+                                        autostart=True if spec.autostart else None, volumes=volumes), now, now)
         root = domxml.parse(existing.xml)
         info = metadata.read(root)
         if info is None:
@@ -93,9 +98,10 @@ class Applying:
             raise ConflictError(f"domain {spec.name} exists with UUID {existing.uuid}, the spec says {spec.uuid}",
                                 "remove uuid from the spec or fix it; snpvirt never replaces another domain")
         spec = _keep_identity(spec, existing.uuid, root)
+        spec, volumes = pool_volumes.prepare(spec, self.storage, self.image_cache)
         # Desired state is what the spec renders compared with what libvirt holds, not the digest snpvirt
         # wrote earlier: another tool may have redefined the domain since, metadata and all.
-        record = self._id_block_record(spec)
+        record = self._id_block_record(spec, volumes.digests)
         desired = self._desired_projection(spec, root, record)
         drifted = drift.differences(desired, drift.project(root))
         broken = snp_errors(root, self.allow_debug)
@@ -104,12 +110,16 @@ class Applying:
             [{**c, "key": f"definition.{c['key']}"} for c in drifted]
         if broken:  # edited outside snpvirt so that it no longer launches as SEV-SNP: the spec puts it back
             diff.append({"key": "(definition)", "from": f"breaks {broken[0].rule_id}", "to": "as the spec renders it"})
-        action = "unchanged" if same_spec and not drifted and not broken else "update"
+        seed_recorded = (info.seed or {}).get("sha256")
+        seed_changed = volumes.seed is not None and seed_recorded != volumes.seed.sha256
+        if seed_changed:  # the same spec, another seed: its user_data file changed
+            diff.append({"key": "seed.sha256", "from": seed_recorded, "to": volumes.seed.sha256})
+        action = "unchanged" if same_spec and not drifted and not broken and not seed_changed else "update"
         active = is_active(existing.state)
         wants_running = spec.state == "running"
         plan = _Plan(spec, action, existing, wants_running and not active, diff,
                      restart_required=active and self._runs_otherwise(existing, desired),
-                     stop=active and not wants_running, autostart=self._autostart_change(spec))
+                     stop=active and not wants_running, autostart=self._autostart_change(spec), volumes=volumes)
         if action == "unchanged":
             return plan
         return self._with_xml(plan, info.defined_at or now, now, record)
@@ -121,22 +131,23 @@ class Applying:
         return spec.autostart
 
     @staticmethod
-    def _id_block_record(spec: VmSpec) -> launch.LaunchRecord | None:
+    def _id_block_record(spec: VmSpec, known: dict[str, Any] | None = None) -> launch.LaunchRecord | None:
         """The launch record, only for a spec whose ID block snpvirt signs (its blocks are part of the
         definition); None when the launch files are not readable here (the comparison leaves them out)."""
         if not spec.snp.id_key:
             return None
         try:
-            return launch.record(spec)
+            return launch.record(spec, known)
         except BadInputError:
             return None
 
     def _with_xml(self, plan: _Plan, defined_at: str, now: str, record: launch.LaunchRecord | None = None) -> _Plan:
         """The document to define, rendered with the launch record and the stamp. It is checked (schema, SNP
         rules) by _execute, on the thread that carries the plan out, before anything else is done with it."""
-        record = record or launch.record(plan.spec)
+        record = record or launch.record(plan.spec, plan.volumes.digests)
         stamp = Stamp(defined_at, now, record.expected.digests)
-        plan.xml = render.render_xml(plan.spec, self._resolve_sev(plan.spec), stamp, record)
+        seed = plan.volumes.seed
+        plan.xml = render.render_xml(plan.spec, self._resolve_sev(plan.spec), stamp, record, seed.sha256 if seed else None)
         return plan
 
     def _check_rendered(self, plan: _Plan) -> None:
@@ -170,7 +181,7 @@ class Applying:
                     results.append(planned)
                     continue
                 planned.restart = start and restart and planned.restart_required and planned.spec.state == "running"
-                if planned.action != "unchanged" or planned.autostart is not None or (
+                if planned.action != "unchanged" or planned.autostart is not None or planned.volumes.changes or (
                         start and (planned.start or planned.stop or planned.restart)):
                     self.ensure_ready()  # before the first change is handed to libvirt; a plan is refused alike
                 if check:
@@ -203,11 +214,12 @@ class Applying:
         existing_state = plan.existing.state if plan.existing else None
         will_start, will_stop, will_restart = start and plan.start, start and plan.stop, plan.restart
         run_state = [c for c in plan.run_state_diff() if start or c["key"] != "state"]  # define leaves it running
+        volume_changes = plan.volumes.changes
         out = Outcome(plan.spec.name, plan.action, state=existing_state or "absent", details={
             "diff": plan.diff + run_state, "restart_required": plan.restart_required, "will_start": will_start,
-            "will_stop": will_stop, "will_restart": will_restart})
+            "will_stop": will_stop, "will_restart": will_restart, "volumes": volume_changes})
         if check:
-            out.changed = plan.action != "unchanged" or bool(run_state) or will_start or will_restart
+            out.changed = plan.action != "unchanged" or bool(run_state) or will_start or will_restart or bool(volume_changes)
             out.details["planned"] = True
             if (will_start or will_restart) and plan.xml is None:  # the run would refuse to start it: so does the plan
                 try:
@@ -216,8 +228,10 @@ class Applying:
                     return out.fail(err)
             return out
         try:
+            if volume_changes:  # the disks and the seed the definition points at, before it is defined
+                out.changed = pool_volumes.carry_out(plan.volumes, self.storage)
             if plan.xml is not None:
-                self._define_checked(plan.xml, plan.existing, plan.asked_snp)
+                self._define_volumes_undone_on_failure(plan)
                 out.changed, out.state = True, existing_state or "shutoff"
             if plan.autostart is not None:
                 self.hv.set_autostart(plan.spec.name, plan.autostart)
@@ -240,6 +254,14 @@ class Applying:
             out.details.update(defined=defined, started=False)
             return out.fail(err)
         return out
+
+    def _define_volumes_undone_on_failure(self, plan: _Plan) -> None:
+        """Define; when that fails, the volumes this run created go too (an existing one is never touched)."""
+        try:
+            self._define_checked(plan.xml, plan.existing, plan.asked_snp)
+        except BaseException:
+            pool_volumes.undo(plan.volumes, self.storage)
+            raise
 
     def _replan(self, plan: _Plan, start: bool, retries: int) -> Outcome:
         """Another client (a second `apply` of the same spec) created the domain first: plan again against

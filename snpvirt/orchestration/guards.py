@@ -3,6 +3,7 @@ a domain is snpvirt's, and that a definition still launches as the SEV-SNP guest
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from lxml import etree
@@ -72,6 +73,7 @@ class Guards:
         cbitpos = spec.snp.cbitpos if spec.snp.cbitpos is not None else host("cbitpos")
         reduced = spec.snp.reduced_phys_bits if spec.snp.reduced_phys_bits is not None else host("reducedPhysBits")
         sev = SevParams(cbitpos if cbitpos is not None else 0, reduced if reduced is not None else 0, "comparison")
+        spec = _with_defined_boot_paths(spec, existing)
         projection = drift.project(domxml.parse(render.render_xml(spec, sev, None, launch_record)))
         left_out = {"launch_security.cbitpos": cbitpos is None, "launch_security.reducedPhysBits": reduced is None,
                     "launch_security.idBlock": spec.snp.id_key and launch_record is None,
@@ -95,3 +97,12 @@ def _int_or_none(text: str | None) -> int | None:
         return int(text.strip()) if text is not None else None
     except ValueError:
         return None
+
+
+def _with_defined_boot_paths(spec: VmSpec, existing: etree._Element) -> VmSpec:
+    """A recorded spec's boot volumes are the host's paths the definition holds: the host resolved them at define."""
+    unresolved = spec.boot.unresolved
+    if not unresolved:
+        return spec
+    paths = {kind: existing.findtext(f"os/{kind}") or f"(volume {kind}: no path defined)" for kind in unresolved}
+    return dataclasses.replace(spec, boot=dataclasses.replace(spec.boot, **paths))

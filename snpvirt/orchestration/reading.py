@@ -77,5 +77,6 @@ class Reading:
         root = domxml.parse(record.xml)
         return {**inventory.row(record, root, info), "origin": info.origin, "snpvirt_version": info.version,
                 "spec_digest": info.digest, "spec": info.spec, "launch": metadata.typed_launch(info.launch),
-                "defined_at": info.defined_at, "updated_at": info.updated_at}
+                "defined_at": info.defined_at, "updated_at": info.updated_at,
+                "cloud_init_seed": info.seed}  # not a launch input: what the host handed the guest, unmeasured
 

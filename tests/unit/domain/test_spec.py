@@ -80,7 +80,7 @@ def test_bad_names(name):
 def test_missing_required_key():
     with pytest.raises(BadInputError, match="missing required key 'firmware'"):
         specs.parse_spec({k: v for k, v in MINIMAL.items() if k != "firmware"})
-    rejects(r"missing required key 'disks\[0\]\.path'", disks=[{"format": "raw"}])
+    rejects(r"disks\[0\]: give either 'path' or 'pool' and 'volume'", disks=[{"format": "raw"}])
 
 
 @pytest.mark.parametrize("blob,size", list(specs.BLOB_BYTES.items()))
