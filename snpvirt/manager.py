@@ -323,6 +323,12 @@ class Manager:
         if info is None:
             raise ConflictError(f"a domain named {spec.name} exists and is not managed by snpvirt; it is left untouched",
                                 f"choose another name, or bring it under management: snpvirt import {spec.name}")
+        if info.fleet != spec.fleet:  # two fleets (or a fleet and a single-host apply) never take each other's domains
+            raise ConflictError(f"domain {spec.name} belongs to " + (f"fleet {info.fleet}" if info.fleet else "no fleet")
+                                + "; it is left untouched",
+                                "choose another name, or manage it where it belongs" + (
+                                    f" (the fleet file of {info.fleet}: snpvirt fleet apply FILE)" if info.fleet else
+                                    f" (snpvirt apply SPEC -c URI), or undefine it first: snpvirt undefine {spec.name}"))
         if spec.uuid is not None and spec.uuid != existing.uuid:
             raise ConflictError(f"domain {spec.name} exists with UUID {existing.uuid}, the spec says {spec.uuid}",
                                 "remove uuid from the spec or fix it; snpvirt never replaces another domain")

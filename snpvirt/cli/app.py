@@ -40,6 +40,7 @@ COMMANDS: dict[str, tuple[str, str, str | None, str]] = {
     "import": ("import_cmd", "import_domain", "IMPORT_EPILOG", "Check a domain against the SEV-SNP rules and, with --fix, bring it under management."),
     "measure": ("measure_cmd", "measure", "MEASURE_EPILOG", "Print the 48-byte SEV-SNP launch measurement an honest guest will report (lowercase hex)."),
     "idblock": ("measure_cmd", "idblock", "IDBLOCK_EPILOG", "Build the base64 idBlock (96 bytes) and idAuth (4096 bytes) libvirt takes, and the key digests."),
+    "fleet": ("fleet_cmd", "fleet_app", None, "Many libvirt hosts, one desired state: check, plan, apply and list a fleet of SEV-SNP domains."),
     "completion": ("completion_cmd", "completion", "EPILOG", "Print the shell completion script for bash, zsh or fish."),
 }
 PROG = "snpvirt"

@@ -27,6 +27,7 @@ class ManagedInfo:
     defined_at: str | None = None
     updated_at: str | None = None
     xml_digest: str | None = None  # of the document `define XML` was given, without snpvirt's element
+    fleet: str | None = None  # the fleet that owns it (`snpvirt fleet`); None: managed host by host
 
 
 def find(root: etree._Element) -> etree._Element | None:
@@ -61,6 +62,7 @@ def read(root: etree._Element) -> ManagedInfo | None:
         defined_at=times.get("defined") if times is not None else None,
         updated_at=times.get("updated") if times is not None else None,
         xml_digest=element.get("xml_digest"),
+        fleet=element.get("fleet"),
     )
 
 

@@ -1,0 +1,123 @@
+"""Carry a fleet plan out: each host's domains through its own Manager on its one connection, at most
+`parallel_hosts` hosts and `per_host` operations per host at a time. Once `max_failures` hosts have
+failed, no new host is started; the rest are reported not started. `prune` undefines orphans."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+from snpvirt.errors import ConnectionFailedError, SnpvirtError
+from snpvirt.fleet.fleetfile import DomainEntry, Fleet
+from snpvirt.fleet.hosts import HostSession, Progress
+from snpvirt.fleet.plan import FAILED, FleetPlan, ManagerFactory, item_of
+from snpvirt.manager import Manager, SpecInput
+
+TO_DO = ("create", "update", "start", "stop")  # plan actions the apply carries out; "unchanged" has nothing to do
+
+
+class _FailedHosts:
+    """Hosts failed so far, shared by the host workers: the --max-failures decision."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.failed: list[str] = []
+        self._lock = threading.Lock()
+
+    def add(self, host: str) -> None:
+        with self._lock:
+            self.failed.append(host)
+
+    def stop_starting(self) -> bool:
+        with self._lock:
+            return self.limit is not None and len(self.failed) >= self.limit
+
+
+def apply_plan(fleet: Fleet, sessions: list[HostSession], plan: FleetPlan, managers: ManagerFactory, *,
+               max_failures: int | None = None, prune: bool = False, progress: Progress) -> list[dict[str, Any]]:
+    """The plan's items, each with `ok`, those carried out replaced by what was done (in plan order)."""
+    entries = {d.name: d for d in fleet.domains}
+    work: dict[str, list[dict[str, Any]]] = {}
+    for item in plan.items:
+        if item["host"] is not None and (item["action"] in TO_DO or (prune and item["action"] == "orphaned")):
+            work.setdefault(item["host"], []).append(item)
+    failed = _FailedHosts(max_failures)
+    done: dict[tuple[str, str], dict[str, Any]] = {}
+    hosts = [s for s in sessions if s.name in work]
+    if hosts:
+        with ThreadPoolExecutor(min(fleet.settings.parallel_hosts, len(hosts)), thread_name_prefix="snpvirt-host") as pool:
+            for results in pool.map(lambda s: _host_job(s, work[s.name], entries, managers, fleet.settings.per_host,
+                                                        failed, progress), hosts):
+                done.update(((r["host"], r["name"]), r) for r in results)
+    return [done.get((item["host"], item["name"]), as_result(item)) for item in plan.items]
+
+
+def _host_job(session: HostSession, items: list[dict[str, Any]], entries: dict[str, DomainEntry],
+              managers: ManagerFactory, per_host: int, failed: _FailedHosts, progress: Progress) -> list[dict[str, Any]]:
+    if failed.stop_starting():
+        progress(session.name, "not started: --max-failures reached")
+        why = SnpvirtError(f"not started on {session.name}: {len(failed.failed)} hosts failed already "
+                           f"({', '.join(failed.failed)})", "fix those hosts, then run fleet apply again (it converges)")
+        return [{**item, "ok": False, "changed": False, "error": _error(why)} for item in items]
+    manager = managers(session.conn)
+    left = [len(items)]
+    lock = threading.Lock()
+
+    def one(item: dict[str, Any]) -> dict[str, Any]:
+        result = _prune(manager, item, session.name) if item["action"] == "orphaned" else \
+            _converge(manager, entries[item["name"]], session.name)
+        with lock:
+            left[0] -= 1
+            progress(session.name, f"{item['name']}: {result['action']} {'ok' if result['ok'] else 'FAILED'}"
+                                   f" ({left[0]} left)")
+        return result
+
+    progress(session.name, f"applying {len(items)} changes")
+    with ThreadPoolExecutor(per_host, thread_name_prefix=f"snpvirt-{session.name}") as pool:
+        results = list(pool.map(one, items))
+    if any(not r["ok"] for r in results):
+        failed.add(session.name)
+    return results
+
+
+def _converge(manager: Manager, entry: DomainEntry, host: str) -> dict[str, Any]:
+    """The single-host apply of one spec: it plans again against what the host holds now."""
+    try:
+        outcome = manager.apply([SpecInput(entry.spec_path, entry.spec)])[0]
+    except SnpvirtError as err:  # the gate refused the host, or its connection broke
+        return {"name": entry.name, "host": host, "action": "failed", "ok": False, "changed": False, "error": _error(err)}
+    return {**item_of(outcome, host), "ok": outcome.ok}
+
+
+def _prune(manager: Manager, item: dict[str, Any], host: str) -> dict[str, Any]:
+    """An orphan: shut it down gracefully (within the Manager's shutdown timeout), then undefine it."""
+    name = item["name"]
+    try:
+        stopped = manager.stop(name, manager.shutdown_timeout_s, force=False)
+        if not stopped.ok:
+            raise stopped.error
+        manager.undefine(name)
+    except SnpvirtError as err:
+        return {"name": name, "host": host, "action": "prune", "ok": False, "changed": False, "error": _error(err)}
+    return {"name": name, "host": host, "action": "prune", "ok": True, "changed": True, "state": "absent"}
+
+
+def as_result(item: dict[str, Any]) -> dict[str, Any]:
+    """A plan item nothing was done for: unchanged, orphaned (without --prune), or one that cannot converge."""
+    result = {**item, "ok": item["action"] not in FAILED}
+    if item["action"] in ("unplaceable", "unknown") and "error" not in result:
+        result["error"] = _error(blocked(item))
+    return result
+
+
+def blocked(item: dict[str, Any]) -> SnpvirtError:
+    """Why a domain cannot converge in this run, as an error a script can act on."""
+    if item["action"] == "unknown":
+        return ConnectionFailedError(f"{item['name']}: {item['reason']}", "bring that host back, then run again")
+    return SnpvirtError(f"{item['name']}: unplaceable: {item['reason']}",
+                        "add capacity (hosts, snp_guests, memory), stop other SNP guests, or relax its pin, labels or spread")
+
+
+def _error(err: SnpvirtError) -> dict[str, str]:
+    return {"kind": err.kind, "message": err.message, "hint": err.hint}

@@ -1,0 +1,167 @@
+"""What each host of a fleet is like now: reachable or not (and why), the readiness checks a remote
+connection can judge, SNP capacity and free memory, and the fleet's domains on it.
+
+SNP capacity is libvirt's <sev><maxESGuests> (SNP guests share the SEV-ES ASID range; there is no
+SNP-specific count) minus every active SEV-ES or SEV-SNP domain on the host, snpvirt's or not; a
+host's `snp_guests` overrides maxESGuests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Protocol
+
+from lxml import etree
+
+from snpvirt.domain import inventory, metadata
+from snpvirt.domain import xml as domxml
+from snpvirt.errors import SnpvirtError
+from snpvirt.fleet.fleetfile import HostEntry
+from snpvirt.host import domcaps as domcaps_parser
+from snpvirt.host import readiness
+from snpvirt.models import CheckResult, DomainRecord, LibvirtFacts
+
+ACTIVE_STATES = {"running", "blocked", "paused", "shutdown", "pmsuspended"}
+ES_POLICY_BIT = 0x4  # SEV policy bit 2: the guest is SEV-ES, and takes an ASID from the ES range
+CIPHERTEXT_HIDING = ("SNP capacity is libvirt's maxESGuests; with Linux 6.18's kvm_amd.ciphertext_hiding_asids "
+                     "the ES range is split and fewer SNP guests fit")
+
+
+class HostConnection(Protocol):
+    """What observing a host needs of its connection (snpvirt/libvirt/connection.py's Connection)."""
+
+    simulated: bool
+
+    def libvirt_facts(self) -> LibvirtFacts: ...
+    def domains(self) -> Iterable[DomainRecord]: ...
+    def free_memory_mib(self) -> int | None: ...
+
+
+@dataclass
+class FleetDomain:
+    """A domain of this fleet found on a host: its `list` row (state, policy, expected measurement...)."""
+
+    name: str
+    host: str
+    state: str
+    row: dict[str, Any]
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+
+@dataclass
+class HostView:
+    name: str
+    uri: str
+    labels: dict[str, str] = field(default_factory=dict)
+    reachable: bool = False
+    error: SnpvirtError | None = None  # why it could not be reached or read
+    simulated: bool = False  # libvirt's test driver: the readiness gate does not apply
+    ready: bool = False
+    checks: tuple[CheckResult, ...] = ()
+    libvirt_version: str | None = None
+    qemu_version: str | None = None
+    sev: bool | None = None
+    sev_snp: bool | None = None
+    slots_total: int | None = None
+    slots_source: str | None = None  # "domcaps maxESGuests" | "snp_guests"
+    slots_used: int = 0  # active SEV-ES/SNP domains, whoever owns them
+    memory_free_mib: int | None = None  # after reserve_memory_mib
+    domains: dict[str, FleetDomain] = field(default_factory=dict)  # this fleet's
+    taken: set[str] = field(default_factory=set)  # names of domains that are not this fleet's
+    other_fleets: dict[str, str] = field(default_factory=dict)  # name -> the fleet that owns it
+    warnings: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def slots_free(self) -> int | None:
+        return None if self.slots_total is None else max(self.slots_total - self.slots_used, 0)
+
+
+def unreachable(entry: HostEntry, error: SnpvirtError) -> HostView:
+    return HostView(entry.name, entry.uri, dict(entry.labels), reachable=False, error=error)
+
+
+def observe_host(entry: HostEntry, conn: HostConnection, fleet: str) -> HostView:
+    """Read one host. A connection that breaks meanwhile raises SnpvirtError (the caller records it)."""
+    facts = conn.libvirt_facts()
+    view = HostView(entry.name, entry.uri, dict(entry.labels), reachable=True, simulated=conn.simulated)
+    caps = domcaps_parser.parse_domcaps(facts.domcaps_xml, facts.uri) if facts.domcaps_xml else None
+    view.libvirt_version = _version(facts.lib_version)
+    view.qemu_version = _version(facts.hypervisor_version) if facts.driver == "QEMU" else None
+    view.sev = caps.sev_supported if caps else None
+    view.sev_snp = caps.snp_advertised if caps else None
+    report = readiness.assess(_Facts(facts), uri=facts.uri)  # remote: what libvirt reports; local files are not the host's
+    view.checks = report.checks
+    view.ready = True if view.simulated else report.ready
+    if view.simulated:
+        view.warnings.append({"id": "gate.simulated", "severity": "warning", "message":
+                              f"{entry.name}: libvirt's test driver is a simulated hypervisor: the SEV-SNP readiness gate does not apply",
+                              "hint": "use a qemu:// URI for real guests"})
+    _capacity(view, entry, caps)
+    for record in conn.domains():
+        _take_domain(view, record, fleet)
+    free = conn.free_memory_mib()
+    view.memory_free_mib = None if free is None else max(free - entry.reserve_memory_mib, 0)
+    return view
+
+
+def _capacity(view: HostView, entry: HostEntry, caps: Any) -> None:
+    if entry.snp_guests is not None:
+        view.slots_total, view.slots_source = entry.snp_guests, "snp_guests"
+    elif caps is not None and caps.max_es_guests is not None:
+        view.slots_total, view.slots_source = caps.max_es_guests, "domcaps maxESGuests"
+        view.warnings.append({"id": "capacity.ciphertext_hiding", "severity": "warning",
+                              "message": f"{entry.name}: {CIPHERTEXT_HIDING}",
+                              "hint": f"if kvm_amd.ciphertext_hiding_asids is set on {entry.name}, "
+                                      "set snp_guests for it in the fleet file"})
+
+
+def _take_domain(view: HostView, record: DomainRecord, fleet: str) -> None:
+    definition = record.live_xml if record.live_xml is not None else record.xml
+    try:
+        root = domxml.parse(record.xml)
+        uses_asid = record.state in ACTIVE_STATES and _es_or_snp(domxml.parse(definition))
+    except etree.XMLSyntaxError:
+        view.taken.add(record.name)
+        return
+    view.slots_used += uses_asid
+    info = metadata.read(root)
+    if info is not None and info.fleet == fleet:
+        view.domains[record.name] = FleetDomain(record.name, view.name, record.state,
+                                                {**inventory.row(record, root, info), "host": view.name})
+        return
+    view.taken.add(record.name)
+    if info is not None and info.fleet:
+        view.other_fleets[record.name] = info.fleet
+
+
+def _es_or_snp(root: etree._Element) -> bool:
+    """SEV-SNP, or SEV with the ES policy bit: both take an ASID from the SEV-ES range."""
+    ls = root.find("launchSecurity")
+    if ls is None:
+        return False
+    if ls.get("type") == "sev-snp":
+        return True
+    try:
+        return ls.get("type") == "sev" and bool(int((ls.findtext("policy") or "0").strip(), 16) & ES_POLICY_BIT)
+    except ValueError:
+        return False
+
+
+def _version(number: int | None) -> str | None:
+    if number is None:
+        return None
+    return f"{number // 1_000_000}.{number // 1000 % 1000}.{number % 1000}"
+
+
+class _Facts:
+    """The facts already read, for readiness.assess (which asks for them once more otherwise)."""
+
+    def __init__(self, facts: LibvirtFacts) -> None:
+        self._facts = facts
+
+    def libvirt_facts(self) -> LibvirtFacts:
+        return self._facts
+

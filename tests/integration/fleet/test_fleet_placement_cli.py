@@ -1,0 +1,73 @@
+"""`snpvirt fleet` end to end on four isolated libvirtd hosts (real daemons, the real CLI as a process):
+placement, the second plan that changes nothing, capacity taken by foreign SNP domains, domains that stay."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import run_cli
+from tests.integration.fleet.conftest import write_fleet, write_spec
+
+pytestmark = pytest.mark.daemon
+
+FOREIGN_SNP = """<domain type='kvm'><name>{name}</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>
+<os><type arch='x86_64' machine='q35'>hvm</type></os>
+<launchSecurity type='sev-snp'><policy>0x30000</policy></launchSecurity></domain>"""
+
+
+def fleet_json(*args: str) -> tuple[int, dict]:
+    proc = run_cli("fleet", *args, "--json")
+    assert proc.stdout, proc.stderr
+    return proc.code, json.loads(proc.stdout)
+
+
+def placed(doc: dict) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for item in doc["results"]:
+        if item["host"]:
+            out.setdefault(item["host"], []).append(item["name"])
+    return {host: sorted(names) for host, names in out.items()}
+
+
+def test_five_domains_go_2_2_1_and_a_second_plan_is_all_unchanged(hosts, tmp_path):
+    three = [hosts["h1"], hosts["h2"], hosts["h3"]]
+    fleet = write_fleet(tmp_path, three, f'[[domains]]\nspec = "{write_spec(tmp_path, "db")}"\ncount = 5\n')
+    code, plan = fleet_json("plan", str(fleet))
+    assert code == 0, plan
+    assert {i["action"] for i in plan["results"]} == {"create"}
+    assert sorted(len(v) for v in placed(plan).values()) == [1, 2, 2]
+    code, applied = fleet_json("apply", str(fleet))
+    assert code == 0, applied
+    assert placed(applied) == placed(plan)
+    for host in three:
+        assert host.running() == placed(plan).get(host.name, [])
+    code, again = fleet_json("plan", str(fleet))
+    assert code == 0 and {i["action"] for i in again["results"]} == {"unchanged"}, again
+    assert again["changed"] is False
+
+
+def test_a_foreign_snp_domain_uses_a_slot(hosts, tmp_path):
+    h1, h2 = hosts["h1"], hosts["h2"]
+    h1.held.createXML(FOREIGN_SNP.format(name="someone-elses"), 0)
+    fleet = write_fleet(tmp_path, [h1, h2], f'[[domains]]\nspec = "{write_spec(tmp_path, "db")}"\ncount = 3\n')
+    code, check = fleet_json("check", str(fleet))
+    assert code == 0, check
+    slots = {r["name"]: (r["slots_used"], r["slots_free"]) for r in check["results"]}
+    assert slots == {"h1": (1, 1), "h2": (0, 2)}
+    code, plan = fleet_json("plan", str(fleet))
+    # db-1 to h2 (2 free slots against 1); then 1 and 1, and h1 has more free memory: db-2; db-3 to h2.
+    assert placed(plan) == {"h1": ["db-2"], "h2": ["db-1", "db-3"]}, plan
+
+
+def test_a_domain_stays_on_its_host_although_another_has_more_room(hosts, tmp_path):
+    h1, h2 = hosts["h1"], hosts["h2"]
+    spec = write_spec(tmp_path, "db")
+    fleet = write_fleet(tmp_path, [h1], f'[[domains]]\nspec = "{spec}"\n', slots=2)
+    assert fleet_json("apply", str(fleet))[0] == 0
+    assert h1.running() == ["db"]
+    fleet = write_fleet(tmp_path, [h1, h2], f'[[domains]]\nspec = "{spec}"\n', slots=2,
+                        host_extra={"h2": ""})  # h2: 2 free slots, h1: 1
+    code, plan = fleet_json("plan", str(fleet))
+    assert code == 0 and placed(plan) == {"h1": ["db"]} and plan["results"][0]["action"] == "unchanged", plan
