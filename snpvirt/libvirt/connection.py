@@ -43,7 +43,9 @@ def translate(exc: libvirt.libvirtError, action: str, uri: str | None) -> Snpvir
     code = exc.get_error_code()
     detail = (exc.get_error_message() or str(exc)).strip()
     where = uri or "libvirt's default URI"
-    if code in _CONNECTION_CODES:
+    # A connection closed by keepalive (its daemon stopped answering) is an internal error of the RPC layer.
+    lost = code == libvirt.VIR_ERR_INTERNAL_ERROR and exc.get_error_domain() == libvirt.VIR_FROM_RPC
+    if code in _CONNECTION_CODES or lost:
         return ConnectionFailedError(f"{action}: cannot talk to {where}: {detail}",
                                      "check the URI and that libvirtd (or virtqemud) runs: systemctl status libvirtd")
     if code in _NOT_FOUND_CODES:
