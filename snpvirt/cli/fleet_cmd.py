@@ -155,7 +155,7 @@ def check(fleet_file: Path = FLEET_ARG, json_output: bool = json_option()) -> No
     results = [_host_result(s.view) for s in sessions]
     rows = [(r["name"], "yes" if r["reachable"] else "NO", _ready_text(r), r["libvirt_version"] or "-",
              r["qemu_version"] or "-", _yes(r["sev"]), _yes(r["sev_snp"]), _slots(r), _mib(r["memory_free_mib"]),
-             str(r["domains"])) for r in results]
+             str(r["domains"]) if r["reachable"] else "-") for r in results]
     headers = ("HOST", "REACHABLE", "READY", "LIBVIRT", "QEMU", "SEV", "SNP", "SLOTS FREE/TOTAL", "MEM FREE", "DOMAINS")
     _finish(json_output, results, [], [w for s in sessions for w in s.view.warnings], (headers, rows), fleet=fleet.name)
 

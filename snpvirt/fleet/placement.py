@@ -97,7 +97,7 @@ def place(hosts: Sequence[HostCapacity], wants: Sequence[Want], found: Sequence[
                                   "which cannot be reached")
             continue
         candidates, reasons = [], []
-        for h in hosts:
+        for h in hosts if want.pin is None else [h for h in hosts if h.name == want.pin]:  # a pin: only its host's reason
             why = _refusal(want, h, slots[h.name], memory[h.name], spread_used)
             (reasons.append(f"{h.name}: {why}") if why else candidates.append(h.name))
         if not candidates:
