@@ -17,7 +17,7 @@ MODULES = sorted(PACKAGE.rglob("*.py"))
 VOCABULARY = {"errors.py", "models.py", "policy.py", "fileio.py", "__init__.py"}  # __init__: only __version__
 CAPABILITIES = ("attest", "launch", "domain", "host", "image")  # bottom-up; image/ arrives with guest images
 BOUNDARY = {"libvirt"}
-ORCHESTRATION = {"manager.py", "fleet"}  # fleet/ arrives with the fleet work
+ORCHESTRATION = {"manager.py", "orchestration", "fleet"}  # orchestration/: Manager's parts; fleet/ arrives with the fleet work
 PRESENTATION = {"output.py", "cli", "__main__.py"}
 
 # third-party package -> the units (folder, or folder/module) that may import it
