@@ -112,20 +112,29 @@ def _host_result(view) -> dict[str, Any]:
                          domains=len(view.domains), checks=[c.as_dict() for c in view.checks])
 
 
+def _envelope(results: list[dict[str, Any]], hosts: list[dict[str, Any]], warnings: list[dict[str, str]],
+              **extra: Any) -> dict[str, Any]:
+    """The command's JSON document: failed domains and unreachable hosts make it a partial failure (exit 9)."""
+    from snpvirt import output
+
+    failures = [r for r in results + hosts if not r["ok"]]
+    error = output.batch_error([r["error"] for r in failures], len(results) + len(hosts))
+    if failures and error["kind"] != "partial":  # every item failed: still a fleet, still partial (exit 9)
+        error = {**error, "kind": "partial"}
+    return output.envelope(not failures, any(r["changed"] for r in results), results, error=error, warnings=warnings,
+                           hosts=hosts, **extra)
+
+
 def _finish(json_output: bool, results: list[dict[str, Any]], hosts: list[dict[str, Any]], warnings: list[dict[str, str]],
             table: tuple[tuple[str, ...], list[tuple]], **extra: Any) -> None:
     """Print (the envelope, or the table, warnings and failures) and exit: 0, or 9 when anything failed."""
     from snpvirt import output
     from snpvirt.errors import ExitCode
 
+    document = _envelope(results, hosts, warnings, **extra)
     failures = [r for r in results + hosts if not r["ok"]]
-    changed = any(r["changed"] for r in results)
-    error = output.batch_error([r["error"] for r in failures], len(results) + len(hosts))
-    if failures and error["kind"] != "partial":  # every item failed: still a fleet, still partial (exit 9)
-        error = {**error, "kind": "partial"}
     if json_output:
-        output.print_json(output.envelope(not failures, changed, results, error=error, warnings=warnings,
-                                          hosts=hosts, **extra))
+        output.print_json(document)
     else:
         typer.echo(output.table(*table))
         for w in warnings:
@@ -208,7 +217,7 @@ def plan(fleet_file: Path = FLEET_ARG,
     """The whole plan, changing nothing: per host what is created, updated, started, stopped; what cannot be placed."""
     import json
 
-    from snpvirt import fileio, output
+    from snpvirt import fileio
     from snpvirt.fleet.apply import as_result
     from snpvirt.fleet.hosts import close_all
 
@@ -219,9 +228,8 @@ def plan(fleet_file: Path = FLEET_ARG,
     close_all(sessions)
     results = [as_result(item) for item in made.items]  # changed: would change, as apply --check says
     hosts = _host_rows(sessions)
-    if output_file is not None:
-        document = output.envelope(True, False, results, warnings=made.warnings, hosts=hosts, fleet=fleet.name,
-                                   fingerprint=made.fingerprint)
+    if output_file is not None:  # the document --json prints: apply --plan takes either
+        document = _envelope(results, hosts, made.warnings, fleet=fleet.name, fingerprint=made.fingerprint)
         fileio.write_file(output_file, (json.dumps(document, indent=2) + "\n").encode(), hint="give -o a file path")
     _finish(json_output, results, hosts, made.warnings, _plan_rows(results), fleet=fleet.name, fingerprint=made.fingerprint)
 

@@ -71,3 +71,38 @@ def test_a_domain_stays_on_its_host_although_another_has_more_room(hosts, tmp_pa
                         host_extra={"h2": ""})  # h2: 2 free slots, h1: 1
     code, plan = fleet_json("plan", str(fleet))
     assert code == 0 and placed(plan) == {"h1": ["db"]} and plan["results"][0]["action"] == "unchanged", plan
+
+
+def test_orphans_are_listed_and_only_prune_removes_them(hosts, tmp_path):
+    h1 = hosts["h1"]
+    spec = write_spec(tmp_path, "db")
+    assert fleet_json("apply", str(write_fleet(tmp_path, [h1], f'[[domains]]\nspec = "{spec}"\ncount = 2\n')))[0] == 0
+    fleet = write_fleet(tmp_path, [h1], f'[[domains]]\nspec = "{spec}"\ncount = 1\n')
+    code, plan = fleet_json("plan", str(fleet))
+    assert code == 0 and {i["name"]: i["action"] for i in plan["results"]} == {"db-1": "unchanged", "db-2": "orphaned"}
+    assert fleet_json("apply", str(fleet))[0] == 0 and h1.names() == ["db-1", "db-2"]  # left alone
+    code, pruned = fleet_json("apply", str(fleet), "--prune")
+    assert code == 0 and h1.names() == ["db-1"], pruned
+    assert next(i for i in pruned["results"] if i["name"] == "db-2")["action"] == "prune"
+
+
+def test_a_domain_on_two_hosts_is_flagged_and_left_alone(hosts, tmp_path):
+    h1, h2 = hosts["h1"], hosts["h2"]
+    spec = write_spec(tmp_path, "db")
+    for host in (h1, h2):  # a fleet file that named one host, then the other: a copy on each
+        (tmp_path / host.name).mkdir()
+        write_spec(tmp_path / host.name, "db")
+        assert fleet_json("apply", str(write_fleet(tmp_path / host.name, [host], '[[domains]]\nspec = "vms/db.toml"\n')))[0] == 0
+    fleet = write_fleet(tmp_path, [h1, h2], f'[[domains]]\nspec = "{spec}"\n')
+    proc = run_cli("fleet", "list", str(fleet))
+    assert proc.code == 0 and proc.stdout.count("DUPLICATE") == 2 and "db is defined on 2 hosts" in proc.stderr, proc
+    code, plan = fleet_json("plan", str(fleet))
+    assert sorted(i["action"] for i in plan["results"]) == ["duplicate", "unchanged"], plan
+
+
+def test_json_keeps_stderr_free_of_progress_and_people_get_it(hosts, tmp_path):
+    fleet = write_fleet(tmp_path, [hosts["h1"]], f'[[domains]]\nspec = "{write_spec(tmp_path, "db")}"\n')
+    quiet = run_cli("fleet", "plan", str(fleet), "--json")
+    assert quiet.code == 0 and quiet.stderr == "", quiet.stderr
+    loud = run_cli("fleet", "plan", str(fleet))
+    assert loud.code == 0 and "snpvirt: h1: connecting" in loud.stderr and "create" in loud.stdout, loud
