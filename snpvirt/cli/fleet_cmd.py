@@ -77,15 +77,18 @@ def _opener(fleet):
                                    keepalive=(settings.keepalive_interval_s, settings.keepalive_count))
 
 
-def _manager_for(conn):
-    """A host's single-host Manager, wired like `snpvirt apply`: its own gate (off on libvirt's test
-    driver, which has no SEV), and cbitpos/reducedPhysBits from the spec, then that host."""
+def _manager_for(host, conn):
+    """A host's single-host Manager, wired like `snpvirt apply`: its own gate (on libvirt's test driver,
+    off unless the host names a captured host: sysroot, host_caps), and cbitpos/reducedPhysBits from
+    the spec, then host_caps, then that host."""
     from snpvirt.cli.common import SevSources
     from snpvirt.host import readiness
     from snpvirt.manager import Manager
 
-    sev = SevSources(None, lambda: (conn.domain_capabilities(), f"host {conn.actual_uri}"))
-    return Manager(conn, gate=lambda: readiness.gate_report(conn), resolve_sev=sev.resolve)
+    sysroot, host_caps = (Path(p) if p else None for p in (host.sysroot, host.host_caps))
+    sev = SevSources(host_caps, lambda: (conn.domain_capabilities(), f"host {conn.actual_uri}"))
+    return Manager(conn, gate=lambda: readiness.gate_report(conn, sysroot=sysroot, domcaps_file=host_caps),
+                   resolve_sev=sev.resolve)
 
 
 def _reach(fleet, progress):

@@ -60,7 +60,7 @@ def _host_job(session: HostSession, items: list[dict[str, Any]], entries: dict[s
         why = SnpvirtError(f"not started on {session.name}: {len(failed.failed)} hosts failed already "
                            f"({', '.join(failed.failed)})", "fix those hosts, then run fleet apply again (it converges)")
         return [{**item, "ok": False, "changed": False, "error": _error(why)} for item in items]
-    manager = managers(session.conn)
+    manager = managers(session.entry, session.conn)
     left = [len(items)]
     lock = threading.Lock()
 

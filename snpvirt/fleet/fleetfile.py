@@ -35,6 +35,9 @@ class HostEntry:
     labels: dict[str, str] = field(default_factory=dict)
     reserve_memory_mib: int = 0  # kept free for the host itself
     snp_guests: int | None = None  # overrides libvirt's maxESGuests (ciphertext hiding, or a driver without it)
+    # libvirt's test driver only (tests, demos), as --sysroot/--host-caps: a captured host its gate judges
+    sysroot: str | None = None
+    host_caps: str | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,8 @@ SCHEMA: dict[str, Any] = {
         "labels": Key(dict, check=_labels),
         "reserve_memory_mib": Key(int, check=specs._in_range(0, 64 * 1024 * 1024)),
         "snp_guests": Key(int, check=specs._in_range(0, 1 << 20)),
+        "sysroot": Key(str),
+        "host_caps": Key(str),
     }],
     "domains": [{
         "spec": Key(str),
@@ -163,7 +168,8 @@ def _host(i: int, raw: dict[str, Any], path: Path) -> HostEntry:
         if key not in raw:
             raise BadInputError(f"{path}: missing required key 'hosts[{i}].{key}'",
                                 "each [[hosts]] needs a name and a libvirt uri")
-    return HostEntry(**raw)
+    captured = {key: str(path.parent / raw[key]) for key in ("sysroot", "host_caps") if key in raw}  # relative to the file
+    return HostEntry(**{**raw, **captured})
 
 
 def _domains(i: int, raw: dict[str, Any], fleet: str, host_names: set[str], path: Path,

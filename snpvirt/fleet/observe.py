@@ -9,10 +9,12 @@ host's `snp_guests` overrides maxESGuests.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Protocol
 
 from lxml import etree
 
+from snpvirt import fileio
 from snpvirt.domain import inventory, metadata
 from snpvirt.domain import xml as domxml
 from snpvirt.errors import SnpvirtError
@@ -87,15 +89,20 @@ def observe_host(entry: HostEntry, conn: HostConnection, fleet: str) -> HostView
     """Read one host. A connection that breaks meanwhile raises SnpvirtError (the caller records it)."""
     facts = conn.libvirt_facts()
     view = HostView(entry.name, entry.uri, dict(entry.labels), reachable=True, simulated=conn.simulated)
-    caps = domcaps_parser.parse_domcaps(facts.domcaps_xml, facts.uri) if facts.domcaps_xml else None
+    readiness.check_captured_host(conn, Path(entry.sysroot) if entry.sysroot else None)  # test driver only
+    caps = _caps(entry, facts)
     view.libvirt_version = _version(facts.lib_version)
     view.qemu_version = _version(facts.hypervisor_version) if facts.driver == "QEMU" else None
     view.sev = caps.sev_supported if caps else None
     view.sev_snp = caps.snp_advertised if caps else None
-    report = readiness.assess(_Facts(facts), uri=facts.uri)  # remote: what libvirt reports; local files are not the host's
+    if entry.sysroot:  # a captured host stands in for the test driver, as --sysroot does for snpvirt apply
+        report = readiness.assess(_Facts(facts), sysroot=entry.sysroot,
+                                  domcaps_file=Path(entry.host_caps) if entry.host_caps else None)
+    else:  # remote: what libvirt reports (local files are not the host's)
+        report = readiness.assess(_Facts(facts), uri=facts.uri)
     view.checks = report.checks
-    view.ready = True if view.simulated else report.ready
-    if view.simulated:
+    view.ready = True if view.simulated and not entry.sysroot else report.ready
+    if view.simulated and not entry.sysroot:
         view.warnings.append({"id": "gate.simulated", "severity": "warning", "message":
                               f"{entry.name}: libvirt's test driver is a simulated hypervisor: the SEV-SNP readiness gate does not apply",
                               "hint": "use a qemu:// URI for real guests"})
@@ -105,6 +112,13 @@ def observe_host(entry: HostEntry, conn: HostConnection, fleet: str) -> HostView
     free = conn.free_memory_mib()
     view.memory_free_mib = None if free is None else max(free - entry.reserve_memory_mib, 0)
     return view
+
+
+def _caps(entry: HostEntry, facts: LibvirtFacts) -> Any:
+    """The domain capabilities SNP capacity is read from: the captured host's (test driver), or libvirt's."""
+    if entry.host_caps:
+        return domcaps_parser.parse_domcaps(fileio.read_input(entry.host_caps, "domcaps", "host_caps"), entry.host_caps)
+    return domcaps_parser.parse_domcaps(facts.domcaps_xml, facts.uri) if facts.domcaps_xml else None
 
 
 def _capacity(view: HostView, entry: HostEntry, caps: Any) -> None:

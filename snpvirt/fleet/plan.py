@@ -18,11 +18,11 @@ from typing import Any, Callable
 
 from snpvirt.errors import HostNotReadyError, SnpvirtError
 from snpvirt.fleet import placement
-from snpvirt.fleet.fleetfile import DomainEntry, Fleet
+from snpvirt.fleet.fleetfile import DomainEntry, Fleet, HostEntry
 from snpvirt.fleet.hosts import HostSession, Progress
 from snpvirt.manager import Manager, Outcome, SpecInput
 
-ManagerFactory = Callable[[Any], Manager]  # a host's connection -> its Manager (gate and SEV sources wired)
+ManagerFactory = Callable[[HostEntry, Any], Manager]  # a host and its connection -> its Manager (gate, SEV sources)
 FAILED = ("conflict", "invalid", "not_ready", "failed", "unplaceable", "unknown")  # actions that leave a domain unconverged
 
 
@@ -91,7 +91,7 @@ def _plan_host(session: HostSession, domains: list[DomainEntry], managers: Manag
     if not domains:
         return {}, []
     progress(session.name, f"planning {len(domains)} domains")
-    manager = managers(session.conn)
+    manager = managers(session.entry, session.conn)
     try:
         outcomes = manager.apply([SpecInput(d.spec_path, d.spec) for d in domains], check=True)
     except HostNotReadyError as err:

@@ -115,15 +115,15 @@ def write_spec(folder: Path, name: str, memory: int = 256) -> str:
     return f"vms/{name}.toml"
 
 
-def write_fleet(folder: Path, hosts: list[Host], domains: str, *, fleet: str = "prod", slots: int = 2,
+def write_fleet(folder: Path, hosts: list[Host], domains: str, *, fleet: str = "prod", slots: int | None = 2,
                 settings: str = "", host_extra: dict[str, str] | None = None) -> Path:
     """A fleet file over `hosts` (each with `slots` SNP guests: the test driver reports none) and `domains`
     (TOML [[domains]] text)."""
     host_extra = host_extra or {}
     text = f'[fleet]\nname = "{fleet}"\nconnect_timeout_s = 3\nkeepalive_interval_s = 1\nkeepalive_count = 2\n{settings}\n'
     for host in hosts:
-        text += (f'[[hosts]]\nname = "{host.name}"\nuri = "{host.uri}"\nsnp_guests = {slots}\n'
-                 f'{host_extra.get(host.name, "")}\n')
+        text += (f'[[hosts]]\nname = "{host.name}"\nuri = "{host.uri}"\n' + (f"snp_guests = {slots}\n" if slots else "")
+                 + f'{host_extra.get(host.name, "")}\n')
     path = folder / "fleet.toml"
     path.write_text(text + textwrap.dedent(domains))
     return path

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 from tests.integration.fleet.conftest import write_fleet, write_spec
 
 pytestmark = pytest.mark.daemon
@@ -106,3 +106,32 @@ def test_json_keeps_stderr_free_of_progress_and_people_get_it(hosts, tmp_path):
     assert quiet.code == 0 and quiet.stderr == "", quiet.stderr
     loud = run_cli("fleet", "plan", str(fleet))
     assert loud.code == 0 and "snpvirt: h1: connecting" in loud.stderr and "create" in loud.stdout, loud
+
+
+CAPTURED = ROOT / "examples" / "captured-host"
+
+
+def test_each_host_has_its_own_readiness_gate(hosts, tmp_path):
+    """On the test driver the gate judges a captured host when the fleet file names one, as --sysroot does:
+    h1 is a ready SEV-SNP host (its maxESGuests gives the slots), h2 is not (no SEV in its capabilities)."""
+    h1, h2 = hosts["h1"], hosts["h2"]
+    db, pinned = write_spec(tmp_path, "db"), write_spec(tmp_path, "pinned")
+    ready = f'sysroot = "{CAPTURED}"\nhost_caps = "{CAPTURED / "domcaps.xml"}"\n'
+    fleet = write_fleet(tmp_path, [h1, h2], f'[[domains]]\nspec = "{db}"\ncount = 2\n\n'
+                        f'[[domains]]\nspec = "{pinned}"\nhost = "h2"\n', slots=None,
+                        host_extra={"h1": ready, "h2": f'sysroot = "{CAPTURED}"\n'})
+    code, check = fleet_json("check", str(fleet))
+    by_host = {r["name"]: r for r in check["results"]}
+    assert by_host["h1"]["ready"] is True and by_host["h1"]["slots_source"] == "domcaps maxESGuests", by_host["h1"]
+    assert by_host["h2"]["ready"] is False and by_host["h2"]["error"]["kind"] == "not_ready" and code == 9
+    code, plan = fleet_json("plan", str(fleet))
+    assert placed(plan) == {"h1": ["db-1", "db-2"]}, plan
+    refused = next(i for i in plan["results"] if i["name"] == "pinned")
+    assert refused["action"] == "unplaceable" and "not ready" in refused["reason"]
+    # A domain already on h2 (defined while the gate did not apply) is not changed there either.
+    assert fleet_json("apply", str(write_fleet(tmp_path / "vms", [h2], '[[domains]]\nspec = "pinned.toml"\n')))[0] == 0
+    write_spec(tmp_path, "pinned", memory=384)  # the spec changes: an update is due on h2
+    code, plan = fleet_json("apply", str(fleet))
+    item = next(i for i in plan["results"] if i["name"] == "pinned")
+    assert (item["action"], item["error"]["kind"]) == ("not_ready", "not_ready"), item
+    assert code == 9 and h1.running() == ["db-1", "db-2"]
