@@ -79,9 +79,10 @@ def make_plan(fleet: Fleet, sessions: list[HostSession], managers: ManagerFactor
     for s in reached:
         items += [_item(d.name, s.name, "orphaned", state=d.state) for d in s.view.domains.values() if d.name not in wanted]
         warnings += planned[s.name][1]
-    for name, others in placed.duplicates.items():
-        items += [_item(name, host, "duplicate", reason=f"also defined on {placed.placed.get(name, '?')}; "
-                        "snpvirt leaves this copy alone") for host in others]
+    for name, others in placed.duplicates.items():  # an orphan's copies are each listed as orphaned already
+        if name in placed.placed:
+            items += [_item(name, host, "duplicate", reason=f"also defined on {placed.placed[name]}; "
+                            "snpvirt leaves this copy alone") for host in others]
     return FleetPlan(fleet.name, items, fingerprint(sessions, items), _unique(warnings))
 
 
