@@ -93,6 +93,28 @@ def test_a_daemon_killed_mid_apply_then_a_rerun_converges(hosts, tmp_path):
     assert len(h1.names()) == 20 and len(h1.running()) == 20  # h1's domains stayed where they were
 
 
+def test_a_daemon_frozen_mid_apply_is_given_up_after_the_keepalive(hosts, tmp_path):
+    """keepalive 1 s x 2 in the test fleets: h2's connection is closed, its remaining work fails, h1 finishes."""
+    h1, h2 = hosts["h1"], hosts["h2"]
+    fleet = write_fleet(tmp_path, [h1, h2], f'[[domains]]\nspec = "{write_spec(tmp_path, "db", 128)}"\ncount = 40\n',
+                        slots=40, settings="per_host = 1\n")
+    proc = spawn("apply", str(fleet))
+    deadline = time.monotonic() + 30
+    while len(h2.names()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    h2.freeze()
+    try:
+        out, _ = proc.communicate(timeout=60)  # a guard against a hang, not a speed target
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("fleet apply hung on a daemon frozen mid-run")
+    doc = json.loads(out)
+    assert proc.returncode == 9, doc
+    assert all(i["ok"] for i in doc["results"] if i["host"] == "h1") and len(h1.names()) == 20
+    lost = [i for i in doc["results"] if i["host"] == "h2" and not i["ok"]]
+    assert lost and {i["error"]["kind"] for i in lost} <= {"connection", "failure"}, lost
+
+
 def test_two_applies_at_once_define_no_domain_twice(hosts, tmp_path):
     three = [hosts["h1"], hosts["h2"], hosts["h3"]]
     fleet = write_fleet(tmp_path, three, f'[[domains]]\nspec = "{write_spec(tmp_path, "db")}"\ncount = 6\n')
