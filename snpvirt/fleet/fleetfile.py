@@ -7,12 +7,15 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from snpvirt import fileio
 from snpvirt.domain import spec as specs
 from snpvirt.errors import BadInputError, SnpvirtError
 from snpvirt.models import VmSpec
 
+# The spec's own checker reads the fleet file too (its Key table and its helpers): the same strictness,
+# the same one-line errors naming the dotted key.
 Key = specs.Key
 MAX_COUNT = 1000  # copies of one [[domains]] entry
 MAX_LABEL_TEXT = 128
@@ -91,6 +94,13 @@ def _labels(path: str, value: dict[str, Any]) -> dict[str, str]:
 def _uri(path: str, value: str) -> str:
     if not value or specs._PATH_FORBIDDEN_RE.search(value) or len(value) > 1024:
         raise BadInputError(f"{path}: not a libvirt URI", 'write it as libvirt does, e.g. "qemu+ssh://root@host1/system"')
+    try:
+        password = urlsplit(value).password
+    except ValueError:
+        raise BadInputError(f"{path}: not a libvirt URI", 'write it as libvirt does, e.g. "qemu+ssh://root@host1/system"') from None
+    if password is not None:  # the value is not repeated: it holds a secret
+        raise BadInputError(f"{path}: the URI holds a password; a fleet file holds no secrets",
+                            "let libvirt authenticate: SSH keys (qemu+ssh://), TLS certificates (qemu+tls://) or SASL")
     return value
 
 

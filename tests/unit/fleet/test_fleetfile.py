@@ -50,11 +50,14 @@ def test_count_expands_names_relative_specs_and_owns_them(tmp_path, monkeypatch)
     (('uri = "qemu+ssh://root@h1/system"\n', ""), "missing required key 'hosts[0].uri'"),
     (('spec = "vms/db.toml"', 'spec = "vms/none.toml"'), "domains[0].spec vms/none.toml"),
     (('[fleet]\nname = "prod"\n', '[fleet]\n'), "missing required key 'fleet.name'"),
+    (("root@h1", "root:hunter2@h1"), "hosts[0].uri: the URI holds a password"),
+    (('name = "prod"', 'name = "prod"\nconnect_timeout_s = nan'), "fleet.connect_timeout_s: nan is out of range"),
 ])
 def test_one_clear_error_naming_the_key(tmp_path, change, named):
     with pytest.raises(BadInputError) as caught:
         load_fleet(fleet_file(tmp_path, GOOD.replace(*change)))
     assert named in caught.value.message and caught.value.hint
+    assert "hunter2" not in caught.value.message + caught.value.hint  # a secret is never repeated
 
 
 def test_two_entries_making_one_name_is_an_error(tmp_path):
