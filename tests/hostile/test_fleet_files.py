@@ -3,7 +3,6 @@ traceback or a hang. The hosts are libvirt's in-process test driver: no daemon, 
 
 from __future__ import annotations
 
-import copy
 import tempfile
 import tomllib
 from pathlib import Path
@@ -16,7 +15,7 @@ from snpvirt.fleet import fleetfile
 from tests.hostile.conftest import SPECIAL_INPUTS, make_special, run_with_special
 from tests.hostile.contract import assert_contract, run_in_process
 from tests.hostile.strategies import RawToml, nested, odd_text, toml_document, values
-from tests.hostile.test_spec_files import HOSTILE, _delete, _key_paths, _set
+from tests.hostile.test_spec_files import HOSTILE, _key_paths, edited
 
 SPEC = 'name = "vm"\nmemory_mib = 256\nvcpus = 1\nfirmware = "/usr/share/ovmf/OVMF.amdsev.fd"\n' \
        '[snp]\ncbitpos = 51\nreduced_phys_bits = 1\n'
@@ -68,15 +67,7 @@ def test_the_unharmed_fleet_plans():
 @example(changes=[("set", ("fleet", "connect_timeout_s"), RawToml("inf"))])
 @example(changes=[("add", ("hosts", 0), ("a\nsnpvirt: error: forged\x1b[2J", 1))])
 def test_hostile_fleet_values(changes):
-    doc = copy.deepcopy(BASE)
-    for op, path, value in changes:
-        if op == "set":
-            _set(doc, path, value)
-        elif op == "delete":
-            _delete(doc, path)
-        else:
-            _set(doc, (*path, value[0]), value[1])
-    result, _ = plan_and_check(toml_document(doc))
+    result, _ = plan_and_check(toml_document(edited(BASE, changes)))
     assert result.code in (0, 2, 9), result.describe()
 
 
