@@ -124,6 +124,9 @@ def test_each_host_has_its_own_readiness_gate(hosts, tmp_path):
     by_host = {r["name"]: r for r in check["results"]}
     assert by_host["h1"]["ready"] is True and by_host["h1"]["slots_source"] == "domcaps maxESGuests", by_host["h1"]
     assert by_host["h2"]["ready"] is False and by_host["h2"]["error"]["kind"] == "not_ready" and code == 9
+    # maxESGuests overstates SNP capacity under ciphertext hiding: said, with snp_guests as the way out
+    hiding = [w for w in check["warnings"] if w["id"] == "capacity.ciphertext_hiding"]
+    assert [w["message"].split(":")[0] for w in hiding] == ["h1"] and "snp_guests" in hiding[0]["hint"]
     code, plan = fleet_json("plan", str(fleet))
     assert placed(plan) == {"h1": ["db-1", "db-2"]}, plan
     refused = next(i for i in plan["results"] if i["name"] == "pinned")
