@@ -106,10 +106,10 @@ def _host_result(view) -> dict[str, Any]:
         failed = [c.check_id for c in view.checks if c.status == "fail"]
         error = HostNotReadyError(f"{view.name} is not ready for SEV-SNP: {', '.join(failed) or 'see its checks'} failed",
                                   f"see the fixes: snpvirt host check --connect {view.uri}")
-    firmware = next((c.status for c in view.checks if c.check_id == "firmware.snp"), None)
     return output.result(view.name, error is None, False, error, uri=view.uri, reachable=view.reachable, ready=view.ready,
                          simulated=view.simulated, labels=view.labels, libvirt_version=view.libvirt_version,
-                         qemu_version=view.qemu_version, sev=view.sev, sev_snp=view.sev_snp, firmware_snp=firmware,
+                         qemu_version=view.qemu_version, sev=view.sev, sev_snp=view.sev_snp, firmware=view.firmware,
+                         firmware_snp=view.firmware_snp,
                          slots_total=view.slots_total, slots_used=view.slots_used, slots_free=view.slots_free,
                          slots_source=view.slots_source, memory_free_mib=view.memory_free_mib,
                          domains=len(view.domains), checks=[c.as_dict() for c in view.checks])
@@ -166,9 +166,11 @@ def check(fleet_file: Path = FLEET_ARG, json_output: bool = json_option()) -> No
     close_all(sessions)
     results = [_host_result(s.view) for s in sessions]
     rows = [(r["name"], "yes" if r["reachable"] else "NO", _ready_text(r), r["libvirt_version"] or "-",
-             r["qemu_version"] or "-", _yes(r["sev"]), _yes(r["sev_snp"]), _slots(r), _mib(r["memory_free_mib"]),
+             r["qemu_version"] or "-", _yes(r["sev"]), _yes(r["sev_snp"]), _yes(r["firmware_snp"]), _slots(r),
+             _mib(r["memory_free_mib"]),
              str(r["domains"]) if r["reachable"] else "-") for r in results]
-    headers = ("HOST", "REACHABLE", "READY", "LIBVIRT", "QEMU", "SEV", "SNP", "SLOTS FREE/TOTAL", "MEM FREE", "DOMAINS")
+    headers = ("HOST", "REACHABLE", "READY", "LIBVIRT", "QEMU", "SEV", "SNP", "SNP FIRMWARE", "SLOTS FREE/TOTAL",
+               "MEM FREE", "DOMAINS")
     _finish(json_output, results, [], [w for s in sessions for w in s.view.warnings], (headers, rows), fleet=fleet.name)
 
 

@@ -21,6 +21,7 @@ from snpvirt.errors import SnpvirtError
 from snpvirt.fleet.fleetfile import HostEntry
 from snpvirt.host import domcaps as domcaps_parser
 from snpvirt.host import readiness
+from snpvirt.host.firmware import SNP_BUILD_NAME_PART
 from snpvirt.models import CheckResult, DomainRecord, LibvirtFacts
 
 ACTIVE_STATES = {"running", "blocked", "paused", "shutdown", "pmsuspended"}
@@ -67,6 +68,8 @@ class HostView:
     qemu_version: str | None = None
     sev: bool | None = None
     sev_snp: bool | None = None
+    firmware: list[str] = field(default_factory=list)  # the loaders libvirt offers (domcaps <os><loader><value>)
+    firmware_snp: bool | None = None  # judged here, or by an AmdSev build among those loaders; None: cannot tell
     slots_total: int | None = None
     slots_source: str | None = None  # "domcaps maxESGuests" | "snp_guests"
     slots_used: int = 0  # active SEV-ES/SNP domains, whoever owns them
@@ -91,6 +94,7 @@ def observe_host(entry: HostEntry, conn: HostConnection, fleet: str) -> HostView
     view = HostView(entry.name, entry.uri, dict(entry.labels), reachable=True, simulated=conn.simulated)
     readiness.check_captured_host(conn, Path(entry.sysroot) if entry.sysroot else None)  # test driver only
     caps = _caps(entry, facts)
+    view.firmware = _loaders(entry, facts)
     view.libvirt_version = _version(facts.lib_version)
     view.qemu_version = _version(facts.hypervisor_version) if facts.driver == "QEMU" else None
     view.sev = caps.sev_supported if caps else None
@@ -98,11 +102,14 @@ def observe_host(entry: HostEntry, conn: HostConnection, fleet: str) -> HostView
     if entry.sysroot:  # a captured host stands in for the test driver, as --sysroot does for snpvirt apply
         report = readiness.assess(_Facts(facts), sysroot=entry.sysroot,
                                   domcaps_file=Path(entry.host_caps) if entry.host_caps else None)
-    else:  # remote: what libvirt reports (local files are not the host's)
+    elif not view.simulated:  # a remote host: what libvirt reports (this machine's files are not the host's)
         report = readiness.assess(_Facts(facts), uri=facts.uri)
-    view.checks = report.checks
-    view.ready = True if view.simulated and not entry.sysroot else report.ready
-    if view.simulated and not entry.sysroot:
+    else:  # the test driver alone: no host to judge (this machine's files would say nothing about it)
+        report = None
+    view.checks = report.checks if report else ()
+    view.firmware_snp = _firmware_snp(view.checks, view.firmware)
+    view.ready = report.ready if report else True
+    if report is None:
         view.warnings.append({"id": "gate.simulated", "severity": "warning", "message":
                               f"{entry.name}: libvirt's test driver is a simulated hypervisor: the SEV-SNP readiness gate does not apply",
                               "hint": "use a qemu:// URI for real guests"})
@@ -119,6 +126,29 @@ def _caps(entry: HostEntry, facts: LibvirtFacts) -> Any:
     if entry.host_caps:
         return domcaps_parser.parse_domcaps(fileio.read_input(entry.host_caps, "domcaps", "host_caps"), entry.host_caps)
     return domcaps_parser.parse_domcaps(facts.domcaps_xml, facts.uri) if facts.domcaps_xml else None
+
+
+def _loaders(entry: HostEntry, facts: LibvirtFacts) -> list[str]:
+    xml = fileio.read_input(entry.host_caps, "domcaps", "host_caps") if entry.host_caps else facts.domcaps_xml
+    if not xml:
+        return []
+    try:
+        root = etree.fromstring(xml.encode() if isinstance(xml, str) else xml, _PARSER)
+    except etree.XMLSyntaxError:
+        return []
+    return [v.strip() for v in root.xpath("os/loader/value/text()")]
+
+
+def _firmware_snp(checks: tuple[CheckResult, ...], loaders: list[str]) -> bool | None:
+    """The firmware check where this machine could judge it (a local host); remotely, whether libvirt offers a
+    loader named as OVMF's AmdSev build (descriptors on a remote host cannot be read through libvirt)."""
+    check = next((c for c in checks if c.check_id == "firmware.snp"), None)
+    if check is not None and check.status in ("pass", "fail"):
+        return check.status == "pass"
+    return True if any(SNP_BUILD_NAME_PART in path.lower() for path in loaders) else None
+
+
+_PARSER = etree.XMLParser(resolve_entities=False, no_network=True)
 
 
 def _capacity(view: HostView, entry: HostEntry, caps: Any) -> None:
