@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 from snpvirt.errors import ConnectionFailedError, SnpvirtError
 from snpvirt.fleet.fleetfile import DomainEntry, Fleet

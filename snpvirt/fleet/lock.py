@@ -28,7 +28,7 @@ def fleet_lock(fleet: str) -> Iterator[None]:
         folder.mkdir(mode=0o700, exist_ok=True)
         st = os.lstat(folder)
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-            raise SnpvirtError(f"{folder} is not a folder of this user's", f"remove it, or set XDG_RUNTIME_DIR")
+            raise SnpvirtError(f"{folder} is not a folder of this user's", "remove it, or set XDG_RUNTIME_DIR")
         fd = os.open(folder / f"fleet-{fleet}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         raise SnpvirtError(f"cannot take the lock of fleet {fleet} in {folder}: {exc.strerror}",

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.integration.fleet.conftest import write_fleet, write_spec
-from tests.integration.fleet.test_fleet_placement_cli import fleet_json, placed
+from tests.integration.fleet.test_fleet_placement_cli import fleet_json
 
 pytestmark = pytest.mark.daemon
 
@@ -134,7 +134,7 @@ def test_a_stale_plan_is_refused_and_a_fresh_one_applies(hosts, tmp_path):
     fleet = write_fleet(tmp_path, [h1, h2], f'[[domains]]\nspec = "{write_spec(tmp_path, "db")}"\ncount = 2\n')
     plan_file = tmp_path / "plan.json"
     assert fleet_json("plan", str(fleet), "-o", str(plan_file))[0] == 0
-    h1.held.defineXML(f"<domain type='test'><name>intruder</name><memory>1024</memory>"
+    h1.held.defineXML("<domain type='test'><name>intruder</name><memory>1024</memory>"
                       "<os><type>hvm</type></os></domain>")  # the hosts change after the plan was made
     code, doc = fleet_json("apply", str(fleet), "--plan", str(plan_file))
     assert code == 5 and doc["error"]["kind"] == "conflict", doc
