@@ -61,33 +61,29 @@ def _host_job(session: HostSession, items: list[dict[str, Any]], entries: dict[s
                            f"({', '.join(failed.failed)})", "fix those hosts, then run fleet apply again (it converges)")
         return [{**item, "ok": False, "changed": False, "error": _error(why)} for item in items]
     manager = managers(session.entry, session.conn)
-    left = [len(items)]
-    lock = threading.Lock()
-
-    def one(item: dict[str, Any]) -> dict[str, Any]:
-        result = _prune(manager, item, session.name) if item["action"] == "orphaned" else \
-            _converge(manager, entries[item["name"]], session.name)
-        with lock:
-            left[0] -= 1
-            progress(session.name, f"{item['name']}: {result['action']} {'ok' if result['ok'] else 'FAILED'}"
-                                   f" ({left[0]} left)")
-        return result
-
-    progress(session.name, f"applying {len(items)} changes")
-    with ThreadPoolExecutor(per_host, thread_name_prefix=f"snpvirt-{session.name}") as pool:
-        results = list(pool.map(one, items))
-    if any(not r["ok"] for r in results):
+    manager.libvirt_workers = per_host  # the single-host pipeline, `per_host` operations at a time
+    converge = [item for item in items if item["action"] != "orphaned"]
+    progress(session.name, f"applying {len(converge)} changes" + (f", pruning {len(items) - len(converge)}"
+                                                                  if len(converge) < len(items) else ""))
+    results = _converge(manager, [entries[item["name"]] for item in converge], session.name)
+    results += [_prune(manager, item, session.name) for item in items if item["action"] == "orphaned"]
+    failures = sum(not r["ok"] for r in results)
+    progress(session.name, f"done: {len(results) - failures} ok" + (f", {failures} FAILED" if failures else ""))
+    if failures:
         failed.add(session.name)
     return results
 
 
-def _converge(manager: Manager, entry: DomainEntry, host: str) -> dict[str, Any]:
-    """The single-host apply of one spec: it plans again against what the host holds now."""
+def _converge(manager: Manager, domains: list[DomainEntry], host: str) -> list[dict[str, Any]]:
+    """The single-host apply of this host's specs: it plans each again against what the host holds now."""
+    if not domains:
+        return []
     try:
-        outcome = manager.apply([SpecInput(entry.spec_path, entry.spec)])[0]
-    except SnpvirtError as err:  # the gate refused the host, or its connection broke
-        return {"name": entry.name, "host": host, "action": "failed", "ok": False, "changed": False, "error": _error(err)}
-    return {**item_of(outcome, host), "ok": outcome.ok}
+        outcomes = manager.apply([SpecInput(d.spec_path, d.spec) for d in domains])
+    except SnpvirtError as err:  # the gate refused the host, or its connection broke before anything was done
+        return [{"name": d.name, "host": host, "action": "failed", "ok": False, "changed": False, "error": _error(err)}
+                for d in domains]
+    return [{**item_of(outcome, host), "ok": outcome.ok} for outcome in outcomes]
 
 
 def _prune(manager: Manager, item: dict[str, Any], host: str) -> dict[str, Any]:

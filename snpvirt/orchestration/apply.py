@@ -75,6 +75,7 @@ class Applying:
     allow_debug: bool
     clock: Callable[[], str]
     shutdown_timeout_s: float
+    libvirt_workers: int
     _resolve_sev: Callable[[VmSpec], SevParams]
     _restarting: threading.Lock
 
@@ -168,8 +169,8 @@ class Applying:
         existing_names = self.hv.domain_names()
         seen: set[str] = set()
         results: list[Outcome | Future[Outcome]] = []
-        slots = threading.BoundedSemaphore(LOOKAHEAD)
-        with ThreadPoolExecutor(LIBVIRT_WORKERS, thread_name_prefix="snpvirt-apply") as libvirt_workers:
+        slots = threading.BoundedSemaphore(LOOKAHEAD * self.libvirt_workers // LIBVIRT_WORKERS)
+        with ThreadPoolExecutor(self.libvirt_workers, thread_name_prefix="snpvirt-apply") as libvirt_workers:
             for item in inputs:
                 planned = self._plan_item(item, seen, existing_names)
                 if isinstance(planned, Outcome):
