@@ -41,6 +41,7 @@ class HostEntry:
     # libvirt's test driver only (tests, demos), as --sysroot/--host-caps: a captured host its gate judges
     sysroot: str | None = None
     host_caps: str | None = None
+    free_memory_mib: int | None = None  # instead of the test driver's fixed 3 GiB
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,7 @@ SCHEMA: dict[str, Any] = {
         "snp_guests": Key(int, check=specs._in_range(0, 1 << 20)),
         "sysroot": Key(str),
         "host_caps": Key(str),
+        "free_memory_mib": Key(int, check=specs._in_range(0, 64 * 1024 * 1024)),
     }],
     "domains": [{
         "spec": Key(str),

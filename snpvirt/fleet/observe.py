@@ -17,7 +17,7 @@ from lxml import etree
 from snpvirt import fileio
 from snpvirt.domain import inventory, metadata
 from snpvirt.domain import xml as domxml
-from snpvirt.errors import SnpvirtError
+from snpvirt.errors import BadInputError, SnpvirtError
 from snpvirt.fleet.fleetfile import HostEntry
 from snpvirt.host import domcaps as domcaps_parser
 from snpvirt.host import readiness
@@ -116,7 +116,10 @@ def observe_host(entry: HostEntry, conn: HostConnection, fleet: str) -> HostView
     _capacity(view, entry, caps)
     for record in conn.domains():
         _take_domain(view, record, fleet)
-    free = conn.free_memory_mib()
+    if entry.free_memory_mib is not None and not view.simulated:
+        raise BadInputError(f"{entry.name}: free_memory_mib stands in for libvirt's test driver; {facts.uri} is a real "
+                            "hypervisor, whose free memory counts", f"drop free_memory_mib from host {entry.name}")
+    free = conn.free_memory_mib() if entry.free_memory_mib is None else entry.free_memory_mib
     view.memory_free_mib = None if free is None else max(free - entry.reserve_memory_mib, 0)
     return view
 

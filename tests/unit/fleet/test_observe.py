@@ -64,3 +64,18 @@ def test_snp_guests_overrides_and_the_remote_firmware_verdict():
     view = observe_host(HostEntry("h", "qemu+ssh://root@h/system"), RemoteHost(DOMCAPS, []), "prod")
     assert view.firmware_snp is None  # fake names: nothing to tell from here
     assert [w["id"] for w in view.warnings] == ["capacity.ciphertext_hiding"]
+
+
+def test_free_memory_mib_stands_in_for_the_test_driver_only():
+    import pytest
+
+    from snpvirt.errors import BadInputError
+
+    class TestDriver(RemoteHost):
+        simulated = True
+
+    entry = HostEntry("sim", "test+unix:///default?socket=/run/x", snp_guests=500, free_memory_mib=512 * 1024,
+                      reserve_memory_mib=1024)
+    assert observe_host(entry, TestDriver(DOMCAPS, []), "prod").memory_free_mib == 512 * 1024 - 1024
+    with pytest.raises(BadInputError, match="real hypervisor"):
+        observe_host(entry, RemoteHost(DOMCAPS, []), "prod")
