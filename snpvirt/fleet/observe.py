@@ -8,6 +8,7 @@ host's `snp_guests` overrides maxESGuests.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Protocol
@@ -35,7 +36,7 @@ class HostConnection(Protocol):
 
     simulated: bool
 
-    def libvirt_facts(self) -> LibvirtFacts: ...
+    def libvirt_facts(self, count_guests: bool = True) -> LibvirtFacts: ...
     def domains(self) -> Iterable[DomainRecord]: ...
     def free_memory_mib(self) -> int | None: ...
 
@@ -75,6 +76,7 @@ class HostView:
     slots_used: int = 0  # active SEV-ES/SNP domains, whoever owns them
     memory_free_mib: int | None = None  # after reserve_memory_mib
     domains: dict[str, FleetDomain] = field(default_factory=dict)  # this fleet's
+    records: dict[str, DomainRecord] = field(default_factory=dict)  # every domain as read: what the plan is made on
     taken: set[str] = field(default_factory=set)  # names of domains that are not this fleet's
     other_fleets: dict[str, str] = field(default_factory=dict)  # name -> the fleet that owns it
     warnings: list[dict[str, str]] = field(default_factory=list)
@@ -90,15 +92,35 @@ def unreachable(entry: HostEntry, error: SnpvirtError) -> HostView:
 
 def observe_host(entry: HostEntry, conn: HostConnection, fleet: str) -> HostView:
     """Read one host. A connection that breaks meanwhile raises SnpvirtError (the caller records it)."""
-    facts = conn.libvirt_facts()
     view = HostView(entry.name, entry.uri, dict(entry.labels), reachable=True, simulated=conn.simulated)
-    readiness.check_captured_host(conn, Path(entry.sysroot) if entry.sysroot else None)  # test driver only
+    _refuse_stand_ins(entry, conn)
+    for record in conn.domains():
+        _take_domain(view, record, fleet)
+    # The guests in use are counted above, from the domains already read, not once more by the connection.
+    facts = dataclasses.replace(conn.libvirt_facts(count_guests=False), running_es_snp_guests=view.slots_used)
     caps = _caps(entry, facts)
     view.firmware = _loaders(entry, facts)
     view.libvirt_version = _version(facts.lib_version)
     view.qemu_version = _version(facts.hypervisor_version) if facts.driver == "QEMU" else None
     view.sev = caps.sev_supported if caps else None
     view.sev_snp = caps.snp_advertised if caps else None
+    _judge(view, entry, facts)
+    _capacity(view, entry, caps)
+    free = conn.free_memory_mib() if entry.free_memory_mib is None else entry.free_memory_mib
+    view.memory_free_mib = None if free is None else max(free - entry.reserve_memory_mib, 0)
+    return view
+
+
+def _refuse_stand_ins(entry: HostEntry, conn: HostConnection) -> None:
+    """A captured host (sysroot) and free_memory_mib stand in only for libvirt's test driver."""
+    readiness.check_captured_host(conn, Path(entry.sysroot) if entry.sysroot else None)
+    if entry.free_memory_mib is not None and not conn.simulated:
+        raise BadInputError(f"{entry.name}: free_memory_mib stands in for libvirt's test driver; {entry.uri} is a real "
+                            "hypervisor, whose free memory counts", f"drop free_memory_mib from host {entry.name}")
+
+
+def _judge(view: HostView, entry: HostEntry, facts: LibvirtFacts) -> None:
+    """The readiness checks, and whether new domains may go to this host."""
     if entry.sysroot:  # a captured host stands in for the test driver, as --sysroot does for snpvirt apply
         report = readiness.assess(_Facts(facts), sysroot=entry.sysroot,
                                   domcaps_file=Path(entry.host_caps) if entry.host_caps else None)
@@ -113,15 +135,6 @@ def observe_host(entry: HostEntry, conn: HostConnection, fleet: str) -> HostView
         view.warnings.append({"id": "gate.simulated", "severity": "warning", "message":
                               f"{entry.name}: libvirt's test driver is a simulated hypervisor: the SEV-SNP readiness gate does not apply",
                               "hint": "use a qemu:// URI for real guests"})
-    _capacity(view, entry, caps)
-    for record in conn.domains():
-        _take_domain(view, record, fleet)
-    if entry.free_memory_mib is not None and not view.simulated:
-        raise BadInputError(f"{entry.name}: free_memory_mib stands in for libvirt's test driver; {facts.uri} is a real "
-                            "hypervisor, whose free memory counts", f"drop free_memory_mib from host {entry.name}")
-    free = conn.free_memory_mib() if entry.free_memory_mib is None else entry.free_memory_mib
-    view.memory_free_mib = None if free is None else max(free - entry.reserve_memory_mib, 0)
-    return view
 
 
 def _caps(entry: HostEntry, facts: LibvirtFacts) -> Any:
@@ -166,6 +179,7 @@ def _capacity(view: HostView, entry: HostEntry, caps: Any) -> None:
 
 
 def _take_domain(view: HostView, record: DomainRecord, fleet: str) -> None:
+    view.records[record.name] = record
     definition = record.live_xml if record.live_xml is not None else record.xml
     try:
         root = domxml.parse(record.xml)

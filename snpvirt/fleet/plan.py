@@ -21,6 +21,7 @@ from snpvirt.fleet import placement
 from snpvirt.fleet.fleetfile import DomainEntry, Fleet, HostEntry
 from snpvirt.fleet.hosts import HostSession, Progress
 from snpvirt.manager import Manager, Outcome, SpecInput
+from snpvirt.models import DomainRecord
 
 ManagerFactory = Callable[[HostEntry, Any], Manager]  # a host and its connection -> its Manager (gate, SEV sources)
 FAILED = ("conflict", "invalid", "not_ready", "failed", "unplaceable", "unknown")  # actions that leave a domain unconverged
@@ -92,7 +93,7 @@ def _plan_host(session: HostSession, domains: list[DomainEntry], managers: Manag
     if not domains:
         return {}, []
     progress(session.name, f"planning {len(domains)} domains")
-    manager = managers(session.entry, session.conn)
+    manager = managers(session.entry, AsObserved(session.conn, session.view.records))
     try:
         outcomes = manager.apply([SpecInput(d.spec_path, d.spec) for d in domains], check=True)
     except HostNotReadyError as err:
@@ -102,6 +103,25 @@ def _plan_host(session: HostSession, domains: list[DomainEntry], managers: Manag
     return ({o.name: item_of(o, session.name) for o in outcomes},
             [{**w.as_dict(), "message": f"{session.name}: {w.message}"} for w in manager.warnings
              if w.rule_id != "gate.simulated"])  # the host's view says that already
+
+
+class AsObserved:
+    """A host's connection whose look-ups are answered from what was observed a moment ago: the plan is made
+    on exactly the state the fingerprint covers, without asking libvirt about every domain again (the
+    apply asks: it plans each domain again against what the host holds then)."""
+
+    def __init__(self, conn: Any, records: dict[str, DomainRecord]) -> None:
+        self._conn = conn
+        self._records = records
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    def domain_names(self) -> set[str]:
+        return set(self._records)
+
+    def lookup(self, name: str) -> DomainRecord | None:
+        return self._records.get(name)
 
 
 def item_of(outcome: Outcome, host: str) -> dict[str, Any]:

@@ -153,8 +153,9 @@ class Connection:
                                         "ask libvirt on an SEV host: virsh -c qemu:///system nodesevinfo") from None
             raise translate(exc, "read the host's SEV information", self.uri) from None
 
-    def libvirt_facts(self) -> LibvirtFacts:
-        """Versions, domain capabilities and SEV-ES/SNP guests in use, each tolerated missing."""
+    def libvirt_facts(self, count_guests: bool = True) -> LibvirtFacts:
+        """Versions, domain capabilities and SEV-ES/SNP guests in use, each tolerated missing. `count_guests`:
+        False for a caller that counts them from the domains it reads anyway (one XML call per domain less)."""
         conn = self._conn
         try:
             driver, lib_version, uri = conn.getType(), conn.getLibVersion(), conn.getURI()
@@ -167,7 +168,7 @@ class Connection:
         except SnpvirtError as exc:
             domcaps_xml, domcaps_error = None, exc.message
         return LibvirtFacts(uri, driver, hostname, lib_version, hypervisor_version, domcaps_xml, domcaps_error,
-                            self._running_es_snp_guests())
+                            self._running_es_snp_guests() if count_guests else None)
 
     def free_memory_mib(self) -> int | None:
         """The host's free memory (all NUMA cells), or None when libvirt cannot say."""

@@ -28,7 +28,7 @@ class RemoteHost:
         self._facts = LibvirtFacts("qemu+ssh://root@genoa-01/system", "QEMU", "genoa-01", 11_003_000, 10_000_000, domcaps)
         self._records = records
 
-    def libvirt_facts(self) -> LibvirtFacts:
+    def libvirt_facts(self, count_guests: bool = True) -> LibvirtFacts:
         return self._facts
 
     def domains(self):
