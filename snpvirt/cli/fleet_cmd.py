@@ -81,14 +81,10 @@ def _manager_for(host, conn):
     """A host's single-host Manager, wired like `snpvirt apply`: its own gate (on libvirt's test driver,
     off unless the host names a captured host: sysroot, host_caps), and cbitpos/reducedPhysBits from
     the spec, then host_caps, then that host."""
-    from snpvirt.cli.common import SevSources
-    from snpvirt.host import readiness
-    from snpvirt.manager import Manager
+    from snpvirt.api import manager_over
 
     sysroot, host_caps = (Path(p) if p else None for p in (host.sysroot, host.host_caps))
-    sev = SevSources(host_caps, lambda: (conn.domain_capabilities(), f"host {conn.actual_uri}"))
-    return Manager(conn, gate=lambda: readiness.gate_report(conn, sysroot=sysroot, domcaps_file=host_caps),
-                   resolve_sev=sev.resolve)
+    return manager_over(conn, host_caps, sysroot=sysroot)
 
 
 def _reach(fleet, progress):
