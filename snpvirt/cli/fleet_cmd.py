@@ -188,11 +188,11 @@ def _mib(value: Optional[int]) -> str:
     return "-" if value is None else f"{value} MiB"
 
 
-def _planned(fleet, progress):
+def _planned(fleet, progress, per_domain: bool = True):
     from snpvirt.fleet.plan import make_plan
 
     sessions = _reach(fleet, progress)
-    return sessions, make_plan(fleet, sessions, _manager_for, progress)
+    return sessions, make_plan(fleet, sessions, _manager_for, progress, per_domain)
 
 
 def _plan_rows(results: list[dict[str, Any]]) -> tuple[tuple[str, ...], list[tuple]]:
@@ -272,7 +272,9 @@ def apply(fleet_file: Path = FLEET_ARG,
     expected = _planned_fingerprint(plan_file, fleet.name) if plan_file is not None else None
     progress = _Progress(json_output)
     with fleet_lock(fleet.name):
-        sessions, made = _planned(fleet, progress)
+        # Without --plan, each domain is planned once, by its host's apply; with it, the plan is made
+        # again in full, to compare its fingerprint with the one reviewed.
+        sessions, made = _planned(fleet, progress, per_domain=expected is not None)
         try:
             if expected is not None and made.fingerprint != expected:
                 raise ConflictError(f"the hosts of fleet {fleet.name} changed since {plan_file} was made; nothing was changed",

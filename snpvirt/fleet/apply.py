@@ -8,13 +8,14 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from snpvirt.errors import ConnectionFailedError, SnpvirtError
+from snpvirt.errors import ConnectionFailedError, HostNotReadyError, SnpvirtError
 from snpvirt.fleet.fleetfile import DomainEntry, Fleet
 from snpvirt.fleet.hosts import HostSession, Progress
 from snpvirt.fleet.plan import FAILED, FleetPlan, ManagerFactory, item_of
 from snpvirt.manager import Manager, SpecInput
 
-TO_DO = ("create", "update", "start", "stop")  # plan actions the apply carries out; "unchanged" has nothing to do
+# Plan actions the apply carries out ("unchanged" has nothing to do; "pending": not planned per domain yet).
+TO_DO = ("create", "update", "start", "stop", "pending")
 
 
 class _FailedHosts:
@@ -63,7 +64,7 @@ def _host_job(session: HostSession, items: list[dict[str, Any]], entries: dict[s
     manager = managers(session.entry, session.conn)
     manager.libvirt_workers = per_host  # the single-host pipeline, `per_host` operations at a time
     converge = [item for item in items if item["action"] != "orphaned"]
-    progress(session.name, f"applying {len(converge)} changes" + (f", pruning {len(items) - len(converge)}"
+    progress(session.name, f"applying {len(converge)} domains" + (f", pruning {len(items) - len(converge)}"
                                                                   if len(converge) < len(items) else ""))
     results = _converge(manager, [entries[item["name"]] for item in converge], session.name)
     results += [_prune(manager, item, session.name) for item in items if item["action"] == "orphaned"]
@@ -81,7 +82,8 @@ def _converge(manager: Manager, domains: list[DomainEntry], host: str) -> list[d
     try:
         outcomes = manager.apply([SpecInput(d.spec_path, d.spec) for d in domains])
     except SnpvirtError as err:  # the gate refused the host, or its connection broke before anything was done
-        return [{"name": d.name, "host": host, "action": "failed", "ok": False, "changed": False, "error": _error(err)}
+        action = "not_ready" if isinstance(err, HostNotReadyError) else "failed"
+        return [{"name": d.name, "host": host, "action": action, "ok": False, "changed": False, "error": _error(err)}
                 for d in domains]
     return [{**item_of(outcome, host), "ok": outcome.ok} for outcome in outcomes]
 

@@ -55,7 +55,10 @@ def found(sessions: list[HostSession]) -> list[placement.Found]:
     return [placement.Found(d.name, s.name, d.active) for s in sessions for d in s.view.domains.values()]
 
 
-def make_plan(fleet: Fleet, sessions: list[HostSession], managers: ManagerFactory, progress: Progress) -> FleetPlan:
+def make_plan(fleet: Fleet, sessions: list[HostSession], managers: ManagerFactory, progress: Progress,
+              per_domain: bool = True) -> FleetPlan:
+    """`per_domain`: ask each host's Manager what it would do with each placed domain (the plan people and
+    `--plan` read). Without it, a placed domain is `pending`: apply plans it once, as it carries it out."""
     placed = placement.place(capacities(sessions), wants(fleet), found(sessions))
     by_host: dict[str, list[DomainEntry]] = {}
     for domain in fleet.domains:
@@ -65,7 +68,8 @@ def make_plan(fleet: Fleet, sessions: list[HostSession], managers: ManagerFactor
     with ThreadPoolExecutor(max(1, min(fleet.settings.parallel_hosts, len(reached) or 1)),
                             thread_name_prefix="snpvirt-plan") as pool:
         planned = dict(zip([s.name for s in reached], pool.map(
-            lambda s: _plan_host(s, by_host.get(s.name, []), managers, progress), reached)))
+            lambda s: _plan_host(s, by_host.get(s.name, []), managers, progress) if per_domain else
+            ({d.name: _item(d.name, s.name, "pending") for d in by_host.get(s.name, [])}, []), reached)))
     items: list[dict[str, Any]] = []
     warnings = [w for s in sessions for w in s.view.warnings]
     for domain in fleet.domains:
