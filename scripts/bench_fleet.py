@@ -138,12 +138,15 @@ def render_xmls(spec_path: Path, names: list[str], folder: Path) -> list[Path]:
 
 
 def write_fleet(folder: Path, hosts: Hosts, spec_path: Path, count: int) -> Path:
-    """The fleet file as issue 13 specifies it; snp_guests stands in for the SEV capacity the test driver
-    does not report, with room to spare so that capacity never limits the placement."""
+    """The fleet file as issue 13 specifies it; snp_guests and free_memory_mib stand in for the SEV capacity
+    the test driver does not report and the 3 GiB it always reports free, with room to spare so that
+    capacity never limits the placement."""
     slots = -(-count // len(hosts.uris)) * 2
+    memory = slots * 1024  # MiB: far more than `slots` domains of the bench spec take
     lines = ["[fleet]", 'name = "bench"', f"parallel_hosts = {len(hosts.uris)}", ""]
     for name, uri in zip(hosts.names, hosts.uris):
-        lines += ["[[hosts]]", f'name = "{name}"', f"uri = {json.dumps(uri)}", f"snp_guests = {slots}", ""]
+        lines += ["[[hosts]]", f'name = "{name}"', f"uri = {json.dumps(uri)}", f"snp_guests = {slots}",
+                  f"free_memory_mib = {memory}", ""]
     lines += ["[[domains]]", f"spec = {json.dumps(str(spec_path))}", f"count = {count}", 'state = "running"', ""]
     path = folder / "fleet.toml"
     path.write_text("\n".join(lines))

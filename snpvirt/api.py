@@ -35,11 +35,17 @@ def open_manager(connect: Optional[str], host_caps: Optional[Path] = None, allow
     conn = Connection(connect)
     try:
         readiness.check_captured_host(conn, sysroot)  # refused before anything else is read or changed
-        sev = SevSources(host_caps, lambda: (conn.domain_capabilities(), f"host {conn.actual_uri}"))
-        yield Manager(conn, gate=lambda: readiness.gate_report(conn, sysroot=sysroot, domcaps_file=host_caps),
-                      resolve_sev=sev.resolve, allow_debug=allow_debug, storage=Storage(conn))
+        yield manager_over(conn, host_caps, allow_debug, sysroot)
     finally:
         conn.close()
+
+
+def manager_over(conn: Any, host_caps: Optional[Path] = None, allow_debug: bool = False,
+                 sysroot: Optional[Path] = None) -> Manager:
+    """The Manager over an open connection (open_manager's, or a fleet host's), wired as described above."""
+    sev = SevSources(host_caps, lambda: (conn.domain_capabilities(), f"host {conn.actual_uri}"))
+    return Manager(conn, gate=lambda: readiness.gate_report(conn, sysroot=sysroot, domcaps_file=host_caps),
+                   resolve_sev=sev.resolve, allow_debug=allow_debug, storage=Storage(conn))
 
 
 class SevSources:

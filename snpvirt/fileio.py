@@ -44,6 +44,7 @@ LIMITS: dict[str, int] = {
     "spec": 1 * MiB,
     "xml": 16 * MiB,  # libvirt's own RPC message limit is 32 MiB; domain XML is a few KiB
     "domcaps": 4 * MiB,
+    "plan": 64 * MiB,  # a fleet plan (fleet plan -o): about 300 bytes a domain, plus the diffs of updates
     "key": 64 * KiB,
     # cloud-init user-data: a #cloud-config or script of a few KiB; the seed is built in memory.
     "user_data": 1 * MiB,

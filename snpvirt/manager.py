@@ -45,6 +45,7 @@ class Manager(Applying, Defining, Verbs, Reading, Guards):
         self._gate_lock = threading.Lock()  # the gate runs once, whichever thread asks first
         self.shutdown_timeout_s = 60.0  # how long apply waits for a graceful shutdown (state = "shutoff", --restart)
         self._restarting = threading.Lock()  # --restart: one domain of this host at a time
+        self.libvirt_workers = LIBVIRT_WORKERS  # apply's operations at once on the connection (a fleet's per_host)
 
     # --- the readiness gate ----------------------------------------------------------------------
 

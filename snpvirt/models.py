@@ -117,6 +117,8 @@ class VmSpec:
     # libvirt's autostart flag (None: leave it as it is).
     state: str = "running"
     autostart: bool | None = None
+    # The fleet that owns the domain (`snpvirt fleet`), written into its metadata; None for single-host use.
+    fleet: str | None = None
     # The spec as the user wrote it (after --set overrides): stored in the domain's metadata.
     source: dict[str, Any] = field(default_factory=dict, compare=False)
 

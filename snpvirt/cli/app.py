@@ -41,6 +41,7 @@ COMMANDS: dict[str, tuple[str, str, str | None, str]] = {
     "measure": ("measure_cmd", "measure", "MEASURE_EPILOG", "Print the 48-byte SEV-SNP launch measurement an honest guest will report (lowercase hex)."),
     "idblock": ("measure_cmd", "idblock", "IDBLOCK_EPILOG", "Build the base64 idBlock (96 bytes) and idAuth (4096 bytes) libvirt takes, and the key digests."),
     "image": ("image_cmd", "image_app", None, "Ubuntu cloud images, verified (gpgv, SHA-256), as volumes of a libvirt storage pool."),
+    "fleet": ("fleet_cmd", "fleet_app", None, "Many libvirt hosts, one desired state: check, plan, apply and list a fleet of SEV-SNP domains."),
     "completion": ("completion_cmd", "completion", "EPILOG", "Print the shell completion script for bash, zsh or fish."),
 }
 PROG = "snpvirt"

@@ -28,6 +28,7 @@ class ManagedInfo:
     updated_at: str | None = None
     xml_digest: str | None = None  # of the document `define XML` was given, without snpvirt's element
     seed: dict[str, str] | None = None  # the cloud-init seed volume (pool, volume, sha256): not a launch input
+    fleet: str | None = None  # the fleet that owns it (`snpvirt fleet`); None: managed host by host
 
 
 def find(root: etree._Element) -> etree._Element | None:
@@ -64,6 +65,7 @@ def read(root: etree._Element) -> ManagedInfo | None:
         updated_at=times.get("updated") if times is not None else None,
         xml_digest=element.get("xml_digest"),
         seed=dict(seed.attrib) if seed is not None else None,
+        fleet=element.get("fleet"),
     )
 
 

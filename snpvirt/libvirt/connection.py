@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Iterator
@@ -10,8 +11,8 @@ import libvirt
 
 from snpvirt import fileio
 from snpvirt.libvirt import explain
-from snpvirt.errors import (BadInputError, ConnectionFailedError, HostNotReadyError, NotFoundError, SnpvirtError,
-                            StartFailedError)
+from snpvirt.errors import (BadInputError, ConnectionFailedError, HostNotReadyError, NotFoundError,
+                            OperationTimeoutError, SnpvirtError, StartFailedError)
 from snpvirt.models import DomainRecord, LibvirtFacts
 
 # libvirt prints every error to stderr by default; snpvirt reports them itself.
@@ -30,6 +31,9 @@ STATE_NAMES = {getattr(libvirt, f"VIR_DOMAIN_{name.upper()}"): name for name in 
 QEMU_LOG_DIR = "/var/log/libvirt/qemu"
 _ACTIVE = {libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED, libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_SHUTDOWN,
            libvirt.VIR_DOMAIN_PMSUSPENDED}  # the states in which a live definition runs
+# How long opening a connection may take. libvirt's own open has no deadline: against a daemon that accepts
+# the socket but never answers (stopped, swapping, wedged) it blocks forever, keepalive or not.
+DEFAULT_CONNECT_TIMEOUT_S = 30.0
 _XML_FETCHERS = 4
 _PARALLEL_FROM = 16  # domains; fewer are not worth the threads
 
@@ -39,7 +43,9 @@ def translate(exc: libvirt.libvirtError, action: str, uri: str | None) -> Snpvir
     code = exc.get_error_code()
     detail = (exc.get_error_message() or str(exc)).strip()
     where = uri or "libvirt's default URI"
-    if code in _CONNECTION_CODES:
+    # A connection closed by keepalive (its daemon stopped answering) is an internal error of the RPC layer.
+    lost = code == libvirt.VIR_ERR_INTERNAL_ERROR and exc.get_error_domain() == libvirt.VIR_FROM_RPC
+    if code in _CONNECTION_CODES or lost:
         return ConnectionFailedError(f"{action}: cannot talk to {where}: {detail}",
                                      "check the URI and that libvirtd (or virtqemud) runs: systemctl status libvirtd")
     if code in _NOT_FOUND_CODES:
@@ -49,17 +55,69 @@ def translate(exc: libvirt.libvirtError, action: str, uri: str | None) -> Snpvir
     return SnpvirtError(f"{action}: {detail}", f"libvirt error code {code}; see the libvirt log for more")
 
 
+def open_within(uri: str | None, readonly: bool, timeout_s: float) -> libvirt.virConnect:
+    """libvirt.open under snpvirt's own deadline. The open runs in a daemon thread; past the deadline it is
+    abandoned (a connection it opens later is closed at once) and OperationTimeoutError names the URI."""
+    outcome: dict[str, object] = {}
+    lock = threading.Lock()
+
+    def opener() -> None:
+        try:
+            conn = libvirt.openReadOnly(uri) if readonly else libvirt.open(uri)
+        except libvirt.libvirtError as exc:
+            conn, error = None, exc
+        else:
+            error = None
+        with lock:
+            if outcome.get("abandoned"):
+                if conn is not None:
+                    _close_quietly(conn)
+                return
+            outcome.update(conn=conn, error=error)
+
+    thread = threading.Thread(target=opener, name=f"snpvirt-open {uri}", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    with lock:
+        if "conn" not in outcome:
+            outcome["abandoned"] = True
+            raise OperationTimeoutError(
+                f"connect to {uri or 'the default URI'}: no answer within {timeout_s:g} s",
+                "the daemon may be stopped or overloaded: check it on that host (systemctl status libvirtd), "
+                "or allow more time (connect_timeout_s in a fleet file)")
+    if outcome["error"] is not None:
+        raise translate(outcome["error"], "connect", uri) from None
+    return outcome["conn"]
+
+
+def _close_quietly(conn: libvirt.virConnect) -> None:
+    try:
+        conn.close()
+    except libvirt.libvirtError:
+        pass
+
+
 class Connection:
     """A libvirt connection; use as a context manager so it is always closed."""
 
-    def __init__(self, uri: str | None, readonly: bool = False) -> None:
+    def __init__(self, uri: str | None, readonly: bool = False, timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+                 keepalive: tuple[int, int] | None = None) -> None:
+        """`timeout_s`: give up opening after this long (OperationTimeoutError, exit 7). `keepalive`:
+        (interval seconds, missed answers) after which a remote connection that stopped answering is closed,
+        so a call in flight fails instead of waiting forever; it needs libvirt's event loop, started here."""
         self.uri = uri
         self._driver: str | None = None
         self._handles: dict[str, libvirt.virDomain] = {}  # name -> handle, saves a lookup per call
-        try:
-            self._conn = libvirt.openReadOnly(uri) if readonly else libvirt.open(uri)
-        except libvirt.libvirtError as exc:
-            raise translate(exc, "connect", uri) from None
+        if keepalive is not None:
+            from snpvirt.libvirt import events
+
+            events.start_event_loop()  # before the open: libvirt runs keepalive only with an event loop
+        self._conn = open_within(uri, readonly, timeout_s)
+        if keepalive is not None:
+            try:
+                self._conn.setKeepAlive(*keepalive)
+            except libvirt.libvirtError:
+                pass  # local drivers (test:///, qemu:///system without a daemon hop) have no keepalive
 
     def __enter__(self) -> Connection:
         return self
@@ -68,10 +126,7 @@ class Connection:
         self.close()
 
     def close(self) -> None:
-        try:
-            self._conn.close()
-        except libvirt.libvirtError:
-            pass  # closing a dead connection is not worth an error
+        _close_quietly(self._conn)  # closing a dead connection is not worth an error
 
     @property
     def handle(self) -> libvirt.virConnect:
@@ -103,8 +158,9 @@ class Connection:
                                         "ask libvirt on an SEV host: virsh -c qemu:///system nodesevinfo") from None
             raise translate(exc, "read the host's SEV information", self.uri) from None
 
-    def libvirt_facts(self) -> LibvirtFacts:
-        """Versions, domain capabilities and SEV-ES/SNP guests in use, each tolerated missing."""
+    def libvirt_facts(self, count_guests: bool = True) -> LibvirtFacts:
+        """Versions, domain capabilities and SEV-ES/SNP guests in use, each tolerated missing. `count_guests`:
+        False for a caller that counts them from the domains it reads anyway (one XML call per domain less)."""
         conn = self._conn
         try:
             driver, lib_version, uri = conn.getType(), conn.getLibVersion(), conn.getURI()
@@ -117,7 +173,16 @@ class Connection:
         except SnpvirtError as exc:
             domcaps_xml, domcaps_error = None, exc.message
         return LibvirtFacts(uri, driver, hostname, lib_version, hypervisor_version, domcaps_xml, domcaps_error,
-                            self._running_es_snp_guests())
+                            self._running_es_snp_guests() if count_guests else None)
+
+    def free_memory_mib(self) -> int | None:
+        """The host's free memory (all NUMA cells), or None when libvirt cannot say."""
+        try:
+            free = self._conn.getFreeMemory()
+        except libvirt.libvirtError:
+            return None
+        # libvirt's test driver answers in KiB where real drivers answer in bytes (its cells' freeMem, as is).
+        return free // 1024 if self.simulated else free // (1024 * 1024)
 
     def _running_es_snp_guests(self) -> int | None:
         """SEV-ES and SEV-SNP guests share one ASID pool, so both count."""

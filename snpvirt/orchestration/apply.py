@@ -77,6 +77,7 @@ class Applying:
     allow_debug: bool
     clock: Callable[[], str]
     shutdown_timeout_s: float
+    libvirt_workers: int
     _resolve_sev: Callable[[VmSpec], SevParams]
     _restarting: threading.Lock
     storage: pool_volumes.VolumeStore | None
@@ -94,6 +95,12 @@ class Applying:
         if info is None:
             raise ConflictError(f"a domain named {spec.name} exists and is not managed by snpvirt; it is left untouched",
                                 f"choose another name, or bring it under management: snpvirt import {spec.name}")
+        if info.fleet != spec.fleet:  # two fleets (or a fleet and a single-host apply) never take each other's domains
+            raise ConflictError(f"domain {spec.name} belongs to " + (f"fleet {info.fleet}" if info.fleet else "no fleet")
+                                + "; it is left untouched",
+                                "choose another name, or manage it where it belongs" + (
+                                    f" (the fleet file of {info.fleet}: snpvirt fleet apply FILE)" if info.fleet else
+                                    f" (snpvirt apply SPEC -c URI), or undefine it first: snpvirt undefine {spec.name}"))
         if spec.uuid is not None and spec.uuid != existing.uuid:
             raise ConflictError(f"domain {spec.name} exists with UUID {existing.uuid}, the spec says {spec.uuid}",
                                 "remove uuid from the spec or fix it; snpvirt never replaces another domain")
@@ -173,8 +180,8 @@ class Applying:
         existing_names = self.hv.domain_names()
         seen: set[str] = set()
         results: list[Outcome | Future[Outcome]] = []
-        slots = threading.BoundedSemaphore(LOOKAHEAD)
-        with ThreadPoolExecutor(LIBVIRT_WORKERS, thread_name_prefix="snpvirt-apply") as libvirt_workers:
+        slots = threading.BoundedSemaphore(LOOKAHEAD * self.libvirt_workers // LIBVIRT_WORKERS)
+        with ThreadPoolExecutor(self.libvirt_workers, thread_name_prefix="snpvirt-apply") as libvirt_workers:
             for item in inputs:
                 planned = self._plan_item(item, seen, existing_names)
                 if isinstance(planned, Outcome):

@@ -81,7 +81,12 @@ edits = st.lists(st.one_of(
 
 
 def hostile_spec(changes) -> str:
-    doc = copy.deepcopy(BASE)
+    return toml_document(edited(BASE, changes))
+
+
+def edited(base: dict, changes) -> dict:
+    """A copy of `base` with the generated edits made (set, delete, add a key)."""
+    doc = copy.deepcopy(base)
     for op, path, value in changes:
         if op == "set":
             _set(doc, path, value)
@@ -90,7 +95,7 @@ def hostile_spec(changes) -> str:
         else:
             key, item = value
             _set(doc, (*path, key), item)
-    return toml_document(doc)
+    return doc
 
 
 # Byte-level damage to the real example: what an editor, a bad copy or a hostile file makes.

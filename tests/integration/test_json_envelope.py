@@ -130,7 +130,36 @@ def _guest_report(c):
     return ["guest", "report", "--sysroot", root, "--report-data", "ab" * 32, "-o", c.tmp / "report.bin"]
 
 
+def _fleet(c, uri=None, applied=False, typo=False) -> Path:
+    """A fleet of one host (the daemon, or `uri`) and one small domain; `applied`: applied once already."""
+    (c.tmp / "vm.toml").write_text('name = "fleet-vm"\nmemory_mib = 256\nvcpus = 1\n'
+                                   'firmware = "/usr/share/ovmf/OVMF.amdsev.fd"\n[snp]\ncbitpos = 51\nreduced_phys_bits = 1\n')
+    path = c.tmp / "fleet.toml"
+    path.write_text(f'[fleet]\nname = "envelope"\nconnect_timeout_s = 5\n{"colour = 1" if typo else ""}\n'
+                    f'[[hosts]]\nname = "h1"\nuri = "{uri or c.uri}"\nsnp_guests = 4\n\n[[domains]]\nspec = "vm.toml"\n')
+    if applied:
+        assert run_cli("fleet", "apply", path).code == 0
+    return path
+
+
+def _stale_plan(c) -> list:
+    path = _fleet(c)
+    assert run_cli("fleet", "plan", path, "-o", c.tmp / "plan.json").code == 0
+    assert run_cli("fleet", "apply", path).code == 0  # the hosts change after the plan was made
+    return ["fleet", "apply", path, "--plan", c.tmp / "plan.json"]
+
+
 CASES = {
+    ("fleet", "check"): {"ok": lambda c: ["fleet", "check", _fleet(c)],
+                         "fail": lambda c: (["fleet", "check", _fleet(c, typo=True)], ExitCode.BAD_INPUT)},
+    ("fleet", "plan"): {"ok": lambda c: ["fleet", "plan", _fleet(c)],
+                        "fail": lambda c: (["fleet", "plan", _fleet(c, f"test+unix:///default?socket={c.tmp}/absent")],
+                                           ExitCode.PARTIAL)},
+    ("fleet", "apply"): {"ok": lambda c: ["fleet", "apply", _fleet(c)],
+                         "fail": lambda c: (_stale_plan(c), ExitCode.CONFLICT)},
+    ("fleet", "list"): {"ok": lambda c: ["fleet", "list", _fleet(c, applied=True)],
+                        "fail": lambda c: (["fleet", "list", _fleet(c, f"test+unix:///default?socket={c.tmp}/absent")],
+                                           ExitCode.PARTIAL)},
     ("host", "show", "tcb"): {"ok": lambda c: ["host", "show", "tcb", "--sysroot", captured_host(c.tmp / "tcb")],
                               "fail": lambda c: (["host", "show", "tcb", "--sysroot", captured_host(c.tmp / "bare", psp=False)],
                                                  ExitCode.NOT_READY)},

@@ -1,0 +1,66 @@
+"""The fleet file is checked like a spec: one clear error per problem, naming the dotted key."""
+
+from __future__ import annotations
+
+import pytest
+
+from snpvirt.errors import BadInputError
+from snpvirt.fleet.fleetfile import load_fleet
+
+SPEC = """name = "db"\nmemory_mib = 512\nvcpus = 1\nfirmware = "/usr/share/ovmf/OVMF.amdsev.fd"\n"""
+GOOD = """\
+[fleet]
+name = "prod"
+
+[[hosts]]
+name = "h1"
+uri = "qemu+ssh://root@h1/system"
+labels = { rack = "r1" }
+
+[[domains]]
+spec = "vms/db.toml"
+count = 3
+state = "shutoff"
+"""
+
+
+def fleet_file(tmp_path, text=GOOD):
+    (tmp_path / "vms").mkdir(exist_ok=True)
+    (tmp_path / "vms" / "db.toml").write_text(SPEC)
+    path = tmp_path / "fleet.toml"
+    path.write_text(text)
+    return path
+
+
+def test_count_expands_names_relative_specs_and_owns_them(tmp_path, monkeypatch):
+    monkeypatch.chdir("/")  # the spec path is relative to the fleet file, not to the working folder
+    fleet = load_fleet(fleet_file(tmp_path))
+    assert [d.name for d in fleet.domains] == ["db-1", "db-2", "db-3"]
+    assert all(d.spec.fleet == "prod" and d.spec.state == "shutoff" for d in fleet.domains)
+    assert fleet.domains[1].spec.source["name"] == "db-2"  # each copy has its own recorded spec
+    assert fleet.settings.parallel_hosts == 8 and fleet.settings.per_host == 2 and fleet.settings.connect_timeout_s == 15
+
+
+@pytest.mark.parametrize("change, named", [
+    (("count = 3", "count = 3\ncolour = 1"), "unknown key 'domains[0].colour'"),
+    (("count = 3", 'count = "3"'), "domains[0].count: expected an integer"),
+    (('name = "prod"', 'name = "prod"\nparallel_hosts = 0'), "fleet.parallel_hosts: 0 is out of range"),
+    (('labels = { rack = "r1" }', "labels = { rack = 1 }"), "hosts[0].labels.rack: expected a string"),
+    (("count = 3", 'count = 3\nhost = "h9"'), "domains[0].host: no host named 'h9'"),
+    (('uri = "qemu+ssh://root@h1/system"\n', ""), "missing required key 'hosts[0].uri'"),
+    (('spec = "vms/db.toml"', 'spec = "vms/none.toml"'), "domains[0].spec vms/none.toml"),
+    (('[fleet]\nname = "prod"\n', '[fleet]\n'), "missing required key 'fleet.name'"),
+    (("root@h1", "root:hunter2@h1"), "hosts[0].uri: the URI holds a password"),
+    (('name = "prod"', 'name = "prod"\nconnect_timeout_s = nan'), "fleet.connect_timeout_s: nan is out of range"),
+])
+def test_one_clear_error_naming_the_key(tmp_path, change, named):
+    with pytest.raises(BadInputError) as caught:
+        load_fleet(fleet_file(tmp_path, GOOD.replace(*change)))
+    assert named in caught.value.message and caught.value.hint
+    assert "hunter2" not in caught.value.message + caught.value.hint  # a secret is never repeated
+
+
+def test_two_entries_making_one_name_is_an_error(tmp_path):
+    text = GOOD + '\n[[domains]]\nspec = "vms/db.toml"\ncount = 1\n'
+    with pytest.raises(BadInputError, match="two domains named db-1"):
+        load_fleet(fleet_file(tmp_path, text))
