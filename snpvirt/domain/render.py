@@ -80,10 +80,11 @@ def render(spec: VmSpec, sev: SevParams, allow_debug: bool = False, stamp: Stamp
     """Render and check; a document that breaks the schema or an SNP rule is never returned.
 
     `launch` (launch.record: expected measurement, ID blocks) and `stamp` (digests, times) come from
-    the caller, which reads the files; without them the metadata holds the spec alone.
+    the caller, which reads the files; without them the metadata holds the spec alone. What `render`
+    shows (or writes) is checked against libvirt's schema too: once per document, cheap beside a person.
     """
     xml = render_xml(spec, sev, stamp, launch)
-    findings, _ = check_rendered(spec.name, xml, allow_debug)
+    findings, _ = check_rendered(spec.name, xml, allow_debug, schema=True)
     return RenderResult(
         name=spec.name,
         xml=xml,
@@ -95,11 +96,17 @@ def render(spec: VmSpec, sev: SevParams, allow_debug: bool = False, stamp: Stamp
     )
 
 
-def check_rendered(name: str, xml: str, allow_debug: bool = False) -> tuple[list[Finding], etree._Element]:
-    """The checks every rendered document passes before it is shown or defined: libvirt's schema and every
-    SNP rule. Raises BadInputError on the first error; returns the findings (warnings) and the parsed root,
-    which the manager compares libvirt's copy with after a define."""
-    findings, root = domxml.check_document(xml, allow_debug=allow_debug)
+def check_rendered(name: str, xml: str, allow_debug: bool = False,
+                   schema: bool = False) -> tuple[list[Finding], etree._Element]:
+    """The checks every document rendered from a spec passes before it is defined: well-formed, and every
+    SNP rule (domain/rules.py). Raises BadInputError on the first error; returns the findings (warnings) and
+    the parsed root, which the manager compares libvirt's copy with after a define.
+
+    libvirt's RNG schema is not run here by default (it was a quarter of apply's CPU per domain): the spec
+    checks (domain/spec.py, domain/sevparams.py) admit only values the template renders into schema-valid
+    XML, which tests/unit/test_properties.py proves over generated specs, hostile values included. XML that
+    users bring (define, import, validate) is always checked against the schema (domain/xml.py check)."""
+    findings, root = domxml.check_document(xml, allow_debug=allow_debug, schema=schema)
     errors = [f for f in findings if f.severity == "error"]
     if errors:
         first = errors[0]
