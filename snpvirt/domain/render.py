@@ -45,7 +45,19 @@ def _environment() -> jinja2.Environment:
     env.globals["yes_no"] = lambda flag: "yes" if flag else "no"
     env.globals["hex"] = lambda number: f"{number:#x}"
     env.filters["xml_text"] = _xml_text
+    env.globals["file_digest"] = _file_digest
     return env
+
+
+def _file_digest(stamp: Stamp | None, kind: str) -> markupsafe.Markup:
+    """ sha256='…' (and reason='…' when unknown) of a launch file's metadata element; nothing without a
+    stamp. A Python function, not a template macro: a Jinja2 macro call cost a tenth of a render."""
+    if stamp is None:
+        return markupsafe.Markup()
+    digest = stamp.digests[kind]
+    escape = markupsafe.escape
+    reason = f" reason='{escape(digest.reason)}'" if digest.reason else ""
+    return markupsafe.Markup(f" sha256='{escape(digest.sha256 or 'unknown')}'{reason}")
 
 
 def _xml_text(value: str) -> markupsafe.Markup:

@@ -307,14 +307,19 @@ def _too_deep(origin: str) -> BadInputError:
 
 
 def _nesting_depth(value: Any) -> int:
-    """How deep tables and arrays nest, walked without recursion."""
-    deepest, pending = 0, [(value, 0)]
-    while pending:
-        node, depth = pending.pop()
-        deepest = max(deepest, depth)
-        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
-        pending.extend((child, depth + 1) for child in children)
-    return deepest
+    """How deep tables and arrays nest (the depth of the deepest value, the document's being 0), walked
+    level by level without recursion, and only through tables and arrays: most of a spec's values are
+    scalars, and this runs per domain in bulk applies. Stops counting past MAX_NESTING + 1."""
+    level, depth = [value] if isinstance(value, (dict, list)) else [], 0
+    while depth <= MAX_NESTING:
+        children = [child for node in level for child in (node.values() if isinstance(node, dict) else node)]
+        if not children:
+            return depth
+        depth += 1
+        level = [child for child in children if isinstance(child, (dict, list))]
+        if not level:
+            return depth
+    return depth
 
 
 def load_spec_file(path: str | Path) -> dict[str, Any]:

@@ -239,3 +239,19 @@ def test_a_path_from_set_with_bytes_that_are_not_utf8_is_bad_input():
     result = run_cli("render", EXAMPLES / "web-01.toml", "--set", "firmware=/\udcff", bare=True)
     assert result.code == 2, (result.code, result.stderr)
     assert result.stderr.startswith("snpvirt: error: firmware: ") and "internal error" not in result.stderr
+
+
+@pytest.mark.parametrize("levels", [specs.MAX_NESTING - 1, specs.MAX_NESTING, 200])
+def test_tables_and_arrays_nested_too_deep_are_refused(levels):
+    """deepcopy (--set) and json (the metadata) walk a spec recursively: nesting is bounded before them.
+    `x` holds arrays nested `levels` deep: its innermost value sits at depth levels + 1."""
+    text = "x = " + "[" * levels + "1" + "]" * levels
+    if levels + 1 > specs.MAX_NESTING:
+        with pytest.raises(BadInputError, match=f"nested more than {specs.MAX_NESTING} levels deep"):
+            specs.load_spec_text(text)
+    else:
+        assert specs.load_spec_text(text)["x"]
+    inline = "x = " + "{a = " * levels + "1" + "}" * levels  # inline tables count alike
+    if levels + 1 > specs.MAX_NESTING:
+        with pytest.raises(BadInputError, match="levels deep"):
+            specs.load_spec_text(inline)
