@@ -42,10 +42,12 @@ def _environment() -> jinja2.Environment:
         keep_trailing_newline=True,
         auto_reload=False,  # the templates ship with the package: no stat of the file on every render
     )
-    env.globals["yes_no"] = lambda flag: "yes" if flag else "no"
-    env.globals["hex"] = lambda number: f"{number:#x}"
+    # Filters, not globals: a filter is a plain call in the compiled template, a global goes through
+    # Context.call (a render runs per domain in bulk applies).
+    env.filters["yes_no"] = lambda flag: "yes" if flag else "no"
+    env.filters["hex"] = lambda number: f"{number:#x}"
     env.filters["xml_text"] = _xml_text
-    env.globals["file_digest"] = _file_digest
+    env.filters["file_digest"] = _file_digest
     return env
 
 
