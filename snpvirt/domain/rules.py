@@ -21,9 +21,9 @@ from snpvirt.models import Finding
 Problem = str | tuple[str, str]
 
 
-def _children(parent: etree._Element | None) -> dict[str, etree._Element]:
+def children_by_tag(parent: etree._Element | None) -> dict[str, etree._Element]:
     """The first child element of each tag, as parent.find(tag) finds it, in one pass: cheaper than a
-    look-up per tag (the rules run on every render and define)."""
+    look-up per tag (the rules and drift's projection run on every render and define)."""
     found: dict[str, etree._Element] = {}
     for child in parent if parent is not None else ():
         tag = child.tag
@@ -44,13 +44,13 @@ class Domain:
 
     def __init__(self, root: etree._Element) -> None:
         self.root = root
-        self.top = _children(root)
+        self.top = children_by_tag(root)
         self.os = self.top.get("os")
-        self.os_parts = _children(self.os)
+        self.os_parts = children_by_tag(self.os)
         self.launch_security = self.top.get("launchSecurity")
         ls = self.launch_security
         self.snp = ls if ls is not None and ls.get("type") == "sev-snp" else None
-        self.snp_parts = _children(self.snp)
+        self.snp_parts = children_by_tag(self.snp)
         self.policy_text = _text_of(self.snp_parts.get("policy"))
         self.policy: int | None = None  # None: absent (QEMU's default 0x30000 is valid) or not hex
         if self.policy_text is not None:
@@ -172,7 +172,7 @@ def _virtio_iommu(dom: Domain, allow_debug: bool) -> Iterator[Problem]:
     for device in devices if devices is not None else ():
         if device.tag not in ("disk", "interface"):
             continue
-        parts = _children(device)
+        parts = children_by_tag(device)
         if device.tag == "disk":
             target = parts.get("target")
             virtio = target is not None and target.get("bus") == "virtio"
