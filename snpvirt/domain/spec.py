@@ -252,7 +252,8 @@ def _check_table(raw: dict[str, Any], schema: dict[str, Any], prefix: str) -> di
             raise _unknown_key(path, key, schema)
         rule = schema[key]
         if type(rule) is Key:  # the usual case first: a spec is checked per domain, in bulk applies too
-            _expect_type(path, value, rule.kind)
+            if type(value) is not rule.kind:  # exactly the type (bool is never an int here): no call
+                _expect_type(path, value, rule.kind)
             out[key] = rule.check(path, value) if rule.check else value
         elif isinstance(rule, dict):
             _expect_type(path, value, dict)
