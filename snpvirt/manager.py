@@ -366,17 +366,17 @@ class Manager:
             return None
 
     def _with_xml(self, plan: _Plan, defined_at: str, now: str, record: launch.LaunchRecord | None = None) -> _Plan:
-        """The document to define, rendered with the launch record and the stamp. It is checked (schema, SNP
-        rules) by _execute, on the thread that carries the plan out, before anything else is done with it."""
+        """The document to define, rendered with the launch record and the stamp. It is checked (every SNP
+        rule) by _execute, on the thread that carries the plan out, before anything else is done with it."""
         record = record or launch.record(plan.spec)
         stamp = Stamp(defined_at, now, record.expected.digests)
         plan.xml = render.render_xml(plan.spec, self._resolve_sev(plan.spec), stamp, record)
         return plan
 
     def _check_rendered(self, plan: _Plan) -> None:
-        """Raise BadInputError unless the plan's document passes libvirt's schema and every SNP rule, as
-        render.render checks it; keep its SNP projection for the check after define. On a worker thread,
-        the parse and the schema check run without the GIL, beside the main thread's next render."""
+        """Raise BadInputError unless the plan's document passes every SNP rule (render.check_rendered: no
+        schema run, the spec checks make it schema-valid); keep its SNP projection for the check after define.
+        On a worker thread, the parse runs without the GIL, beside the main thread's next render."""
         if plan.xml is not None and plan.asked_snp is None:
             _, root = render.check_rendered(plan.spec.name, plan.xml, self.allow_debug)
             plan.asked_snp = drift.project(root, snp_only=True)
