@@ -22,6 +22,8 @@ from typing import Any
 
 from lxml import etree
 
+from snpvirt.domain.rules import children_by_tag
+
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 _QEMU_TAG = f"{{{QEMU_NS}}}"
 
@@ -43,7 +45,7 @@ _UNITS = {"b": 1, "bytes": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1024 ** 2
 def project(root: etree._Element, snp_only: bool = False) -> dict[str, Any]:
     """The parts of a <domain> that decide what runs, each in one canonical form; with `snp_only`, only
     the SEV-SNP settings (is_snp_setting), which is all the check after a define compares."""
-    top = _children(root)
+    top = children_by_tag(root)
     out: dict[str, Any] = {"type": root.get("type")}
     _os(top.get("os"), out)
     vcpu = top.get("vcpu")
@@ -96,7 +98,7 @@ def is_snp_setting(key: str) -> bool:
 # --- the parts -------------------------------------------------------------------------------------
 
 def _os(os_el: etree._Element | None, out: dict[str, Any]) -> None:
-    parts = _children(os_el) if os_el is not None else {}
+    parts = children_by_tag(os_el)
     os_type = parts.get("type")
     out["machine"] = _machine_family(os_type.get("machine") if os_type is not None else None)
     out["arch"] = os_type.get("arch") if os_type is not None else None
@@ -111,16 +113,6 @@ def _os(os_el: etree._Element | None, out: dict[str, Any]) -> None:
     out["nvram"] = (_text(nvram) or nvram.get("template") or "present") if nvram is not None else None
     for part in ("kernel", "initrd", "cmdline", "dtb"):
         out[part] = _text(parts.get(part))
-
-
-def _children(element: etree._Element) -> dict[str, etree._Element]:
-    """Child elements by tag, the first of each (one pass: cheaper than a find() per part)."""
-    found: dict[str, etree._Element] = {}
-    for child in element:
-        tag = child.tag
-        if tag not in found and isinstance(tag, str):  # comments and processing instructions have no str tag
-            found[tag] = child
-    return found
 
 
 def _machine_family(machine: str | None) -> str | None:

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from snpvirt.domain.spec import CBITPOS_RANGE, REDUCED_PHYS_BITS_RANGE
 from snpvirt.errors import BadInputError, HostNotReadyError
 from snpvirt.models import Finding, HostSevCaps, VmSpec
+
+# The spec checks its own values; the host's are held to the same bounds before they go into a domain.
+_RANGES = {"cbitpos": ("cbitpos", CBITPOS_RANGE), "reduced_phys_bits": ("reducedPhysBits", REDUCED_PHYS_BITS_RANGE)}
 
 
 @dataclass(frozen=True)
@@ -59,5 +63,15 @@ def resolve(spec: VmSpec, sources: list[HostCapsSource]) -> SevParams:
             "set snp.cbitpos and snp.reduced_phys_bits in the spec, pass --host-caps FILE "
             "(saved with: virsh domcapabilities > domcaps.xml), or --connect URI to ask the host",
         )
+    for key, (value, origin) in values.items():
+        _check_host_value(key, value, origin)
     origins = sorted({origin for _, origin in values.values()})
     return SevParams(values["cbitpos"][0], values["reduced_phys_bits"][0], " + ".join(origins), tuple(warnings))
+
+
+def _check_host_value(key: str, value: int, origin: str) -> None:
+    tag, (lo, hi) = _RANGES[key]
+    if not lo <= value <= hi:
+        shown = value if value.bit_length() <= 64 else f"a {value.bit_length()}-bit number"
+        raise BadInputError(f"{origin}: {tag} {shown} is out of range {lo}..{hi}, so it is no SEV host's value",
+                            f"check that {origin} describes an SEV-SNP host, or set snp.{key} in the spec")

@@ -28,6 +28,8 @@ from snpvirt.models import VCPUS_RANGE, BootSpec, CloudInitSpec, DiskSpec, Netwo
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MAC_RE = re.compile(r"([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}")
+# An interface's own address is unicast: the first byte even (libvirt's schema, uniMacAddr, says the same).
+UNICAST_MAC_RE = re.compile(r"[0-9a-fA-F][02468aAcCeE](:[0-9a-fA-F]{2}){5}")
 BRIDGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,14}")  # Linux interface names: at most 15 chars
 # A volume's name is its file name in a dir pool: no path separator, no leading '.' or '-' (no "..", no option).
 VOLUME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
@@ -37,10 +39,15 @@ HOSTNAME_RE = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9
 # A Linux user name as useradd takes it by default (NAME_REGEX), at most 32 characters.
 USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 MEMORY_MIB_RANGE = (128, 4 * 1024 * 1024)
+# The C-bit is a physical address bit (51 on Milan and Genoa), and at most 63 bits can be lost to it.
+CBITPOS_RANGE = (1, 63)
+REDUCED_PHYS_BITS_RANGE = (0, 63)
 # Decoded sizes fixed by the SNP_LAUNCH_* firmware commands (docs/snp-facts.md §3).
 BLOB_BYTES = {"host_data": 32, "guest_visible_workarounds": 16, "id_block": 96, "id_auth": 4096}
 # One regex search instead of a Python loop per character (a spec is checked per domain, in bulk applies too).
-_PATH_FORBIDDEN_RE = re.compile("[\x00-\x1f\x7f]")
+# Control characters, and what XML 1.0 cannot carry at all (lone surrogates, e.g. from --set with bytes
+# that are not UTF-8; U+FFFE, U+FFFF): the path goes into the domain XML.
+_PATH_FORBIDDEN_RE = re.compile("[\x00-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
 # XML 1.0 cannot carry these; carriage returns every parser turns into line feeds.
 _TEXT_FORBIDDEN_RE = re.compile("[\x00-\x08\x0b-\x1f\ud800-\udfff\ufffe\uffff]")
 
@@ -85,11 +92,14 @@ def _matches(pattern: re.Pattern[str], what: str, hint: str) -> Callable[[str, A
 
 
 def _absolute_path(path: str, value: str) -> str:
-    if not value.startswith("/") or _PATH_FORBIDDEN_RE.search(value):
+    # "/" alone names a folder, never a file (libvirt's schema, absFilePath, wants a character after it).
+    if not value.startswith("/") or len(value) < 2 or _PATH_FORBIDDEN_RE.search(value):
         shown = quoted(value, path)
         hint = (f"{path} takes the path of a file, not its content: save the key in a file only root can read, give that path"
                 if shown == NOT_REPEATED else f"give {path} as an absolute path such as /var/lib/snpvirt/vm/file")
-        raise _fail(path, f"{shown} is not an absolute file path", hint)
+        why = ("" if shown == NOT_REPEATED or not value.startswith("/") else " (it is the root folder)" if value == "/"
+               else " (it contains a control character, or one XML cannot carry)")
+        raise _fail(path, f"{shown} is not an absolute file path{why}", hint)
     return value
 
 
@@ -98,6 +108,15 @@ def _text(path: str, value: str) -> str:
     returns, which every XML parser turns into line feeds (the value would silently change)."""
     if _TEXT_FORBIDDEN_RE.search(value):
         raise _fail(path, "contains control characters", f"remove them from {path}")
+    return value
+
+
+def _mac(path: str, value: str) -> str:
+    hint = "write it as 52:54:00:xx:xx:xx (libvirt's own prefix, a unicast address)"
+    if not MAC_RE.fullmatch(value):
+        raise _fail(path, f"{quoted(value, path)} is not a MAC address", hint)
+    if not UNICAST_MAC_RE.fullmatch(value):  # a multicast address: no network card answers to it alone
+        raise _fail(path, f"{value} is a multicast address (the first byte is odd), not one network card's", hint)
     return value
 
 
@@ -248,8 +267,8 @@ SCHEMA: dict[str, Any] = {
     "snp": {
         "policy": Key((dict, str, int), check=_policy),
         "kernel_hashes": Key(bool),
-        "cbitpos": Key(int, check=_in_range(1, 63)),
-        "reduced_phys_bits": Key(int, check=_in_range(0, 63)),
+        "cbitpos": Key(int, check=_in_range(*CBITPOS_RANGE)),
+        "reduced_phys_bits": Key(int, check=_in_range(*REDUCED_PHYS_BITS_RANGE)),
         "author_key": Key((bool, str)),  # true (with id_auth), or a P-384 PEM file that signs the ID key
         "vcek": Key(bool),
         "guest_features": Key(int, check=_in_range(0, 2 ** 64 - 1)),
@@ -280,7 +299,7 @@ SCHEMA: dict[str, Any] = {
     "networks": [{
         "network": Key(str, check=_matches(NAME_RE, "a libvirt network name", "use the name shown by: virsh net-list --all")),
         "bridge": Key(str, check=_matches(BRIDGE_RE, "a bridge interface name", "use the host bridge's name, e.g. br0")),
-        "mac": Key(str, check=_matches(MAC_RE, "a MAC address", "write it as 52:54:00:xx:xx:xx")),
+        "mac": Key(str, check=_mac),
     }],
 }
 
@@ -324,7 +343,8 @@ def _check_table(raw: dict[str, Any], schema: dict[str, Any], prefix: str) -> di
             raise _unknown_key(path, key, schema)
         rule = schema[key]
         if type(rule) is Key:  # the usual case first: a spec is checked per domain, in bulk applies too
-            _expect_type(path, value, rule.kind)
+            if type(value) is not rule.kind:  # exactly the type (bool is never an int here): no call
+                _expect_type(path, value, rule.kind)
             out[key] = rule.check(path, value) if rule.check else value
         elif isinstance(rule, dict):
             _expect_type(path, value, dict)
@@ -379,14 +399,19 @@ def _too_deep(origin: str) -> BadInputError:
 
 
 def _nesting_depth(value: Any) -> int:
-    """How deep tables and arrays nest, walked without recursion."""
-    deepest, pending = 0, [(value, 0)]
-    while pending:
-        node, depth = pending.pop()
-        deepest = max(deepest, depth)
-        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
-        pending.extend((child, depth + 1) for child in children)
-    return deepest
+    """How deep tables and arrays nest (the depth of the deepest value, the document's being 0), walked
+    level by level without recursion, and only through tables and arrays: most of a spec's values are
+    scalars, and this runs per domain in bulk applies. Stops counting past MAX_NESTING + 1."""
+    level, depth = [value] if isinstance(value, (dict, list)) else [], 0
+    while depth <= MAX_NESTING:
+        children = [child for node in level for child in (node.values() if isinstance(node, dict) else node)]
+        if not children:
+            return depth
+        depth += 1
+        level = [child for child in children if isinstance(child, (dict, list))]
+        if not level:
+            return depth
+    return depth
 
 
 def load_spec_file(path: str | Path) -> dict[str, Any]:

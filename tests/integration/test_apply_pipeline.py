@@ -1,5 +1,5 @@
 """apply's pipeline on libvirt's test driver: specs are rendered on the calling thread while worker threads
-check each rendered document, pass the readiness gate and carry the plan out. What must hold whatever the
+check each rendered document (the SNP rules), pass the readiness gate and carry the plan out. What must hold whatever the
 threads do: no document reaches libvirt unchecked, the gate is asked once and its refusal changes nothing,
 and results come back in the order the specs were given."""
 
@@ -8,12 +8,13 @@ from __future__ import annotations
 import threading
 
 import pytest
+from lxml import etree
 
 from snpvirt.host import readiness
-from snpvirt.domain import sevparams
+from snpvirt.domain import render, sevparams
 from snpvirt.domain import spec as specs
 from snpvirt.libvirt.connection import Connection
-from snpvirt.errors import HostNotReadyError
+from snpvirt.errors import BadInputError, HostNotReadyError
 from snpvirt.manager import LOOKAHEAD, Manager, SpecInput
 from tests.unit.fakehost import FakeHost, genoa_domcaps
 
@@ -83,14 +84,33 @@ def test_results_come_back_in_the_order_given(conn):
     assert all(o.ok and o.state == "running" for o in outcomes)
 
 
-def test_a_rendered_document_that_fails_the_schema_is_never_defined(conn):
-    """A multicast MAC passes the spec's checks (any six hex pairs); libvirt's schema wants a unicast one
-    (uniMacAddr). The schema check runs on a worker, before the define, in both apply and apply --check."""
-    inputs = batch("schema")
-    inputs[3] = spec_input("schema-bad", networks=[{"network": "default", "mac": "01:00:5e:00:00:01"}])
+def test_a_rendered_document_that_breaks_an_snp_rule_is_never_defined(conn, monkeypatch):
+    """apply defines what a spec renders only after every SNP rule passed on the parsed document
+    (render.check_rendered), on a worker, before the define, in both apply and apply --check. The spec
+    checks admit no spec that renders such a document, so here the template loses <launchSecurity> for one."""
+    rendered = render.render_xml
+
+    def losing_launch_security(spec, *args, **kwargs):
+        xml = rendered(spec, *args, **kwargs)
+        if spec.name != "rules-bad":
+            return xml
+        root = etree.fromstring(xml.encode())
+        root.remove(root.find("launchSecurity"))
+        return etree.tostring(root, encoding="unicode")
+
+    monkeypatch.setattr(render, "render_xml", losing_launch_security)
+    inputs = batch("rules")
+    inputs[3] = spec_input("rules-bad")
     for check in (True, False):
         outcomes = manager(conn, lambda: None).apply(inputs, check=check)
         bad = outcomes[3]
-        assert not bad.ok and bad.action == "invalid" and "rendered XML breaks rule libvirt.schema" in bad.error.message
+        assert not bad.ok and bad.action == "invalid" and "rendered XML breaks rule snp.launch_security" in bad.error.message
         assert all(o.ok for i, o in enumerate(outcomes) if i != 3)
-    assert "schema-bad" not in names(conn) and "schema-00" in names(conn)
+    assert "rules-bad" not in names(conn) and "rules-00" in names(conn)
+
+
+def test_a_multicast_mac_is_refused_by_the_spec_check_and_never_rendered():
+    """apply runs no RNG schema on what it renders: the spec checks refuse what the schema refused (here
+    uniMacAddr), before anything is rendered or defined."""
+    with pytest.raises(BadInputError, match=r"networks\[0\]\.mac: 01:00:5e:00:00:01 is a multicast address"):
+        spec_input("mac-bad", networks=[{"network": "default", "mac": "01:00:5e:00:00:01"}])

@@ -1,4 +1,9 @@
-"""Whatever the input, the result is a clear BadInputError or XML that passes every check."""
+"""Whatever the input, the result is a clear BadInputError or XML that passes every check.
+
+These properties are also what lets `apply` skip libvirt's RNG schema for the XML it renders from a spec
+(render.check_rendered): every spec that the spec checks (and sevparams) accept renders, as apply renders it,
+into a document that libvirt's schema accepts. Rendering is never the step that rejects a spec here.
+"""
 
 import base64
 from collections import Counter
@@ -11,11 +16,22 @@ from snpvirt.domain import render, sevparams
 from snpvirt.domain import xml as domxml
 from snpvirt.domain import spec as specs
 from snpvirt.errors import BadInputError
+from snpvirt.launch import inputs as launch
+from snpvirt.launch import measure
+from snpvirt.models import HostSevCaps, Stamp
 
 BASE = {"name": "vm", "memory_mib": 1024, "vcpus": 1, "firmware": "/usr/share/ovmf/OVMF.amdsev.fd",
         "snp": {"cbitpos": 51, "reduced_phys_bits": 1}}
 
-any_text = st.text(st.characters(codec="utf-8"), max_size=40)
+# Characters that XML or libvirt's schema treat specially, drawn often: control characters, what XML 1.0 cannot
+# carry (lone surrogates, which --set gives for bytes that are not UTF-8; U+FFFE, U+FFFF), C1 controls, an
+# astral character, the path separator.
+odd_char = st.sampled_from(["\x00", "\t", "\n", "\r", "\x1f", "\x7f", "\x85", "\ud800", "\udcff", "\ufffe",
+                            "\uffff", "\U0001f600", " ", "/", ":", "&", "'", "<"])
+# Characters no XML 1.0 document can carry, and the carriage return every parser turns into a line feed.
+xml_illegal_char = st.sampled_from(["\x00", "\r", "\ud800", "\udcff", "\ufffe", "\uffff"])
+# A list joined, not st.text: st.text leaves lone surrogates out whatever its alphabet says.
+any_text = st.lists(st.one_of(st.characters(codec="utf-8"), odd_char), max_size=40).map("".join)
 # Text a spec accepts: no control characters but tab and newline, no surrogates or XML noncharacters.
 clean_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cc", "Cs"), include_characters="\t\n",
                                    exclude_characters="\ufffe\uffff"), max_size=40)
@@ -33,7 +49,7 @@ def mostly(valid, anything):
 
 
 text_like = mostly(clean_text, any_text)
-path_like = mostly(clean_path, st.one_of(any_text, any_text.map(lambda t: "/" + t)))
+path_like = mostly(clean_path, st.one_of(any_text, any_text.map(lambda t: "/" + t), st.just("/")))
 name_like = mostly(valid_name, st.one_of(any_text, st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,70}", fullmatch=True)))
 blob = st.one_of(any_text, st.binary(max_size=4100).map(lambda b: base64.b64encode(b).decode()),
                  st.sampled_from([16, 32, 96, 4096]).map(lambda n: base64.b64encode(bytes(n)).decode()))
@@ -74,19 +90,29 @@ def build(raw):
 OUTCOMES: Counter = Counter()
 
 
-def assert_error_or_valid(raw):
+def assert_error_or_valid(raw, host_caps=None):
+    """A spec is rejected by the spec checks with a clear error, or else rendered as apply renders it (launch
+    record and stamp included), passed by apply's own check (render.check_rendered: the SNP rules, no schema),
+    and then valid against libvirt's schema with every rule kept. A schema error here is a gap in the spec
+    checks: apply would hand that document to libvirt unchecked."""
+    sources = [sevparams.HostCapsSource(host_caps, "--host-caps test")] if host_caps is not None else []
     try:
-        result = build(raw)
+        vm = specs.parse_spec(raw)
+        sev = sevparams.resolve(vm, sources)
+        record = launch.record(vm)  # apply's plan reads the launch files: a device there is refused too
     except BadInputError as err:
         assert err.message and err.hint and "\n" not in err.message
         OUTCOMES["rejected"] += 1
         event("rejected")
         return None
-    findings = domxml.check(result.xml)
+    xml = render.render_xml(vm, sev, Stamp("2026-01-01T00:00:00+00:00", "2026-01-01T00:00:00+00:00",
+                                           record.expected.digests), record)
+    render.check_rendered(vm.name, xml)  # apply's check before define: must not refuse what the spec checks passed
+    findings = domxml.check(xml)  # libvirt's RNG schema, and the SNP rules again
     assert not [f for f in findings if f.severity == "error"], findings
     OUTCOMES["rendered"] += 1
     event("rendered")
-    return etree.fromstring(result.xml.encode())
+    return etree.fromstring(xml.encode())
 
 
 def rendering_at_least(share):
@@ -145,14 +171,56 @@ def test_policy_and_blobs(value, host_data, gvw, id_block, id_auth):
 
 @rendering_at_least(0.15)
 @SETTINGS
+@given(where=st.sampled_from(["firmware", "kernel", "initrd", "disk"]),
+       path=st.booleans().flatmap(lambda clean: clean_path if clean else st.one_of(
+           st.just("/"), any_text.map(lambda t: "/" + t), any_text, st.tuples(clean_path, xml_illegal_char, clean_text).map("".join))))
+def test_paths(where, path):
+    """Every key whose file path is rendered, one at a time, with paths XML or libvirt's schema would refuse."""
+    raw = {**BASE, "boot": {"kernel": "/vmlinuz", "initrd": "/initrd.img"}, "disks": [{"path": "/disk.qcow2"}]}
+    if where == "disk":
+        raw["disks"] = [{"path": path}]
+    elif where == "firmware":
+        raw["firmware"] = path
+    else:
+        raw["boot"] = {**raw["boot"], where: path}
+    root = assert_error_or_valid(raw)
+    if root is not None:
+        shown = {"firmware": "os/loader", "kernel": "os/kernel", "initrd": "os/initrd"}
+        assert (root.findtext(shown[where]) if where in shown else root.find("devices/disk/source").get("file")) == path
+
+
+mac_like = mostly(st.from_regex(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}", fullmatch=True), any_text)  # half multicast
+bridge_like = mostly(st.from_regex(specs.BRIDGE_RE, fullmatch=True), any_text)
+interface = st.one_of(st.fixed_dictionaries({"network": name_like}, optional={"mac": mac_like}),
+                      st.fixed_dictionaries({"bridge": bridge_like}, optional={"mac": mac_like}))
+
+
+@rendering_at_least(0.1)
+@SETTINGS
 @given(paths=st.lists(path_like, max_size=3), fmt=mostly(st.sampled_from(["qcow2", "raw"]), any_text),
-       networks=st.lists(name_like, max_size=2))
+       networks=st.lists(interface, max_size=2))
 def test_devices(paths, fmt, networks):
-    raw = {**BASE, "disks": [{"path": p, "format": fmt} for p in paths],
-           "networks": [{"network": n} for n in networks]}
+    raw = {**BASE, "disks": [{"path": p, "format": fmt} for p in paths], "networks": networks}
     root = assert_error_or_valid(raw)
     if root is not None:
         assert [d.get("file") for d in root.iterfind("devices/disk/source")] == paths
+        assert [i.get("address") for i in root.iterfind("devices/interface/mac")] == [n["mac"] for n in networks if "mac" in n]
+
+
+host_int = st.one_of(st.none(), st.integers(0, 70), st.integers(0, 2**70), st.sampled_from([0, 1, 63, 64, 2**32, 2**64]))
+
+
+@rendering_at_least(0.15)
+@SETTINGS
+@given(cbitpos=host_int, reduced=host_int, spec_cbitpos=st.one_of(st.none(), st.integers(1, 63)))
+def test_host_capabilities(cbitpos, reduced, spec_cbitpos):
+    """cbitpos and reducedPhysBits that a saved domcapabilities file (--host-caps) or the host gives."""
+    caps = HostSevCaps(sev_supported=True, snp_advertised=True, cbitpos=cbitpos, reduced_phys_bits=reduced)
+    snp = {} if spec_cbitpos is None else {"cbitpos": spec_cbitpos}
+    root = assert_error_or_valid({**BASE, "snp": snp}, caps)
+    if root is not None:
+        assert root.findtext("launchSecurity/cbitpos") == str(spec_cbitpos if spec_cbitpos is not None else cbitpos)
+        assert root.findtext("launchSecurity/reducedPhysBits") == str(reduced)
 
 
 @st.composite
@@ -160,8 +228,10 @@ def valid_specs(draw):
     """Specs that break no rule: every one of them must render, whatever the values."""
     raw = {"name": draw(valid_name), "memory_mib": draw(st.integers(*specs.MEMORY_MIB_RANGE)),
            "vcpus": draw(st.integers(*specs.VCPUS_RANGE)), "firmware": draw(clean_path), "description": draw(clean_text),
-           "cpu_model": draw(st.sampled_from(["EPYC-v4", "EPYC-Milan", "EPYC-Genoa-v2", "host-passthrough"])),
+           "cpu_model": draw(st.sampled_from([*sorted(measure.CPU_MODELS), measure.HOST_PASSTHROUGH])),
            "memory_backing": draw(st.sampled_from(["memfd", "default"]))}
+    if draw(st.booleans()):
+        raw["uuid"] = str(draw(st.uuids()))
     snp = {"cbitpos": draw(st.integers(1, 63)), "reduced_phys_bits": draw(st.integers(0, 63)), "policy": draw(valid_policy)}
     for key, size in (("host_data", 32), ("guest_visible_workarounds", 16)):
         if draw(st.booleans()):

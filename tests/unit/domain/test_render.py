@@ -14,6 +14,7 @@ from snpvirt.domain import render, sevparams
 from snpvirt.domain import xml as domxml
 from snpvirt.domain import spec as specs
 from snpvirt.errors import BadInputError, HostNotReadyError
+from snpvirt.models import HostSevCaps
 from tests.conftest import EXAMPLES, GENOA_DOMCAPS, GOLDEN, ROOT, run_cli, vector
 
 MINIMAL = {"name": "vm1", "memory_mib": 2048, "vcpus": 2, "firmware": "/usr/share/ovmf/OVMF.amdsev.fd",
@@ -106,6 +107,18 @@ def test_spec_values_win_over_host_caps():
     raw = {**MINIMAL, "snp": {"cbitpos": 47}}
     result = render_raw(raw, [sevparams.HostCapsSource(caps, "genoa")])
     assert (result.cbitpos, result.reduced_phys_bits, result.sev_params_source) == (47, 1, "genoa + spec")
+
+
+@pytest.mark.parametrize("cbitpos,reduced,bad", [(0, 1, "cbitpos 0"), (64, 1, "cbitpos 64"), (51, 64, "reducedPhysBits 64"),
+                                                  (2**40, 1, "cbitpos 1099511627776"), (51, 2**70, "reducedPhysBits a 71-bit number")])
+def test_host_values_out_of_range_are_refused(cbitpos, reduced, bad):
+    """A domcapabilities file (--host-caps) or host is held to the spec's bounds: apply defines the rendered
+    XML without libvirt's schema, whose unsignedInt would refuse 2**40."""
+    caps = HostSevCaps(sev_supported=True, snp_advertised=True, cbitpos=cbitpos, reduced_phys_bits=reduced)
+    raw = {k: v for k, v in MINIMAL.items() if k != "snp"}
+    with pytest.raises(BadInputError, match=f"caps.xml: {bad} is out of range") as info:
+        render_raw(raw, [sevparams.HostCapsSource(caps, "--host-caps caps.xml")])
+    assert "snp." in info.value.hint
 
 
 def test_domcaps_errors():

@@ -124,6 +124,25 @@ def test_paths_must_be_absolute_and_clean():
     rejects("description: contains control characters", description="a\x01b")
 
 
+@pytest.mark.parametrize("path", ["/", "/boot/vm\udcfflinuz", "/boot/\ud800", "/boot/vmlinuz\ufffe", "/x\uffff"])
+def test_paths_that_name_no_file_or_cannot_be_in_xml_are_refused(path):
+    """apply defines the rendered XML without libvirt's schema: a path the schema (absFilePath: a character
+    after the "/") or XML 1.0 (no lone surrogates, as --set gives for bytes that are not UTF-8) would refuse
+    is refused here, for every key whose path is rendered."""
+    rejects(r"disks\[0\]\.path: .* is not an absolute file path", disks=[{"path": path}])
+    rejects("firmware: .* is not an absolute file path", firmware=path)
+    rejects(r"boot\.initrd: .* is not an absolute file path", boot={"kernel": "/vmlinuz", "initrd": path})
+    assert parse(disks=[{"path": "/a"}]).disks[0].path == "/a"
+
+
+def test_an_interface_mac_is_unicast():
+    err = rejects(r"networks\[0\]\.mac: 01:00:5e:00:00:01 is a multicast address", networks=[{"network": "default", "mac": "01:00:5e:00:00:01"}])
+    assert "52:54:00" in err.hint
+    rejects("multicast", networks=[{"bridge": "br0", "mac": "FF:FF:FF:FF:FF:FF"}])
+    assert parse(networks=[{"network": "default", "mac": "52:54:00:AB:cd:01"}]).networks[0].mac == "52:54:00:AB:cd:01"
+    assert parse(networks=[{"network": "default", "mac": "fe:00:00:00:00:01"}]).networks[0].mac  # locally administered, unicast
+
+
 def test_networks_need_exactly_one_source():
     rejects(r"networks\[0\]: give exactly one of", networks=[{"network": "default", "bridge": "br0"}])
     rejects(r"networks\[0\]: give exactly one of", networks=[{}])
@@ -210,3 +229,29 @@ def test_run_state_defaults_and_checks():
     assert "state" not in vm.source and "autostart" not in vm.source, "the run state is not part of the definition"
     rejects(r"state: 'paused' is not one of running, shutoff", state="paused")
     rejects(r"autostart: expected true or false", autostart="yes")
+
+
+def test_a_path_from_set_with_bytes_that_are_not_utf8_is_bad_input():
+    """--set firmware=/$'\\xff' reaches the spec as a lone surrogate: refused by the spec check, exit 2, where
+    rendering it used to end in 'internal error: UnicodeEncodeError'."""
+    from tests.conftest import EXAMPLES, run_cli
+
+    result = run_cli("render", EXAMPLES / "web-01.toml", "--set", "firmware=/\udcff", bare=True)
+    assert result.code == 2, (result.code, result.stderr)
+    assert result.stderr.startswith("snpvirt: error: firmware: ") and "internal error" not in result.stderr
+
+
+@pytest.mark.parametrize("levels", [specs.MAX_NESTING - 1, specs.MAX_NESTING, 200])
+def test_tables_and_arrays_nested_too_deep_are_refused(levels):
+    """deepcopy (--set) and json (the metadata) walk a spec recursively: nesting is bounded before them.
+    `x` holds arrays nested `levels` deep: its innermost value sits at depth levels + 1."""
+    text = "x = " + "[" * levels + "1" + "]" * levels
+    if levels + 1 > specs.MAX_NESTING:
+        with pytest.raises(BadInputError, match=f"nested more than {specs.MAX_NESTING} levels deep"):
+            specs.load_spec_text(text)
+    else:
+        assert specs.load_spec_text(text)["x"]
+    inline = "x = " + "{a = " * levels + "1" + "}" * levels  # inline tables count alike
+    if levels + 1 > specs.MAX_NESTING:
+        with pytest.raises(BadInputError, match="levels deep"):
+            specs.load_spec_text(inline)
