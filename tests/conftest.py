@@ -29,6 +29,21 @@ def vector(relative: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_runtime_dir(tmp_path_factory):
+    """Per-machine state of snpvirt (the fleet apply lock under $XDG_RUNTIME_DIR/snpvirt) lives in this test
+    run's own folder: two test runs on one machine, or a real `fleet apply` beside them, never meet."""
+    folder = tmp_path_factory.mktemp("xdg-runtime")
+    folder.chmod(0o700)
+    previous = os.environ.get("XDG_RUNTIME_DIR")
+    os.environ["XDG_RUNTIME_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("XDG_RUNTIME_DIR", None)
+    else:
+        os.environ["XDG_RUNTIME_DIR"] = previous
+
+
 @dataclass
 class CliRun:
     code: int

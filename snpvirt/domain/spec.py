@@ -103,6 +103,12 @@ def _absolute_path(path: str, value: str) -> str:
     return value
 
 
+def host_path(where: str, value: str) -> str:
+    """A file path the host reports (a pool volume's), held to the spec's rule for paths: it goes into the
+    domain XML that apply defines without running libvirt's schema, so a host's odd answer must not slip in."""
+    return _absolute_path(where, value)
+
+
 def _text(path: str, value: str) -> str:
     """Free text goes into XML: reject control characters XML 1.0 cannot carry, and carriage
     returns, which every XML parser turns into line feeds (the value would silently change)."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
 
 from snpvirt import fileio
+from snpvirt.domain import spec as specs
 from snpvirt.errors import BadInputError, NotFoundError
 from snpvirt.image import seed as seeds
 from snpvirt.launch import inputs as launch
@@ -95,7 +96,8 @@ def prepare(spec: VmSpec, store: VolumeStore | None, cached: Callable[[str], Pat
         if ref is None:
             continue
         info = _existing_image(store, ref, f"boot.{kind}")
-        boot = dataclasses.replace(boot, **{kind: info.path})
+        where = f"boot.{kind} (the host's path of volume {ref.volume} in pool {ref.pool})"
+        boot = dataclasses.replace(boot, **{kind: specs.host_path(where, info.path)})
         if spec.snp.kernel_hashes:  # measured: its digest, from the verified cache or read through libvirt
             plan.digests[kind] = boot_digest(store, ref, info, kind, cached)
     spec = dataclasses.replace(spec, boot=boot)

@@ -273,3 +273,50 @@ def test_every_valid_spec_renders(raw):
     assert len(root.findall("devices/interface")) == len(raw["networks"])
     if "boot" in raw:
         assert (root.findtext("os/kernel"), root.findtext("os/cmdline")) == (raw["boot"]["kernel"], raw["boot"]["cmdline"])
+
+
+# A public key only (its private half was thrown away): the seed's user logs in with it.
+SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICpQA7F1uGx1g311HJ+Zh3rWrcT3mHQ34joTjGadCE8O demo"
+volume_like = mostly(valid_name, st.one_of(any_text, st.sampled_from([".", "..", "-x", "a/b", ""])))
+pool_disk = st.fixed_dictionaries({"pool": name_like, "volume": volume_like},
+                                  optional={"size_gib": around(1, 65536), "backing": volume_like})
+
+
+@rendering_at_least(0.1)
+@SETTINGS
+@given(disks=st.lists(pool_disk, max_size=3), kernel=st.one_of(st.none(), st.fixed_dictionaries({"pool": name_like, "volume": volume_like})),
+       user=st.one_of(st.none(), mostly(st.from_regex(r"[a-z_][a-z0-9_-]{0,30}", fullmatch=True), any_text)),
+       hostname=st.one_of(st.none(), mostly(st.from_regex(r"[a-z][a-z0-9-]{0,30}", fullmatch=True), any_text)),
+       fleet=st.one_of(st.none(), valid_name), kernel_path_on_host=path_like)
+def test_pool_volumes_seed_and_fleet(disks, kernel, user, hostname, fleet, kernel_path_on_host):
+    """Pool disks, boot files from a pool, the cloud-init seed disk and the owning fleet's name: what the spec
+    checks admit of these renders into schema-valid XML as well (apply does not run the schema on it). A boot
+    volume's path is the host's answer (`kernel_path_on_host`, anything a lying host may say): it passes
+    specs.host_path, as orchestration/volumes.py resolves it, or is refused."""
+    import dataclasses
+
+    raw = {**BASE, "disks": disks}
+    if kernel is not None:
+        raw["boot"] = {"kernel": kernel, "cmdline": "console=ttyS0"}
+    if user is not None or hostname is not None:
+        raw["cloud_init"] = {**({"user": user, "ssh_authorized_keys": [SSH_KEY]} if user is not None else {}),
+                             **({"hostname": hostname} if hostname is not None else {})}
+    try:
+        vm = specs.parse_spec(raw)
+        if vm.boot.kernel_volume is not None:
+            vm = dataclasses.replace(vm, boot=dataclasses.replace(vm.boot, kernel=specs.host_path("boot.kernel", kernel_path_on_host)))
+    except BadInputError as err:
+        assert err.message and err.hint and "\n" not in err.message
+        OUTCOMES["rejected"] += 1
+        return
+    if fleet is not None:
+        vm = dataclasses.replace(vm, fleet=fleet)
+    xml = render.render_xml(vm, sevparams.resolve(vm, []), None, None, seed_sha256="ab" * 32 if vm.cloud_init else None)
+    render.check_rendered(vm.name, xml)
+    assert not [f for f in domxml.check(xml) if f.severity == "error"]
+    OUTCOMES["rendered"] += 1
+    root = etree.fromstring(xml.encode())
+    sources = [(s.get("pool"), s.get("volume")) for s in root.iterfind("devices/disk/source") if s.get("volume")]
+    assert sources[:len(disks)] == [(d["pool"], d["volume"]) for d in disks]
+    seed = root.find("devices/disk/readonly/..[@type='volume']")
+    assert (seed is not None) == (vm.cloud_init is not None)
