@@ -77,6 +77,7 @@ def render(
     sev = SevSources(host_caps, (lambda: (_domain_capabilities(connect), f"host {connect}")) if connect else None)
     pools_uri = storage_connect or connect
     pooled = _from_pools(vm, pools_uri, storage_connect and connect) if pools_uri else None  # resolved on that host
+    local_paths = localfiles.missing_paths(vm)  # before: a volume's path is the host's, its digest the pool's
     if pooled is not None:
         vm = pooled.spec
     record = launch.record(vm, pooled.plan.digests if pooled else None)  # expected measurement (and ID blocks)
@@ -93,7 +94,7 @@ def render(
         changed = fileio.write_file(seed_file, seed.image, what="--seed", hint=OUTPUT_HINT, follow_symlink=True)
     if output_file is not None:
         changed = fileio.write_file(output_file, text.encode(), hint=OUTPUT_HINT, follow_symlink=True) or changed
-    warnings = localfiles.missing_paths(vm) + tuple(result.warnings)  # a path missing here: for another host?
+    warnings = local_paths + tuple(result.warnings)  # a path missing here: for another host?
     for warning in warnings:
         output.print_warning(warning.message, warning.hint)
     if json_output:

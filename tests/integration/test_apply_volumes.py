@@ -12,6 +12,7 @@ import io
 import json
 import subprocess
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pycdlib
@@ -52,19 +53,28 @@ class Recording:
         return [c for c in self.calls if c[0] in self.CHANGES]
 
 
+@contextmanager
+def made_pool(uri: str, folder: str | Path, name: str | None = None):
+    """A dir pool at `folder` on the host of `uri`, removed with its volumes afterwards: (name, store)."""
+    name = name or f"t-{uuid.uuid4().hex[:8]}"
+    with storage.connect(uri) as store:
+        store.ensure_pool(name, str(folder))
+        try:
+            yield name, store
+        finally:
+            for volume in store.volumes(name):
+                store.delete(name, volume.name)
+            handle = store._conn.storagePoolLookupByName(name)
+            handle.destroy()
+            handle.undefine()
+
+
 @pytest.fixture
 def pool(libvirtd, tmp_path):
     """A dir pool in this test's own folder, removed with its volumes afterwards."""
-    name = f"t-{uuid.uuid4().hex[:8]}"
     folder = tmp_path / "pool"
-    with storage.connect(libvirtd.qemu_uri) as store:
-        store.ensure_pool(name, str(folder))
+    with made_pool(libvirtd.qemu_uri, folder) as (name, store):
         yield name, folder, store
-        for volume in store.volumes(name):
-            store.delete(name, volume.name)
-        handle = store._conn.storagePoolLookupByName(name)
-        handle.destroy()
-        handle.undefine()
 
 
 @pytest.fixture
@@ -384,19 +394,31 @@ def test_a_storage_connection_to_another_host_is_refused_before_anything_changes
     from defining a domain whose disk paths are on another machine."""
     from tests.conftest import assert_clean_error, run_cli
 
-    name, _, store = pool
+    name = pool[0]
     path = tmp_path / "vol-01.toml"
     path.write_text(spec_toml(name, public_key(tmp_path)))
-    with storage.connect(other_host.qemu_uri) as there:
-        there.ensure_pool(name, str(tmp_path / "other-pool"))
-        try:
-            upload_images(there, name, files)
-            for command in (["apply", path], ["render", path, "--format", "qemu"]):
-                run = run_cli(*command, "-c", libvirtd.test_uri, "--storage-connect", other_host.qemu_uri)
-                assert_clean_error(run, 2, "snpvirt-other-host", "the volumes must be on the domains' host")
-            assert "vol-01" not in {d.name() for d in held.listAllDomains()}
-            assert {v.name for v in there.volumes(name)} == {"ubuntu-24.04.qcow2", "ubuntu-24.04.vmlinuz",
-                                                             "ubuntu-24.04.initrd"}, "no volume made there"
-        finally:
-            for volume in there.volumes(name):
-                there.delete(name, volume.name)
+    with made_pool(other_host.qemu_uri, tmp_path / "other-pool", name) as (_, there):
+        upload_images(there, name, files)
+        for command in (["apply", path], ["render", path, "--format", "qemu"]):
+            run = run_cli(*command, "-c", libvirtd.test_uri, "--storage-connect", other_host.qemu_uri)
+            assert_clean_error(run, 2, "snpvirt-other-host", "the volumes must be on the domains' host")
+        assert "vol-01" not in {d.name() for d in held.listAllDomains()}
+        assert {v.name for v in there.volumes(name)} == {"ubuntu-24.04.qcow2", "ubuntu-24.04.vmlinuz",
+                                                         "ubuntu-24.04.initrd"}, "no volume made there"
+
+
+def test_render_does_not_call_a_boot_volume_missing_on_this_machine(libvirtd, files, tmp_path):
+    """A boot volume's path is the host's (here under the daemon's private /var/lib/snpvirt, absent on this
+    machine) and its digest comes from the pool: no "does not exist on this machine" warning for it."""
+    from tests.conftest import run_cli
+
+    folder = f"/var/lib/snpvirt/t-{uuid.uuid4().hex[:8]}"
+    assert not Path(folder).exists()
+    with made_pool(libvirtd.qemu_uri, folder) as (name, store):
+        upload_images(store, name, files)
+        path = tmp_path / "vol-01.toml"
+        path.write_text(spec_toml(name, public_key(tmp_path)))
+        run = run_cli("render", path, "-c", libvirtd.qemu_uri)
+        assert run.code == 0, run.stderr
+        assert f"<kernel>{folder}/ubuntu-24.04.vmlinuz</kernel>" in run.stdout
+        assert "boot.kernel" not in run.stderr and "boot.initrd" not in run.stderr, run.stderr
