@@ -29,15 +29,23 @@ def snpvirt(*args: str, uri: str) -> None:
         raise StepFailed(f"snpvirt {shown} exited {code}")
 
 
-def main() -> int:
-    import libvirt
-
-    from tests.integration.daemon import IsolatedLibvirtd, libvirtd_available
+def no_private_libvirtd() -> bool:
+    """True, after saying why, when a private libvirtd cannot run here (the demo's steps that need one)."""
+    from tests.integration.daemon import libvirtd_available
 
     reason = libvirtd_available()
     if reason:
         print(f"demo: error: a private libvirtd cannot run here: {reason}", file=sys.stderr)
         print("hint: this step needs root, libvirtd and unshare (scripts/setup installs libvirt)", file=sys.stderr)
+    return reason is not None
+
+
+def main() -> int:
+    import libvirt
+
+    from tests.integration.daemon import IsolatedLibvirtd
+
+    if no_private_libvirtd():
         return 1
     with tempfile.TemporaryDirectory(prefix="snpvirt-demo-") as tmp, IsolatedLibvirtd(Path(tmp) / "d") as daemon:
         uri = daemon.test_uri

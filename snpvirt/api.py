@@ -19,6 +19,7 @@ from snpvirt.domain import spec as specs
 from snpvirt.errors import BadInputError, SnpvirtError
 from snpvirt.host import domcaps, readiness
 from snpvirt.libvirt.connection import Connection
+from snpvirt.libvirt import storage as storages
 from snpvirt.libvirt.storage import Storage
 from snpvirt.manager import Manager, Outcome, SpecInput
 from snpvirt.models import Finding
@@ -28,24 +29,30 @@ APPLY_STATES = ("running", "shutoff", "present")  # present: defined as specifie
 
 @contextmanager
 def open_manager(connect: Optional[str], host_caps: Optional[Path] = None, allow_debug: bool = False,
-                 sysroot: Optional[Path] = None) -> Iterator[Manager]:
+                 sysroot: Optional[Path] = None, storage_uri: Optional[str] = None) -> Iterator[Manager]:
     """A Manager over a fresh connection, closed afterwards. cbitpos/reducedPhysBits come from the spec,
     then `host_caps`, then the connected host (the same order as render). The gate judges the connected
-    host; on libvirt's test driver, the captured host `sysroot` with `host_caps`, or nothing without one."""
+    host; on libvirt's test driver, the captured host `sysroot` with `host_caps`, or nothing without one.
+    The specs' pool volumes live on the connection's own storage, or with `storage_uri` on a second
+    connection to the same host (libvirt's test driver has no usable storage)."""
     conn = Connection(connect)
+    store = None
     try:
         readiness.check_captured_host(conn, sysroot)  # refused before anything else is read or changed
-        yield manager_over(conn, host_caps, allow_debug, sysroot)
+        store = storages.connect_beside(storage_uri, conn) if storage_uri else Storage(conn)
+        yield manager_over(conn, host_caps, allow_debug, sysroot, storage=store)
     finally:
+        if store is not None:
+            store.close()  # closes only a connection of its own
         conn.close()
 
 
 def manager_over(conn: Any, host_caps: Optional[Path] = None, allow_debug: bool = False,
-                 sysroot: Optional[Path] = None) -> Manager:
+                 sysroot: Optional[Path] = None, storage: Any = None) -> Manager:
     """The Manager over an open connection (open_manager's, or a fleet host's), wired as described above."""
     sev = SevSources(host_caps, lambda: (conn.domain_capabilities(), f"host {conn.actual_uri}"))
     return Manager(conn, gate=lambda: readiness.gate_report(conn, sysroot=sysroot, domcaps_file=host_caps),
-                   resolve_sev=sev.resolve, allow_debug=allow_debug, storage=Storage(conn))
+                   resolve_sev=sev.resolve, allow_debug=allow_debug, storage=storage if storage is not None else Storage(conn))
 
 
 class SevSources:
@@ -102,12 +109,13 @@ class ApplyResult:
 
 def apply(uri: Optional[str], spec_paths: Iterable[Path | str], *, state: Optional[str] = None, check: bool = False,
           restart: bool = False, shutdown_timeout_s: float = 60.0, overrides: Iterable[str] = (),
-          allow_debug: bool = False, host_caps: Optional[Path] = None, sysroot: Optional[Path] = None) -> ApplyResult:
+          allow_debug: bool = False, host_caps: Optional[Path] = None, sysroot: Optional[Path] = None,
+          storage_uri: Optional[str] = None) -> ApplyResult:
     """`snpvirt apply` as a function: make each spec's domain exist as specified, in its run state.
 
     `state`: None keeps each spec's own state (running unless it says shutoff); "running" or "shutoff"
     overrides it for every spec; "present" defines (or redefines) without touching the run state.
-    `check`: only plan, change nothing. `host_caps`, `sysroot`: as for open_manager. Raises SnpvirtError for what stops the whole call (cannot
+    `check`: only plan, change nothing. `host_caps`, `sysroot`, `storage_uri`: as for open_manager. Raises SnpvirtError for what stops the whole call (cannot
     connect, host not ready, bad arguments); a spec that fails is a failed Outcome in the result."""
     if state is not None and state not in APPLY_STATES:
         raise BadInputError(f"state must be one of {', '.join(APPLY_STATES)}, not {state!r}",
@@ -118,7 +126,7 @@ def apply(uri: Optional[str], spec_paths: Iterable[Path | str], *, state: Option
     overrides = list(overrides) + ([f"state={state}"] if state in ("running", "shutoff") else [])
     specs.check_assignments(overrides)  # a malformed override is the call's error, found before connecting
     inputs = load_specs(spec_paths, allow_debug, overrides)
-    with open_manager(uri, host_caps, allow_debug, sysroot) as m:
+    with open_manager(uri, host_caps, allow_debug, sysroot, storage_uri) as m:
         m.shutdown_timeout_s = shutdown_timeout_s
         outcomes = m.apply(inputs, check=check, start=state != "present", restart=restart)
         return ApplyResult(outcomes, list(m.warnings))

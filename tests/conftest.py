@@ -74,7 +74,8 @@ def example_launch_files() -> list[str]:
     for example in sorted(EXAMPLES.glob("*.toml")):
         raw = tomllib.loads(example.read_text())
         boot = raw.get("boot", {})
-        paths += [p for p in (raw.get("firmware"), boot.get("kernel"), boot.get("initrd")) if p]
+        # a table names a pool volume (examples/ubuntu-cloud.toml), not a file of this machine
+        paths += [p for p in (raw.get("firmware"), boot.get("kernel"), boot.get("initrd")) if isinstance(p, str)]
     return paths
 
 

@@ -20,6 +20,14 @@ def connect_option() -> Optional[str]:
     return typer.Option(None, "--connect", "-c", metavar="URI", help=CONNECT_HELP)
 
 
+def storage_connect_option() -> Optional[str]:
+    return typer.Option(None, "--storage-connect", metavar="URI",
+                        help="Where the specs' pool volumes live when the domains' connection has no usable storage "
+                             "(libvirt's test driver): a URI of the SAME host, e.g. qemu+unix:///system?socket=S "
+                             "beside -c test+unix:///default?socket=S. Two connections whose libvirtd report different "
+                             "host names are refused (exit 2). Default: the domains' own connection.")
+
+
 def json_option() -> bool:
     return typer.Option(False, "--json", help="Print one JSON document.")
 

@@ -7,7 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from snpvirt.cli.common import connect_option, json_option, manager, report, seconds_option, sysroot_option
+from snpvirt.cli.common import (connect_option, json_option, manager, report, seconds_option, storage_connect_option,
+                                sysroot_option)
 
 APPLY_EPILOG = """\b
 Examples:
@@ -16,6 +17,8 @@ Examples:
   snpvirt apply specs/*.toml --json -c test:///default
   snpvirt apply examples/web-01.toml --set vcpus=8 --check   # --set changes every spec given, before checking
   snpvirt apply specs/*.toml --restart          # and restart those running an older definition, one at a time
+  snpvirt apply vm.toml -c test+unix:///default?socket=S --storage-connect qemu+unix:///system?socket=S
+                                                # volumes on the same daemon's real storage (demos, tests)
 Exit 0 all applied · 3 host not ready (nothing changed) · 5 conflict · 9 some specs failed.
 """
 DEFINE_EPILOG = """\b
@@ -58,6 +61,7 @@ def apply(
                                              help="Saved domcapabilities: cbitpos/reducedPhysBits for specs without them."),
     allow_debug: bool = typer.Option(False, "--allow-debug", help="Permit a policy with DEBUG set."),
     connect: Optional[str] = connect_option(),
+    storage_connect: Optional[str] = storage_connect_option(),
     json_output: bool = json_option(),
     sysroot: Optional[Path] = sysroot_option(),
 ) -> None:
@@ -72,7 +76,7 @@ def apply(
     if not timeout >= 0:  # also refuses nan
         raise BadInputError(f"--timeout must be 0 or more seconds, not {timeout:g}", "give the seconds to wait, e.g. --timeout 60")
     result = api.apply(connect, spec_files, check=check, restart=restart, shutdown_timeout_s=timeout, overrides=overrides,
-                       allow_debug=allow_debug, host_caps=host_caps, sysroot=sysroot)
+                       allow_debug=allow_debug, host_caps=host_caps, sysroot=sysroot, storage_uri=storage_connect)
     report(result.outcomes, json_output, result.warnings)
 
 

@@ -9,6 +9,8 @@ from typing import List, Optional
 
 import typer
 
+from snpvirt.cli.common import storage_connect_option
+
 EPILOG = """\b
 Examples:
   snpvirt render examples/web-01.toml
@@ -17,6 +19,7 @@ Examples:
   snpvirt render spec.toml --connect qemu:///system -o vm.xml && virsh define vm.xml
   snpvirt render examples/web-01.toml --format qemu              # the qemu-system-x86_64 line, as Ubuntu's guide
   snpvirt render vm.toml --format qemu --seed vm-cidata.iso       # [cloud_init]: the seed written beside it
+  snpvirt render vm.toml --format qemu -c test+unix:///default?socket=S --storage-connect qemu+unix:///system?socket=S
 """
 
 
@@ -38,7 +41,9 @@ def render(
                                              help="A saved `virsh domcapabilities` document: source of cbitpos/reducedPhysBits."),
     connect: Optional[str] = typer.Option(None, "--connect", "-c", metavar="URI",
                                           help="Ask this libvirt host for cbitpos/reducedPhysBits when the spec and "
-                                               "--host-caps lack them (default: LIBVIRT_DEFAULT_URI when set)."),
+                                               "--host-caps lack them, and for the paths of the spec's pool volumes "
+                                               "(default: LIBVIRT_DEFAULT_URI when set)."),
+    storage_connect: Optional[str] = storage_connect_option(),
     allow_debug: bool = typer.Option(False, "--allow-debug", help="Permit a policy with DEBUG set (test guests only)."),
     fmt: Format = typer.Option(Format.xml, "--format", help="xml: libvirt domain XML. qemu: the equivalent "
                                "qemu-system-x86_64 command line, one option per line (the XML is checked all the same)."),
@@ -70,7 +75,9 @@ def render(
     # asked unbidden, so render keeps working (and refusing to guess) on a machine without a daemon.
     connect = connect or os.environ.get("LIBVIRT_DEFAULT_URI") or None
     sev = SevSources(host_caps, (lambda: (_domain_capabilities(connect), f"host {connect}")) if connect else None)
-    pooled = _from_pools(vm, connect) if connect else None  # pool volumes resolved on that host
+    pools_uri = storage_connect or connect
+    pooled = _from_pools(vm, pools_uri, storage_connect and connect) if pools_uri else None  # resolved on that host
+    local_paths = localfiles.missing_paths(vm)  # before: a volume's path is the host's, its digest the pool's
     if pooled is not None:
         vm = pooled.spec
     record = launch.record(vm, pooled.plan.digests if pooled else None)  # expected measurement (and ID blocks)
@@ -87,7 +94,7 @@ def render(
         changed = fileio.write_file(seed_file, seed.image, what="--seed", hint=OUTPUT_HINT, follow_symlink=True)
     if output_file is not None:
         changed = fileio.write_file(output_file, text.encode(), hint=OUTPUT_HINT, follow_symlink=True) or changed
-    warnings = localfiles.missing_paths(vm) + tuple(result.warnings)  # a path missing here: for another host?
+    warnings = local_paths + tuple(result.warnings)  # a path missing here: for another host?
     for warning in warnings:
         output.print_warning(warning.message, warning.hint)
     if json_output:
@@ -143,16 +150,16 @@ class _Pooled:
         self.spec, self.plan, self.paths, self.seed_path = spec, plan, paths, seed_path
 
 
-def _from_pools(vm, connect: str) -> Optional[_Pooled]:
-    """Only reads: what apply would find (render changes no pool)."""
+def _from_pools(vm, connect: str, domains_uri: Optional[str] = None) -> Optional[_Pooled]:
+    """Only reads: what apply would find (render changes no pool). With `domains_uri` (--storage-connect beside
+    --connect), `connect` must reach the same host, as apply checks."""
     from snpvirt.image import cache
-    from snpvirt.libvirt import storage
     from snpvirt.models import VolumeRef
     from snpvirt.orchestration import volumes
 
     if not volumes.needs_storage(vm):
         return None
-    with storage.connect(connect) as store:
+    with _pools(connect, domains_uri) as store:
         resolved, plan = volumes.prepare(vm, store, cache.verified_path)
         paths = {}
         for disk in resolved.disks:
@@ -164,6 +171,16 @@ def _from_pools(vm, connect: str) -> Optional[_Pooled]:
             ref = VolumeRef(resolved.cloud_init.pool, resolved.cloud_init.volume_name(resolved.name))
             seed_path = store.volume(ref.pool, ref.volume).path
     return _Pooled(resolved, plan, paths, seed_path)
+
+
+def _pools(uri: str, domains_uri: Optional[str]):
+    from snpvirt.libvirt import storage
+    from snpvirt.libvirt.connection import Connection
+
+    if domains_uri is None:
+        return storage.connect(uri)
+    with Connection(domains_uri) as domains:  # asked only for its host name
+        return storage.connect_beside(uri, domains)
 
 
 def _domain_capabilities(uri: str) -> str:

@@ -137,6 +137,10 @@ class Connection:
     def actual_uri(self) -> str:
         return self._conn.getURI()
 
+    def hostname(self) -> str | None:
+        """The host's name as its libvirtd reports it (virConnectGetHostname), or None when it cannot say."""
+        return _optional(self._conn.getHostname)
+
     def domain_capabilities(self) -> str:
         """`virsh domcapabilities` for a q35 KVM guest, the only kind SEV-SNP allows."""
         try:

@@ -72,6 +72,24 @@ def connect(uri: str | None) -> Storage:
     return Storage(Connection(uri), owned=True)
 
 
+def connect_beside(uri: str, domains: Connection) -> Storage:
+    """A Storage over `uri`, a second connection to the host that `domains` is connected to: for a domains'
+    driver without usable storage of its own (libvirt's test driver simulates its pools; they take no upload).
+    The domain XML gets the volumes' paths, which mean something only on the domains' host: two connections
+    whose libvirtd report different host names are refused. (The same name does not prove the same host,
+    two hosts may share one; through one daemon, both connections always report the same.)"""
+    store = connect(uri)
+    theirs, ours = domains.hostname(), store._connection.hostname()
+    if theirs is not None and ours is not None and theirs != ours:
+        store.close()
+        where = domains.uri or "libvirt's default URI"
+        raise BadInputError(f"the storage connection {uri} reaches host {ours}, the domains' connection {where} "
+                            f"host {theirs}: the volumes must be on the domains' host",
+                            "give the storage connection a URI of the domains' own host (e.g. qemu+ssh://HOST/system "
+                            "beside test+ssh://HOST/default), or leave it out to use the domains' connection")
+    return store
+
+
 class Storage:
     """Pools and volumes of one libvirt connection. `Storage(conn)` borrows an open Connection."""
 

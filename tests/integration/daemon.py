@@ -46,6 +46,7 @@ mount --bind "$T/snpvirt" /var/lib/snpvirt
 mount --bind "$T/cache" /var/cache/libvirt
 mount --bind "$T/log" /var/log/libvirt
 mount --bind "$T/etc" /etc/libvirt
+if [ -n "${2:-}" ]; then echo "$2" > /proc/sys/kernel/hostname; fi  # its own UTS namespace: another "host"
 exec libvirtd --config "$T/libvirtd.conf" --pid-file "$T/libvirtd.pid"
 """
 
@@ -188,9 +189,10 @@ class IsolatedLibvirtd:
     """
 
     def __init__(self, tmp_dir: os.PathLike | str,
-                 caps_cache: os.PathLike | str | None = None) -> None:
+                 caps_cache: os.PathLike | str | None = None, hostname: str | None = None) -> None:
         self.tmp_dir = Path(tmp_dir).resolve()
         self.caps_cache = Path(caps_cache) if caps_cache is not None else None
+        self.hostname = hostname  # given: the daemon runs in its own UTS namespace under this name
         self._proc: subprocess.Popen | None = None
         self._ns: str | None = None
         self._entry: Path | None = None
@@ -279,8 +281,8 @@ class IsolatedLibvirtd:
         with open(self.log_path, "ab") as log:  # daemon stdout/stderr
             # unshare and sh both exec, so the Popen pid ends up being libvirtd.
             self._proc = subprocess.Popen(
-                ["unshare", "--mount", "--propagation", "private", "--",
-                 "sh", str(self.tmp_dir / "start.sh"), str(self.tmp_dir)],
+                ["unshare", "--mount", "--propagation", "private", *(["--uts"] if self.hostname else []), "--",
+                 "sh", str(self.tmp_dir / "start.sh"), str(self.tmp_dir), self.hostname or ""],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                 start_new_session=True,  # keep the terminal's Ctrl-C away; its group is stopped as one
             )

@@ -12,6 +12,7 @@ import io
 import json
 import subprocess
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pycdlib
@@ -52,19 +53,28 @@ class Recording:
         return [c for c in self.calls if c[0] in self.CHANGES]
 
 
+@contextmanager
+def made_pool(uri: str, folder: str | Path, name: str | None = None):
+    """A dir pool at `folder` on the host of `uri`, removed with its volumes afterwards: (name, store)."""
+    name = name or f"t-{uuid.uuid4().hex[:8]}"
+    with storage.connect(uri) as store:
+        store.ensure_pool(name, str(folder))
+        try:
+            yield name, store
+        finally:
+            for volume in store.volumes(name):
+                store.delete(name, volume.name)
+            handle = store._conn.storagePoolLookupByName(name)
+            handle.destroy()
+            handle.undefine()
+
+
 @pytest.fixture
 def pool(libvirtd, tmp_path):
     """A dir pool in this test's own folder, removed with its volumes afterwards."""
-    name = f"t-{uuid.uuid4().hex[:8]}"
     folder = tmp_path / "pool"
-    with storage.connect(libvirtd.qemu_uri) as store:
-        store.ensure_pool(name, str(folder))
+    with made_pool(libvirtd.qemu_uri, folder) as (name, store):
         yield name, folder, store
-        for volume in store.volumes(name):
-            store.delete(name, volume.name)
-        handle = store._conn.storagePoolLookupByName(name)
-        handle.destroy()
-        handle.undefine()
 
 
 @pytest.fixture
@@ -338,3 +348,77 @@ def test_the_cli_wires_the_connections_storage_and_names_the_pull(tmp_path):
     run = run_cli("apply", path, "-c", "test:///default")
     assert_clean_error(run, 4, "volume ubuntu-24.04.qcow2 is not in pool default-pool")
     assert "hint: pull the image into the pool first: snpvirt image pull ubuntu:24.04 --pool default-pool" in run.stderr
+
+
+def test_cli_apply_with_storage_connect_puts_the_domain_on_the_test_driver_and_the_volumes_in_the_real_pool(
+        libvirtd, held, pool, files, tmp_path):
+    """libvirt's test driver simulates its pools (they take no upload): `--storage-connect` names the same
+    daemon's real storage, where apply creates the overlay and the seed, and render finds their paths."""
+    from tests.conftest import run_cli
+
+    name, folder, store = pool
+    upload_images(store, name, files)
+    path = tmp_path / "vol-01.toml"
+    path.write_text(spec_toml(name, public_key(tmp_path)))
+    alone = run_cli("apply", path, "-c", libvirtd.test_uri)
+    assert alone.code == 4 and name in alone.stderr, "by default the volumes are the domains' connection's"
+    assert "vol-01" not in {d.name() for d in held.listAllDomains()}
+
+    run = run_cli("apply", path, "-c", libvirtd.test_uri, "--storage-connect", libvirtd.qemu_uri, "--json")
+    assert run.code == 0, run.stderr
+    (result,) = json.loads(run.stdout)["results"]
+    assert [(v["volume"], v["action"]) for v in result["volumes"]] == [
+        ("vol-01.qcow2", "create"), ("vol-01-data.qcow2", "create"), ("vol-01-cidata.iso", "create")]
+    assert qemu_img_info(folder / "vol-01.qcow2")["backing-filename"] == str(folder / "ubuntu-24.04.qcow2")
+    assert iso_files(folder / "vol-01-cidata.iso")[0] == "cidata"
+    root = domxml.parse(held.lookupByName("vol-01").XMLDesc(0))
+    assert root.findtext("os/kernel") == str(folder / "ubuntu-24.04.vmlinuz"), "the path on the storage connection"
+
+    line = run_cli("render", path, "--format", "qemu", "-c", libvirtd.test_uri, "--storage-connect", libvirtd.qemu_uri)
+    assert line.code == 0, line.stderr
+    assert f"file={folder}/vol-01-cidata.iso,format=raw,readonly=on" in line.stdout
+
+
+@pytest.fixture(scope="module")
+def other_host(tmp_path_factory, qemu_caps_cache):
+    """A second isolated libvirtd under its own host name (its own UTS namespace): another host."""
+    from tests.integration.daemon import IsolatedLibvirtd
+
+    with IsolatedLibvirtd(tmp_path_factory.mktemp("other"), qemu_caps_cache, hostname="snpvirt-other-host") as daemon:
+        yield daemon
+
+
+def test_a_storage_connection_to_another_host_is_refused_before_anything_changes(libvirtd, held, pool, files,
+                                                                                 other_host, tmp_path):
+    """The other host holds a pool of the same name with the same images, so only the host check stops apply
+    from defining a domain whose disk paths are on another machine."""
+    from tests.conftest import assert_clean_error, run_cli
+
+    name = pool[0]
+    path = tmp_path / "vol-01.toml"
+    path.write_text(spec_toml(name, public_key(tmp_path)))
+    with made_pool(other_host.qemu_uri, tmp_path / "other-pool", name) as (_, there):
+        upload_images(there, name, files)
+        for command in (["apply", path], ["render", path, "--format", "qemu"]):
+            run = run_cli(*command, "-c", libvirtd.test_uri, "--storage-connect", other_host.qemu_uri)
+            assert_clean_error(run, 2, "snpvirt-other-host", "the volumes must be on the domains' host")
+        assert "vol-01" not in {d.name() for d in held.listAllDomains()}
+        assert {v.name for v in there.volumes(name)} == {"ubuntu-24.04.qcow2", "ubuntu-24.04.vmlinuz",
+                                                         "ubuntu-24.04.initrd"}, "no volume made there"
+
+
+def test_render_does_not_call_a_boot_volume_missing_on_this_machine(libvirtd, files, tmp_path):
+    """A boot volume's path is the host's (here under the daemon's private /var/lib/snpvirt, absent on this
+    machine) and its digest comes from the pool: no "does not exist on this machine" warning for it."""
+    from tests.conftest import run_cli
+
+    folder = f"/var/lib/snpvirt/t-{uuid.uuid4().hex[:8]}"
+    assert not Path(folder).exists()
+    with made_pool(libvirtd.qemu_uri, folder) as (name, store):
+        upload_images(store, name, files)
+        path = tmp_path / "vol-01.toml"
+        path.write_text(spec_toml(name, public_key(tmp_path)))
+        run = run_cli("render", path, "-c", libvirtd.qemu_uri)
+        assert run.code == 0, run.stderr
+        assert f"<kernel>{folder}/ubuntu-24.04.vmlinuz</kernel>" in run.stdout
+        assert "boot.kernel" not in run.stderr and "boot.initrd" not in run.stderr, run.stderr

@@ -30,6 +30,13 @@ options:
         from a controller.
       - When omitted, libvirt's default (E(LIBVIRT_DEFAULT_URI), then libvirt's own choice), as C(virsh).
     type: str
+  storage_uri:
+    description:
+      - Where the specs' pool volumes (disks, boot files, the cloud-init seed) live when the domains' connection
+        has no usable storage of its own (libvirt's test driver), as C(snpvirt apply --storage-connect).
+      - It must reach the same host as O(uri); two connections whose libvirtd report different host names fail.
+      - When omitted, the domains' own connection.
+    type: str
   specs:
     description:
       - The snpvirt spec files (TOML), on the node that runs the module. Relative paths are relative to the
@@ -170,6 +177,7 @@ else:
 
 ARGUMENT_SPEC = dict(
     uri=dict(type="str"),
+    storage_uri=dict(type="str"),
     specs=dict(type="list", elements="path", required=True),
     state=dict(type="str", choices=["running", "shutoff", "present"]),
     restart=dict(type="bool", default=False),
@@ -211,7 +219,7 @@ def run(module):
         applied = api.apply(params["uri"], params["specs"], state=params["state"], check=module.check_mode,
                             restart=params["restart"], shutdown_timeout_s=params["shutdown_timeout"],
                             overrides=params["overrides"], allow_debug=params["allow_debug"],
-                            host_caps=params["host_caps"])
+                            host_caps=params["host_caps"], storage_uri=params["storage_uri"])
     except SnpvirtError as err:  # the whole call stopped: cannot connect, host not ready, bad arguments
         module.fail_json(msg=err.message, hint=err.hint, kind=err.kind, changed=False, results=[])
     for warning in applied.warnings:
