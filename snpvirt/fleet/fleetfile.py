@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from snpvirt import fileio
 from snpvirt.domain import spec as specs
@@ -102,7 +102,21 @@ def _uri(path: str, value: str) -> str:
     if password is not None:  # the value is not repeated: it holds a secret
         raise BadInputError(f"{path}: the URI holds a password; a fleet file holds no secrets",
                             "let libvirt authenticate: SSH keys (qemu+ssh://), TLS certificates (qemu+tls://) or SASL")
+    if _runs_local_program(value):
+        raise BadInputError(f"{path}: the URI makes libvirt run a program on this machine (the ext transport, or "
+                            "a 'command' parameter); a fleet file is data and runs nothing",
+                            "use qemu+ssh://, qemu+tls:// or qemu+tcp:// (ssh's options go in ~/.ssh/config)")
     return value
+
+
+def _runs_local_program(uri: str) -> bool:
+    """libvirt's ext transport runs `command`, and ssh runs it in place of ssh: parameter names are
+    unescaped and compared without case, as libvirt does (virURIParseParams)."""
+    parts = urlsplit(uri)
+    if parts.scheme.lower().partition("+")[2] == "ext":
+        return True
+    names = {unquote(item.partition("=")[0]).strip().lower() for item in parts.query.replace(";", "&").split("&")}
+    return "command" in names
 
 
 def _seconds(path: str, value: float) -> float:

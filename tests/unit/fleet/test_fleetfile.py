@@ -64,3 +64,22 @@ def test_two_entries_making_one_name_is_an_error(tmp_path):
     text = GOOD + '\n[[domains]]\nspec = "vms/db.toml"\ncount = 1\n'
     with pytest.raises(BadInputError, match="two domains named db-1"):
         load_fleet(fleet_file(tmp_path, text))
+
+
+@pytest.mark.parametrize("uri", ["test+ext:///default?command={script}",
+                                 "qemu+ssh://root@h1/system?command={script}",
+                                 "qemu+ssh://root@h1/system?no_tty=1&Command={script}"])
+def test_a_fleet_file_never_runs_a_local_program(tmp_path, uri):
+    """libvirt runs the program a URI's `command` names (the ext transport, or in place of ssh): a fleet file
+    is data, shared like a spec, and `fleet check` of it must not run anything on this machine."""
+    from tests.conftest import run_cli
+
+    marker = tmp_path / "ran"
+    script = tmp_path / "evil.sh"
+    script.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    script.chmod(0o755)
+    path = fleet_file(tmp_path, GOOD.replace("qemu+ssh://root@h1/system", uri.format(script=script))
+                      .replace("count = 3", "count = 1"))
+    proc = run_cli("fleet", "check", str(path), "--json")
+    assert not marker.exists(), "the fleet file ran a program"
+    assert proc.code == 2 and "hosts[0].uri" in proc.stderr + proc.stdout, proc.stderr + proc.stdout
