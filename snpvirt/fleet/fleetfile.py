@@ -18,6 +18,7 @@ from snpvirt.models import VmSpec
 # the same one-line errors naming the dotted key.
 Key = specs.Key
 MAX_COUNT = 1000  # copies of one [[domains]] entry
+MAX_DOMAINS = 50_000  # in all: a hundred hosts full of SNP guests (~500 ASIDs each); a file cannot ask for millions
 MAX_LABEL_TEXT = 128
 
 
@@ -177,6 +178,9 @@ def parse_fleet(raw: dict[str, Any], path: Path, allow_debug: bool = False) -> F
     _unique([h.name for h in hosts], "hosts", "host", path)
     domains: list[DomainEntry] = []
     for i, entry in enumerate(checked["domains"]):
+        if len(domains) + entry.get("count", 1) > MAX_DOMAINS:  # checked before the copies are made
+            raise BadInputError(f"{path}: domains[{i}]: the fleet would have more than {MAX_DOMAINS} domains",
+                                "split it into several fleets, or lower count")
         domains.extend(_domains(i, entry, settings.name, {h.name for h in hosts}, path, allow_debug))
     _unique([d.name for d in domains], "domains", "domain", path)
     return Fleet(settings, hosts, tuple(domains), str(path))

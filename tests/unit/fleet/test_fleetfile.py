@@ -83,3 +83,15 @@ def test_a_fleet_file_never_runs_a_local_program(tmp_path, uri):
     proc = run_cli("fleet", "check", str(path), "--json")
     assert not marker.exists(), "the fleet file ran a program"
     assert proc.code == 2 and "hosts[0].uri" in proc.stderr + proc.stdout, proc.stderr + proc.stdout
+
+
+def test_the_fleet_as_a_whole_has_a_bound(tmp_path, monkeypatch):
+    """`count` is bounded per entry; a file of many entries must not expand into millions of domains
+    (a 1 MiB fleet file could name 30,000 entries of 1,000 copies): refused before they are made."""
+    from snpvirt.fleet import fleetfile
+
+    monkeypatch.setattr(fleetfile, "MAX_DOMAINS", 5)  # the bound's logic, without making 50,000 specs
+    path = fleet_file(tmp_path, GOOD + '\n[[domains]]\nspec = "vms/db2.toml"\ncount = 3\n')
+    (tmp_path / "vms" / "db2.toml").write_text(SPEC.replace('"db"', '"db2"'))
+    with pytest.raises(BadInputError, match="more than 5 domains"):
+        load_fleet(path)
