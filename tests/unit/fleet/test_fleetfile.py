@@ -95,3 +95,15 @@ def test_the_fleet_as_a_whole_has_a_bound(tmp_path, monkeypatch):
     (tmp_path / "vms" / "db2.toml").write_text(SPEC.replace('"db"', '"db2"'))
     with pytest.raises(BadInputError, match="more than 5 domains"):
         load_fleet(path)
+
+
+@pytest.mark.parametrize("content", ["[" * 60_000, '{"fleet": "prod"}', "not json"])
+def test_a_plan_file_that_is_not_a_plan_is_one_error_line(tmp_path, content):
+    """--plan is read before any host is asked: JSON nested past the recursion limit is bad input too."""
+    from tests.conftest import run_cli
+
+    plan = tmp_path / "plan.json"
+    plan.write_text(content)
+    proc = run_cli("fleet", "apply", str(fleet_file(tmp_path)), "--plan", str(plan))
+    assert proc.code == 2 and proc.stderr.count("snpvirt: error:") == 1, proc.stderr
+    assert "not a fleet plan" in proc.stderr and "Traceback" not in proc.stderr
