@@ -19,7 +19,7 @@ from snpvirt.domain import spec as specs
 from snpvirt.errors import BadInputError, SnpvirtError
 from snpvirt.host import domcaps, readiness
 from snpvirt.libvirt.connection import Connection
-from snpvirt.libvirt.storage import Storage
+from snpvirt.libvirt.storage import KEEPALIVE_COUNT, KEEPALIVE_INTERVAL_S, Storage
 from snpvirt.manager import Manager, Outcome, SpecInput
 from snpvirt.models import Finding
 
@@ -32,7 +32,9 @@ def open_manager(connect: Optional[str], host_caps: Optional[Path] = None, allow
     """A Manager over a fresh connection, closed afterwards. cbitpos/reducedPhysBits come from the spec,
     then `host_caps`, then the connected host (the same order as render). The gate judges the connected
     host; on libvirt's test driver, the captured host `sysroot` with `host_caps`, or nothing without one."""
-    conn = Connection(connect)
+    # Keepalive (libvirt runs it only when its event loop was registered before the open): a host that stops
+    # answering fails a call, a volume upload or download included, instead of holding it for ever.
+    conn = Connection(connect, keepalive=(KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT))
     try:
         readiness.check_captured_host(conn, sysroot)  # refused before anything else is read or changed
         yield manager_over(conn, host_caps, allow_debug, sysroot)
