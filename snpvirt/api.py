@@ -20,7 +20,7 @@ from snpvirt.errors import BadInputError, SnpvirtError
 from snpvirt.host import domcaps, readiness
 from snpvirt.libvirt.connection import Connection
 from snpvirt.libvirt import storage as storages
-from snpvirt.libvirt.storage import Storage
+from snpvirt.libvirt.storage import KEEPALIVE_COUNT, KEEPALIVE_INTERVAL_S, Storage
 from snpvirt.manager import Manager, Outcome, SpecInput
 from snpvirt.models import Finding
 
@@ -35,7 +35,9 @@ def open_manager(connect: Optional[str], host_caps: Optional[Path] = None, allow
     host; on libvirt's test driver, the captured host `sysroot` with `host_caps`, or nothing without one.
     The specs' pool volumes live on the connection's own storage, or with `storage_uri` on a second
     connection to the same host (libvirt's test driver has no usable storage)."""
-    conn = Connection(connect)
+    # Keepalive (libvirt runs it only when its event loop was registered before the open): a host that stops
+    # answering fails a call, a volume upload or download included, instead of holding it for ever.
+    conn = Connection(connect, keepalive=(KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT))
     store = None
     try:
         readiness.check_captured_host(conn, sysroot)  # refused before anything else is read or changed

@@ -226,8 +226,8 @@ def read_manifest(storage: Storage, pool: str, volume: str) -> dict[str, Any] | 
         try:
             storage.download(pool, volume, target, MANIFEST_MAX_BYTES)
             doc = json.loads(target.read_bytes())
-        except (BadInputError, ValueError):
-            return None  # too big or not JSON: vouches for nothing
+        except (BadInputError, ValueError, RecursionError):
+            return None  # too big, not JSON, or nested past the recursion limit: vouches for nothing
     return doc if isinstance(doc, dict) and doc.get("manifest_version") == MANIFEST_VERSION else None
 
 

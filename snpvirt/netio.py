@@ -38,6 +38,16 @@ class Deadline:
             if self.expired:
                 _shut(self._sockets[-1])
 
+    def postpone(self, seconds: float) -> None:
+        """Move the deadline to `seconds` from now (a long body that keeps its pace earns more time)."""
+        with self._lock:
+            if self.expired:
+                return
+            self._timer.cancel()
+            self._timer = threading.Timer(seconds, self._expire)
+            self._timer.daemon = True
+            self._timer.start()
+
     def _expire(self) -> None:
         with self._lock:
             self.expired = True

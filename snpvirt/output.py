@@ -126,8 +126,9 @@ def print_warning(message: str, hint: str = "") -> None:
 
 
 def print_progress(message: str) -> None:
-    """A progress line for people, on stderr (never with --json: stdout holds one document, stderr errors)."""
-    sys.stderr.write(f"snpvirt: {message}\n")
+    """A progress line for people, on stderr (never with --json: stdout holds one document, stderr errors).
+    Escaped like errors: a fleet's lines carry what remote daemons said."""
+    sys.stderr.write(f"snpvirt: {printable(message)}\n")
     sys.stderr.flush()
 
 

@@ -99,6 +99,8 @@ class Mirror:
     missing: set[str] = field(default_factory=set)  # paths answered with 404
     ignore_range: bool = False  # answer 200 with the whole file, as a server without Range support
     drip: set[str] = field(default_factory=set)  # paths answered with a header byte every 0.1 s, for ever
+    paced: set[str] = field(default_factory=set)  # paths whose body goes out 4 KiB every 0.05 s (80 KB/s)
+    drip_chunked: set[str] = field(default_factory=set)  # paths answered chunked, a byte of the first chunk's size line every 0.1 s
     stopping: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -125,11 +127,13 @@ def _handler(mirror: Mirror):
             with mirror.lock:
                 mirror.requests.append((path, range_header))
                 stall_at = mirror.stall.get(path) if mirror.stall_always else mirror.stall.pop(path, None)
-            if path in mirror.drip:
-                self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            if path in mirror.drip or path in mirror.drip_chunked:
+                chunked = path in mirror.drip_chunked
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" if chunked else
+                                 b"HTTP/1.1 200 OK\r\nX-Slow: ")
                 try:
                     while not mirror.stopping.wait(0.1):
-                        self.wfile.write(b"a")
+                        self.wfile.write(b"0" if chunked else b"a")
                         self.wfile.flush()
                 except OSError:
                     pass  # the client gave up: what the test wants
@@ -155,6 +159,12 @@ def _handler(mirror: Mirror):
                 self.wfile.write(body[:stall_at])
                 self.wfile.flush()
                 mirror.stopping.wait(120)
+                return
+            if path in mirror.paced:
+                for at in range(0, len(body), 4096):
+                    self.wfile.write(body[at:at + 4096])
+                    self.wfile.flush()
+                    mirror.stopping.wait(0.05)
                 return
             self.wfile.write(body)
 

@@ -243,7 +243,7 @@ def _planned_fingerprint(plan_file: Path, fleet_name: str) -> str:
 
     try:
         document = json.loads(fileio.read_text(plan_file, "plan", "--plan"))
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested past the limit
         document = None
     if not isinstance(document, dict) or not isinstance(document.get("fingerprint"), str):
         raise BadInputError(f"--plan {plan_file}: not a fleet plan (no fingerprint)",

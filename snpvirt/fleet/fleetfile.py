@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from snpvirt import fileio
 from snpvirt.domain import spec as specs
@@ -18,6 +18,7 @@ from snpvirt.models import VmSpec
 # the same one-line errors naming the dotted key.
 Key = specs.Key
 MAX_COUNT = 1000  # copies of one [[domains]] entry
+MAX_DOMAINS = 50_000  # in all: a hundred hosts full of SNP guests (~500 ASIDs each); a file cannot ask for millions
 MAX_LABEL_TEXT = 128
 
 
@@ -102,7 +103,21 @@ def _uri(path: str, value: str) -> str:
     if password is not None:  # the value is not repeated: it holds a secret
         raise BadInputError(f"{path}: the URI holds a password; a fleet file holds no secrets",
                             "let libvirt authenticate: SSH keys (qemu+ssh://), TLS certificates (qemu+tls://) or SASL")
+    if _runs_local_program(value):
+        raise BadInputError(f"{path}: the URI makes libvirt run a program on this machine (the ext transport, or "
+                            "a 'command' parameter); a fleet file is data and runs nothing",
+                            "use qemu+ssh://, qemu+tls:// or qemu+tcp:// (ssh's options go in ~/.ssh/config)")
     return value
+
+
+def _runs_local_program(uri: str) -> bool:
+    """libvirt's ext transport runs `command`, and ssh runs it in place of ssh: parameter names are
+    unescaped and compared without case, as libvirt does (virURIParseParams)."""
+    parts = urlsplit(uri)
+    if parts.scheme.lower().partition("+")[2] == "ext":
+        return True
+    names = {unquote(item.partition("=")[0]).strip().lower() for item in parts.query.replace(";", "&").split("&")}
+    return "command" in names
 
 
 def _seconds(path: str, value: float) -> float:
@@ -163,6 +178,9 @@ def parse_fleet(raw: dict[str, Any], path: Path, allow_debug: bool = False) -> F
     _unique([h.name for h in hosts], "hosts", "host", path)
     domains: list[DomainEntry] = []
     for i, entry in enumerate(checked["domains"]):
+        if len(domains) + entry.get("count", 1) > MAX_DOMAINS:  # checked before the copies are made
+            raise BadInputError(f"{path}: domains[{i}]: the fleet would have more than {MAX_DOMAINS} domains",
+                                "split it into several fleets, or lower count")
         domains.extend(_domains(i, entry, settings.name, {h.name for h in hosts}, path, allow_debug))
     _unique([d.name for d in domains], "domains", "domain", path)
     return Fleet(settings, hosts, tuple(domains), str(path))

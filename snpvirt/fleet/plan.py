@@ -88,7 +88,7 @@ def make_plan(fleet: Fleet, sessions: list[HostSession], managers: ManagerFactor
         if name in placed.placed:
             items += [_item(name, host, "duplicate", reason=f"also defined on {placed.placed[name]}; "
                             "snpvirt leaves this copy alone") for host in others]
-    return FleetPlan(fleet.name, items, fingerprint(sessions, items), _unique(warnings))
+    return FleetPlan(fleet.name, items, fingerprint(sessions, items, fleet), _unique(warnings))
 
 
 def _plan_host(session: HostSession, domains: list[DomainEntry], managers: ManagerFactory,
@@ -148,14 +148,19 @@ def _item(name: str, host: str | None, action: str, error: SnpvirtError | None =
     return item
 
 
-def fingerprint(sessions: list[HostSession], items: list[dict[str, Any]]) -> str:
+def fingerprint(sessions: list[HostSession], items: list[dict[str, Any]], fleet: Fleet) -> str:
     observed = [{"host": s.name, "reachable": s.view.reachable, "slots_total": s.view.slots_total,
                  "slots_used": s.view.slots_used, "taken": sorted(s.view.taken),
                  "domains": sorted([d.name, d.state, d.row.get("uuid"), d.row.get("restart_required")]
                                    for d in s.view.domains.values())} for s in sessions]
     planned = [{k: item.get(k) for k in ("name", "host", "action", "restart_required", "will_start", "will_stop", "diff")}
                for item in items]
-    text = json.dumps({"observed": observed, "planned": planned}, sort_keys=True, separators=(",", ":"), default=str)
+    # What the reviewed plan would create or update: a spec edited since (a domain to create has no diff
+    # to show it) is not the plan that was reviewed.
+    wanted = [{"name": d.name, "source": d.spec.source, "state": d.spec.state, "pin": d.pin, "labels": d.labels,
+               "spread": d.spread} for d in fleet.domains]
+    text = json.dumps({"observed": observed, "planned": planned, "wanted": wanted}, sort_keys=True,
+                      separators=(",", ":"), default=str)
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 

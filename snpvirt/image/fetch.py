@@ -6,7 +6,9 @@ connection, redirects and headers of a request must be done within `timeout_s` (
 request's sockets down, so a server dripping header bytes cannot hold it); a small answer (SHA256SUMS,
 a signature) must be complete within that deadline too, and within its size; a big file's body must
 keep a floor rate (`MIN_RATE` over a window), so a server dripping a byte at a time is left like a
-stalled one. What was received before a failure stays in the partial file for the next attempt.
+stalled one. The request's timer keeps that rate too: each window that keeps it postpones the deadline,
+because a read may never return to be measured (http.client reads a chunk's size line whole, a byte at a
+time). What was received before a failure stays in the partial file for the next attempt.
 """
 
 from __future__ import annotations
@@ -106,8 +108,8 @@ class Fetcher:
 
     @contextlib.contextmanager
     def _open(self, url: str, headers: dict[str, str], whole: bool):
-        """The response, its headers in within `timeout_s` (and with `whole`, its body too: the timer runs
-        until the block ends)."""
+        """(response, its deadline): headers in within `timeout_s`; with `whole`, the body too. Without, the
+        deadline moves to two rate windows: the body's reader postpones it while the floor rate is kept."""
         self.requests += 1
         request = urllib.request.Request(url, headers={"User-Agent": f"snpvirt/{__version__}", **headers})
         watch = netio.Deadline(self.timeout_s)
@@ -120,11 +122,11 @@ class Fetcher:
             except (TimeoutError, urllib.error.URLError, OSError, http.client.HTTPException) as exc:
                 raise _failure(exc, watch.expired) from None
             with response:
-                if not whole:
-                    watch.cancel()
                 _check(watch)  # a socket shut down mid-header reads as a short, clean answer: it is not one
+                if not whole:
+                    watch.postpone(2 * self._window)
                 try:
-                    yield response
+                    yield response, watch
                 except (TimeoutError, OSError, http.client.HTTPException) as exc:
                     raise _failure(exc, watch.expired) from None
                 _check(watch)
@@ -132,7 +134,7 @@ class Fetcher:
             watch.cancel()
 
     def _small_once(self, url: str, max_bytes: int) -> bytes:
-        with self._open(url, {}, whole=True) as response:
+        with self._open(url, {}, whole=True) as (response, _):
             chunks, size = [], 0
             while chunk := response.read1(65536):
                 size += len(chunk)
@@ -146,24 +148,28 @@ class Fetcher:
     def _file_once(self, url: str, partial: Path, name: str, max_bytes: int) -> int:
         offset = partial.stat().st_size if partial.exists() else 0
         try:
-            with self._open(url, {"Range": f"bytes={offset}-"} if offset else {}, whole=False) as response:
+            with self._open(url, {"Range": f"bytes={offset}-"} if offset else {}, whole=False) as (response, watch):
                 start, total = _where(response, offset)
                 if (total or 0) > max_bytes:
                     raise TooBig(f"{name}: the server announces {total} bytes, more than the {max_bytes} such a "
                                        "file may have", "check the mirror (--mirror / SNPVIRT_IMAGE_MIRROR)")
                 with _open_partial(partial, truncate=start == 0) as out:
-                    return self._copy(response, out, name, start, total or max_bytes, total is not None)
+                    return self._copy(response, watch, out, name, start, total or max_bytes, total is not None)
         except _PastEnd:  # the partial file is complete (a run stopped before checking it), or too long
             return offset
         except TooBig:
             partial.unlink(missing_ok=True)
             raise
 
-    def _copy(self, response, out, name: str, done: int, limit: int, announced: bool) -> int:
+    @property
+    def _window(self) -> float:
+        return 4 * self.timeout_s
+
+    def _copy(self, response, watch: netio.Deadline, out, name: str, done: int, limit: int, announced: bool) -> int:
         total = limit if announced else None
         started = last_report = time.monotonic()
         window_start, window_bytes, got = started, 0, 0
-        window = 4 * self.timeout_s
+        window = self._window
         while True:
             chunk = response.read1(1 << 20)  # a timeout or reset here is retried by _open's caller
             if not chunk:
@@ -181,6 +187,7 @@ class Fetcher:
                 if window_bytes < MIN_RATE * window:
                     raise _Retry(f"slower than {MIN_RATE} bytes/s for {window:g} s", True)
                 window_start, window_bytes = now, 0
+                watch.postpone(2 * window)  # kept the pace: the timer ends a read that never returns
             if now - last_report >= PROGRESS_EVERY_S:
                 last_report = now
                 self.on_progress(_transfer(name, done, total, got, now - started))

@@ -21,6 +21,7 @@ from snpvirt import fileio
 from snpvirt.domain import spec as specs
 from snpvirt.errors import BadInputError, NotFoundError
 from snpvirt.image import seed as seeds
+from snpvirt.image.verify import VerificationError
 from snpvirt.launch import inputs as launch
 from snpvirt.models import DiskSpec, FileDigest, VmSpec, VolumeRef
 
@@ -162,19 +163,27 @@ def _seed_action(store: VolumeStore, ref: VolumeRef, seed: seeds.Seed) -> str:
 def boot_digest(store: VolumeStore, ref: VolumeRef, info: Any, kind: str,
                 cached: Callable[[str], Path | None]) -> FileDigest:
     """A boot volume's SHA-256. The verified cache's copy when the pull's manifest vouches for the volume as it
-    is (same size) and the cache has the file; otherwise the volume's bytes, read through libvirt."""
-    digest = _manifest_digest(store, ref, info)
-    path = cached(digest) if digest else None
+    is (same size) and the cache has the file; otherwise the volume's bytes, read through libvirt, which must
+    then be the bytes the pull verified when a manifest names the volume (the host may have swapped them)."""
+    recorded = _manifest_entry(store, ref)
+    digest = recorded["sha256"] if recorded else None
+    path = cached(digest) if digest and recorded["size_bytes"] == info.physical else None
     if path is not None:
         return launch.file_digest(str(path), kind)
     with tempfile.TemporaryDirectory(prefix="snpvirt-boot-") as work:
         target = Path(work, kind)
         store.download(ref.pool, ref.volume, target, fileio.LIMITS[kind])
         found = launch.file_digest(str(target), kind)
+    if digest is not None and found.sha256 != digest.lower():
+        raise VerificationError(f"boot.{kind}: volume {ref.volume} in pool {ref.pool} holds SHA-256 {found.sha256}, "
+                                f"not the {digest} that image pull verified: it was changed on the host",
+                                f"measure nothing from it: remove it (virsh vol-delete --pool {ref.pool} {ref.volume}) "
+                                "and its image's manifest volume, then pull the image again")
     return dataclasses.replace(found, reason=None)
 
 
-def _manifest_digest(store: VolumeStore, ref: VolumeRef, info: Any) -> str | None:
+def _manifest_entry(store: VolumeStore, ref: VolumeRef) -> dict[str, Any] | None:
+    """What a pull's manifest records of this volume (its digest and size), whatever the volume holds now."""
     from snpvirt import imagepool  # the manifests' reader
 
     for volume in store.volumes(ref.pool):
@@ -183,8 +192,8 @@ def _manifest_digest(store: VolumeStore, ref: VolumeRef, info: Any) -> str | Non
         manifest = imagepool.read_manifest(store, ref.pool, volume.name) or {}
         for entry in manifest.get("files") or []:
             if isinstance(entry, dict) and entry.get("volume") == ref.volume and \
-                    entry.get("size_bytes") == info.physical and isinstance(entry.get("sha256"), str):
-                return entry["sha256"]
+                    isinstance(entry.get("size_bytes"), int) and isinstance(entry.get("sha256"), str):
+                return entry
     return None
 
 

@@ -140,10 +140,15 @@ class LoopbackSshd:
     def log_path(self) -> str:
         return str(self.dir / "sshd.log")
 
-    def libvirt_uri(self, socket_path: str, driver: str = "test", path: str = "/default") -> str:
-        """The libvirt URI reaching the daemon listening on `socket_path` through this sshd."""
+    def libvirt_uri(self, socket_path: str, driver: str = "test", path: str = "/default", command: bool = True) -> str:
+        """The libvirt URI reaching the daemon listening on `socket_path` through this sshd. `command=False`:
+        without libvirt's `command=` (a fleet file refuses it); run the client with `path_env()` instead."""
         return (f"{driver}+ssh://root@localhost:{self.port}{path}?socket={socket_path}&proxy=netcat"
-                f"&keyfile={self.client_key}&command={self.ssh_command}")
+                f"&keyfile={self.client_key}" + (f"&command={self.ssh_command}" if command else ""))
+
+    def path_env(self) -> dict[str, str]:
+        """PATH for a libvirt client that finds this server's `ssh` wrapper first (as libvirt looks `ssh` up)."""
+        return {"PATH": f"{self.dir}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}"}
 
     def __enter__(self) -> LoopbackSshd:
         self._prepare()
@@ -182,7 +187,8 @@ class LoopbackSshd:
         (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
         (d / "authorized_keys").chmod(0o600)
         (d / "ssh_config").write_text(_SSH_CONFIG.format(dir=d))
-        (d / "ssh").write_text(f'#!/bin/sh\nexec ssh -F "{d}/ssh_config" "$@"\n')
+        # the real client by its path: this folder goes first on PATH for a fleet file (no `command=`)
+        (d / "ssh").write_text(f'#!/bin/sh\nexec "{_which("ssh")}" -F "{d}/ssh_config" "$@"\n')
         (d / "ssh").chmod(0o755)
         (d / "start.sh").write_text(_WRAPPER)
 

@@ -239,6 +239,27 @@ def test_the_kernel_digest_comes_from_the_verified_cache_when_the_pull_vouches_f
     assert info.launch["kernel"]["sha256"] == sha256(files["kernel"])
 
 
+@pytest.mark.parametrize("tampered", [b"MZ evil kernel" * 857 + b"MZ", b"MZ a longer evil kernel" * 1000],
+                         ids=["same size", "other size"])
+def test_a_kernel_volume_swapped_after_the_pull_is_refused_not_measured(hv, pool, files, tmp_path, tampered):
+    """The host (untrusted under SEV-SNP) swaps the kernel the pull verified; an apply from a machine without
+    the cache reads the volume back: it must not make the expected measurement from those bytes."""
+    name, folder, store = pool
+    upload_images(store, name, files)
+    digest = sha256(files["kernel"])
+    manifest = tmp_path / "ubuntu-24.04.snpvirt-image.json"
+    manifest.write_text(json.dumps({"manifest_version": 1, "image": "ubuntu:24.04", "files": [
+        {"role": "kernel", "volume": "ubuntu-24.04.vmlinuz", "sha256": digest, "size_bytes": files["kernel"].stat().st_size}]}))
+    store.upload(name, manifest.name, manifest, "raw")
+    store.delete(name, "ubuntu-24.04.vmlinuz")
+    (tmp_path / "evil").write_bytes(tampered)
+    store.upload(name, "ubuntu-24.04.vmlinuz", tmp_path / "evil", "raw")
+    done = manager(hv, store).apply([spec_for(name, public_key(tmp_path))])[0]
+    assert not done.ok and "ubuntu-24.04.vmlinuz" in done.error.message, done.details
+    assert digest[:16] in done.error.message and done.error.exit_code == 1
+    assert hv.lookup("vol-01") is None
+
+
 @pytest.mark.parametrize("missing,volume", [("backing", "ubuntu-25.04.qcow2"), ("kernel", "ubuntu-25.04.vmlinuz")])
 def test_an_absent_image_fails_with_the_pull_to_run_and_changes_nothing(hv, pool, files, tmp_path, missing, volume):
     name, folder, store = pool

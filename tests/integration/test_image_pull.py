@@ -203,7 +203,8 @@ def test_manifest_shaped_volumes_written_by_others_do_not_break_list(libvirtd, m
     from snpvirt.libvirt import storage
     assert pull(libvirtd, mirror, cache).code == 0
     odd = {"odd.snpvirt-image.json": b'{"manifest_version": 1, "image": 5, "files": 5}',
-           "big.snpvirt-image.json": b"[" * 100_000, "text.snpvirt-image.json": b"\xff\xfe not json"}
+           "big.snpvirt-image.json": b"[" * 100_000, "text.snpvirt-image.json": b"\xff\xfe not json",
+           "deep.snpvirt-image.json": b"[" * 60_000}  # within the size bound, past Python's recursion limit
     with storage.connect(libvirtd.qemu_uri) as store:
         for name, data in odd.items():
             (tmp_path / name).write_bytes(data)

@@ -191,3 +191,14 @@ def test_host_show_tcb_does_not_open_a_sysroot_character_device_that_is_not_sev(
     assert result.code == 0, result.stderr
     assert "character device 1:3, not this kernel's SEV device" in result.stdout
     assert "Inappropriate ioctl" not in result.stdout, "the node was opened and sent SEV_ISSUE_CMD"
+
+
+def test_a_progress_line_shows_control_characters_as_escapes(capsys):
+    """fleet's progress lines carry what a remote host chose (libvirt forwards the daemon's own error text:
+    'h3: unreachable: ...'): like errors and warnings, they must not drive the terminal or forge a line."""
+    from snpvirt import output
+
+    output.print_progress("h3: unreachable: \x1b]0;owned\x07\x1b[2K\rsnpvirt: h3: 0 domains\nsnpvirt: done")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\x1b" not in err and "\r" not in err and "\x07" not in err
+    assert "\\x1b]0;owned\\x07" in err

@@ -203,3 +203,18 @@ def test_a_domain_of_another_fleet_is_never_taken(hosts, tmp_path):
     assert "another owner" in doc["results"][0]["reason"]
     code, listed = fleet_json("list", str(mine))
     assert code == 0 and listed["results"] == []  # not this fleet's
+
+
+def test_a_spec_edited_after_the_plan_is_refused(hosts, tmp_path):
+    """A reviewed plan says what will be created; a spec changed since (a domain to create shows no diff)
+    must not be applied under that plan's fingerprint."""
+    h1 = hosts["h1"]
+    spec = write_spec(tmp_path, "db")
+    fleet = write_fleet(tmp_path, [h1], f'[[domains]]\nspec = "{spec}"\n')
+    plan_file = tmp_path / "plan.json"
+    assert fleet_json("plan", str(fleet), "-o", str(plan_file))[0] == 0
+    edited = tmp_path / spec
+    edited.write_text(edited.read_text().replace("vcpus = 1", "vcpus = 2"))  # after the review
+    code, doc = fleet_json("apply", str(fleet), "--plan", str(plan_file))
+    assert code == 5 and doc["error"]["kind"] == "conflict", doc
+    assert h1.names() == []  # nothing was changed

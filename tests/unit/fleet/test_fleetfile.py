@@ -64,3 +64,46 @@ def test_two_entries_making_one_name_is_an_error(tmp_path):
     text = GOOD + '\n[[domains]]\nspec = "vms/db.toml"\ncount = 1\n'
     with pytest.raises(BadInputError, match="two domains named db-1"):
         load_fleet(fleet_file(tmp_path, text))
+
+
+@pytest.mark.parametrize("uri", ["test+ext:///default?command={script}",
+                                 "qemu+ssh://root@h1/system?command={script}",
+                                 "qemu+ssh://root@h1/system?no_tty=1&Command={script}"])
+def test_a_fleet_file_never_runs_a_local_program(tmp_path, uri):
+    """libvirt runs the program a URI's `command` names (the ext transport, or in place of ssh): a fleet file
+    is data, shared like a spec, and `fleet check` of it must not run anything on this machine."""
+    from tests.conftest import run_cli
+
+    marker = tmp_path / "ran"
+    script = tmp_path / "evil.sh"
+    script.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    script.chmod(0o755)
+    path = fleet_file(tmp_path, GOOD.replace("qemu+ssh://root@h1/system", uri.format(script=script))
+                      .replace("count = 3", "count = 1"))
+    proc = run_cli("fleet", "check", str(path), "--json")
+    assert not marker.exists(), "the fleet file ran a program"
+    assert proc.code == 2 and "hosts[0].uri" in proc.stderr + proc.stdout, proc.stderr + proc.stdout
+
+
+def test_the_fleet_as_a_whole_has_a_bound(tmp_path, monkeypatch):
+    """`count` is bounded per entry; a file of many entries must not expand into millions of domains
+    (a 1 MiB fleet file could name 30,000 entries of 1,000 copies): refused before they are made."""
+    from snpvirt.fleet import fleetfile
+
+    monkeypatch.setattr(fleetfile, "MAX_DOMAINS", 5)  # the bound's logic, without making 50,000 specs
+    path = fleet_file(tmp_path, GOOD + '\n[[domains]]\nspec = "vms/db2.toml"\ncount = 3\n')
+    (tmp_path / "vms" / "db2.toml").write_text(SPEC.replace('"db"', '"db2"'))
+    with pytest.raises(BadInputError, match="more than 5 domains"):
+        load_fleet(path)
+
+
+@pytest.mark.parametrize("content", ["[" * 60_000, '{"fleet": "prod"}', "not json"])
+def test_a_plan_file_that_is_not_a_plan_is_one_error_line(tmp_path, content):
+    """--plan is read before any host is asked: JSON nested past the recursion limit is bad input too."""
+    from tests.conftest import run_cli
+
+    plan = tmp_path / "plan.json"
+    plan.write_text(content)
+    proc = run_cli("fleet", "apply", str(fleet_file(tmp_path)), "--plan", str(plan))
+    assert proc.code == 2 and proc.stderr.count("snpvirt: error:") == 1, proc.stderr
+    assert "not a fleet plan" in proc.stderr and "Traceback" not in proc.stderr

@@ -92,6 +92,26 @@ def test_a_server_dripping_its_headers_meets_the_request_deadline(mirror):
     assert got.requests == 2
 
 
+def test_a_server_dripping_a_chunk_size_line_meets_the_floor_rate(mirror, tmp_path):
+    """Chunked transfer: http.client reads a chunk's size line whole (up to 64 KiB), each byte well within the
+    per-read timeout, before read1 returns anything: the floor rate must be kept by a timer, not between reads
+    (without one this download would last 64 KiB x 0.1 s, about two hours, and the test times out)."""
+    mirror.drip_chunked.add(KERNEL)
+    got = fetcher(timeout_s=0.5, attempts=2)
+    with pytest.raises(OperationTimeoutError):
+        got.to_file(f"{mirror.url}/{KERNEL}", tmp_path / "k", "kernel")
+    assert got.requests == 2
+
+
+def test_a_body_that_keeps_the_floor_rate_outlasts_the_first_deadline(mirror, tmp_path):
+    """The timer that ends a dripping body must not end a healthy one: ~4 s at 80 KB/s, with a rate window
+    of 1 s (a deadline 2 s after the headers unless each window postpones it), in one attempt."""
+    mirror.paced.add(KERNEL)
+    got = fetcher(timeout_s=0.25, attempts=1)
+    assert got.to_file(f"{mirror.url}/{KERNEL}", tmp_path / "k", "kernel") == len(mirror.files[KERNEL])
+    assert (tmp_path / "k").read_bytes() == mirror.files[KERNEL]
+
+
 def test_a_file_bigger_than_such_a_file_may_be_is_refused_and_deleted(mirror, tmp_path):
     got = fetcher()
     with pytest.raises(SnpvirtError, match="announces 300000 bytes, more than the 1000"):
