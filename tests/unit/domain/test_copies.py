@@ -4,6 +4,7 @@ would define something no render produced."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from hypothesis import given
@@ -28,14 +29,22 @@ def fresh(spec, stamped: bool = True) -> str:
     return render.render_xml(spec, sevparams.resolve(spec, []), Stamp(NOW, NOW, record.expected.digests), record)
 
 
-def copies(spec, count: int = 3, fleet: str = "prod"):
-    return [_owned(spec, f"{spec.name}-{n}", fleet, None) for n in range(1, count + 1)]
+def copies(spec, count: int = 3, fleet: str = "prod", defined: bool = False):
+    """The fleet's copies; `defined`: each with the UUID and MACs libvirt gave it, as a redefinition keeps them."""
+    made = [_owned(spec, f"{spec.name}-{n}", fleet, None) for n in range(1, count + 1)]
+    if not defined:
+        return made
+    return [dataclasses.replace(copy, uuid=f"00000000-0000-4000-8000-{n:012x}", networks=tuple(
+        dataclasses.replace(net, mac=net.mac or f"52:54:00:00:{n:02x}:{i:02x}") for i, net in enumerate(copy.networks)))
+        for n, copy in enumerate(made, 1)]
 
 
-def assert_copies_render_as_fresh(spec, stamped: bool = True, context=(NOW,)) -> None:
+def assert_copies_render_as_fresh(spec, stamped: bool = True, context=(NOW,)) -> CopyRenderer:
     renderer = CopyRenderer()
-    for copy in copies(spec):
-        assert renderer.render(copy, context, lambda s: fresh(s, stamped)) == fresh(copy, stamped), copy.name
+    for defined in (False, True):
+        for copy in copies(spec, defined=defined):
+            assert renderer.render(copy, context, lambda s: fresh(s, stamped)) == fresh(copy, stamped), copy.name
+    return renderer
 
 
 def example(name: str):
@@ -44,7 +53,8 @@ def example(name: str):
 
 def test_the_examples_copies_are_their_fresh_renders():
     for name in ("web-01", "db-01"):
-        assert_copies_render_as_fresh(example(name))
+        renderer = assert_copies_render_as_fresh(example(name))
+        assert renderer.copies_made == 4, "the first copy of each shape is rendered, the others filled in"
 
 
 @SETTINGS
@@ -55,7 +65,21 @@ def test_every_valid_specs_copies_are_their_fresh_renders(raw):
 
 def test_a_cloud_init_specs_copies_name_their_own_seed_volume():
     vm = specs.parse_spec({**BASE, "cloud_init": {"user_data": "/srv/vm/user-data"}})
-    assert_copies_render_as_fresh(vm, stamped=False)
+    assert assert_copies_render_as_fresh(vm, stamped=False).copies_made == 4
+
+
+def test_a_template_that_uses_the_name_otherwise_makes_no_copies(monkeypatch):
+    """Filling in is checked on the first copy of each shape: a render that transforms the name (here: upper
+    case) does not match, and every copy is then rendered afresh."""
+    vm = example("web-01")
+
+    def shouting(spec):
+        return fresh(spec).replace("</name>", f" {spec.name.upper()}</name>")
+
+    renderer = CopyRenderer()
+    for copy in copies(vm):
+        assert renderer.render(copy, (NOW,), shouting) == shouting(copy)
+    assert renderer.copies_made == 0
 
 
 def test_a_spec_that_contains_the_placeholder_is_rendered_afresh():
