@@ -13,7 +13,6 @@ from lxml import etree
 from snpvirt import policy as snp_policy
 from snpvirt.domain import metadata
 from snpvirt.errors import BadInputError, ConflictError
-from snpvirt.launch import idblock
 from snpvirt.launch import inputs as launch
 from snpvirt.models import VmSpec
 
@@ -123,6 +122,8 @@ def attestation_expectations(name: str, root: etree._Element, info: metadata.Man
     if id_auth:
         # What launches is the <idAuth> libvirt holds, signed by snpvirt (snp.id_key) or brought
         # ready-made (snp.id_block/id_auth): the report's key digests follow from it either way.
+        from snpvirt.launch import idblock  # cryptography: imported only for a domain with signed ID blocks
+
         try:
             from_auth = idblock.launched_key_digests(id_auth, root.find("launchSecurity").get("authorKey") == "yes")
         except BadInputError as exc:

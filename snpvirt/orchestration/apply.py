@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable
 from lxml import etree
 
 from snpvirt.domain import drift, metadata, render
+from snpvirt.domain.copies import CopyRenderer
 from snpvirt.domain import xml as domxml
 from snpvirt.domain.sevparams import SevParams
 from snpvirt.errors import BadInputError, ConflictError, SnpvirtError
@@ -82,6 +83,7 @@ class Applying:
     _restarting: threading.Lock
     storage: pool_volumes.VolumeStore | None
     image_cache: Callable[[str], Any]
+    _copies: CopyRenderer
 
     def _plan(self, spec: VmSpec, existing_names: set[str]) -> _Plan:
         existing = self.hv.lookup(spec.name) if spec.name in existing_names else None
@@ -149,12 +151,21 @@ class Applying:
             return None
 
     def _with_xml(self, plan: _Plan, defined_at: str, now: str, record: launch.LaunchRecord | None = None) -> _Plan:
-        """The document to define, rendered with the launch record and the stamp. It is checked (schema, SNP
-        rules) by _execute, on the thread that carries the plan out, before anything else is done with it."""
-        record = record or launch.record(plan.spec, plan.volumes.digests)
-        stamp = Stamp(defined_at, now, record.expected.digests)
+        """The document to define, rendered with the launch record and the stamp. It is checked (SNP rules)
+        by _execute, on the thread that carries the plan out, before anything else is done with it. Renamed
+        copies of one spec (a fleet's count) are rendered once (domain/copies.py); each is still checked."""
         seed = plan.volumes.seed
-        plan.xml = render.render_xml(plan.spec, self._resolve_sev(plan.spec), stamp, record, seed.sha256 if seed else None)
+        seed_sha256 = seed.sha256 if seed else None
+
+        def fresh(spec: VmSpec) -> str:
+            launched = record or launch.record(spec, plan.volumes.digests)
+            stamp = Stamp(defined_at, now, launched.expected.digests)
+            return render.render_xml(spec, self._resolve_sev(spec), stamp, launched, seed_sha256)
+
+        if record is not None:  # signed ID blocks, made for this spec already
+            plan.xml = fresh(plan.spec)
+        else:
+            plan.xml = self._copies.render(plan.spec, (defined_at, now, seed_sha256, plan.volumes.digests), fresh)
         return plan
 
     def _check_rendered(self, plan: _Plan) -> None:

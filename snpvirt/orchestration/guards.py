@@ -11,6 +11,7 @@ from lxml import etree
 from snpvirt.domain import drift, metadata, render
 from snpvirt.domain import spec as specs
 from snpvirt.domain import xml as domxml
+from snpvirt.domain.copies import CopyRenderer
 from snpvirt.domain.sevparams import SevParams
 from snpvirt.errors import ConflictError, NotFoundError, SnpvirtError
 from snpvirt.launch import inputs as launch
@@ -23,6 +24,7 @@ class Guards:
 
     hv: Hypervisor
     allow_debug: bool
+    _compared_copies: CopyRenderer
 
     def _managed(self, name: str) -> tuple[DomainRecord, metadata.ManagedInfo]:
         record = self.hv.lookup(name)
@@ -74,7 +76,10 @@ class Guards:
         reduced = spec.snp.reduced_phys_bits if spec.snp.reduced_phys_bits is not None else host("reducedPhysBits")
         sev = SevParams(cbitpos if cbitpos is not None else 0, reduced if reduced is not None else 0, "comparison")
         spec = _with_defined_boot_paths(spec, existing)
-        projection = drift.project(domxml.parse(render.render_xml(spec, sev, None, launch_record)))
+        # A fleet's copies of one spec: rendered once for the comparison too (its own memory: apply's renders
+        # for define, with stamps, come between the comparisons of an update).
+        xml = self._compared_copies.render(spec, (sev, launch_record), lambda s: render.render_xml(s, sev, None, launch_record))
+        projection = drift.project(domxml.parse(xml))
         left_out = {"launch_security.cbitpos": cbitpos is None, "launch_security.reducedPhysBits": reduced is None,
                     "launch_security.idBlock": spec.snp.id_key and launch_record is None,
                     "launch_security.idAuth": spec.snp.id_key and launch_record is None}

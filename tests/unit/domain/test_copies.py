@@ -1,0 +1,120 @@
+"""A fleet's renamed copies of one spec are rendered once (domain/copies.py): each copy's document must be
+byte for byte the document a fresh render of that copy gives, whatever the spec, or the copies path
+would define something no render produced."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from hypothesis import given
+
+from snpvirt.domain import render, sevparams
+from snpvirt.domain import spec as specs
+from snpvirt.domain.copies import PLACEHOLDER, CopyRenderer
+from snpvirt.fleet.fleetfile import _owned
+from snpvirt.launch import inputs as launch
+from snpvirt.models import Stamp
+from tests.unit.test_properties import BASE, SETTINGS, valid_specs
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+NOW = "2026-11-27T04:00:00+00:00"
+
+
+def fresh(spec, stamped: bool = True) -> str:
+    """The full render, as the manager makes it: launch record, stamp, template."""
+    if not stamped:
+        return render.render_xml(spec, sevparams.resolve(spec, []))
+    record = launch.record(spec)
+    return render.render_xml(spec, sevparams.resolve(spec, []), Stamp(NOW, NOW, record.expected.digests), record)
+
+
+def copies(spec, count: int = 3, fleet: str = "prod", defined: bool = False):
+    """The fleet's copies; `defined`: each with the UUID and MACs libvirt gave it, as a redefinition keeps them."""
+    made = [_owned(spec, f"{spec.name}-{n}", fleet, None) for n in range(1, count + 1)]
+    if not defined:
+        return made
+    return [dataclasses.replace(copy, uuid=f"00000000-0000-4000-8000-{n:012x}", networks=tuple(
+        dataclasses.replace(net, mac=net.mac or f"52:54:00:00:{n:02x}:{i:02x}") for i, net in enumerate(copy.networks)))
+        for n, copy in enumerate(made, 1)]
+
+
+def assert_copies_render_as_fresh(spec, stamped: bool = True, context=(NOW,)) -> CopyRenderer:
+    renderer = CopyRenderer()
+    for defined in (False, True):
+        for copy in copies(spec, defined=defined):
+            assert renderer.render(copy, context, lambda s: fresh(s, stamped)) == fresh(copy, stamped), copy.name
+    return renderer
+
+
+def example(name: str):
+    return specs.load_spec(EXAMPLES / f"{name}.toml", ["snp.cbitpos=51", "snp.reduced_phys_bits=1"])
+
+
+def test_the_examples_copies_are_their_fresh_renders():
+    for name in ("web-01", "db-01"):
+        renderer = assert_copies_render_as_fresh(example(name))
+        assert renderer.copies_made == 4, "the first copy of each shape is rendered, the others filled in"
+
+
+@SETTINGS
+@given(raw=valid_specs())
+def test_every_valid_specs_copies_are_their_fresh_renders(raw):
+    assert_copies_render_as_fresh(specs.parse_spec(raw), stamped=False)
+
+
+def test_a_cloud_init_specs_copies_name_their_own_seed_volume():
+    vm = specs.parse_spec({**BASE, "cloud_init": {"user_data": "/srv/vm/user-data"}})
+    assert assert_copies_render_as_fresh(vm, stamped=False).copies_made == 4
+
+
+def test_a_template_that_uses_the_name_otherwise_makes_no_copies(monkeypatch):
+    """Filling in is checked on the first copy of each shape: a render that transforms the name (here: upper
+    case) does not match, and every copy is then rendered afresh."""
+    vm = example("web-01")
+
+    def shouting(spec):
+        return fresh(spec).replace("</name>", f" {spec.name.upper()}</name>")
+
+    renderer = CopyRenderer()
+    for copy in copies(vm):
+        assert renderer.render(copy, (NOW,), shouting) == shouting(copy)
+    assert renderer.copies_made == 0
+
+
+def test_a_spec_that_contains_the_placeholder_is_rendered_afresh():
+    vm = specs.parse_spec({**BASE, "description": f"see {PLACEHOLDER}"})
+    renderer = CopyRenderer()
+    for copy in copies(vm):
+        xml = renderer.render(copy, (NOW,), fresh)
+        assert xml == fresh(copy) and f"see {PLACEHOLDER}" in xml
+
+
+def test_another_context_is_another_render():
+    """The stamp (or seed, or launch files) changed between two copies: the second is not made from the first."""
+    vm = example("web-01")
+    first, second = copies(vm, 2)
+    renderer = CopyRenderer()
+    later = "2026-11-27T04:00:01+00:00"
+    renderer.render(first, (NOW,), fresh)
+
+    def fresh_later(spec):
+        record = launch.record(spec)
+        return render.render_xml(spec, sevparams.resolve(spec, []), Stamp(later, later, record.expected.digests), record)
+
+    assert renderer.render(second, (later,), fresh_later) == fresh_later(second)
+
+
+def test_a_copy_whose_render_fails_fails_with_its_own_name():
+    vm = example("web-01")
+    copy = copies(vm, 1)[0]
+
+    def failing(spec):
+        raise specs.BadInputError(f"{spec.name}: cannot render", "fix it")
+
+    try:
+        CopyRenderer().render(copy, (NOW,), failing)
+    except specs.BadInputError as err:
+        assert err.message == f"{copy.name}: cannot render"
+    else:
+        raise AssertionError("the render's error was lost")
