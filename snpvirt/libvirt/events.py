@@ -68,9 +68,17 @@ def start_event_loop() -> None:
         _loop_started = True
 
 
+# A pause between the loop's iterations. While a worker thread waits for its reply, the connection's socket
+# stays readable until that thread reads it, and libvirt's poll returns at once: without a pause the loop
+# spins, taking the GIL from the threads doing the work (measured: 0.3 ms of CPU per domain in a bulk apply,
+# a third of snpvirt's client CPU). Keepalive answers within seconds and events within milliseconds anyway.
+LOOP_PAUSE_S = 0.002
+
+
 def _run_loop() -> None:
     while not _loop_stop.is_set():
         libvirt.virEventRunDefaultImpl()
+        time.sleep(LOOP_PAUSE_S)
 
 
 def stop_event_loop(timeout_s: float = 2.0) -> None:
