@@ -50,8 +50,8 @@ MODULES: dict[str, list[str]] = {
     "snpvirt/attest/certs.py": ["tests/unit/attest/test_attest.py", "tests/unit/attest/test_kds.py"],
     "snpvirt/attest/kds.py": ["tests/unit/attest/test_kds.py"],
     "snpvirt/domain/importer.py": ["tests/unit/domain/test_explain_import.py", "tests/integration/test_manager.py"],
-    "snpvirt/domain/metadata.py": ["tests/unit/domain/test_explain_import.py", "tests/integration/test_manager.py",
-                            "tests/integration/test_measurement_recorded.py"],
+    "snpvirt/domain/metadata.py": ["tests/unit/domain/test_metadata.py", "tests/unit/domain/test_explain_import.py",
+                                   "tests/integration/test_manager.py", "tests/integration/test_measurement_recorded.py"],
     # When the atomic writer lands: "snpvirt/fileio.py": ["tests/unit/test_fileio.py", ...],
 }
 
