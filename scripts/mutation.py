@@ -52,7 +52,7 @@ MODULES: dict[str, list[str]] = {
     "snpvirt/domain/importer.py": ["tests/unit/domain/test_explain_import.py", "tests/integration/test_manager.py"],
     "snpvirt/domain/metadata.py": ["tests/unit/domain/test_metadata.py", "tests/unit/domain/test_explain_import.py",
                                    "tests/integration/test_manager.py", "tests/integration/test_measurement_recorded.py"],
-    # When the atomic writer lands: "snpvirt/fileio.py": ["tests/unit/test_fileio.py", ...],
+    "snpvirt/fileio.py": ["tests/unit/test_fileio.py", "tests/unit/test_output_files.py", "tests/unit/test_bounded_inputs.py"],
 }
 
 # What a mutant's tests did -> whether it counts as killed. A timeout is a kill: the tests noticed.
