@@ -40,9 +40,12 @@ PLUGIN = Path(__file__).resolve().parent / "mutation_reload.py"
 
 # module -> the tests that decide it. Keep daemon tests (the `libvirtd` fixture) out: each mutant
 # runs in a fresh pytest session, which would start a daemon per mutant.
+# The manager and the parts it composes (orchestration/) are decided by the same tests.
+MANAGER_TESTS = ["tests/integration/test_manager.py", "tests/integration/test_measurement_recorded.py",
+                 "tests/integration/test_attest_end_to_end.py"]
 MODULES: dict[str, list[str]] = {
-    "snpvirt/manager.py": ["tests/integration/test_manager.py", "tests/integration/test_measurement_recorded.py",
-                           "tests/integration/test_attest_end_to_end.py"],
+    **{module: MANAGER_TESTS for module in ["snpvirt/manager.py", *(f"snpvirt/orchestration/{part}.py" for part in
+                                                                  ("base", "guards", "apply", "define", "verbs", "reading"))]},
     "snpvirt/host/readiness.py": ["tests/unit/host/test_host_check.py", "tests/integration/test_manager.py"],
     "snpvirt/host/checks.py": ["tests/unit/host/test_host_check.py"],
     "snpvirt/domain/rules.py": ["tests/unit/domain/test_snp_rules.py", "tests/unit/domain/test_explain_import.py"],

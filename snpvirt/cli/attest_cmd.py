@@ -176,7 +176,7 @@ def verify(
     from snpvirt import output
     from snpvirt.attest import certs
     from snpvirt.attest import verify as verifier
-    from snpvirt.errors import BadInputError, ExitCode, SnpvirtError
+    from snpvirt.errors import BadInputError, SnpvirtError
 
     when = datetime.datetime.now(datetime.timezone.utc)
     if now is not None:
@@ -300,7 +300,7 @@ def fetch_certs(
 ) -> None:
     """Get ARK, ASK and the report's VCEK from AMD's key distribution service (cached on disk)."""
     from snpvirt import fileio, output
-    from snpvirt.attest import certs, kds
+    from snpvirt.attest import certs
     from snpvirt.attest import report as reports
     from snpvirt.errors import BadInputError
 

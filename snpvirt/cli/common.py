@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import typer
 
@@ -42,46 +41,13 @@ def seconds_option(default: Optional[float], help_text: str) -> Optional[float]:
     return typer.Option(default, "--timeout", min=0, max=MAX_WAIT_S, metavar="S", help=help_text, callback=finite)
 
 
-@contextmanager
 def manager(connect: Optional[str], host_caps: Optional[Path] = None, allow_debug: bool = False,
-            sysroot: Optional[Path] = None) -> Iterator:
-    """A Manager over a fresh connection, closed afterwards. cbitpos/reducedPhysBits come from the spec,
-    then --host-caps, then the connected host (the same order as render). The gate judges the connected
-    host; on libvirt's test driver, the captured host `sysroot` with --host-caps, or nothing without one."""
-    from snpvirt.host import readiness
-    from snpvirt.libvirt.connection import Connection
-    from snpvirt.manager import Manager
+            sysroot: Optional[Path] = None):
+    """A Manager over a fresh connection, closed afterwards (a context manager): snpvirt.api.open_manager,
+    the wiring the CLI shares with snpvirt's other front ends."""
+    from snpvirt import api
 
-    conn = Connection(connect)
-    try:
-        readiness.check_captured_host(conn, sysroot)  # refused before anything else is read or changed
-        sev = SevSources(host_caps, lambda: (conn.domain_capabilities(), f"host {conn.actual_uri}"))
-        yield Manager(conn, gate=lambda: readiness.gate_report(conn, sysroot=sysroot, domcaps_file=host_caps),
-                      resolve_sev=sev.resolve, allow_debug=allow_debug)
-    finally:
-        conn.close()
-
-
-class SevSources:
-    """Where cbitpos/reducedPhysBits come from, for render and the manager alike: the spec, then
-    --host-caps, then the connected host, which is asked once and only when still needed."""
-
-    def __init__(self, host_caps: Optional[Path], ask_host=None) -> None:
-        from snpvirt.domain import sevparams
-
-        self.sources = [sevparams.HostCapsSource(read_host_caps(host_caps), f"--host-caps {host_caps}")] if host_caps else []
-        self._ask_host = ask_host  # () -> (domcapabilities XML, label), or None without a connection
-
-    def resolve(self, spec):
-        from snpvirt.host import domcaps
-        from snpvirt.domain import sevparams
-
-        complete = any(s.caps.cbitpos is not None and s.caps.reduced_phys_bits is not None for s in self.sources)
-        if self._ask_host is not None and not complete and (spec.snp.cbitpos is None or spec.snp.reduced_phys_bits is None):
-            xml, label = self._ask_host()
-            self.sources.append(sevparams.HostCapsSource(domcaps.parse_domcaps(xml), label))
-            self._ask_host = None
-        return sevparams.resolve(spec, self.sources)
+    return api.open_manager(connect, host_caps, allow_debug, sysroot)
 
 
 def exit_code(outcomes: list) -> int:
@@ -142,8 +108,6 @@ def _result_text(outcome) -> str:
 
 
 def read_host_caps(path: Path):
-    from snpvirt import fileio
-    from snpvirt.host import domcaps
+    from snpvirt import api
 
-    data = fileio.read_input(path, "domcaps", "cannot read --host-caps")
-    return domcaps.parse_domcaps(data, f"--host-caps {path}")
+    return api.read_host_caps(path)

@@ -142,7 +142,7 @@ def show_tcb(
     from snpvirt import output
     from snpvirt.host import sevfw
     from snpvirt.host import checks as host
-    from snpvirt.errors import BadInputError, HostNotReadyError, SnpvirtError
+    from snpvirt.errors import BadInputError, HostNotReadyError
 
     if not sysroot.is_dir():
         raise BadInputError(f"--sysroot {sysroot} is not a directory", "give the folder that holds the captured sys/, proc/, dev/")

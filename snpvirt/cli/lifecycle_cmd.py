@@ -39,18 +39,10 @@ Exit 7 when the guest did not shut down in time (without --force); 9 when some o
 """
 
 
-def _load_specs(paths: List[Path], allow_debug: bool, overrides: List[str] = ()):
-    """Specs one at a time, as the manager asks for them (it overlaps parsing with libvirt calls).
-    `overrides` (--set KEY=VALUE, as on render) change every spec before it is checked."""
-    from snpvirt.domain import spec as specs
-    from snpvirt.errors import SnpvirtError
-    from snpvirt.manager import SpecInput
+def _load_specs(paths: List[Path], allow_debug: bool):
+    from snpvirt import api
 
-    for path in paths:
-        try:
-            yield SpecInput(str(path), specs.load_spec(path, list(overrides), allow_debug=allow_debug))
-        except SnpvirtError as err:
-            yield SpecInput(str(path), error=err)
+    return api.load_specs(paths, allow_debug)
 
 
 def apply(
@@ -74,17 +66,14 @@ def apply(
     The spec's state (running by default, or shutoff: a graceful shutdown) and autostart are converged too.
     A running domain whose spec changed is redefined and reported restart_required; it restarts only with --restart.
     """
-    from snpvirt.domain import spec as specs
+    from snpvirt import api
     from snpvirt.errors import BadInputError
 
     if not timeout >= 0:  # also refuses nan
         raise BadInputError(f"--timeout must be 0 or more seconds, not {timeout:g}", "give the seconds to wait, e.g. --timeout 60")
-    specs.check_assignments(overrides)  # a malformed --set is the call's error, found before connecting
-    inputs = _load_specs(spec_files, allow_debug, overrides)
-    with manager(connect, host_caps, allow_debug, sysroot) as m:
-        m.shutdown_timeout_s = timeout
-        outcomes = m.apply(inputs, check=check, restart=restart)
-        report(outcomes, json_output, m.warnings)
+    result = api.apply(connect, spec_files, check=check, restart=restart, shutdown_timeout_s=timeout, overrides=overrides,
+                       allow_debug=allow_debug, host_caps=host_caps, sysroot=sysroot)
+    report(result.outcomes, json_output, result.warnings)
 
 
 def define(

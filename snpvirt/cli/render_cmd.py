@@ -40,7 +40,7 @@ def render(
     from snpvirt.launch import inputs as launch
     from snpvirt.domain import render as renderer
     from snpvirt.domain import spec as specs
-    from snpvirt.cli.common import SevSources
+    from snpvirt.api import SevSources
 
     if output_file is not None and str(output_file) == "-":
         output_file = None

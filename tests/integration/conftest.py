@@ -6,6 +6,7 @@ import libvirt
 import pytest
 
 from tests.integration.daemon import IsolatedLibvirtd, libvirtd_available
+from tests.integration.sshd import loopback_sshd, ssh_libvirtd  # noqa: F401  (fixtures: a real SSH transport)
 
 
 @pytest.fixture(scope="session")

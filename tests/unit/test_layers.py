@@ -17,7 +17,8 @@ MODULES = sorted(PACKAGE.rglob("*.py"))
 VOCABULARY = {"errors.py", "models.py", "policy.py", "fileio.py", "__init__.py"}  # __init__: only __version__
 CAPABILITIES = ("attest", "launch", "domain", "host", "image")  # bottom-up; image/ arrives with guest images
 BOUNDARY = {"libvirt"}
-ORCHESTRATION = {"manager.py", "fleet"}  # fleet/ arrives with the fleet work
+ORCHESTRATION = {"manager.py", "orchestration", "fleet"}  # orchestration/: Manager's parts; fleet/ arrives with the fleet work
+ENTRY = {"api.py"}  # the library entry point: the CLI's wiring (connection, gate, manager) for other front ends
 PRESENTATION = {"output.py", "cli", "__main__.py"}
 
 # third-party package -> the units (folder, or folder/module) that may import it
@@ -81,7 +82,7 @@ def unit_graph():
 
 def layer(name):
     for layer_name, members in (("vocabulary", VOCABULARY), ("capability", set(CAPABILITIES)),
-                                ("boundary", BOUNDARY), ("orchestration", ORCHESTRATION),
+                                ("boundary", BOUNDARY), ("orchestration", ORCHESTRATION), ("entry point", ENTRY),
                                 ("presentation", PRESENTATION)):
         if name in members:
             return layer_name
@@ -179,3 +180,9 @@ def test_the_lazy_command_table_matches_the_commands():
         doc = target.registered_callback.callback.__doc__ if isinstance(target, typer.Typer) else target.__doc__
         assert " ".join(doc.split("\n\n")[0].split()) == listed_help, name
         assert load_command(name).name in (name, "")  # a sub-app group takes its name from the table
+
+
+@pytest.mark.parametrize("path", modules_in(*ENTRY), ids=relative)
+def test_the_entry_point_is_below_the_presentation(path):
+    """Front ends other than the CLI (the Ansible module) call snpvirt.api: it must not pull in the CLI or its output."""
+    assert not snpvirt_units(path) & PRESENTATION, f"{relative(path)} imports {sorted(snpvirt_units(path) & PRESENTATION)}"

@@ -1,0 +1,97 @@
+"""What a change or a start must pass: the host's readiness is checked by Manager.ensure_ready; here, that
+a domain is snpvirt's, and that a definition still launches as the SEV-SNP guest snpvirt defined."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lxml import etree
+
+from snpvirt.domain import drift, metadata, render
+from snpvirt.domain import spec as specs
+from snpvirt.domain import xml as domxml
+from snpvirt.domain.sevparams import SevParams
+from snpvirt.errors import ConflictError, NotFoundError, SnpvirtError
+from snpvirt.launch import inputs as launch
+from snpvirt.models import DomainRecord, VmSpec
+from snpvirt.orchestration.base import Hypervisor, drift_text, is_active, snp_errors
+
+
+class Guards:
+    """Part of Manager: that a domain is snpvirt's, and that a definition still launches as the SEV-SNP guest snpvirt defined."""
+
+    hv: Hypervisor
+    allow_debug: bool
+
+    def _managed(self, name: str) -> tuple[DomainRecord, metadata.ManagedInfo]:
+        record = self.hv.lookup(name)
+        if record is None:
+            raise NotFoundError(f"no domain named {name} on {self.hv.uri or 'the default URI'}", "list them with: snpvirt list --all")
+        info = metadata.read(domxml.parse(record.xml))
+        if info is None:
+            raise ConflictError(f"domain {name} is not managed by snpvirt", f"bring it under management first: snpvirt import {name}")
+        return record, info
+
+    def _refuse_to_start(self, record: DomainRecord) -> None:
+        """Never start a definition that would not launch as the SEV-SNP guest snpvirt defined: it must pass
+        every SNP rule, and its SNP settings must still be the recorded spec's (it may have been edited since)."""
+        root = domxml.parse(record.xml)
+        errors = snp_errors(root, self.allow_debug)
+        if errors:
+            raise ConflictError(f"{record.name}'s definition breaks {errors[0].rule_id} ({errors[0].message}); "
+                                "snpvirt does not start it",
+                                f"restore it: snpvirt apply SPEC, or snpvirt import {record.name} --fix"
+                                + (", or pass --allow-debug for a throw-away test guest"
+                                   if errors[0].rule_id == "snp.policy_debug" else ""))
+        drifted = self._drift_from_recorded_spec(root)
+        if drifted:
+            raise ConflictError(f"{record.name}'s SEV-SNP settings were changed outside snpvirt ({drift_text(drifted)}); "
+                                "snpvirt does not start it",
+                                f"restore them from the spec: snpvirt apply SPEC (snpvirt status {record.name} shows it)")
+
+    def _drift_from_recorded_spec(self, root: etree._Element) -> list[dict[str, Any]]:
+        """The SNP settings in which a definition differs from what its recorded spec renders. Only for domains
+        defined from a spec: an imported or hand-written document has no spec to compare with."""
+        info = metadata.read(root)
+        if info is None or info.origin != "spec" or info.xml_digest is not None or info.spec is None:
+            return []
+        try:
+            spec = specs.parse_spec(info.spec, allow_debug=True)  # the debug bit is the rules' to judge
+        except SnpvirtError as err:
+            return [{"key": "(recorded spec)", "from": err.message, "to": "a spec snpvirt can read"}]
+        desired = self._desired_projection(spec, root, launch_record=None)
+        return [c for c in drift.differences(desired, drift.project(root)) if drift.is_snp_setting(c["key"])]
+
+    def _desired_projection(self, spec: VmSpec, existing: etree._Element,
+                            launch_record: launch.LaunchRecord | None) -> dict[str, Any]:
+        """What the spec renders, in the canonical projection. cbitpos/reducedPhysBits that the spec leaves to
+        the host are the host's to fill in: taken from the existing definition, or left out of the comparison,
+        so nothing asks the host here. Signed ID blocks need the launch record; without it they are left out."""
+        ls = existing.find("launchSecurity")
+        host = lambda tag: _int_or_none(ls.findtext(tag)) if ls is not None else None  # noqa: E731
+        cbitpos = spec.snp.cbitpos if spec.snp.cbitpos is not None else host("cbitpos")
+        reduced = spec.snp.reduced_phys_bits if spec.snp.reduced_phys_bits is not None else host("reducedPhysBits")
+        sev = SevParams(cbitpos if cbitpos is not None else 0, reduced if reduced is not None else 0, "comparison")
+        projection = drift.project(domxml.parse(render.render_xml(spec, sev, None, launch_record)))
+        left_out = {"launch_security.cbitpos": cbitpos is None, "launch_security.reducedPhysBits": reduced is None,
+                    "launch_security.idBlock": spec.snp.id_key and launch_record is None,
+                    "launch_security.idAuth": spec.snp.id_key and launch_record is None}
+        return {key: value for key, value in projection.items() if not left_out.get(key)}
+
+    def _restart_required(self, record: DomainRecord, persistent: etree._Element) -> bool:
+        """An active domain whose live definition differs from `persistent`: it runs the old one."""
+        return is_active(record.state) and self._runs_otherwise(record, drift.project(persistent))
+
+    @staticmethod
+    def _runs_otherwise(record: DomainRecord, desired: dict[str, Any]) -> bool:
+        """Whether an active domain's live definition differs from `desired` (restart required)."""
+        if record.live_xml is None:
+            return False
+        return bool(drift.differences(desired, drift.project(domxml.parse(record.live_xml))))
+
+
+def _int_or_none(text: str | None) -> int | None:
+    try:
+        return int(text.strip()) if text is not None else None
+    except ValueError:
+        return None
