@@ -112,6 +112,8 @@ def test_a_file_at_its_limit_is_read_one_byte_more_is_refused_by_its_size(tmp_pa
     exact.write_bytes(b"n" * 100)
     assert fileio.read_input(exact, "nonce") == b"n" * 100
     assert fileio.sha256_input(exact, "nonce") == (hashlib.sha256(b"n" * 100).hexdigest(), 100)
+    assert refused(tmp_path / "absent", "kernel", "boot.kernel", read=fileio.sha256_input).message == \
+        f"boot.kernel {tmp_path / 'absent'}: does not exist"
     over = sparse(tmp_path / "over", 101)
     before = open_fds()
     error = refused(over, "nonce", "--nonce-file")
