@@ -40,9 +40,13 @@ PLUGIN = Path(__file__).resolve().parent / "mutation_reload.py"
 
 # module -> the tests that decide it. Keep daemon tests (the `libvirtd` fixture) out: each mutant
 # runs in a fresh pytest session, which would start a daemon per mutant.
-# The manager and the parts it composes (orchestration/) are decided by the same tests.
-MANAGER_TESTS = ["tests/integration/test_manager.py", "tests/integration/test_measurement_recorded.py",
-                 "tests/integration/test_attest_end_to_end.py"]
+# The manager and the parts it composes (orchestration/) are decided by the same tests: the lifecycle,
+# definitions changed outside snpvirt (the check before start), the readiness gate of every verb, the
+# apply pipeline, the recorded measurement and the attestation expectations, all on the test driver.
+MANAGER_TESTS = ["tests/integration/test_manager.py", "tests/integration/test_manager_drift.py",
+                 "tests/integration/test_gate.py", "tests/integration/test_apply_pipeline.py",
+                 "tests/integration/test_measurement_recorded.py", "tests/integration/test_attest_end_to_end.py",
+                 "tests/unit/test_orchestration.py"]
 MODULES: dict[str, list[str]] = {
     **{module: MANAGER_TESTS for module in ["snpvirt/manager.py", *(f"snpvirt/orchestration/{part}.py" for part in
                                                                   ("base", "guards", "apply", "define", "verbs", "reading"))]},

@@ -96,7 +96,7 @@ class Applying:
         # Desired state is what the spec renders compared with what libvirt holds, not the digest snpvirt
         # wrote earlier: another tool may have redefined the domain since, metadata and all.
         record = self._id_block_record(spec)
-        desired = self._desired_projection(spec, root, record)
+        desired = self._desired_projection(spec, record)
         drifted = drift.differences(desired, drift.project(root))
         broken = snp_errors(root, self.allow_debug)
         same_spec = info.digest == "sha256:" + hashlib.sha256(render.spec_json(spec).encode()).hexdigest()

@@ -59,18 +59,15 @@ class Guards:
             spec = specs.parse_spec(info.spec, allow_debug=True)  # the debug bit is the rules' to judge
         except SnpvirtError as err:
             return [{"key": "(recorded spec)", "from": err.message, "to": "a spec snpvirt can read"}]
-        desired = self._desired_projection(spec, root, launch_record=None)
+        desired = self._desired_projection(spec, launch_record=None)
         return [c for c in drift.differences(desired, drift.project(root)) if drift.is_snp_setting(c["key"])]
 
-    def _desired_projection(self, spec: VmSpec, existing: etree._Element,
-                            launch_record: launch.LaunchRecord | None) -> dict[str, Any]:
+    def _desired_projection(self, spec: VmSpec, launch_record: launch.LaunchRecord | None) -> dict[str, Any]:
         """What the spec renders, in the canonical projection. cbitpos/reducedPhysBits that the spec leaves to
-        the host are the host's to fill in: taken from the existing definition, or left out of the comparison,
-        so nothing asks the host here. Signed ID blocks need the launch record; without it they are left out."""
-        ls = existing.find("launchSecurity")
-        host = lambda tag: _int_or_none(ls.findtext(tag)) if ls is not None else None  # noqa: E731
-        cbitpos = spec.snp.cbitpos if spec.snp.cbitpos is not None else host("cbitpos")
-        reduced = spec.snp.reduced_phys_bits if spec.snp.reduced_phys_bits is not None else host("reducedPhysBits")
+        the host are the host's to fill in: left out of the comparison, so nothing asks the host here (taking
+        them from the existing definition would only compare that definition with itself). Signed ID blocks
+        need the launch record; without it they are left out."""
+        cbitpos, reduced = spec.snp.cbitpos, spec.snp.reduced_phys_bits
         sev = SevParams(cbitpos if cbitpos is not None else 0, reduced if reduced is not None else 0, "comparison")
         projection = drift.project(domxml.parse(render.render_xml(spec, sev, None, launch_record)))
         left_out = {"launch_security.cbitpos": cbitpos is None, "launch_security.reducedPhysBits": reduced is None,
@@ -88,10 +85,3 @@ class Guards:
         if record.live_xml is None:
             return False
         return bool(drift.differences(desired, drift.project(domxml.parse(record.live_xml))))
-
-
-def _int_or_none(text: str | None) -> int | None:
-    try:
-        return int(text.strip()) if text is not None else None
-    except ValueError:
-        return None
