@@ -18,8 +18,7 @@ from snpvirt.domain.sevparams import SevParams
 from snpvirt.errors import BadInputError, ConflictError, SnpvirtError
 from snpvirt.launch import inputs as launch
 from snpvirt.models import DomainRecord, Stamp, VmSpec
-from snpvirt.orchestration.base import Hypervisor, Outcome, SpecInput, is_active, snp_errors
-from snpvirt.orchestration.define import DefinedMeanwhile
+from snpvirt.orchestration.base import DefinedMeanwhile, Hypervisor, Outcome, SpecInput, is_active, snp_errors
 
 
 @dataclass
