@@ -44,7 +44,7 @@ PLUGIN = Path(__file__).resolve().parent / "mutation_reload.py"
 # definitions changed outside snpvirt (the check before start), the readiness gate of every verb, the
 # apply pipeline, the recorded measurement and the attestation expectations, all on the test driver.
 MANAGER_TESTS = ["tests/integration/test_manager.py", "tests/integration/test_manager_drift.py",
-                 "tests/integration/test_manager_define.py",
+                 "tests/integration/test_manager_define.py", "tests/integration/test_import_measure.py",
                  "tests/integration/test_gate.py", "tests/integration/test_apply_pipeline.py",
                  "tests/integration/test_measurement_recorded.py", "tests/integration/test_attest_end_to_end.py",
                  "tests/unit/test_orchestration.py"]
@@ -115,7 +115,8 @@ def mutmut_config(module: str, tests: list[str]) -> str:
         f"only_mutate = {toml_list([module])}",
         f"pytest_add_cli_args_test_selection = {toml_list(tests)}",
         # No cache files in the copy; the plugin re-imports the module under mutation per test.
-        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "mutation_reload"]',
+        # Never the daemon tests (a libvirtd per mutant): a file named in MODULES may hold one or two.
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "mutation_reload", "-m", "not daemon"]',
         'also_copy = ["templates", "examples", "mutation_reload.py"]',
         # Fork from the process that ran the tests once: every import is warm, ~9 mutants/s on 2 cores.
         'process_isolation = "fork"',
