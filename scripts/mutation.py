@@ -40,9 +40,14 @@ PLUGIN = Path(__file__).resolve().parent / "mutation_reload.py"
 
 # module -> the tests that decide it. Keep daemon tests (the `libvirtd` fixture) out: each mutant
 # runs in a fresh pytest session, which would start a daemon per mutant.
-# The manager and the parts it composes (orchestration/) are decided by the same tests.
-MANAGER_TESTS = ["tests/integration/test_manager.py", "tests/integration/test_measurement_recorded.py",
-                 "tests/integration/test_attest_end_to_end.py"]
+# The manager and the parts it composes (orchestration/) are decided by the same tests: the lifecycle,
+# definitions changed outside snpvirt (the check before start), the readiness gate of every verb, the
+# apply pipeline, the recorded measurement and the attestation expectations, all on the test driver.
+MANAGER_TESTS = ["tests/integration/test_manager.py", "tests/integration/test_manager_drift.py",
+                 "tests/integration/test_manager_define.py", "tests/integration/test_import_measure.py",
+                 "tests/integration/test_gate.py", "tests/integration/test_apply_pipeline.py",
+                 "tests/integration/test_measurement_recorded.py", "tests/integration/test_attest_end_to_end.py",
+                 "tests/unit/test_orchestration.py"]
 MODULES: dict[str, list[str]] = {
     **{module: MANAGER_TESTS for module in ["snpvirt/manager.py", *(f"snpvirt/orchestration/{part}.py" for part in
                                                                   ("base", "guards", "apply", "define", "verbs", "reading"))]},
@@ -53,9 +58,9 @@ MODULES: dict[str, list[str]] = {
     "snpvirt/attest/certs.py": ["tests/unit/attest/test_attest.py", "tests/unit/attest/test_kds.py"],
     "snpvirt/attest/kds.py": ["tests/unit/attest/test_kds.py"],
     "snpvirt/domain/importer.py": ["tests/unit/domain/test_explain_import.py", "tests/integration/test_manager.py"],
-    "snpvirt/domain/metadata.py": ["tests/unit/domain/test_explain_import.py", "tests/integration/test_manager.py",
-                            "tests/integration/test_measurement_recorded.py"],
-    # When the atomic writer lands: "snpvirt/fileio.py": ["tests/unit/test_fileio.py", ...],
+    "snpvirt/domain/metadata.py": ["tests/unit/domain/test_metadata.py", "tests/unit/domain/test_explain_import.py",
+                                   "tests/integration/test_manager.py", "tests/integration/test_measurement_recorded.py"],
+    "snpvirt/fileio.py": ["tests/unit/test_fileio.py", "tests/unit/test_output_files.py", "tests/unit/test_bounded_inputs.py"],
 }
 
 # What a mutant's tests did -> whether it counts as killed. A timeout is a kill: the tests noticed.
@@ -110,7 +115,8 @@ def mutmut_config(module: str, tests: list[str]) -> str:
         f"only_mutate = {toml_list([module])}",
         f"pytest_add_cli_args_test_selection = {toml_list(tests)}",
         # No cache files in the copy; the plugin re-imports the module under mutation per test.
-        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "mutation_reload"]',
+        # Never the daemon tests (a libvirtd per mutant): a file named in MODULES may hold one or two.
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "mutation_reload", "-m", "not daemon"]',
         'also_copy = ["templates", "examples", "mutation_reload.py"]',
         # Fork from the process that ran the tests once: every import is warm, ~9 mutants/s on 2 cores.
         'process_isolation = "fork"',

@@ -206,8 +206,8 @@ def _refuse_untrusted_links(link: Path, what: str) -> None:
     reads links without the kernel's check). Otherwise root writing -o /tmp/vm.xml would overwrite
     whatever file another user's link there points at, e.g. /etc/shadow. Every link of the chain is checked."""
     for _ in range(40):  # the kernel's own limit on links in a row
-        st = os.lstat(link)
-        if not stat.S_ISLNK(st.st_mode):
+        st = _lstat(link)
+        if st is None or not stat.S_ISLNK(st.st_mode):  # the end of the chain (missing: output_target says so)
             return
         folder = os.stat(link.parent)
         shared = folder.st_mode & stat.S_ISVTX and folder.st_mode & stat.S_IWOTH

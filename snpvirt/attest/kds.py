@@ -100,6 +100,8 @@ class Kds:
         if urllib.parse.urlsplit(self.base_url).scheme not in ("http", "https"):
             raise BadInputError(f"--kds-url {self.base_url!r} is not an http(s) URL",
                                 "give AMD KDS (https://kdsintf.amd.com) or a mirror's http(s) URL")
+        if self.attempts < 1:  # _download's loop returns or raises on its last attempt: it needs one
+            raise ValueError(f"Kds needs at least one attempt, not {self.attempts}")
         if self.cache is not None:
             self._store = CacheFolder(self.cache, self.base_url, self.progress, self.clock)
 
@@ -321,6 +323,9 @@ class CacheFolder:
             self.usable = False
             return None
 
+    def _shown(self, name: str) -> Path:
+        return self.root / service_folder(self.service_url) / name
+
     def read(self, name: str, max_age_s: float) -> bytes | None:
         """The entry's bytes if it is safe to read and younger than `max_age_s`, else None."""
         with self._folder() as folder:
@@ -329,10 +334,13 @@ class CacheFolder:
             try:
                 problem = _entry_problem(os.stat(name, dir_fd=folder, follow_symlinks=False))
                 if problem:
-                    self.warn(f"ignoring cache entry {self.root / name}: {problem}; fetching it again")
+                    self.warn(f"ignoring cache entry {self._shown(name)}: {problem}; fetching it again")
                     return None
                 fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder)
             except FileNotFoundError:
+                return None
+            except OSError as exc:  # ELOOP: a link swapped in after the stat, which O_NOFOLLOW refused
+                self.warn(f"ignoring cache entry {self._shown(name)}: {exc.strerror}; fetching it again")
                 return None
             try:
                 info = os.fstat(fd)  # the file opened, not the one stat-ed a moment ago

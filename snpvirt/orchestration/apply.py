@@ -20,8 +20,7 @@ from snpvirt.errors import BadInputError, ConflictError, SnpvirtError
 from snpvirt.launch import inputs as launch
 from snpvirt.models import DomainRecord, Stamp, VmSpec
 from snpvirt.orchestration import volumes as pool_volumes
-from snpvirt.orchestration.base import Hypervisor, Outcome, SpecInput, is_active, snp_errors
-from snpvirt.orchestration.define import DefinedMeanwhile
+from snpvirt.orchestration.base import DefinedMeanwhile, Hypervisor, Outcome, SpecInput, is_active, snp_errors
 
 
 @dataclass

@@ -11,10 +11,16 @@ from lxml import etree
 
 from snpvirt.domain import rules as snp_rules
 from snpvirt.domain import xml as domxml
-from snpvirt.errors import SnpvirtError
+from snpvirt.errors import ConflictError, SnpvirtError
 from snpvirt.models import DomainRecord, Finding, VmSpec
 
 ACTIVE_STATES = {"running", "blocked", "paused", "shutdown", "pmsuspended"}
+
+
+# Here, not in define.py which raises it, because apply.py catches it: scripts/mutation re-imports the
+# module it mutates, and a class re-created there would no longer be the one the other module catches.
+class DefinedMeanwhile(ConflictError):
+    """A create lost a race: another client defined the same name between our look-up and our define."""
 
 
 class Hypervisor(Protocol):

@@ -14,11 +14,7 @@ from snpvirt.domain.sevparams import SevParams
 from snpvirt.errors import BadInputError, ConflictError, SnpvirtError
 from snpvirt.host.firmware import InstalledFirmware
 from snpvirt.models import DomainRecord, Finding
-from snpvirt.orchestration.base import Hypervisor, Outcome, drift_text
-
-
-class DefinedMeanwhile(ConflictError):
-    """A create lost a race: another client defined the same name between our look-up and our define."""
+from snpvirt.orchestration.base import DefinedMeanwhile, Hypervisor, Outcome, drift_text
 
 
 class Defining:

@@ -68,12 +68,11 @@ class Guards:
     def _desired_projection(self, spec: VmSpec, existing: etree._Element,
                             launch_record: launch.LaunchRecord | None) -> dict[str, Any]:
         """What the spec renders, in the canonical projection. cbitpos/reducedPhysBits that the spec leaves to
-        the host are the host's to fill in: taken from the existing definition, or left out of the comparison,
-        so nothing asks the host here. Signed ID blocks need the launch record; without it they are left out."""
-        ls = existing.find("launchSecurity")
-        host = lambda tag: _int_or_none(ls.findtext(tag)) if ls is not None else None  # noqa: E731
-        cbitpos = spec.snp.cbitpos if spec.snp.cbitpos is not None else host("cbitpos")
-        reduced = spec.snp.reduced_phys_bits if spec.snp.reduced_phys_bits is not None else host("reducedPhysBits")
+        the host are the host's to fill in: left out of the comparison, so nothing asks the host here (taking
+        them from the existing definition would only compare that definition with itself). Signed ID blocks
+        need the launch record; without it they are left out. Boot volumes are compared at the host paths
+        `existing` was defined with."""
+        cbitpos, reduced = spec.snp.cbitpos, spec.snp.reduced_phys_bits
         sev = SevParams(cbitpos if cbitpos is not None else 0, reduced if reduced is not None else 0, "comparison")
         spec = _with_defined_boot_paths(spec, existing)
         # A fleet's copies of one spec: rendered once for the comparison too (its own memory: apply's renders
@@ -95,13 +94,6 @@ class Guards:
         if record.live_xml is None:
             return False
         return bool(drift.differences(desired, drift.project(domxml.parse(record.live_xml))))
-
-
-def _int_or_none(text: str | None) -> int | None:
-    try:
-        return int(text.strip()) if text is not None else None
-    except ValueError:
-        return None
 
 
 def _with_defined_boot_paths(spec: VmSpec, existing: etree._Element) -> VmSpec:

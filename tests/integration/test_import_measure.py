@@ -154,3 +154,39 @@ def test_import_then_record_through_the_real_cli(libvirtd, files, tmp_path):
             if dom.name() != "test":
                 dom.undefine()
         held.close()
+
+
+# --- what a refused record says, and what list and status count (scripts/mutation reading) -----------------------
+
+
+def test_a_refused_record_says_whose_inputs_differ_and_what_to_give(mgr, files, imported, tmp_path, capsys):
+    code = run([*measure_args(files, **{"--vcpus": "2", "--cmdline": "quiet"}), "--record", imported,
+                "-c", "test:///default"])
+    err = capsys.readouterr().err
+    assert code == ExitCode.CONFLICT
+    assert "imp-01 was not launched with the given inputs (" in err and "'; " in err, err
+    assert "hint: give what imp-01 launches with (snpvirt status imp-01; virsh dumpxml imp-01)" in err
+    remote = {"firmware": "/srv/remote/OVMF.amdsev.fd", "kernel": "/srv/remote/vmlinuz", "initrd": "/srv/remote/initrd.img"}
+    path = spec_file(tmp_path, "meas-20", remote)
+    mgr.apply([SpecInput(str(path), specs.load_spec(path))])
+    copies = ["--set", f"firmware={files['firmware']}", "--set", f"boot.kernel={files['kernel']}",
+              "--set", f"boot.initrd={files['initrd']}"]
+    code = run(["measure", str(path), *copies, "--set", "vcpus=2", "--record", "meas-20", "-c", "test:///default"])
+    err = capsys.readouterr().err
+    assert code == ExitCode.CONFLICT and "meas-20 was not launched with this spec's inputs (" in err, err
+    assert "hint: measure with the spec the domain was defined from (snpvirt status NAME shows it)" in err
+
+
+def test_list_counts_the_domains_it_leaves_out_and_status_says_the_version(mgr, imported, clean_test_driver):
+    from snpvirt import __version__
+
+    rows, hidden = mgr.inventory()
+    assert imported not in [r["name"] for r in rows], "shut off: only with include_inactive"
+    clean_test_driver.defineXML("<domain type='test'><name>other-tool</name><memory>1024</memory>"
+                                "<os><type>hvm</type></os></domain>")
+    all_rows, all_hidden = mgr.inventory(include_inactive=True)
+    assert [r["managed"] for r in all_rows if r["name"] == imported] == [True]
+    assert "other-tool" not in [r["name"] for r in all_rows] and all_hidden == hidden + 1
+    everything, none_hidden = mgr.inventory(include_inactive=True, include_unmanaged=True)
+    assert none_hidden == 0 and [r["managed"] for r in everything if r["name"] == "other-tool"] == [False]
+    assert mgr.status(imported)["snpvirt_version"] == __version__

@@ -425,3 +425,77 @@ def test_start_checks_what_runs_a_definition_changed_between_check_and_start_is_
     with pytest.raises(ConflictError, match="changed while snpvirt started it"):
         make_manager(conn).start("race-01")
     assert conn.state("race-01") == "shutoff"
+
+
+# --- the check before start: its exact refusals, and what it leaves to others (scripts/mutation guards) ---------
+
+
+def test_a_start_refusal_names_the_rule_and_how_to_restore(mgr, conn, clean_test_driver):
+    mgr.apply([spec(name="drift-20")], start=False)
+    edit_outside(clean_test_driver, "drift-20", debug_policy)
+    with pytest.raises(ConflictError) as debug:
+        mgr.start("drift-20")
+    assert debug.value.message.startswith("drift-20's definition breaks snp.policy_debug (")
+    assert debug.value.message.endswith("); snpvirt does not start it")
+    assert debug.value.hint == ("restore it: snpvirt apply SPEC, or snpvirt import drift-20 --fix, or pass --allow-debug "
+                                "for a throw-away test guest")
+    edit_outside(clean_test_driver, "drift-20", strip_snp_behind_a_comment)
+    with pytest.raises(ConflictError) as lost:
+        mgr.start("drift-20")
+    assert lost.value.message.startswith("drift-20's definition breaks snp.launch_security")
+    assert lost.value.hint == "restore it: snpvirt apply SPEC, or snpvirt import drift-20 --fix", "no --allow-debug to offer"
+
+
+def test_a_drift_refusal_says_what_changed_and_how_to_restore(mgr, conn, clean_test_driver):
+    mgr.apply([SpecInput("web-01", specs.load_spec(EXAMPLES / "web-01.toml"))], start=False)
+    edit_outside(clean_test_driver, "web-01", DRIFTS["policy"][0])
+    with pytest.raises(ConflictError) as refused:
+        mgr.start("web-01")
+    assert refused.value.message == ("web-01's SEV-SNP settings were changed outside snpvirt (launch_security.policy: "
+                                     "'0x70000', snpvirt defined '0x30000'); snpvirt does not start it")
+    assert refused.value.hint == "restore them from the spec: snpvirt apply SPEC (snpvirt status web-01 shows it)"
+
+
+def test_reduced_phys_bits_changed_since_the_spec_is_refused(mgr, conn, clean_test_driver):
+    mgr.apply([SpecInput("web-01", specs.load_spec(EXAMPLES / "web-01.toml"))], start=False)
+    edit_outside(clean_test_driver, "web-01", _set("launchSecurity/reducedPhysBits", text="5"))
+    with pytest.raises(ConflictError, match=r"\(launch_security.reducedPhysBits: 5, snpvirt defined 1\)"):
+        mgr.start("web-01")
+
+
+def test_what_the_spec_leaves_to_the_host_is_not_drift(mgr, conn, clean_test_driver):
+    """A spec without cbitpos/reducedPhysBits leaves them to libvirt: whatever the definition holds, or its
+    lack of them, is the host's, not a change to refuse."""
+    from snpvirt.host import readiness
+
+    mgr = Manager(conn, gate=lambda: readiness.gate_report(conn), resolve_sev=lambda s: sevparams.SevParams(51, 1, "host"))
+    done = mgr.apply([SpecInput("drift-21", specs.parse_spec({**_base("drift-21"), "snp": {}}))], start=False)[0]
+    assert done.ok, done.error
+
+    def drop_both(root):
+        for tag in ("cbitpos", "reducedPhysBits"):
+            root.find("launchSecurity").remove(root.find(f"launchSecurity/{tag}"))
+    edit_outside(clean_test_driver, "drift-21", drop_both)
+    assert mgr.start("drift-21").changed is True
+
+
+def test_an_unreadable_recorded_spec_refuses_the_start(mgr, conn, clean_test_driver):
+    mgr.apply([spec(name="drift-22")], start=False)
+
+    def unreadable_spec(root):
+        recorded = root.find(f"metadata/{{{domxml.METADATA_NS}}}domain/{{{domxml.METADATA_NS}}}spec")
+        recorded.text = recorded.text.replace('"vcpus":2', '"vcpus":0')
+    edit_outside(clean_test_driver, "drift-22", unreadable_spec)
+    with pytest.raises(ConflictError) as refused:
+        mgr.start("drift-22")
+    message = refused.value.message
+    assert message.startswith("drift-22's SEV-SNP settings were changed outside snpvirt ((recorded spec): '")
+    assert message.endswith("', snpvirt defined 'a spec snpvirt can read'); snpvirt does not start it")
+
+
+def test_a_document_given_to_define_xml_starts_as_given(mgr, conn, clean_test_driver):
+    """`define XML` records the document's digest: that document, not the spec it may carry, is what the
+    user asked for, so only the SNP rules judge it at start."""
+    document = (GOLDEN / "web-01.xml").read_text().replace("<policy>0x30000</policy>", "<policy>0x70000</policy>")
+    mgr.define_xml(document.encode(), "web-01.xml")
+    assert mgr.start("web-01").changed is True

@@ -6,7 +6,9 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import functools
+import hashlib
 import http.server
+import io
 import json
 import os
 import socket
@@ -16,13 +18,14 @@ import threading
 import time
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from snpvirt.attest import certs, kds
 from snpvirt.attest import report as reports
 from snpvirt.cli.app import run
-from snpvirt.errors import BadInputError, ConnectionFailedError, ExitCode, NotFoundError
-from tests.attest_factory import issue_vcek, make_ca
+from snpvirt.errors import BadInputError, ConnectionFailedError, ExitCode, NotFoundError, SnpvirtError
+from tests.attest_factory import issue_vcek, leaf_cert, make_ca
 from tests.conftest import ROOT, CliRun, assert_clean_error, vector
 
 REPORT = "attestation/derived/virtee_report_milan.bin"
@@ -36,6 +39,7 @@ class FakeKds(http.server.BaseHTTPRequestHandler):
     retry_after: str | None = "0"  # sent with each failure; None: no header, the client's own backoff decides
     drip: set = set()  # paths answered one byte at a time
     header_drip: set = set()  # paths whose headers come one byte at a time: each byte resets urllib's timeout
+    header_drip_start = b"HTTP/1.1 200 OK\r\nX-Slow: "  # what is sent before the drip
     drip_ends: list = []  # how each header drip ended
     redirects: dict = {}  # path -> Location answered with a 302
     raw: dict = {}  # path -> bytes sent as they are instead of an HTTP answer
@@ -59,7 +63,7 @@ class FakeKds(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             return
         if self.path in type(self).header_drip:
-            self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            self.wfile.write(type(self).header_drip_start)
             try:
                 for _ in range(100):
                     self.wfile.write(b"a")
@@ -111,6 +115,7 @@ def serve():
     }
     FakeKds.failures, FakeKds.requests, FakeKds.retry_after, FakeKds.drip = [], [], "0", set()
     FakeKds.header_drip, FakeKds.redirects, FakeKds.raw, FakeKds.drip_ends = set(), {}, {}, []
+    FakeKds.header_drip_start = b"HTTP/1.1 200 OK\r\nX-Slow: "
     yield start
     for httpd in servers:
         httpd.shutdown()
@@ -157,13 +162,19 @@ def test_retries_on_429_and_503_then_caches(server, tmp_path):
 def test_gives_up_with_a_clear_error(server, tmp_path):
     service = kds.Kds(server, tmp_path / "cache", attempts=3, sleep=lambda s: None)
     FakeKds.failures = [503, 503, 503]
-    with pytest.raises(ConnectionFailedError, match="KDS answered 503"):
+    with pytest.raises(ConnectionFailedError, match="KDS answered 503") as busy:
         service.cert_chain("milan")
-    with pytest.raises(NotFoundError, match="404"):
+    assert busy.value.hint == "try again later, or use a mirror with --kds-url"
+    with pytest.raises(NotFoundError) as absent:
         service.cert_chain("genoa")
+    assert absent.value.message == f"KDS has no genoa-vcek-cert_chain.pem ({server}/vcek/v1/Genoa/cert_chain: 404)"
+    assert absent.value.hint == "check the product (--product) and that the report's TCB is one AMD published"
     unreachable = kds.Kds("http://127.0.0.1:9", None, attempts=2, timeout_s=2, sleep=lambda s: None)
-    with pytest.raises(ConnectionFailedError, match="cannot reach KDS"):
+    with pytest.raises(ConnectionFailedError) as refused:
         unreachable.cert_chain("milan")
+    assert refused.value.message == "cannot reach KDS at http://127.0.0.1:9: [Errno 111] Connection refused", \
+        "the reason, not urllib's <urlopen error ...> wrapping"
+    assert refused.value.hint == "check the network, or point --kds-url / SNPVIRT_KDS_URL at a mirror"
 
 
 def test_fetch_certs_then_verify_with_fetch(server, tmp_path, monkeypatch, capsys):
@@ -212,9 +223,9 @@ def test_verify_fetch_gets_each_chips_vcek(server, tmp_path, monkeypatch, capsys
 def test_a_non_certificate_answer_is_refused_and_not_cached(server, tmp_path):
     FakeKds.routes["/vcek/v1/Genoa/cert_chain"] = b"<html>proxy login</html>"
     service = kds.Kds(server, tmp_path / "cache", sleep=lambda s: None)
-    with pytest.raises(kds.UntrustedAnswer, match="did not return a certificate"):
+    with pytest.raises(kds.UntrustedAnswer, match="did not return a certificate") as refused:
         service.cert_chain("genoa")
-    assert entries(tmp_path / "cache") == []
+    assert entries(tmp_path / "cache") == [] and refused.value.hint == kds._HINT
 
 
 def test_retry_after_is_capped(server, tmp_path):
@@ -270,8 +281,10 @@ def test_the_cli_says_each_retry_on_stderr(server, tmp_path, monkeypatch, capsys
 def test_an_oversized_answer_is_refused_without_retrying(server, tmp_path):
     FakeKds.routes["/vcek/v1/Milan/cert_chain"] = b"-----BEGIN CERTIFICATE-----\n" + b"A" * (2 << 20)
     service = kds.Kds(server, tmp_path / "cache", sleep=lambda s: None)
-    with pytest.raises(kds.UntrustedAnswer, match="more than 64 KiB"):
+    with pytest.raises(kds.UntrustedAnswer) as refused:
         service.cert_chain("milan")
+    assert refused.value.message == f"{server}/vcek/v1/Milan/cert_chain answered more than 64 KiB: not a certificate"
+    assert refused.value.hint == kds._HINT
     assert service.fetched == 1 and entries(tmp_path / "cache") == []
 
 
@@ -296,17 +309,24 @@ def test_headers_that_never_end_meet_the_deadline(server, via_redirect):
     assert FakeKds.drip_ends == ["the client hung up"]  # at the deadline, not after the server was done
 
 
-def test_a_redirect_to_another_scheme_is_refused(serve, tmp_path):
-    """--kds-url is http(s) only, and a redirect must not open an ftp: URL (urllib follows those)."""
+def listening(backlog: int = 1, timeout: float | None = None) -> socket.socket:
+    """A TCP socket listening on loopback that nothing answers for: what connects to it shows up in accept()."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    listener.settimeout(0.2)
+    listener.listen(backlog)
+    listener.settimeout(timeout)
+    return listener
+
+
+def test_a_redirect_to_another_scheme_is_refused(serve, tmp_path):
+    """--kds-url is http(s) only, and a redirect must not open an ftp: URL (urllib follows those)."""
+    listener = listening(timeout=0.2)
     server = serve()
     FakeKds.redirects = {"/vcek/v1/Milan/cert_chain": f"ftp://127.0.0.1:{listener.getsockname()[1]}/cert_chain"}
     try:
-        with pytest.raises(kds.UntrustedAnswer, match=r"redirected to a URL that is not http\(s\) \(ftp:\)"):
+        with pytest.raises(kds.UntrustedAnswer, match=r"redirected to a URL that is not http\(s\) \(ftp:\)") as refused:
             kds.Kds(server, tmp_path / "cache", attempts=1).cert_chain("milan")
+        assert refused.value.hint == kds._HINT
         with pytest.raises(socket.timeout):
             listener.accept()  # nothing connected to the ftp: address
     finally:
@@ -314,12 +334,13 @@ def test_a_redirect_to_another_scheme_is_refused(serve, tmp_path):
     assert entries(tmp_path / "cache") == []
 
 
-@pytest.mark.parametrize("answer", [b"\x1b]0;owned\x07garbage\r\n\r\n", b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 200 + b"\r\n"],
+@pytest.mark.parametrize("answer, error", [(b"\x1b]0;owned\x07garbage\r\n\r\n", "BadStatusLine"),
+                                           (b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 200 + b"\r\n", "HTTPException")],
                          ids=["not a status line", "too many headers"])
-def test_an_answer_that_is_not_http_is_a_connection_error(server, tmp_path, answer, monkeypatch, capsys):
+def test_an_answer_that_is_not_http_is_a_connection_error(server, tmp_path, answer, error, monkeypatch, capsys):
     """http.client's own errors escaped as "internal error", with the server's bytes (escapes) on stderr."""
     FakeKds.raw = {"/vcek/v1/Milan/cert_chain": answer}
-    with pytest.raises(ConnectionFailedError, match="did not answer in HTTP"):
+    with pytest.raises(ConnectionFailedError, match=f"did not answer in HTTP \\({error}\\)$"):
         kds.Kds(server, None, attempts=1).cert_chain("milan")
     monkeypatch.setenv("SNPVIRT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(kds, "Kds", functools.partial(kds.Kds, attempts=1))  # the CLI's retries only wait here
@@ -330,8 +351,10 @@ def test_an_answer_that_is_not_http_is_a_connection_error(server, tmp_path, answ
 
 
 def test_kds_url_must_be_http(tmp_path, capsys):
-    with pytest.raises(BadInputError, match="not an http"):
+    with pytest.raises(BadInputError, match="not an http") as refused:
         kds.Kds("file:///dev/zero", tmp_path / "cache")
+    assert refused.value.hint == "give AMD KDS (https://kdsintf.amd.com) or a mirror's http(s) URL"
+    assert kds.Kds("https://kdsintf.amd.com/", tmp_path / "cache").base_url == "https://kdsintf.amd.com/"
     code = run(["attest", "fetch-certs", str(vector(REPORT)), "--product", "milan", "--kds-url", "file:///etc",
                 "-o", str(tmp_path / "certs")])
     assert_clean_error(CliRun(code, *capsys.readouterr()), 2, "is not an http(s) URL")
@@ -344,26 +367,31 @@ def _chain_cases():
     lab = make_ca()
     real = certs.load(vector("attestation/virtee-sev/cert_chain_milan.pem").read_bytes(), "real")
     real_ark = next(c.cert for c in real if c.role == "ark")
-    genoa = certs.load(vector("amd-certs/trustee/genoa_ask_ark_asvk.pem").read_bytes(), "genoa")
+    real_ask = next(c.cert for c in real if c.role == "ask")
+    genoa = {c.role: c.cert for c in certs.load(vector("amd-certs/trustee/genoa_ask_ark_asvk.pem").read_bytes(), "genoa")}
     return {
         "a lab root": (pem(lab.ask, lab.ark), "not AMD's pinned milan root key"),
         "an ASK the pinned ARK did not sign": (pem(lab.ask, real_ark), "is NOT signed by ARK-Milan"),
-        "Genoa's chain": (pem(*(c.cert for c in genoa if c.role in ("ask", "ark"))), "not one ASK and one ARK for milan"),
+        "Genoa's chain": (pem(genoa["ask"], genoa["ark"]), "not one ASK and one ARK for milan (got SEV-Genoa, ARK-Genoa)"),
+        "Milan's ASK with Genoa's ARK": (pem(real_ask, genoa["ark"]), "(got SEV-Milan, ARK-Genoa)"),
+        "Genoa's ASK with Milan's ARK": (pem(genoa["ask"], real_ark), "(got SEV-Genoa, ARK-Milan)"),
+        "a certificate without a name": (_self_signed_pem(x509.Name([])) + pem(real_ark), "(got ?, ARK-Milan)"),
         "the ARK alone": (pem(real_ark), "not one ASK and one ARK for milan"),
         "an extra certificate": (vector("attestation/virtee-sev/cert_chain_milan.pem").read_bytes() + pem(lab.ark),
                                  "not one ASK and one ARK for milan"),
     }
 
 
-@pytest.mark.parametrize("case", ["a lab root", "an ASK the pinned ARK did not sign", "Genoa's chain", "the ARK alone",
-                                  "an extra certificate"])
+@pytest.mark.parametrize("case", ["a lab root", "an ASK the pinned ARK did not sign", "Genoa's chain",
+                                  "Milan's ASK with Genoa's ARK", "Genoa's ASK with Milan's ARK",
+                                  "a certificate without a name", "the ARK alone", "an extra certificate"])
 def test_a_chain_that_does_not_lead_to_the_pinned_ark_is_refused_and_not_cached(case, server, tmp_path, monkeypatch,
                                                                                 capsys):
     body, message = _chain_cases()[case]
     FakeKds.routes["/vcek/v1/Milan/cert_chain"] = body
     with pytest.raises(kds.UntrustedAnswer) as refused:
         kds.Kds(server, tmp_path / "cache").cert_chain("milan")
-    assert message in refused.value.message
+    assert message in refused.value.message and refused.value.hint == kds._HINT
     assert entries(tmp_path / "cache") == []
     monkeypatch.setenv("SNPVIRT_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "certs"
@@ -381,28 +409,40 @@ def _report_at(tcb_bytes: bytes) -> reports.Report:
 
 def _vcek_cases():
     real_tcb = {"bootloader": 3, "tee": 0, "snp": 8, "microcode": 115}
-    forged = issue_vcek(make_ca(), real_tcb, chip_id=bytes.fromhex(CHIP))
+    other = make_ca(chip_id=bytes.fromhex(CHIP), tcb=real_tcb)
+    forged = issue_vcek(other, real_tcb)
+    rsa_keyed = leaf_cert(other, key=other.ark_key)  # a VCEK must hold an EC P-384 key
+    real = reports.parse(vector(REPORT).read_bytes())
+    ark = pem(next(c.cert for c in certs.load(vector("attestation/virtee-sev/cert_chain_milan.pem").read_bytes(), "")
+                   if c.role == "ark"))
     return {
-        "another chip's": (VCEK_PATH, vector("attestation/go-sev-guest/vcek_milan.der").read_bytes(),
-                           reports.parse(vector(REPORT).read_bytes()), "is for chip 3ac3fe21e13fb099..."),
+        "another chip's": (VCEK_PATH, vector("attestation/go-sev-guest/vcek_milan.der").read_bytes(), real,
+                           "is for chip 3ac3fe21e13fb099..., not the report's d49554ec717f4e5b..."),
+        "one without a chip id": (VCEK_PATH, der(leaf_cert(other, hw_id=None)), real,
+                                  "is for chip ..., not the report's d49554ec717f4e5b..."),
         "another TCB's": (f"/vcek/v1/Milan/{CHIP}?blSPL=04&teeSPL=00&snpSPL=09&ucodeSPL=115",
                           vector("attestation/virtee-sev/vcek_milan.der").read_bytes(),
                           _report_at(bytes([4, 0, 0, 0, 0, 0, 9, 115])), "bootloader 3 != 4; snp 8 != 9"),
         "not signed by the ASK": (VCEK_PATH, der(forged), reports.parse(vector(REPORT).read_bytes()),
                                   "SEV-VCEK (http"),
-        "the chain instead": (VCEK_PATH, vector("attestation/virtee-sev/cert_chain_milan.pem").read_bytes(),
-                              reports.parse(vector(REPORT).read_bytes()), "is not one VCEK"),
+        "neither signed by the ASK nor EC": (VCEK_PATH, der(rsa_keyed), real, "; SEV-VCEK key is not EC P-384"),
+        "the chain instead": (VCEK_PATH, vector("attestation/virtee-sev/cert_chain_milan.pem").read_bytes(), real,
+                              "is not one VCEK (got SEV-Milan, ARK-Milan)"),
+        "the ARK instead": (VCEK_PATH, ark, real, "is not one VCEK (got ARK-Milan)"),
+        "a certificate without a name": (VCEK_PATH, _self_signed_pem(x509.Name([])), real, "is not one VCEK (got ?)"),
     }
 
 
-@pytest.mark.parametrize("case", ["another chip's", "another TCB's", "not signed by the ASK", "the chain instead"])
+@pytest.mark.parametrize("case", ["another chip's", "one without a chip id", "another TCB's", "not signed by the ASK",
+                                  "neither signed by the ASK nor EC", "the chain instead", "the ARK instead",
+                                  "a certificate without a name"])
 def test_a_vcek_that_is_not_the_reports_is_refused_and_not_cached(case, server, tmp_path):
     path, body, rep, message = _vcek_cases()[case]
     FakeKds.routes[path] = body
     cache = tmp_path / "cache"
     with pytest.raises(kds.UntrustedAnswer) as refused:
         kds.Kds(server, cache).vcek(rep, "milan")
-    assert message in refused.value.message
+    assert message in refused.value.message and refused.value.hint == kds._HINT
     assert [e.rsplit("/", 1)[1] for e in entries(cache)] == ["milan-vcek-cert_chain.pem"], "only the good chain"
     if case == "not signed by the ASK":
         assert "NOT signed by SEV-Milan" in refused.value.message
@@ -509,6 +549,7 @@ def test_a_cached_certificate_past_its_not_after_is_not_served(lab, server, tmp_
                              clock=lambda: now + datetime.timedelta(days=2))
     assert two_days_later.vcek(reps["old"], "milan") == vceks["old"], "the entry is young, but the certificate expired"
     assert two_days_later.fetched == 1 and "expired" in said[0]
+    assert said[0].startswith("the VCEK from cached milan-vcek-"), "the message names the cache entry it refused"
 
 
 # --- the cache folder and its files --------------------------------------------------------------------
@@ -542,10 +583,10 @@ def _a_file(cache):
     cache.write_bytes(b"")
 
 
-UNSAFE = {"group-writable": (_group_writable, "group or others can write it (mode 0770)"),
-          "a symlink": (_a_symlink, "it is a symbolic link"),
-          "someone else's": (_someone_elses, "owned by uid 65534"),
-          "a file": (_a_file, "it is not a directory")}
+UNSAFE = {"group-writable": (_group_writable, "is not safe to use: group or others can write it (mode 0770)"),
+          "a symlink": (_a_symlink, "cannot be used: it is a symbolic link"),
+          "someone else's": (_someone_elses, f"is not safe to use: it is owned by uid 65534, not by uid {os.geteuid()}"),
+          "a file": (_a_file, "cannot be used: it is not a directory")}
 
 
 @pytest.mark.parametrize("case", list(UNSAFE))
@@ -553,9 +594,11 @@ def test_an_unsafe_cache_folder_is_refused(case, server, tmp_path, monkeypatch, 
     make, message = UNSAFE[case]
     cache = tmp_path / "kds"
     make(cache)
-    with pytest.raises(kds.UnsafeCacheError, match="KDS cache folder .* (cannot be used|is not safe)") as refused:
+    with pytest.raises(kds.UnsafeCacheError) as refused:
         kds.Kds(server, cache).cert_chain("milan")
-    assert message in refused.value.message and FakeKds.requests == [], "refused before asking KDS"
+    assert refused.value.message == f"KDS cache folder {cache} {message}" and FakeKds.requests == [], \
+        "refused before asking KDS"
+    assert refused.value.hint == kds._CACHE_HINT.format(cache)
     if case == "a symlink":
         assert not list((tmp_path / "elsewhere").iterdir()), "nothing created through the link"
     monkeypatch.setenv("SNPVIRT_CACHE_DIR", str(tmp_path))
@@ -587,7 +630,8 @@ def _huge(entry, victim):
 
 
 ODD_ENTRIES = {"a symlink": (_symlink_to_victim, "a symbolic link"), "a FIFO": (_fifo, "not a regular file"),
-               "someone else's": (_not_mine, "owned by uid 65534"), "huge": (_huge, "larger than 64 KiB")}
+               "someone else's": (_not_mine, f"owned by uid 65534, not by uid {os.geteuid()}"),
+               "huge": (_huge, "larger than 64 KiB")}
 
 
 @pytest.mark.parametrize("case", list(ODD_ENTRIES))
@@ -601,7 +645,8 @@ def test_an_odd_cache_entry_is_ignored_with_a_warning_and_replaced(case, server,
     said = []
     service = kds.Kds(server, tmp_path / "cache", progress=said.append)
     assert service.cert_chain("milan") == FakeKds.routes["/vcek/v1/Milan/cert_chain"]
-    assert service.fetched == 1 and len(said) == 1 and message in said[0] and "fetching it again" in said[0]
+    assert service.fetched == 1
+    assert said == [f"ignoring cache entry {folder / 'milan-vcek-cert_chain.pem'}: {message}; fetching it again"]
     entry = (folder / "milan-vcek-cert_chain.pem").lstat()
     assert entry.st_uid == os.geteuid() and oct(entry.st_mode & 0o170777) == oct(0o100600), "a regular file of ours"
     assert victim.read_bytes() == vector("attestation/virtee-sev/cert_chain_milan.pem").read_bytes()
@@ -654,13 +699,17 @@ def test_a_failed_cache_write_leaves_no_partial_entry_and_no_temp_file(server, t
 
 def _hostile_cn_certificate() -> bytes:
     """A certificate whose CN would take over the terminal: set its title, erase the line, forge one."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
+    return _self_signed_pem(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
+                                                          "\x1b]0;owned\x07\x1b[2K\rVERIFIED\nsnpvirt: ok\u202e")]))
+
+
+def _self_signed_pem(name: x509.Name) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     key = ec.generate_private_key(ec.SECP384R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "\x1b]0;owned\x07\x1b[2K\rVERIFIED\nsnpvirt: ok\u202e")])
     start = datetime.datetime(2024, 1, 1)
     return pem(x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
                .serial_number(1).not_valid_before(start).not_valid_after(start + datetime.timedelta(days=3650))
@@ -677,3 +726,300 @@ def test_a_certificates_text_reaches_the_terminal_escaped(server, tmp_path, monk
     assert code == 1 and "is not one ASK and one ARK" in err
     assert err.count("\n") == 2 and err.startswith("snpvirt: error: ") and err.splitlines()[1].startswith("hint: ")
     assert r"\x1b]0;owned\x07\x1b[2K\rVERIFIED\nsnpvirt: ok\u202e" in err  # shown, not obeyed
+
+
+# --- names: where the cache lives, what a service's folder and an entry are called -----------------------
+
+
+def test_the_cache_lives_in_snpvirt_cache_dir_else_the_xdg_cache_else_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("SNPVIRT_CACHE_DIR", str(tmp_path / "mine"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert kds.default_cache() == tmp_path / "mine" / "kds"
+    monkeypatch.delenv("SNPVIRT_CACHE_DIR")
+    assert kds.default_cache() == tmp_path / "xdg" / "snpvirt" / "kds"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert kds.default_cache() == tmp_path / "home" / ".cache" / "snpvirt" / "kds"
+
+
+def test_a_services_folder_is_its_host_made_safe_and_a_digest_of_its_url():
+    digest = lambda url: hashlib.sha256(url.encode()).hexdigest()[:32]  # noqa: E731
+    assert kds.service_folder("https://KDS.Example.org/") == f"KDS.Example.org-{digest('https://KDS.Example.org')}"
+    assert kds.service_folder("https://KDS.Example.org") == kds.service_folder("https://KDS.Example.org//")
+    assert kds.service_folder("https://KDS.Example.org/X") == f"KDS.Example.org-{digest('https://KDS.Example.org/X')}"
+    assert kds.service_folder("http://me:pw@[::1]:8080/kds") == f"me_pw____1__8080-{digest('http://me:pw@[::1]:8080/kds')}"
+    long_host = "a" * 100 + ".example"
+    assert kds.service_folder(f"http://{long_host}") == f"{'a' * 64}-{digest(f'http://{long_host}')}"
+    assert kds.service_folder("http:///no-host") == f"kds-{digest('http:///no-host')}"
+
+
+def test_a_kds_url_with_a_trailing_slash_asks_the_same_paths(server, tmp_path):
+    kds.Kds(server + "/", tmp_path / "cache").cert_chain("milan")
+    assert FakeKds.requests == ["/vcek/v1/Milan/cert_chain"]
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [kds.service_folder(server)]
+    for base in (server + "/", server + "/X"):  # http.server itself folds a leading "//": the URL asked shows it
+        with pytest.raises(NotFoundError) as absent:
+            kds.Kds(base, None).cert_chain("genoa")
+        assert absent.value.message.endswith(f"({base.rstrip('/')}/vcek/v1/Genoa/cert_chain: 404)")
+
+
+def test_a_vceks_cache_entry_is_named_by_chip_and_tcb(server, tmp_path):
+    kds.Kds(server, tmp_path / "cache").vcek(reports.parse(vector(REPORT).read_bytes()), "milan")
+    folder = kds.service_folder(server)
+    assert entries(tmp_path / "cache") == [f"{folder}/milan-vcek-cert_chain.pem",
+                                           f"{folder}/milan-vcek-{CHIP}-blSPL03_teeSPL00_snpSPL08_ucodeSPL115.der"]
+
+
+# --- what is asked for: the product and signer name URLs, a Turin VCEK its own query ----------------------
+
+
+@pytest.mark.parametrize("product, signer", [("rome", "vcek"), ("milan", "ask"), ("../milan", "vcek")])
+def test_an_unknown_product_or_signer_is_bad_input_before_any_request(server, product, signer):
+    with pytest.raises(BadInputError) as refused:
+        kds.Kds(server, None).cert_chain(product, signer)
+    assert refused.value.message == f"no KDS chain for product {product!r} and signer {signer!r}"
+    assert refused.value.hint == "give --product milan, genoa or turin" and FakeKds.requests == []
+
+
+def test_a_vlek_chain_is_an_asvk_and_an_ark(server, tmp_path):
+    genoa = {c.role: c.cert for c in certs.load(vector("amd-certs/trustee/genoa_ask_ark_asvk.pem").read_bytes(), "")}
+    FakeKds.routes["/vlek/v1/Genoa/cert_chain"] = pem(genoa["asvk"], genoa["ark"])
+    assert kds.Kds(server, tmp_path / "cache").cert_chain("genoa", "vlek") == pem(genoa["asvk"], genoa["ark"])
+    assert entries(tmp_path / "cache") == [f"{kds.service_folder(server)}/genoa-vlek-cert_chain.pem"]
+    FakeKds.routes["/vlek/v1/Genoa/cert_chain"] = pem(genoa["ask"], genoa["ark"])
+    with pytest.raises(kds.UntrustedAnswer, match="is not one ASVK and one ARK for genoa"):
+        kds.Kds(server, None).cert_chain("genoa", "vlek")
+
+
+def test_a_report_signed_with_a_vlek_is_not_sent_to_kds(server):
+    raw = bytearray(vector(REPORT).read_bytes())
+    raw[0x48] |= 1 << 2  # signer info: VLEK
+    with pytest.raises(SnpvirtError) as refused:
+        kds.Kds(server, None).vcek(reports.parse(bytes(raw)), "milan")
+    assert refused.value.message == "this report is signed with a VLEK, which KDS does not hand out per chip"
+    assert refused.value.hint == "use the VLEK from the guest's extended report (snpvirt guest report --certs-out DIR)"
+    assert FakeKds.requests == []
+
+
+def test_a_turin_vcek_is_asked_for_with_eight_bytes_of_chip_id_and_the_fmc(server, tmp_path):
+    ca = make_ca("Turin", hw_id=bytes(range(8)))
+    rep = reports.parse(ca.report())
+    FakeKds.routes["/vcek/v1/Turin/cert_chain"] = pem(ca.ask, ca.ark)
+    path = "/vcek/v1/Turin/0001020304050607?fmcSPL=01&blSPL=03&teeSPL=00&snpSPL=08&ucodeSPL=115"
+    FakeKds.routes[path] = der(ca.vcek)
+    service = kds.Kds(server, tmp_path / "cache", trust_root=certs.Cert(ca.ark, "lab ARK"))
+    assert service.vcek(rep, "turin") == der(ca.vcek)
+    assert FakeKds.requests == ["/vcek/v1/Turin/cert_chain", path]
+
+
+def test_a_chain_past_its_end_says_each_certificate_that_expired(server):
+    later = datetime.datetime(2050, 1, 1, tzinfo=datetime.timezone.utc)
+    chain = {c.role: c for c in certs.load(FakeKds.routes["/vcek/v1/Milan/cert_chain"], "")}
+    expired = "; ".join(certs.valid_at(chain[role], later)[1] for role in ("ark", "ask"))
+    with pytest.raises(kds.UntrustedAnswer) as refused:
+        kds.Kds(server, None, clock=lambda: later).cert_chain("milan")
+    assert refused.value.message == f"the chain from {server}/vcek/v1/Milan/cert_chain does not check out: {expired}"
+    assert expired.count("expired") == 2
+
+
+def test_at_least_one_attempt():
+    with pytest.raises(ValueError, match="at least one attempt, not 0"):
+        kds.Kds("http://127.0.0.1:9", None, attempts=0)
+
+
+# --- bounded in time and size, whatever the server does ------------------------------------------------------
+
+
+def test_a_status_line_that_never_ends_meets_the_deadline(server):
+    FakeKds.header_drip, FakeKds.header_drip_start = {"/vcek/v1/Milan/cert_chain"}, b"HTTP/1.1 2"
+    with pytest.raises(ConnectionFailedError) as late:
+        kds.Kds(server, None, timeout_s=0.3, attempts=1).cert_chain("milan")
+    assert late.value.message == f"cannot reach KDS at {server}: {server}/vcek/v1/Milan/cert_chain did not finish " \
+                                 "answering in time (0.3 s)"
+
+
+def test_a_server_that_never_accepts_the_connection_meets_the_timeout():
+    """A full listen queue: the kernel drops the SYN and connect() waits; only the timeout ends it."""
+    listener = listening(backlog=0)
+    queued = socket.create_connection(listener.getsockname())  # fills the queue: the next connect hangs
+    try:
+        with pytest.raises(ConnectionFailedError):
+            kds.Kds(f"http://127.0.0.1:{listener.getsockname()[1]}", None, timeout_s=0.3, attempts=1).cert_chain("milan")
+    finally:
+        queued.close()
+        listener.close()
+
+
+def test_an_answer_of_exactly_64_kib_is_read_whole(server):
+    FakeKds.routes["/vcek/v1/Milan/cert_chain"] = b"x" * kds.MAX_ANSWER_BYTES
+    with pytest.raises(kds.UntrustedAnswer) as refused:
+        kds.Kds(server, None).cert_chain("milan")
+    assert refused.value.message == f"{server}/vcek/v1/Milan/cert_chain did not return a certificate (65536 bytes)"
+
+
+def test_reading_a_body_stops_at_its_own_deadline():
+    with pytest.raises(TimeoutError, match="^http://kds/x did not finish answering in time$"):
+        kds._read_answer(io.BufferedReader(io.BytesIO(b"data")), "http://kds/x", time.monotonic() - 1)
+
+
+def test_a_socket_opened_after_the_deadline_is_shut_at_once():
+    """A redirect's second connection can open after the deadline passed: it is shut as it is tracked."""
+    deadline = kds._Deadline(0)
+    deadline._timer.join()
+    mine, peer = socket.socketpair()
+    try:
+        deadline.track(socket.socket())  # never connected: shutting it down fails, and that is fine
+        deadline.track(mine)
+        peer.settimeout(10)  # bounds a regression that leaves it open
+        assert deadline.expired and peer.recv(1) == b"", "the other end sees the connection end"
+    finally:
+        deadline.cancel()
+        mine.close()
+        peer.close()
+
+
+def test_a_redirect_to_https_is_followed(serve):
+    listener = listening(timeout=10)
+    server = serve()
+    FakeKds.redirects = {"/vcek/v1/Milan/cert_chain": f"https://127.0.0.1:{listener.getsockname()[1]}/cert_chain"}
+    outcome = []
+    client = threading.Thread(target=lambda: outcome.append(_raised(
+        lambda: kds.Kds(server, None, timeout_s=5, attempts=1).cert_chain("milan"))))
+    client.start()
+    try:
+        connection, _ = listener.accept()  # the https: hop was followed, with TLS: a ClientHello comes
+        connection.settimeout(10)
+        assert connection.recv(1) == b"\x16", "a TLS handshake record"
+        connection.close()
+    finally:
+        client.join()
+        listener.close()
+    assert [type(e) for e in outcome] == [ConnectionFailedError], "the handshake failed, nothing refused the hop"
+
+
+def _raised(call):
+    try:
+        call()
+    except Exception as exc:  # noqa: BLE001 - the test looks at which
+        return exc
+    return None
+
+
+# --- the cache folder: created with its parents, or done without, and said once -------------------------------
+
+
+def test_the_cache_folder_is_created_with_missing_parents(server, tmp_path):
+    kds.Kds(server, tmp_path / "a" / "b" / "kds").cert_chain("milan")
+    assert entries(tmp_path / "a" / "b" / "kds") == [f"{kds.service_folder(server)}/milan-vcek-cert_chain.pem"]
+
+
+def test_a_cache_that_cannot_be_created_is_done_without_and_said_once(server, tmp_path):
+    (tmp_path / "file").write_text("")
+    said = []
+    service = kds.Kds(server, tmp_path / "file" / "cache" / "kds", progress=said.append)
+    assert service.vcek(reports.parse(vector(REPORT).read_bytes()), "milan")
+    assert said == [f"cannot use the KDS cache {tmp_path / 'file' / 'cache' / 'kds'} (Not a directory); continuing without it"]
+    assert service.fetched == 2
+
+
+def test_an_unsafe_services_folder_is_named(server, tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    (cache / kds.service_folder(server)).symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(kds.UnsafeCacheError) as refused:
+        kds.Kds(server, cache).cert_chain("milan")
+    folder = cache / kds.service_folder(server)
+    assert refused.value.message == f"KDS cache folder {folder} cannot be used: it is a symbolic link"
+    assert refused.value.hint == kds._CACHE_HINT.format(folder)
+    (cache / kds.service_folder(server)).unlink()
+    (cache / kds.service_folder(server)).mkdir()
+    (cache / kds.service_folder(server)).chmod(0o770)
+    with pytest.raises(kds.UnsafeCacheError, match=f"^KDS cache folder {folder} is not safe to use: group or others"):
+        kds.Kds(server, cache).cert_chain("milan")
+
+
+# --- cache entries: read in full, young enough, never through what was swapped in -----------------------------
+
+
+def _cached_chain(server, tmp_path, data=None):
+    """The service's folder holding the chain entry (the real one unless `data`)."""
+    folder = tmp_path / "cache" / kds.service_folder(server)
+    folder.mkdir(parents=True, mode=0o700)
+    entry = folder / "milan-vcek-cert_chain.pem"
+    entry.write_bytes(data if data is not None else FakeKds.routes["/vcek/v1/Milan/cert_chain"])
+    return entry
+
+
+def test_a_cache_entry_of_exactly_64_kib_is_read_whole(server, tmp_path):
+    _cached_chain(server, tmp_path, b"x" * kds.MAX_ANSWER_BYTES)
+    said = []
+    kds.Kds(server, tmp_path / "cache", progress=said.append).cert_chain("milan")
+    assert said == ["cached milan-vcek-cert_chain.pem did not return a certificate (65536 bytes); fetching it again"]
+
+
+@pytest.mark.parametrize("age", [0, kds.CHAIN_MAX_AGE_S], ids=["just written", "exactly the maximum age"])
+def test_a_cache_entry_is_used_from_its_first_to_its_last_second(server, tmp_path, age):
+    entry = _cached_chain(server, tmp_path)
+    written = 1_900_000_000
+    os.utime(entry, (written, written))
+    now = datetime.datetime.fromtimestamp(written + age, datetime.timezone.utc)
+    service = kds.Kds(server, tmp_path / "cache", clock=lambda: now)
+    service.cert_chain("milan")
+    assert service.fetched == 0
+
+
+@pytest.mark.parametrize("swapped_in", ["a symlink", "a FIFO"])
+def test_an_entry_swapped_after_its_check_is_not_opened_through(server, tmp_path, monkeypatch, swapped_in):
+    """Between the lstat and the open another process replaces the entry: the open itself must not follow
+    a link (to a certificate we did not fetch) nor block on a FIFO. The lstat is made to see the file as it
+    was, which is what winning that race looks like."""
+    entry = _cached_chain(server, tmp_path)
+    as_checked = entry.lstat()
+    victim = tmp_path / "planted.pem"
+    victim.write_bytes(pem(make_ca().ark))
+    entry.unlink()
+    entry.symlink_to(victim) if swapped_in == "a symlink" else os.mkfifo(entry)
+    real_stat = os.stat
+    monkeypatch.setattr(os, "stat", lambda path, *a, dir_fd=None, **kw: as_checked if dir_fd is not None and
+                        path == entry.name else real_stat(path, *a, dir_fd=dir_fd, **kw))
+    said = []
+    service = kds.Kds(server, tmp_path / "cache", progress=said.append)
+    assert service.cert_chain("milan") == FakeKds.routes["/vcek/v1/Milan/cert_chain"] and service.fetched == 1
+    if swapped_in == "a symlink":
+        assert said == [f"ignoring cache entry {entry}: Too many levels of symbolic links; fetching it again"]
+
+
+def test_a_link_planted_at_the_temporary_name_is_not_written_through(server, tmp_path, monkeypatch):
+    folder = tmp_path / "cache" / kds.service_folder(server)
+    folder.mkdir(parents=True, mode=0o700)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    monkeypatch.setattr(kds.secrets, "token_hex", lambda n: "guessed")
+    (folder / ".milan-vcek-cert_chain.pem.guessed.tmp").symlink_to(victim)
+    said = []
+    kds.Kds(server, tmp_path / "cache", progress=said.append).cert_chain("milan")
+    assert victim.read_bytes() == b"precious"
+    assert said == [f"could not cache milan-vcek-cert_chain.pem in {tmp_path / 'cache'}: File exists"]
+
+
+def test_a_failed_rename_into_the_cache_is_said_and_leaves_no_temporary(server, tmp_path):
+    entry = _cached_chain(server, tmp_path)
+    entry.unlink()
+    entry.mkdir()  # the entry's name is taken by a folder: the rename over it fails
+    said = []
+    kds.Kds(server, tmp_path / "cache", progress=said.append).cert_chain("milan")
+    assert said == [f"ignoring cache entry {entry}: not a regular file; fetching it again",
+                    f"could not cache milan-vcek-cert_chain.pem in {tmp_path / 'cache'}: Is a directory"]
+    assert sorted(p.name for p in entry.parent.iterdir()) == ["milan-vcek-cert_chain.pem"]
+
+
+def test_a_bounded_read_stops_one_byte_past_the_limit(tmp_path):
+    """The byte past the limit tells the caller the file is too big; the rest is never read."""
+    big = tmp_path / "big"
+    big.write_bytes(bytes(range(100)))
+    fd = os.open(big, os.O_RDONLY)
+    try:
+        assert kds._read_bounded(fd, 10) == bytes(range(11))
+    finally:
+        os.close(fd)

@@ -1,0 +1,165 @@
+"""`define XML` through the manager on libvirt's test driver: what it refuses and says, what a plan (--check)
+promises, and what it records in the domain. (scripts/mutation define)"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from snpvirt.domain import metadata
+from snpvirt.domain import xml as domxml
+from snpvirt.errors import BadInputError, ConflictError
+from tests.conftest import GOLDEN, vector
+from tests.integration.test_manager import conn, make_manager  # noqa: F401 - conn: the test driver fixture
+from tests.unit.fakehost import SNP_FIRMWARE, installed_firmware
+
+WEB = (GOLDEN / "web-01.xml").read_text()
+NOW = "2026-11-27T00:00:00+00:00"
+
+
+@pytest.fixture
+def mgr(conn):
+    manager = make_manager(conn)
+    manager.clock = lambda: NOW
+    return manager
+
+
+def without_snpvirt(document: str) -> str:
+    """The document as another tool would hand it over: no snpvirt element under <metadata>."""
+    start = document.index("<metadata>")
+    return document[:start] + document[document.index("</metadata>") + len("</metadata>"):]
+
+
+def test_a_document_breaking_rules_names_the_first_and_counts_the_rest(mgr, conn):
+    debug = WEB.replace("<policy>0x30000</policy>", "<policy>0xb0000</policy>")
+    with pytest.raises(BadInputError) as one:
+        mgr.define_xml(debug.encode(), "web.xml")
+    [finding] = [f for f in domxml.check(debug.encode(), False) if f.severity == "error"]
+    assert (one.value.message, one.value.hint) == (f"web.xml: snp.policy_debug: {finding.message}", finding.hint)
+    worse = debug.replace("<smm state='off'/>", "<smm state='on'/>")
+    errors = [f for f in domxml.check(worse.encode(), False) if f.severity == "error"]
+    assert len(errors) == 2
+    with pytest.raises(BadInputError) as two:
+        mgr.define_xml(worse.encode(), "web.xml")
+    assert two.value.message == f"web.xml: {errors[0].rule_id}: {errors[0].message} (and 1 more)"
+    assert two.value.hint == errors[0].hint and conn.lookup("web-01") is None
+    mgr.allow_debug = True
+    assert mgr.define_xml(debug.encode(), "web.xml").action == "define", "--allow-debug: a throw-away test guest"
+
+
+def test_a_plan_promises_what_the_run_does_and_changes_nothing(mgr, conn):
+    plan = mgr.define_xml(WEB.encode(), "web.xml", check=True)
+    assert (plan.name, plan.action, plan.changed, plan.state, plan.details) == ("web-01", "define", True, "absent",
+                                                                                {"planned": True})
+    assert conn.lookup("web-01") is None
+    done = mgr.define_xml(WEB.encode(), "web.xml")
+    assert (done.name, done.action, done.changed, done.state) == ("web-01", "define", True, "shutoff")
+    again = mgr.define_xml(WEB.encode(), "web.xml")
+    assert (again.name, again.action, again.changed, again.state) == ("web-01", "unchanged", False, "shutoff")
+    edited = WEB.replace("<vcpu placement='static'>4</vcpu>", "<vcpu placement='static'>2</vcpu>")
+    assert edited != WEB
+    plan = mgr.define_xml(edited.encode(), "web.xml", check=True)
+    assert (plan.action, plan.changed, plan.state, plan.details) == ("update", True, "shutoff", {"planned": True})
+    assert domxml.parse(conn.lookup("web-01").xml).findtext("vcpu") == "4", "the plan defined nothing"
+    done = mgr.define_xml(edited.encode(), "web.xml")
+    assert (done.name, done.action, done.changed, done.state) == ("web-01", "update", True, "shutoff")
+
+
+def test_a_document_from_another_tool_is_recorded_as_imported(mgr, conn):
+    document = without_snpvirt(WEB)
+    mgr.define_xml(document.encode(), "web.xml")
+    info = metadata.read(domxml.parse(conn.lookup("web-01").xml))
+    assert (info.origin, info.defined_at) == ("import", NOW)
+    assert info.digest == "sha256:" + hashlib.sha256(document.encode()).hexdigest()
+    assert info.xml_digest == metadata.content_digest(domxml.parse(document))
+
+
+def test_a_name_taken_by_another_domain_is_a_conflict(mgr, conn, clean_test_driver):
+    clean_test_driver.defineXML(without_snpvirt(WEB))  # defined by another tool: not snpvirt's
+    with pytest.raises(ConflictError) as unmanaged:
+        mgr.define_xml(WEB.encode(), "web.xml")
+    assert unmanaged.value.message == "a domain named web-01 already exists and is not managed by snpvirt"
+    assert unmanaged.value.hint == "bring it under management with: snpvirt import web-01"
+    clean_test_driver.lookupByName("web-01").undefine()
+    mgr.define_xml(WEB.encode(), "web.xml")
+    uuid = conn.lookup("web-01").uuid
+    other = WEB.replace("<name>web-01</name>", "<name>web-01</name><uuid>00000000-0000-4000-8000-000000000001</uuid>")
+    with pytest.raises(ConflictError) as another:
+        mgr.define_xml(other.encode(), "web.xml")
+    assert another.value.message == f"a domain named web-01 already exists with UUID {uuid}"
+    same = WEB.replace("<name>web-01</name>", f"<name>web-01</name><uuid>{uuid}</uuid>").replace(
+        "<vcpu placement='static'>4</vcpu>", "<vcpu placement='static'>2</vcpu>")
+    assert mgr.define_xml(same.encode(), "web.xml").action == "update", "its own UUID: an update"
+    assert conn.lookup("web-01").uuid == uuid
+
+
+def test_a_document_without_a_uuid_updates_the_domain_of_that_name_in_place(mgr, conn):
+    mgr.define_xml(WEB.encode(), "web.xml")
+    uuid = conn.lookup("web-01").uuid
+    edited = WEB.replace("<vcpu placement='static'>4</vcpu>", "<vcpu placement='static'>2</vcpu>")
+    assert "<uuid>" not in edited
+    assert mgr.define_xml(edited.encode(), "web.xml").action == "update"
+    assert conn.lookup("web-01").uuid == uuid and domxml.parse(conn.lookup("web-01").xml).findtext("uuid") == uuid
+
+
+# --- import: what it refuses and says, and what it promises ------------------------------------------------------
+
+SEV = "virt-manager/virt-install-amd-sev.xml"  # legacy SEV, OVMF_CODE.fd: neither SEV-SNP nor an SNP build
+
+
+def importing(mgr, xml: bytes, **options):
+    arguments = {"from_domain": None, "fix": True, "check": False, "sev": None, "firmware": None, **options}
+    return mgr.import_domain(xml, arguments.pop("from_domain"), **arguments)
+
+
+def test_an_import_of_what_is_not_xml_is_bad_input(mgr):
+    with pytest.raises(BadInputError) as refused:
+        importing(mgr, b"<domain><name>x</name>")
+    assert refused.value.message.startswith("not well-formed XML: ")
+    assert refused.value.hint == "fix the XML syntax at that line"
+
+
+def test_an_import_without_fix_names_every_broken_rule_and_offers_fix(mgr, conn, tmp_path):
+    xml = vector(SEV).read_bytes()
+    outcome = importing(mgr, xml, fix=False, installed=installed_firmware(tmp_path))
+    remaining = [f["id"] for f in outcome.details["remaining"] if f["severity"] == "error"]
+    assert (outcome.ok, outcome.name, outcome.action, outcome.state) == (False, "linux2020", "import", None)
+    assert outcome.error.message == f"linux2020 breaks {len(remaining)} SEV-SNP rule(s): {', '.join(remaining)}"
+    assert len(remaining) > 1 and outcome.error.hint == "run again with --fix"
+    assert outcome.details["changes"] == [] and outcome.details["xml_diff"] == "" and conn.lookup("linux2020") is None
+    fixed = importing(mgr, xml, firmware=SNP_FIRMWARE, installed=installed_firmware(tmp_path), check=True)
+    assert fixed.details["xml_diff"].startswith("--- original\n+++ fixed\n@@ ")
+    assert not fixed.details["xml_diff"].endswith("\\ No newline at end of file\n")
+
+
+@pytest.mark.parametrize("fix", [False, True])
+def test_an_import_with_a_firmware_not_known_as_snp_is_refused(mgr, conn, fix):
+    document = WEB.replace("/usr/share/ovmf/OVMF.amdsev.fd", "/opt/firmware/unknown.fd")
+    outcome = importing(mgr, without_snpvirt(document).encode(), fix=fix)
+    assert not outcome.ok and conn.lookup("web-01") is None
+    assert outcome.error.message.startswith("firmware /opt/firmware/unknown.fd is not known here as an SEV-SNP build (")
+    assert outcome.error.message.endswith("); web-01 was not imported")
+    assert outcome.error.hint.startswith("pass --firmware PATH of an SEV-SNP build, e.g. --firmware " if fix else
+                                         "run again with --fix and --firmware PATH of an SEV-SNP build, e.g. --firmware ")
+
+
+def test_an_import_whose_name_is_taken_is_a_conflict_and_the_same_file_unchanged(mgr, conn):
+    document = without_snpvirt(WEB).encode()
+    done = importing(mgr, document)
+    assert (done.ok, done.action, done.changed, done.state) == (True, "import", True, "shutoff")
+    again = importing(mgr, document)
+    assert (again.ok, again.action, again.changed, again.state) == (True, "unchanged", False, "shutoff")
+    other = importing(mgr, document.replace(b"<vcpu placement='static'>4</vcpu>", b"<vcpu placement='static'>2</vcpu>"))
+    assert not other.ok and isinstance(other.error, ConflictError)
+    assert (other.error.message, other.error.hint) == ("a domain named web-01 already exists",
+                                                       "import it by name: snpvirt import web-01")
+
+
+def test_importing_a_managed_domain_by_name_changes_nothing(mgr, conn):
+    mgr.define_xml(WEB.encode(), "web.xml")
+    record = conn.lookup("web-01")
+    outcome = importing(mgr, record.xml.encode(), from_domain=record)
+    assert (outcome.ok, outcome.name, outcome.action, outcome.changed, outcome.state) == (True, "web-01", "unchanged",
+                                                                                          False, "shutoff")
+    assert outcome.details == {"managed": True, "restart_required": False}
