@@ -44,7 +44,8 @@ PLUGIN = Path(__file__).resolve().parent / "mutation_reload.py"
 # definitions changed outside snpvirt (the check before start), the readiness gate of every verb, the
 # apply pipeline, the recorded measurement and the attestation expectations, all on the test driver.
 MANAGER_TESTS = ["tests/integration/test_manager.py", "tests/integration/test_manager_drift.py",
-                 "tests/integration/test_manager_define.py", "tests/integration/test_import_measure.py",
+                 "tests/integration/test_manager_define.py", "tests/integration/test_manager_verbs.py",
+                 "tests/integration/test_import_measure.py",
                  "tests/integration/test_gate.py", "tests/integration/test_apply_pipeline.py",
                  "tests/integration/test_measurement_recorded.py", "tests/integration/test_attest_end_to_end.py",
                  "tests/unit/test_orchestration.py"]

@@ -422,9 +422,10 @@ def test_start_checks_what_runs_a_definition_changed_between_check_and_start_is_
         real_start(name)
 
     conn.start = start_after_another_tool_defines
-    with pytest.raises(ConflictError, match="changed while snpvirt started it"):
+    with pytest.raises(ConflictError, match="changed while snpvirt started it") as refused:
         make_manager(conn).start("race-01")
     assert conn.state("race-01") == "shutoff"
+    assert refused.value.hint == "restore it: snpvirt apply SPEC, or snpvirt import race-01 --fix", "the check's own hint"
 
 
 # --- the check before start: its exact refusals, and what it leaves to others (scripts/mutation guards) ---------
