@@ -22,6 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from snpvirt.attest import certs, kds
+from snpvirt import netio
 from snpvirt.attest import report as reports
 from snpvirt.cli.app import run
 from snpvirt.errors import BadInputError, ConnectionFailedError, ExitCode, NotFoundError, SnpvirtError
@@ -864,7 +865,7 @@ def test_reading_a_body_stops_at_its_own_deadline():
 
 def test_a_socket_opened_after_the_deadline_is_shut_at_once():
     """A redirect's second connection can open after the deadline passed: it is shut as it is tracked."""
-    deadline = kds._Deadline(0)
+    deadline = netio.Deadline(0)
     deadline._timer.join()
     mine, peer = socket.socketpair()
     try:
