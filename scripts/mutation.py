@@ -11,7 +11,7 @@ with only the tests named for it in MODULES; mutmut then runs, per mutant, only 
 that reached the mutated function. Not part of CI: it takes minutes per module (see README).
 
     scripts/mutation                   every module in MODULES
-    scripts/mutation verify certs      the named modules only
+    scripts/mutation certs image/verify  the named modules only (the stem, or the path under snpvirt/)
     scripts/mutation -j 1 host         one worker (the default is one per core)
 """
 
@@ -62,6 +62,10 @@ MODULES: dict[str, list[str]] = {
     "snpvirt/domain/metadata.py": ["tests/unit/domain/test_metadata.py", "tests/unit/domain/test_explain_import.py",
                                    "tests/integration/test_manager.py", "tests/integration/test_measurement_recorded.py"],
     "snpvirt/fileio.py": ["tests/unit/test_fileio.py", "tests/unit/test_output_files.py", "tests/unit/test_bounded_inputs.py"],
+    # Pure: the fleet tests that reach place() in-process are its own (the fleet CLI tests run daemons).
+    "snpvirt/fleet/placement.py": ["tests/unit/fleet/test_placement.py"],
+    # imagepool (its only caller) is tested through daemons (test_image_pull): real gpgv, in-process, here.
+    "snpvirt/image/verify.py": ["tests/unit/image/test_verify.py"],
 }
 
 # What a mutant's tests did -> whether it counts as killed. A timeout is a kill: the tests noticed.
@@ -128,7 +132,7 @@ def mutmut_config(module: str, tests: list[str]) -> str:
 
 def prepare(module: str, tests: list[str]) -> Path:
     """A fresh copy of the checkout for this module, with mutmut's settings in its pyproject.toml."""
-    work = WORK / Path(module).stem
+    work = WORK / short_name(module).replace("/", "-")
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
@@ -143,6 +147,24 @@ def prepare(module: str, tests: list[str]) -> Path:
     with open(work / "pyproject.toml", "a", encoding="utf-8") as f:
         f.write(mutmut_config(module, tests))
     return work
+
+
+def short_name(module: str) -> str:
+    """attest/verify for snpvirt/attest/verify.py: the stem alone is ambiguous (attest/ and image/ each have a verify)."""
+    return str(Path(module).relative_to("snpvirt").with_suffix(""))
+
+
+def resolve(name: str) -> str:
+    """A module of MODULES from its path, its short name (image/verify) or its stem when only one module has it."""
+    if name in MODULES:
+        return name
+    matches = [m for m in MODULES if name in (short_name(m), Path(m).stem)]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        die(f"{name!r} names {len(matches)} modules", f"say which: {', '.join(short_name(m) for m in matches)}")
+    die(f"unknown module {name!r}", f"one of: {', '.join(short_name(m) for m in MODULES)} (add it to MODULES in scripts/mutation.py)")
+    raise AssertionError  # die() exits
 
 
 def mutmut(work: Path, *args: str, module: str = "", log: Path | None = None) -> str:
@@ -291,12 +313,9 @@ def main() -> int:
     parser.add_argument("modules", nargs="*", help="module names (verify, snpvirt/attest/verify.py); default: all")
     parser.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1, help="mutants tested at once")
     args = parser.parse_args()
-    by_stem = {Path(m).stem: m for m in MODULES}
     chosen = []
     for name in args.modules or list(MODULES):
-        module = name if name in MODULES else by_stem.get(Path(name).stem)
-        if module is None:
-            die(f"unknown module {name!r}", f"one of: {', '.join(by_stem)} (add it to MODULES in scripts/mutation.py)")
+        module = resolve(name)
         if not (ROOT / module).is_file():
             die(f"{module} is not in this checkout", "remove it from MODULES in scripts/mutation.py, or name another module")
         chosen.append(module)

@@ -124,3 +124,58 @@ def test_placement_properties(scene):
             others = [by_name[result.placed[w.name]].labels.get("rack") for w in wants
                       if w.group == want.group and w.name != want.name and w.name in result.placed]
             assert rack is not None and rack not in others
+
+
+# --- the examples behind the mutants scripts/mutation found (each line pins one decision) -----------------
+
+def reason(hosts, want):
+    return place(hosts, [want], []).unplaceable[want.name]
+
+
+def test_every_reason_a_host_refuses_is_given_word_for_word():
+    hosts = [host("h1", labels={"rack": "r1"}), host("h2", reachable=False, labels={"rack": "r1"})]
+    assert reason(hosts, Want("x", 256, labels={"rack": "r2", "zone": "z"})) == \
+        "no host takes it (h1: lacks label rack=r2, zone=z; h2: unreachable)"
+    hosts = [host("h1", slots=None), host("h2", slots=0), host("h3", memory=None), host("h4", memory=400)]
+    assert reason(hosts, Want("x", 600)) == ("no host takes it (h1: SNP capacity unknown (set snp_guests); "
+                                             "h2: no free SNP slot; h3: not enough free memory (unknown MiB free, needs 600); "
+                                             "h4: not enough free memory (400 MiB free, needs 600))")
+
+
+def test_a_pinned_domain_gives_only_its_hosts_reason():
+    assert reason([host("h1"), host("h2", ready=False)], Want("x", 256, pin="h2")) == \
+        "no host takes it (h2: not ready for SEV-SNP)"
+
+
+def test_the_unknown_names_every_host_it_may_be_on():
+    hosts = [host("h1"), host("h2", reachable=False), host("h3", reachable=False)]
+    assert place(hosts, [Want("x", 256)], []).unknown == \
+        {"x": "not found on the reachable hosts; it may exist on h2, h3, which cannot be reached"}
+
+
+def test_an_unreachable_host_blocks_only_the_domains_whose_labels_it_carries():
+    reachable = host("h1", labels={"rack": "r2"})
+    other_rack = place([reachable, host("h2", reachable=False, labels={"rack": "r1"})], [Want("x", 256, labels={"rack": "r2"})], [])
+    assert other_rack.placed == {"x": "h1"} and other_rack.unknown == {}
+    same_rack = place([reachable, host("h2", reachable=False, labels={"rack": "r2"})], [Want("x", 256, labels={"rack": "r2"})], [])
+    assert same_rack.placed == {} and "h2" in same_rack.unknown["x"]
+
+
+def test_the_last_slot_and_exactly_enough_memory_are_enough():
+    assert place([host("h1", slots=1, memory=600)], [Want("x", 600)], []).placed == {"x": "h1"}
+    existing = place([host("h1", slots=1, memory=600)], [Want("x", 600)], [Found("x", "h1", active=False)])
+    assert existing.placed == {"x": "h1"} and existing.new == frozenset() and existing.duplicates == {}
+
+
+def test_what_a_started_domain_uses_is_gone_for_the_next():
+    """An existing domain to start and a new one share a host's memory: the second no longer fits."""
+    result = place([host("h1", slots=5, memory=1000)], [Want("old", 600), Want("new", 600)], [Found("old", "h1", active=False)])
+    assert result.placed == {"old": "h1"}
+    assert result.unplaceable == {"new": "no host takes it (h1: not enough free memory (400 MiB free, needs 600))"}
+
+
+def test_a_stopped_domain_goes_where_more_is_free_even_by_one_and_unknown_counts_as_none():
+    stopped = Want("x", 256, running=False)
+    assert place([host("a", slots=None, memory=100), host("b", slots=0, memory=200)], [stopped], []).placed == {"x": "b"}
+    assert place([host("a", slots=0), host("b", slots=1)], [stopped], []).placed == {"x": "b"}
+    assert place([host("a", memory=0), host("b", memory=1)], [stopped], []).placed == {"x": "b"}
