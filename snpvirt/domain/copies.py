@@ -58,14 +58,17 @@ class CopyRenderer:
         if any(placeholder in text for placeholder in identity):
             return fresh(spec)
         shape = _shape(spec)
+        # The written JSON too: VmSpec's == leaves `source` out, and two specs that parse alike (a default
+        # spelt out) each record their own JSON in the metadata.
+        shape_digest = _digest(render.spec_json(shape))
         last = self._last
-        if last is None or last.context != context or last.shape != shape:
+        if last is None or last.context != context or last.shape != shape or last.digest != shape_digest:
             try:
                 placeholder_xml = fresh(shape)
             except SnpvirtError:
                 return fresh(spec)  # the error again, about this spec (never about the placeholders)
             own = fresh(spec)
-            last = _Rendered(shape, context, placeholder_xml, _digest(render.spec_json(shape)))
+            last = _Rendered(shape, context, placeholder_xml, shape_digest)
             # The first copy of a shape is rendered both ways: if filling the placeholders in does not give
             # its own document (a template that uses the name otherwise than as is), no copy is made of it.
             self._last = last if _filled(last, identity, text) == own else dataclasses.replace(last, xml=None)

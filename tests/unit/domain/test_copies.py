@@ -118,3 +118,15 @@ def test_a_copy_whose_render_fails_fails_with_its_own_name():
         assert err.message == f"{copy.name}: cannot render"
     else:
         raise AssertionError("the render's error was lost")
+
+
+def test_two_specs_written_differently_are_not_copies_of_each_other():
+    """VmSpec equality leaves `source` (the spec as written) out: two specs that parse alike but are written
+    differently (a default spelt out) have equal shapes, yet each records its own JSON in the metadata. The
+    second must not carry the first's JSON under its own digest."""
+    terse = specs.parse_spec({**BASE, "name": "a"})
+    spelt_out = specs.parse_spec({**BASE, "name": "b", "memory_backing": "memfd"})
+    renderer = CopyRenderer()
+    renderer.render(terse, (NOW,), fresh)
+    xml = renderer.render(spelt_out, (NOW,), fresh)
+    assert '"memory_backing":"memfd"' in xml and xml == fresh(spelt_out)
