@@ -301,3 +301,50 @@ def test_watch_that_ends_disconnected_says_so_and_exits_6(tmp_path, qemu_caps_ca
     finally:
         watcher.kill()
         watcher.wait()
+
+
+def test_watch_keeps_up_with_an_event_flood(libvirtd, held, monkeypatch):
+    """The event loop pauses between iterations (events.LOOP_PAUSE_S) but not while events flow: a remote
+    connection's event takes an iteration or two, so pausing after each would leave watch one pause per
+    event behind, ever further under a flood. Counted in pauses, not seconds: while the flood's events are
+    delivered the loop pauses only in a lull (before: one pause per event, 800 here)."""
+    import threading
+
+    from snpvirt.libvirt import events
+
+    pauses = [0]
+    pause = events._pause
+    monkeypatch.setattr(events, "_pause", lambda: (pauses.__setitem__(0, pauses[0] + 1), pause()))
+    seen: list = []
+    stop = threading.Event()
+    subscribed = threading.Event()
+    flood = 400
+
+    def on_event(event):
+        if event.domain == PROBE:
+            subscribed.set()
+        elif not seen:
+            pauses[0] = 0  # count from the flood's first event on
+        if event.domain != PROBE:
+            seen.append(event)
+
+    watcher = threading.Thread(target=events.watch, args=(libvirtd.test_uri, set(), on_event, lambda _s: None, stop),
+                               daemon=True)
+    watcher.start()
+    xml = "<domain type='test'><name>{}</name><memory>1024</memory><os><type>hvm</type></os></domain>"
+    try:
+        while not subscribed.is_set():  # events, not sleeps: define the probe until the watcher hears it
+            held.defineXML(xml.format(PROBE)).undefine()
+            subscribed.wait(0.2)
+        for i in range(flood):
+            held.defineXML(xml.format(f"flood-{i}")).undefine()
+        for _ in range(300):  # a guard against a hang, not a speed target
+            if len(seen) >= 2 * flood:
+                break
+            time.sleep(0.1)
+        delivered_with = pauses[0]
+    finally:
+        stop.set()
+        watcher.join(10)
+    assert len(seen) == 2 * flood and {e.event for e in seen} == {"defined", "undefined"}
+    assert delivered_with < flood // 4, f"{delivered_with} pauses while delivering {2 * flood} events"
