@@ -11,12 +11,13 @@ from urllib.parse import unquote, urlsplit
 
 from snpvirt import fileio
 from snpvirt.domain import spec as specs
+from snpvirt.domain import specvalues as values
 from snpvirt.errors import BadInputError, SnpvirtError
 from snpvirt.models import VmSpec
 
-# The spec's own checker reads the fleet file too (its Key table and its helpers): the same strictness,
+# The spec's own checks (specvalues) read the fleet file too (its Key table and its helpers): the same strictness,
 # the same one-line errors naming the dotted key.
-Key = specs.Key
+Key = values.Key
 MAX_COUNT = 1000  # copies of one [[domains]] entry
 MAX_DOMAINS = 50_000  # in all: a hundred hosts full of SNP guests (~500 ASIDs each); a file cannot ask for millions
 MAX_LABEL_TEXT = 128
@@ -81,20 +82,20 @@ class Fleet:
 
 
 def _name(what: str):
-    return specs._matches(specs.NAME_RE, what, "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return values._matches(values.NAME_RE, what, "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
 
 
 def _labels(path: str, value: dict[str, Any]) -> dict[str, str]:
     for key, text in value.items():
-        specs._expect_type(f"{path}.{key}", text, str)
-        if not specs.NAME_RE.fullmatch(key) or len(text) > MAX_LABEL_TEXT or specs._TEXT_FORBIDDEN_RE.search(text):
+        values._expect_type(f"{path}.{key}", text, str)
+        if not values.NAME_RE.fullmatch(key) or len(text) > MAX_LABEL_TEXT or values._TEXT_FORBIDDEN_RE.search(text):
             raise BadInputError(f"{path}.{key}: not a label (names: letters, digits, '.', '_', '-'; "
                                 f"values: text up to {MAX_LABEL_TEXT} characters)", 'write labels as { rack = "r1" }')
     return dict(value)
 
 
 def _uri(path: str, value: str) -> str:
-    if not value or specs._PATH_FORBIDDEN_RE.search(value) or len(value) > 1024:
+    if not value or values._PATH_FORBIDDEN_RE.search(value) or len(value) > 1024:
         raise BadInputError(f"{path}: not a libvirt URI", 'write it as libvirt does, e.g. "qemu+ssh://root@host1/system"')
     try:
         password = urlsplit(value).password
@@ -129,29 +130,29 @@ def _seconds(path: str, value: float) -> float:
 SCHEMA: dict[str, Any] = {
     "fleet": {
         "name": Key(str, check=_name("a fleet name")),
-        "parallel_hosts": Key(int, check=specs._in_range(1, 256)),
-        "per_host": Key(int, check=specs._in_range(1, 64)),
+        "parallel_hosts": Key(int, check=values._in_range(1, 256)),
+        "per_host": Key(int, check=values._in_range(1, 64)),
         "connect_timeout_s": Key((int, float), check=_seconds),
-        "keepalive_interval_s": Key(int, check=specs._in_range(1, 600)),
-        "keepalive_count": Key(int, check=specs._in_range(1, 100)),
+        "keepalive_interval_s": Key(int, check=values._in_range(1, 600)),
+        "keepalive_count": Key(int, check=values._in_range(1, 100)),
     },
     "hosts": [{
         "name": Key(str, check=_name("a host name")),
         "uri": Key(str, check=_uri),
         "labels": Key(dict, check=_labels),
-        "reserve_memory_mib": Key(int, check=specs._in_range(0, 64 * 1024 * 1024)),
-        "snp_guests": Key(int, check=specs._in_range(0, 1 << 20)),
+        "reserve_memory_mib": Key(int, check=values._in_range(0, 64 * 1024 * 1024)),
+        "snp_guests": Key(int, check=values._in_range(0, 1 << 20)),
         "sysroot": Key(str),
         "host_caps": Key(str),
-        "free_memory_mib": Key(int, check=specs._in_range(0, 64 * 1024 * 1024)),
+        "free_memory_mib": Key(int, check=values._in_range(0, 64 * 1024 * 1024)),
     }],
     "domains": [{
         "spec": Key(str),
-        "count": Key(int, check=specs._in_range(1, MAX_COUNT)),
+        "count": Key(int, check=values._in_range(1, MAX_COUNT)),
         "host": Key(str),
         "labels": Key(dict, check=_labels),
         "spread": Key(str, check=_name("a label name")),
-        "state": Key(str, check=specs._one_of("running", "shutoff")),
+        "state": Key(str, check=values._one_of("running", "shutoff")),
     }],
 }
 _REQUIRED = {"": ("fleet", "hosts", "domains"), "fleet": ("name",), "hosts": ("name", "uri")}
@@ -166,7 +167,7 @@ def load_fleet(path: str | Path, allow_debug: bool = False) -> Fleet:
 
 def parse_fleet(raw: dict[str, Any], path: Path, allow_debug: bool = False) -> Fleet:
     try:
-        checked = specs._check_table(raw, SCHEMA, "")
+        checked = values._check_table(raw, SCHEMA, "")
     except BadInputError as err:
         raise BadInputError(f"{path}: {err.message}", err.hint.replace("the spec", "the fleet file")) from None
     _require(checked, "", path)
@@ -221,7 +222,7 @@ def _domains(i: int, raw: dict[str, Any], fleet: str, host_names: set[str], path
                             "copies cannot share a UUID: remove uuid from the spec")
     names = [spec.name] if count is None else [f"{spec.name}-{n}" for n in range(1, count + 1)]
     for name in names:
-        if not specs.NAME_RE.fullmatch(name):
+        if not values.NAME_RE.fullmatch(name):
             raise BadInputError(f"{path}: domains[{i}]: {name!r} is too long for a domain name (64 characters at most)",
                                 "shorten the spec's name, or lower count")
     return [DomainEntry(_owned(spec, name, fleet, raw.get("state")), i, str(spec_path), raw.get("host"),

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
 
 from snpvirt import fileio
-from snpvirt.domain import spec as specs
+from snpvirt.domain import specvalues
 from snpvirt.errors import BadInputError, NotFoundError
 from snpvirt.image import seed as seeds
 from snpvirt.image.verify import VerificationError
@@ -98,7 +98,7 @@ def prepare(spec: VmSpec, store: VolumeStore | None, cached: Callable[[str], Pat
             continue
         info = _existing_image(store, ref, f"boot.{kind}")
         where = f"boot.{kind} (the host's path of volume {ref.volume} in pool {ref.pool})"
-        boot = dataclasses.replace(boot, **{kind: specs.host_path(where, info.path)})
+        boot = dataclasses.replace(boot, **{kind: specvalues.host_path(where, info.path)})
         if spec.snp.kernel_hashes:  # measured: its digest, from the verified cache or read through libvirt
             plan.digests[kind] = boot_digest(store, ref, info, kind, cached)
     spec = dataclasses.replace(spec, boot=boot)

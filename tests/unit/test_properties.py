@@ -15,6 +15,7 @@ from lxml import etree
 from snpvirt.domain import render, sevparams
 from snpvirt.domain import xml as domxml
 from snpvirt.domain import spec as specs
+from snpvirt.domain import specvalues
 from snpvirt.errors import BadInputError
 from snpvirt.launch import inputs as launch
 from snpvirt.launch import measure
@@ -292,7 +293,7 @@ def test_pool_volumes_seed_and_fleet(disks, kernel, user, hostname, fleet, kerne
     """Pool disks, boot files from a pool, the cloud-init seed disk and the owning fleet's name: what the spec
     checks admit of these renders into schema-valid XML as well (apply does not run the schema on it). A boot
     volume's path is the host's answer (`kernel_path_on_host`, anything a lying host may say): it passes
-    specs.host_path, as orchestration/volumes.py resolves it, or is refused."""
+    specvalues.host_path, as orchestration/volumes.py resolves it, or is refused."""
     import dataclasses
 
     raw = {**BASE, "disks": disks}
@@ -304,7 +305,7 @@ def test_pool_volumes_seed_and_fleet(disks, kernel, user, hostname, fleet, kerne
     try:
         vm = specs.parse_spec(raw)
         if vm.boot.kernel_volume is not None:
-            vm = dataclasses.replace(vm, boot=dataclasses.replace(vm.boot, kernel=specs.host_path("boot.kernel", kernel_path_on_host)))
+            vm = dataclasses.replace(vm, boot=dataclasses.replace(vm.boot, kernel=specvalues.host_path("boot.kernel", kernel_path_on_host)))
     except BadInputError as err:
         assert err.message and err.hint and "\n" not in err.message
         OUTCOMES["rejected"] += 1
