@@ -29,6 +29,15 @@ def clean_test_driver(test_driver):
             dom.undefine()
 
 
+@pytest.fixture
+def conn(clean_test_driver):
+    """snpvirt's own Connection to the in-process test driver, over the cleaned-up driver."""
+    from snpvirt.libvirt.connection import Connection
+
+    with Connection("test:///default") as connection:
+        yield connection
+
+
 @pytest.fixture(scope="session")
 def qemu_caps_cache(tmp_path_factory):
     """One QEMU capability cache for every daemon: only the first pays for probing QEMU (~8 s)."""

@@ -49,12 +49,6 @@ def manager(conn: Connection, gate) -> Manager:
     return Manager(conn, gate=gate, resolve_sev=lambda s: sevparams.resolve(s, []))
 
 
-@pytest.fixture
-def conn(clean_test_driver):
-    with Connection("test:///default") as connection:
-        yield connection
-
-
 def names(conn: Connection) -> set[str]:
     return {record.name for record in conn.domains()}
 

@@ -63,12 +63,6 @@ VERBS = {
 
 
 @pytest.fixture
-def conn(clean_test_driver):
-    with Connection("test:///default") as connection:
-        yield connection
-
-
-@pytest.fixture
 def ready_host(tmp_path):
     return FakeHost(tmp_path / "ready")
 

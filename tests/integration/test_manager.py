@@ -35,12 +35,6 @@ def make_manager(conn):
 
 
 @pytest.fixture
-def conn(clean_test_driver):
-    with Connection("test:///default") as connection:
-        yield connection
-
-
-@pytest.fixture
 def mgr(conn):
     return make_manager(conn)
 

@@ -27,12 +27,6 @@ FOREIGN_NS = "urn:example:other-tool"
 
 
 @pytest.fixture
-def conn(clean_test_driver):
-    with Connection("test:///default") as connection:
-        yield connection
-
-
-@pytest.fixture
 def mgr(conn):
     return make_manager(conn)
 

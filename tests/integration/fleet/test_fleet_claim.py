@@ -9,15 +9,8 @@ import pytest
 
 from snpvirt.domain import metadata
 from snpvirt.domain import xml as domxml
-from snpvirt.libvirt.connection import Connection
 from snpvirt.manager import SpecInput
 from tests.integration.test_manager import make_manager, spec
-
-
-@pytest.fixture
-def conn(clean_test_driver):
-    with Connection("test:///default") as connection:
-        yield connection
 
 
 def owned(fleet):

@@ -70,14 +70,21 @@ def test_a_frozen_daemon_with_a_pin_elsewhere_lets_the_other_hosts_finish(hosts,
     assert [i["action"] for i in doc["results"]] == ["create"]
 
 
-def test_a_daemon_killed_mid_apply_then_a_rerun_converges(hosts, tmp_path):
-    h1, h2 = hosts["h1"], hosts["h2"]
+def _apply_40_until_h2_begins(h1, h2, tmp_path):
+    """A `fleet apply` of 40 domains over h1 and h2, one operation at a time per host, caught once h2 has begun
+    its 20: the moment to take h2 away mid-apply. Returns the fleet file and the running apply."""
     fleet = write_fleet(tmp_path, [h1, h2], f'[[domains]]\nspec = "{write_spec(tmp_path, "db", 128)}"\ncount = 40\n',
                         slots=40, settings="per_host = 1\n")
     proc = spawn("apply", str(fleet))
     deadline = time.monotonic() + 30
-    while not h2.names() and time.monotonic() < deadline:  # h2 has begun its 20
+    while not h2.names() and time.monotonic() < deadline:
         time.sleep(0.005)
+    return fleet, proc
+
+
+def test_a_daemon_killed_mid_apply_then_a_rerun_converges(hosts, tmp_path):
+    h1, h2 = hosts["h1"], hosts["h2"]
+    fleet, proc = _apply_40_until_h2_begins(h1, h2, tmp_path)
     h2.kill()
     out, _ = proc.communicate(timeout=60)
     doc = json.loads(out)
@@ -96,12 +103,7 @@ def test_a_daemon_killed_mid_apply_then_a_rerun_converges(hosts, tmp_path):
 def test_a_daemon_frozen_mid_apply_is_given_up_after_the_keepalive(hosts, tmp_path):
     """keepalive 1 s x 2 in the test fleets: h2's connection is closed, its remaining work fails, h1 finishes."""
     h1, h2 = hosts["h1"], hosts["h2"]
-    fleet = write_fleet(tmp_path, [h1, h2], f'[[domains]]\nspec = "{write_spec(tmp_path, "db", 128)}"\ncount = 40\n',
-                        slots=40, settings="per_host = 1\n")
-    proc = spawn("apply", str(fleet))
-    deadline = time.monotonic() + 30
-    while not h2.names() and time.monotonic() < deadline:  # h2 has begun its 20
-        time.sleep(0.005)
+    fleet, proc = _apply_40_until_h2_begins(h1, h2, tmp_path)
     h2.freeze()
     try:
         out, _ = proc.communicate(timeout=60)  # a guard against a hang, not a speed target
