@@ -107,3 +107,16 @@ def parse_hex(text: str) -> int:
         raise BadInputError(f"snp.policy {quoted(text)} is not a hexadecimal number",
                             'write it as "0x30000" or as a table: policy = { smt = true }')
     return int(digits, 16)
+
+
+# Not the SNP policy: bit 2 of the older SEV policy says the guest is SEV-ES.
+SEV_ES_POLICY_BIT = 0x4
+
+
+def uses_es_asid(launch_type: str | None, sev_policy_text: str | None) -> bool:
+    """Whether a domain's <launchSecurity> (its type and <policy> text) takes an ASID from the SEV-ES range:
+    SEV-SNP guests do, and SEV guests with the ES policy bit. ValueError for a policy that is not hex."""
+    if launch_type == "sev-snp":
+        return True
+    return launch_type == "sev" and bool(int((sev_policy_text or "0").strip(), 16) & SEV_ES_POLICY_BIT)
+

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Protocol
 
 from lxml import etree
 
-from snpvirt import fileio
+from snpvirt import fileio, policy
 from snpvirt.domain import inventory, metadata
 from snpvirt.domain import xml as domxml
 from snpvirt.errors import BadInputError, SnpvirtError
@@ -26,7 +26,6 @@ from snpvirt.host.firmware import SNP_BUILD_NAME_PART
 from snpvirt.models import CheckResult, DomainRecord, LibvirtFacts
 
 ACTIVE_STATES = {"running", "blocked", "paused", "shutdown", "pmsuspended"}
-ES_POLICY_BIT = 0x4  # SEV policy bit 2: the guest is SEV-ES, and takes an ASID from the ES range
 CIPHERTEXT_HIDING = ("SNP capacity is libvirt's maxESGuests; with Linux 6.18's kvm_amd.ciphertext_hiding_asids "
                      "the ES range is split and fewer SNP guests fit")
 
@@ -203,10 +202,8 @@ def _es_or_snp(root: etree._Element) -> bool:
     ls = root.find("launchSecurity")
     if ls is None:
         return False
-    if ls.get("type") == "sev-snp":
-        return True
     try:
-        return ls.get("type") == "sev" and bool(int((ls.findtext("policy") or "0").strip(), 16) & ES_POLICY_BIT)
+        return policy.uses_es_asid(ls.get("type"), ls.findtext("policy"))
     except ValueError:
         return False
 

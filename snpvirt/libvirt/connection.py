@@ -9,7 +9,7 @@ from typing import Iterator
 
 import libvirt
 
-from snpvirt import fileio
+from snpvirt import fileio, policy
 from snpvirt.libvirt import explain
 from snpvirt.errors import (BadInputError, ConnectionFailedError, HostNotReadyError, NotFoundError,
                             OperationTimeoutError, SnpvirtError, StartFailedError)
@@ -199,9 +199,7 @@ class Connection:
                 ls = etree.fromstring(dom.XMLDesc(0).encode()).find("launchSecurity")
                 if ls is None:
                     continue
-                policy = ls.findtext("policy") or "0"
-                if ls.get("type") == "sev-snp" or (ls.get("type") == "sev" and int(policy, 16) & 0x4):
-                    count += 1
+                count += policy.uses_es_asid(ls.get("type"), ls.findtext("policy"))
             return count
         except (libvirt.libvirtError, etree.XMLSyntaxError, ValueError):
             return None
