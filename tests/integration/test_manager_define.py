@@ -11,7 +11,7 @@ from snpvirt.domain import metadata
 from snpvirt.domain import xml as domxml
 from snpvirt.errors import BadInputError, ConflictError
 from tests.conftest import GOLDEN, vector
-from tests.integration.test_manager import conn, make_manager  # noqa: F401 - conn: the test driver fixture
+from tests.integration.test_manager import make_manager
 from tests.unit.fakehost import SNP_FIRMWARE, installed_firmware
 
 WEB = (GOLDEN / "web-01.xml").read_text()

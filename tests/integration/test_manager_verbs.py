@@ -15,7 +15,7 @@ from snpvirt.domain import xml as domxml
 from snpvirt.errors import BadInputError, ConflictError, SnpvirtError
 from snpvirt.libvirt.connection import Connection
 from snpvirt.orchestration import verbs as verbs_module
-from tests.integration.test_manager import IgnoresShutdown, conn, make_manager, mgr, spec  # noqa: F401 - fixtures
+from tests.integration.test_manager import IgnoresShutdown, make_manager, mgr, spec  # noqa: F401 - mgr: a fixture
 from tests.integration.test_manager_drift import edit_outside, strip_snp_behind_a_comment
 
 TIMEOUT_HINT = "wait longer (--timeout), or add --force to destroy it after the timeout"
