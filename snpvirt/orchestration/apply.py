@@ -182,16 +182,17 @@ class Applying:
         only plans.
 
         Specs are planned (parsed, rendered) on this thread, which also passes the readiness gate before
-        the first change (a plan is refused alike), while LIBVIRT_WORKERS threads carry out earlier plans:
-        the CPU work and the RPC round trips overlap. Each domain's own steps stay in order (one worker
+        the first change (a plan is refused alike), while `libvirt_workers` threads (LIBVIRT_WORKERS unless
+        the caller set it) carry out earlier plans, so the CPU work and the RPC round trips overlap; with
+        none, this thread carries each plan out itself. Each domain's own steps stay in order (one thread
         owns a plan: check the rendered document, define, check libvirt's copy, autostart, run state);
         results come back in the order given.
         """
         existing_names = self.hv.domain_names()
         seen: set[str] = set()
         results: list[Outcome | Future[Outcome]] = []
-        slots = threading.BoundedSemaphore(LOOKAHEAD * self.libvirt_workers // LIBVIRT_WORKERS)
-        with ThreadPoolExecutor(self.libvirt_workers, thread_name_prefix="snpvirt-apply") as libvirt_workers:
+        slots = threading.BoundedSemaphore(max(1, LOOKAHEAD * self.libvirt_workers // LIBVIRT_WORKERS))
+        with ThreadPoolExecutor(max(1, self.libvirt_workers), thread_name_prefix="snpvirt-apply") as libvirt_workers:
             for item in inputs:
                 planned = self._plan_item(item, seen, existing_names)
                 if isinstance(planned, Outcome):
@@ -201,8 +202,8 @@ class Applying:
                 if planned.action != "unchanged" or planned.autostart is not None or planned.volumes.changes or (
                         start and (planned.start or planned.stop or planned.restart)):
                     self.ensure_ready()  # before the first change is handed to libvirt; a plan is refused alike
-                if check:
-                    results.append(self._execute(planned, True, start))
+                if check or not self.libvirt_workers:  # a plan; or no workers: carried out on this thread
+                    results.append(self._execute(planned, check, start))
                     continue
                 slots.acquire()  # waits (without the GIL) while LOOKAHEAD plans are still to be carried out
                 future = libvirt_workers.submit(self._execute, planned, False, start)

@@ -78,7 +78,34 @@ def test_results_come_back_in_the_order_given(conn):
     assert all(o.ok and o.state == "running" for o in outcomes)
 
 
-def test_a_rendered_document_that_breaks_an_snp_rule_is_never_defined(conn, monkeypatch):
+@pytest.mark.parametrize("workers", [None, 0], ids=["workers", "no-workers"])
+def test_each_domain_is_carried_out_on_a_worker_or_without_workers_on_the_calling_thread(conn, monkeypatch, workers):
+    """A fleet's host threads each plan and carry out their own share (libvirt_workers = 0): no hand-over
+    to a worker per domain. The single-host apply hands plans to its workers, rendering meanwhile."""
+    threads: list[threading.Thread] = []
+    define = conn.define
+
+    def recording(xml):
+        threads.append(threading.current_thread())
+        return define(xml)
+
+    monkeypatch.setattr(conn, "define", recording)
+    m = manager(conn, lambda: None)
+    if workers is not None:
+        m.libvirt_workers = workers
+    inputs = batch(f"threads-{workers}")
+    outcomes = m.apply(inputs)
+    assert [o.name for o in outcomes] == [i.spec.name for i in inputs]
+    assert all(o.ok and o.state == "running" for o in outcomes), [o.error for o in outcomes if not o.ok]
+    assert len(threads) == len(inputs)
+    if workers == 0:
+        assert set(threads) == {threading.current_thread()}
+    else:
+        assert threading.current_thread() not in threads and len(set(threads)) > 1
+
+
+@pytest.mark.parametrize("workers", [None, 0], ids=["workers", "no-workers"])
+def test_a_rendered_document_that_breaks_an_snp_rule_is_never_defined(conn, monkeypatch, workers):
     """apply defines what a spec renders only after every SNP rule passed on the parsed document
     (render.check_rendered), on a worker, before the define, in both apply and apply --check. The spec
     checks admit no spec that renders such a document, so here the template loses <launchSecurity> for one
@@ -97,7 +124,10 @@ def test_a_rendered_document_that_breaks_an_snp_rule_is_never_defined(conn, monk
     inputs = batch("rules")
     inputs[3] = spec_input("rules-bad", description="bad")
     for check in (True, False):
-        outcomes = manager(conn, lambda: None).apply(inputs, check=check)
+        m = manager(conn, lambda: None)
+        if workers is not None:
+            m.libvirt_workers = workers
+        outcomes = m.apply(inputs, check=check)
         bad = outcomes[3]
         assert not bad.ok and bad.action == "invalid" and "rendered XML breaks rule snp.launch_security" in bad.error.message
         assert all(o.ok for i, o in enumerate(outcomes) if i != 3)
