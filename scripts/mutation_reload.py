@@ -1,4 +1,5 @@
-"""pytest plugin for scripts/mutation: re-import the module under mutation, so import-time code mutates too.
+"""pytest plugin for scripts/mutation: re-import the module under mutation, so import-time code mutates too;
+and keep each mutant's session short (fastest tests first, no shrinking, no inherited garbage to collect).
 
 mutmut swaps a function for its mutant when the function is called. Functions called once, at
 import, to build a table (snp_rules._blob, host._cpu_feature, host._kvm_param make the checks in
