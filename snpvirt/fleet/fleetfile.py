@@ -177,6 +177,7 @@ def parse_fleet(raw: dict[str, Any], path: Path, allow_debug: bool = False) -> F
     if not hosts:
         raise BadInputError(f"{path}: hosts: no host", 'add one: [[hosts]] name = "h1" uri = "qemu+ssh://root@h1/system"')
     _unique([h.name for h in hosts], "hosts", "host", path)
+    _one_entry_per_daemon(hosts, path)
     domains: list[DomainEntry] = []
     for i, entry in enumerate(checked["domains"]):
         if len(domains) + entry.get("count", 1) > MAX_DOMAINS:  # checked before the copies are made
@@ -233,6 +234,17 @@ def _owned(spec: VmSpec, name: str, fleet: str, state: str | None) -> VmSpec:
     """The spec renamed (its recorded source too, so each copy has its own digest), owned by the fleet."""
     return dataclasses.replace(spec, name=name, fleet=fleet, state=state or spec.state,
                                source={**spec.source, "name": name})
+
+
+def _one_entry_per_daemon(hosts: tuple[HostEntry, ...], path: Path) -> None:
+    """Two [[hosts]] with one URI are one libvirt daemon seen twice: its SNP slots and memory would be
+    counted twice, and a domain could be placed on it under each name."""
+    first: dict[str, str] = {}
+    for host in hosts:
+        if host.uri in first:
+            raise BadInputError(f"{path}: hosts: {first[host.uri]} and {host.name} have the same uri",
+                                "list each libvirt host once")
+        first[host.uri] = host.name
 
 
 def _unique(names: list[str], where: str, what: str, path: Path) -> None:

@@ -66,6 +66,14 @@ def test_two_entries_making_one_name_is_an_error(tmp_path):
         load_fleet(fleet_file(tmp_path, text))
 
 
+def test_one_libvirt_host_listed_twice_is_an_error(tmp_path):
+    """Its capacity would count twice, and one domain could be placed on it under each name."""
+    text = GOOD.replace("[[domains]]", '[[hosts]]\nname = "h1-again"\nuri = "qemu+ssh://root@h1/system"\n\n[[domains]]')
+    with pytest.raises(BadInputError) as caught:
+        load_fleet(fleet_file(tmp_path, text))
+    assert "h1 and h1-again have the same uri" in caught.value.message and caught.value.hint
+
+
 @pytest.mark.parametrize("uri", ["test+ext:///default?command={script}",
                                  "qemu+ssh://root@h1/system?command={script}",
                                  "qemu+ssh://root@h1/system?no_tty=1&Command={script}"])
