@@ -112,13 +112,22 @@ def _uri(path: str, value: str) -> str:
 
 
 def _runs_local_program(uri: str) -> bool:
-    """libvirt's ext transport runs `command`, and ssh runs it in place of ssh: parameter names are
-    unescaped and compared without case, as libvirt does (virURIParseParams)."""
-    parts = urlsplit(uri)
-    if parts.scheme.lower().partition("+")[2] == "ext":
+    """libvirt's ext transport runs `command`, and ssh runs it in place of ssh."""
+    if urlsplit(uri).scheme.lower().partition("+")[2] == "ext":
         return True
-    names = {unquote(item.partition("=")[0]).strip().lower() for item in parts.query.replace(";", "&").split("&")}
-    return "command" in names
+    return "command" in _params(uri)
+
+
+def _params(uri: str) -> dict[str, str]:
+    """The URI's parameters, names unescaped and without case as libvirt reads them (virURIParseParams)."""
+    pairs = (item.partition("=") for item in urlsplit(uri).query.replace(";", "&").split("&") if item)
+    return {unquote(name).strip().lower(): unquote(value).strip() for name, _, value in pairs}
+
+
+def skips_tls_verification(uri: str) -> bool:
+    """no_verify=1: libvirt connects without checking who answers (the host's TLS certificate; over SSH,
+    its host key)."""
+    return _params(uri).get("no_verify", "0") not in ("", "0")
 
 
 def _seconds(path: str, value: float) -> float:

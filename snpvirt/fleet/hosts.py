@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from snpvirt.errors import SnpvirtError
-from snpvirt.fleet.fleetfile import Fleet, HostEntry
+from snpvirt.fleet.fleetfile import Fleet, HostEntry, skips_tls_verification
 from snpvirt.fleet.observe import HostView, observe_host, unreachable
 
 Progress = Callable[[str, str], None]  # (host, what happens now)
@@ -33,6 +33,17 @@ def reach_all(fleet: Fleet, opener: Callable[[HostEntry], Any], progress: Progre
 
 
 def _reach(entry: HostEntry, fleet: str, opener: Callable[[HostEntry], Any], progress: Progress) -> HostSession:
+    session = _open_and_observe(entry, fleet, opener, progress)
+    if skips_tls_verification(entry.uri):
+        session.view.warnings.append({"id": "uri.no_verify", "severity": "warning", "message":
+                                      f"{entry.name}: its uri says no_verify=1: libvirt does not check who answers (TLS "
+                                      "certificate, SSH host key), so anyone between here and it can pose as it",
+                                      "hint": f"drop no_verify from the uri of {entry.name}; trust its CA "
+                                              "certificate or its SSH host key instead"})
+    return session
+
+
+def _open_and_observe(entry: HostEntry, fleet: str, opener: Callable[[HostEntry], Any], progress: Progress) -> HostSession:
     progress(entry.name, "connecting")
     try:
         conn = opener(entry)

@@ -115,3 +115,25 @@ def test_a_plan_file_that_is_not_a_plan_is_one_error_line(tmp_path, content):
     proc = run_cli("fleet", "apply", str(fleet_file(tmp_path)), "--plan", str(plan))
     assert proc.code == 2 and proc.stderr.count("snpvirt: error:") == 1, proc.stderr
     assert "not a fleet plan" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("uri, skips", [
+    ("qemu+tls://h1/system?no_verify=1", True),
+    ("qemu+ssh://root@h1/system?keyfile=k&No_Verify=1", True),  # libvirt reads names without case
+    ("qemu+tls://h1/system?no_verify=0", False),
+    ("qemu+tls://h1/system", False),
+])
+def test_a_host_whose_identity_libvirt_does_not_check_is_warned_about(tmp_path, uri, skips):
+    """no_verify=1 lets anyone between here and the host pose as it: every fleet command says so, reached or not."""
+    from snpvirt.errors import ConnectionFailedError
+    from snpvirt.fleet.hosts import reach_all
+
+    def unreachable(entry):
+        raise ConnectionFailedError(f"cannot reach {entry.uri}", "start it")
+
+    fleet = load_fleet(fleet_file(tmp_path, GOOD.replace("qemu+ssh://root@h1/system", uri)))
+    [session] = reach_all(fleet, unreachable, lambda host, what: None)
+    warned = [w for w in session.view.warnings if w["id"] == "uri.no_verify"]
+    assert bool(warned) == skips
+    if skips:
+        assert "h1: its uri says no_verify=1" in warned[0]["message"] and "drop no_verify" in warned[0]["hint"]
