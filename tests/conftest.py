@@ -29,6 +29,20 @@ def vector(relative: str) -> Path:
     return path
 
 
+def unreadable_even_for_root() -> str:
+    """A file that opening to read fails on with EACCES, root included (write-only for everyone); the
+    test skips where this machine has no such file. A permission-denied read as root needs one."""
+    path = "/sys/bus/pci/rescan"
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+        pytest.skip(f"{path} opens here")
+    except PermissionError:
+        pass
+    except OSError:
+        pytest.skip(f"no {path} here")
+    return path
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_runtime_dir(tmp_path_factory):
     """Per-machine state of snpvirt (the fleet apply lock under $XDG_RUNTIME_DIR/snpvirt) lives in this test

@@ -275,13 +275,13 @@ def firmware_snp(h: HostInputs) -> CheckResult:
     snp = [d for d in h.local.descriptors if d.offers_snp]
     usable = [d for d in snp if d.snp_mapping_ok]
     for d in usable:
-        file = h.local.firmware_files.get(d.executable or "")
+        file = h.local.firmware_files.get(d.executable)  # None too for a descriptor that names no file
         if file is not None and file.image is not None:
             return _result("firmware.snp", "pass", f"{d.executable} (descriptor {d.path})",
                            descriptor=d.path, firmware=d.executable, kernel_hashes=file.image.has_kernel_hashes)
     if usable:
         d = usable[0]
-        file = h.local.firmware_files.get(d.executable or "")
+        file = h.local.firmware_files.get(d.executable)
         error = file.error if file is not None else "the descriptor names no file"
         return _result("firmware.snp", "fail", f"descriptor {d.path} names {d.executable}: {error}",
                        "install the firmware package that provides it (Fedora: edk2-ovmf; Ubuntu: ovmf)",

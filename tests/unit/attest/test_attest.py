@@ -824,6 +824,18 @@ def test_unreadable_or_not_certificates_are_bad_input_with_a_hint(tmp_path):
     assert garbage.value.hint == "give PEM or DER certificates (ARK, ASK, VCEK), e.g. from snpvirt attest fetch-certs"
 
 
+def test_a_certificate_damaged_past_its_outer_layer_is_refused_when_loaded():
+    """cryptography parses a certificate's key lazily: a VCEK whose key names an unknown curve loads, and
+    would raise mid-verification (a traceback after a report was half checked) unless load() parses it all."""
+    der = vector("attestation/virtee-sev/vcek_milan.der").read_bytes()
+    secp384r1 = bytes.fromhex("06052b81040022")  # the OID 1.3.132.0.34, once in the VCEK: its key's curve
+    assert der.count(secp384r1) == 1
+    damaged = der.replace(secp384r1, bytes.fromhex("06052b8104007f"))  # 1.3.132.0.127: no such curve
+    with pytest.raises(BadInputError) as error:
+        certs.load(damaged, "vcek.der")
+    assert error.value.message.startswith("vcek.der: not an X.509 certificate (") and "1.3.132.0.127" in error.value.message
+
+
 def test_cli_json_gives_every_check_a_status(tmp_path, capsys):
     ca = shared_ca()
     paths = ca.write(tmp_path / "ca")

@@ -6,7 +6,7 @@ import pytest
 from lxml import etree
 
 from snpvirt.domain import xml as domxml
-from snpvirt.domain.rules import RULES, check_rules
+from snpvirt.domain.rules import RULES, check_rules, children_by_tag
 from tests.conftest import GOLDEN, vector
 
 
@@ -186,8 +186,16 @@ SAYS = {
               [("snp.no_nvram", "<nvram> is set: SEV-SNP firmware is stateless and has no variable store")]),
     "smm on": (_set("features/smm", "state", "on"), [("snp.no_smm", "SMM is on: SEV-SNP guests run without SMM")]),
     "smm, on by default": (_drop_attr("features/smm", "state"), [("snp.no_smm", "SMM is on: SEV-SNP guests run without SMM")]),
+    # <metadata> takes any element (the schema's customElement): an <smm> there is not the guest's SMM.
+    "smm in metadata": (_add("metadata", "<smm state='on'/>"), []),
     "kernelHashes without kernel": (_both(_remove("os/kernel"), _both(_remove("os/initrd"), _remove("os/cmdline"))),
                                     [("snp.kernel_hashes", "kernelHashes='yes' without <kernel>: there is nothing to hash")]),
+    "empty policy": (_text("launchSecurity/policy", None),
+                     [("snp.policy_bit17", "policy '' is not a hexadecimal number")]),
+    "empty hostData": (_text("launchSecurity/hostData", None),
+                       [("snp.blob.hostData", "<hostData> decodes to 0 bytes, SEV-SNP needs exactly 32")]),
+    # libvirt reads the first of two <policy> (XPath string()): so must the rules, or a debug policy hides.
+    "two policies": (_add("launchSecurity", "<policy>0xb0000</policy>"), []),
     "hostData too short": (_text("launchSecurity/hostData", "AAAA"),
                            [("snp.blob.hostData", "<hostData> decodes to 3 bytes, SEV-SNP needs exactly 32")]),
     # A lenient decoder drops the '!' and finds 32 bytes: only a strict one sees the typo.
@@ -236,6 +244,7 @@ IOMMU = {
     # Devices of other kinds come first in many documents; the scan must go on past them.
     "after a controller": (_both(_insert_device("<controller type='usb' model='none'/>"), _remove("devices/disk/driver")),
                            ["virtio disk vda lacks <driver iommu='on'/>"]),
+    "no devices at all": (_remove("devices"), []),
 }
 
 
@@ -254,3 +263,12 @@ def test_direct_kernel_without_hashes_warning_says_what_is_unmeasured():
         ("snp.kernel_unmeasured", "warning",
          "direct kernel boot without kernelHashes='yes': the launch measurement does not cover the kernel, "
          "initrd or cmdline, so the host can swap them and attestation still passes")]
+
+
+def test_children_by_tag_is_the_first_element_of_each_tag():
+    """As parent.find(tag): comments and processing instructions are no elements, and a second <policy>
+    does not replace the first (drift's projection would crash on a comment's non-string tag)."""
+    parent = etree.fromstring("<d><!-- c --><?pi x?><a n='1'/><!-- c2 --><b/><a n='2'/></d>")
+    found = children_by_tag(parent)
+    assert list(found) == ["a", "b"] and found["a"].get("n") == "1"
+    assert children_by_tag(None) == {}

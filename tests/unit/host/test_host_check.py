@@ -14,7 +14,7 @@ from snpvirt.cli.app import app, run
 from snpvirt.errors import BadInputError, ExitCode
 from snpvirt.models import HostSevCaps, LibvirtFacts
 from tests.unit.fakehost import MILAN, RYZEN, FakeHost, cpuid_sample, edited_domcaps, genoa_domcaps
-from tests.conftest import EXAMPLES, vector
+from tests.conftest import EXAMPLES, unreadable_even_for_root, vector
 
 LIBVIRT_ONLY = {"libvirt.version", "qemu.version", "capacity.snp_guests"}  # need a live connection
 
@@ -595,6 +595,26 @@ BRANCHES = {
     'libvirt 10.4.9': ("libvirt.version",
                        None,
                        {"conn": CapturedConnection(lib_version=10_004_009), "domcaps_file": None}),
+    # What an operator reads when a fact is read another way or not at all (issue 10's surviving mutants).
+    'vendor unknown, cpuinfo unreadable': ("cpu.vendor", _all(_rm("dev/cpu/0/cpuid"), _rm("proc/cpuinfo")), {}),
+    'vendor from cpuid, no model name': ("cpu.vendor", _w("proc/cpuinfo", "vendor_id\t: AuthenticAMD\nflags\t\t: sev\n"), {}),
+    'sev_snp flag present in cpuinfo': ("cpu.sev_snp", _rm("dev/cpu/0/cpuid"), {}),
+    'sev_es off, snp 1': ("kvm_amd.sev_es",
+                          _all(_w("sys/module/kvm_amd/parameters/sev_es", "N\n"), _w("sys/module/kvm_amd/parameters/sev_snp", "1\n")),
+                          {}),
+    'kernel 6.10 with SNP backport as 1': ("kernel.version",
+                                           _all(_w("proc/sys/kernel/osrelease", "6.10.5-vendor\n"),
+                                                _w("sys/module/kvm_amd/parameters/sev_snp", "1\n")),
+                                           {}),
+    # Each way to read-write is looked at alone: an execute bit next to it changes nothing.
+    'psp: owner read-write, others execute': ("psp.dev_sev", _dev_sev(64055, 0, 0o601), {}),
+    'psp: group read-write, others execute': ("psp.dev_sev", _dev_sev(0, 106, 0o061), {}),
+    'psp: world read-write-execute': ("psp.dev_sev", _dev_sev(0, 0, 0o007), {}),
+    # The kernel reads amd_iommu= as a comma list: pgtbl_v2 counts wherever it is, whatever its neighbours.
+    'iommu v2 after an option with =': ("kernel.iommu", _w("proc/cmdline", "root=/dev/sda1 amd_iommu=x=y,pgtbl_v2\n"), {}),
+    'iommu v2 before an option with =': ("kernel.iommu", _w("proc/cmdline", "root=/dev/sda1 amd_iommu=pgtbl_v2,x=y\n"), {}),
+    'two iommu units': ("kernel.iommu", lambda fake: (fake.root / "sys/class/iommu/ivhd1").mkdir(), {}),
+    'policy with two new bits': ("policy.bits", None, {"policy": 0x270000}),
 }
 BRANCH_SAYS = {  # (status, message, hint, facts)
     'kernel 6.11 exactly': ('pass', '6.11.0 (>= 6.11)', '', {'release': '6.11.0'}),
@@ -712,6 +732,45 @@ BRANCH_SAYS = {  # (status, message, hint, facts)
                        'libvirt 10.4.9 (SEV-SNP needs >= 10.5.0)',
                        'install libvirt >= 10.5 (Debian 12: bookworm-backports; Ubuntu >= 25.04)',
                        {'version': '10.4.9'}),
+    'vendor unknown, cpuinfo unreadable': ('skip', '/proc/cpuinfo does not exist', '', {}),
+    'vendor from cpuid, no model name': ('pass', 'AuthenticAMD', '', {'vendor': 'AuthenticAMD', 'model': ''}),
+    'sev_snp flag present in cpuinfo': ('pass',
+                                        "cpuinfo flag 'sev_snp' present (/dev/cpu/0/cpuid is absent; from /proc/cpuinfo flags instead)",
+                                        'modprobe cpuid to read CPUID directly',
+                                        {'source': '/proc/cpuinfo'}),
+    'sev_es off, snp 1': ('warn',
+                          'sev_es = N: SEV-ES guests unavailable while SNP is on',
+                          'nothing to do for SNP guests; SEV-ES guests need firmware without the CVE-2025-48514 change',
+                          {'value': 'N'}),
+    'kernel 6.10 with SNP backport as 1': ('warn',
+                                           '6.10.5-vendor is older than 6.11 but kvm_amd reports SNP (a backport)',
+                                           'keep QEMU and this kernel in lock-step: use the QEMU your kernel vendor pairs with it',
+                                           {'release': '6.10.5-vendor'}),
+    'psp: owner read-write, others execute': ('pass',
+                                              '/dev/sev present, read-write for QEMU user libvirt-qemu',
+                                              '',
+                                              {'mode': '0601', 'uid': 64055, 'gid': 0, 'qemu_user': 'libvirt-qemu'}),
+    'psp: group read-write, others execute': ('pass',
+                                              '/dev/sev present, read-write for QEMU user libvirt-qemu',
+                                              '',
+                                              {'mode': '0061', 'uid': 0, 'gid': 106, 'qemu_user': 'libvirt-qemu'}),
+    'psp: world read-write-execute': ('pass',
+                                      '/dev/sev present, read-write for QEMU user libvirt-qemu',
+                                      '',
+                                      {'mode': '0007', 'uid': 0, 'gid': 0, 'qemu_user': 'libvirt-qemu'}),
+    'iommu v2 after an option with =': ('fail',
+                                        'kernel command line has amd_iommu=x=y,pgtbl_v2: SNP needs the IOMMU on, translated, with v1 page tables',
+                                        'remove amd_iommu=x=y,pgtbl_v2 from GRUB_CMDLINE_LINUX in /etc/default/grub, run update-grub, reboot',
+                                        {'arguments': ['amd_iommu=x=y,pgtbl_v2']}),
+    'iommu v2 before an option with =': ('fail',
+                                         'kernel command line has amd_iommu=pgtbl_v2,x=y: SNP needs the IOMMU on, translated, with v1 page tables',
+                                         'remove amd_iommu=pgtbl_v2,x=y from GRUB_CMDLINE_LINUX in /etc/default/grub, run update-grub, reboot',
+                                         {'arguments': ['amd_iommu=pgtbl_v2,x=y']}),
+    'two iommu units': ('pass', 'IOMMU active (ivhd0, ivhd1), no passthrough or v2 page table', '', {'units': ['ivhd0', 'ivhd1']}),
+    'policy with two new bits': ('warn',
+                                 'policy sets migrate_ma, cxl_allow (0x240000), which KVM before the 2025 policy extensions rejects (SNP_LAUNCH_START -EINVAL)',
+                                 'make sure the host kernel accepts these bits, or clear them',
+                                 {'bits': ['migrate_ma', 'cxl_allow']}),
 }
 
 
@@ -838,3 +897,33 @@ def test_an_old_qemu_says_what_to_install():
     check = host.run_checks(host.HostInputs(local=None, local_skip="remote", libvirt=facts)).by_id("qemu.version")
     assert (check.status, check.message, check.hint) == (
         "fail", "QEMU 9.0.2 (SEV-SNP needs >= 9.1.0)", "install QEMU >= 9.1 (Debian 12: qemu-system-x86 from bookworm-backports)")
+
+
+def test_a_kvm_amd_parameter_that_cannot_be_read_is_skipped_with_why_not_failed(milan):
+    """Permission denied is not 'this kernel lacks SEV-SNP': the check says it could not look, and how to."""
+    param = milan.root / "sys/module/kvm_amd/parameters/sev_snp"
+    param.unlink()
+    param.symlink_to(unreadable_even_for_root())
+    report = assess(milan)
+    check = report.by_id("kvm_amd.sev_snp")
+    assert (check.status, check.message, check.hint, check.facts) == (
+        "skip", "/sys/module/kvm_amd/parameters/sev_snp permission denied (run as root)", "", {})
+    assert report.failed() == []
+
+
+def test_facts_without_a_recorded_reason_still_say_what_is_missing():
+    """read_local_facts records why each fact it could not read is missing; facts built any other way may
+    lack the reason: each check then says what it lacks in its own words (never 'None', never a crash)."""
+    from snpvirt.host.facts import LocalFacts
+
+    local = LocalFacts(sysroot="/captured", cpuinfo_vendor="AuthenticAMD", kvm_amd_loaded=True,
+                       cpuinfo_flags=frozenset({"sev", "sev_es", "sev_snp"}))
+    rows = {c.check_id: (c.status, c.message, c.hint)
+            for c in host.run_checks(host.HostInputs(local=local, policy=0x30000)).checks}
+    from_flags = "(cpuid device unusable; from /proc/cpuinfo flags instead)"
+    assert rows["cpu.sev"] == ("pass", f"cpuinfo flag 'sev' present {from_flags}", "modprobe cpuid to read CPUID directly")
+    assert rows["cpu.cbitpos"] == rows["asid.snp"] == ("skip", "needs CPUID: unavailable", "modprobe cpuid")
+    assert rows["kvm_amd.sev"] == ("fail", "kvm_amd has no 'sev' parameter: this kernel lacks SEV-SNP host support",
+                                   "install a kernel >= 6.11 with CONFIG_KVM_AMD_SEV=y")
+    assert rows["kernel.iommu"] == ("skip", "/proc/cmdline unreadable", "")
+    assert rows["policy.smt"] == ("skip", "SMT state unknown", "")
