@@ -17,6 +17,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from typing import Callable
 
 import pytest
 
@@ -36,6 +37,9 @@ def refuse(url: str, scheme: str) -> Exception:
 class Loopback(http.server.BaseHTTPRequestHandler):
     seen: "queue.Queue[str]"  # what happened on the server side, for the test to read
     https_port = 0
+    # Called once the request is in (and, for /drip, the headers are out): the tests make their deadline pass
+    # then, so it cuts the answer at the same point however loaded the machine is.
+    reached: "Callable[[], None]" = staticmethod(lambda: None)
 
     def do_GET(self):  # noqa: N802 - http.server's name
         self.seen.put(f"GET {self.path}")
@@ -45,6 +49,8 @@ class Loopback(http.server.BaseHTTPRequestHandler):
             self.send_response(200)
             self.send_header("Content-Length", "200")
             self.end_headers()
+            self.wfile.flush()
+            type(self).reached()
             try:
                 for _ in range(200):
                     self.wfile.write(b"-")
@@ -52,6 +58,7 @@ class Loopback(http.server.BaseHTTPRequestHandler):
             except OSError:
                 pass
         elif self.path == "/silent":  # reads the request, answers nothing until the client hangs up
+            type(self).reached()
             self.seen.put(self.client_close())
         elif self.path == "/to-ftp":
             self.redirect("ftp://127.0.0.1/x")
@@ -98,7 +105,7 @@ class Loopback(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def server():
     """A loopback HTTP server; yields (base URL, queue of what it saw)."""
-    Loopback.seen = queue.Queue()
+    Loopback.seen, Loopback.reached = queue.Queue(), staticmethod(lambda: None)
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Loopback)
     httpd.daemon_threads = True
     threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
@@ -230,7 +237,8 @@ def test_an_answer_in_time_is_read_whole(server, deadline):
 
 def test_a_dripping_body_is_cut_at_the_deadline(server, deadline):
     url, _ = server
-    d = deadline(0.2)
+    d = deadline(BOUND_S)
+    Loopback.reached = staticmethod(lambda: d.postpone(0.05))  # the deadline passes mid-body
     with netio.opener(d, refuse).open(f"{url}/drip", timeout=BOUND_S) as response:
         with pytest.raises(http.client.IncompleteRead):
             response.read()  # each byte comes well within urllib's timeout: only the deadline ends it
@@ -239,7 +247,8 @@ def test_a_dripping_body_is_cut_at_the_deadline(server, deadline):
 
 def test_a_server_that_never_answers_is_cut_at_the_deadline(server, deadline):
     url, seen = server
-    d = deadline(0.2)
+    d = deadline(BOUND_S)
+    Loopback.reached = staticmethod(lambda: d.postpone(0.05))  # the deadline passes while the server is silent
     with pytest.raises(http.client.RemoteDisconnected):  # the connection was shut: no timeout
         netio.opener(d, refuse).open(f"{url}/silent", timeout=30)
     assert d.expired is True
