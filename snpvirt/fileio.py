@@ -205,7 +205,7 @@ def _refuse_untrusted_links(link: Path, what: str) -> None:
     fs.protected_symlinks rule, applied whatever the sysctl says (it is off on many hosts, and realpath
     reads links without the kernel's check). Otherwise root writing -o /tmp/vm.xml would overwrite
     whatever file another user's link there points at, e.g. /etc/shadow. Every link of the chain is checked."""
-    for _ in range(40):  # the kernel's own limit on links in a row
+    for _ in range(41):  # the kernel follows 40 links in a row (MAXSYMLINKS): 40 followed, one more finds the end
         st = _lstat(link)
         if st is None or not stat.S_ISLNK(st.st_mode):  # the end of the chain (missing: output_target says so)
             return

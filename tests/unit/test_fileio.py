@@ -10,6 +10,7 @@ import hashlib
 import os
 import socket
 import stat
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -139,6 +140,47 @@ def test_sha256_streams_in_blocks_within_the_limit(tmp_path, monkeypatch):
     assert refused("/proc/self/maps", "host", read=fileio.sha256_input).reason.startswith("more bytes is more than")
 
 
+def a_big_file_whose_size_says_0() -> str:
+    """/proc/kallsyms: a regular file of several MiB whose size says 0, like any procfs file: it passes the size
+    check at open, then gives more bytes than the limit (as a file that grows while it is read would)."""
+    path = "/proc/kallsyms"
+    if not os.path.isfile(path) or os.stat(path).st_size != 0:
+        pytest.skip("needs procfs's /proc/kallsyms")
+    with open(path, "rb") as handle:
+        if len(handle.read(4 * fileio.MiB)) < 4 * fileio.MiB:
+            pytest.skip("/proc/kallsyms is small here")
+    return path
+
+
+def peak_memory(call) -> int:
+    """The most memory Python held while `call` ran, in bytes."""
+    tracemalloc.start()
+    try:
+        call()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("read", [fileio.read_input, fileio.sha256_input], ids=["read_input", "sha256_input"])
+def test_a_file_that_grows_past_its_limit_costs_no_more_memory_than_the_limit(read):
+    """Refused either way; the bound is that only limit + 1 bytes were ever held, not the whole file."""
+    path = a_big_file_whose_size_says_0()
+    peak = peak_memory(lambda: refused(path, "nonce", read=read))
+    assert peak < fileio.MiB, f"held {peak} bytes to refuse a {fileio.LIMITS['nonce']}-byte nonce file"
+
+
+def test_a_tail_is_at_most_its_size_even_of_a_file_that_grows():
+    assert len(fileio.read_tail(a_big_file_whose_size_says_0(), "log", 8)) == 8
+
+
+def test_comparing_with_a_file_that_grew_since_its_stat_reads_one_byte_past_the_data(tmp_path):
+    """write_file compares before writing: a target whose size matched but that grew is told apart by one byte."""
+    path = a_big_file_whose_size_says_0()
+    peak = peak_memory(lambda: fileio._same_content(Path(path), os.lstat(path), b""))
+    assert peak < fileio.MiB
+
+
 @pytest.mark.parametrize("read", [fileio.read_input, fileio.sha256_input, lambda p, k, w=None: fileio.read_tail(p, k, 8)],
                          ids=["read_input", "sha256_input", "read_tail"])
 def test_a_read_that_fails_is_said(read):
@@ -232,6 +274,28 @@ def test_a_loop_of_links_is_refused(tmp_path):
     (tmp_path / "b").symlink_to("a")
     error = refusal(lambda: fileio.write_file(tmp_path / "a", b"x", follow_symlink=True))
     assert error.message == f"-o {tmp_path / 'a'}: cannot check: Too many levels of symbolic links"
+
+
+def chain_of_links(tmp_path: Path, links: int) -> Path:
+    (tmp_path / "end").write_bytes(b"old")
+    previous = "end"
+    for n in range(1, links + 1):
+        (tmp_path / f"link{n}").symlink_to(previous)
+        previous = f"link{n}"
+    return tmp_path / previous
+
+
+def test_links_are_followed_as_far_as_the_kernel_follows_them(tmp_path):
+    """40 links in a row the kernel follows (open works), 41 it refuses (ELOOP): so does the writer."""
+    forty = chain_of_links(tmp_path, 40)
+    assert forty.read_bytes() == b"old", "the kernel follows 40 links"
+    assert fileio.write_file(forty, b"new", follow_symlink=True) and (tmp_path / "end").read_bytes() == b"new"
+    (tmp_path / "link41").symlink_to("link40")
+    with pytest.raises(OSError, match="Too many levels"):
+        (tmp_path / "link41").read_bytes()
+    error = refusal(lambda: fileio.write_file(tmp_path / "link41", b"x", follow_symlink=True))
+    assert error.message == f"-o {tmp_path / 'link41'}: cannot check: Too many levels of symbolic links"
+    assert (tmp_path / "end").read_bytes() == b"new"
 
 
 def shared_folder(tmp_path: Path, owner: int = 0, mode: int = 0o1777) -> Path:
@@ -489,6 +553,29 @@ def test_a_failed_new_folder_leaves_no_staging_folder(tmp_path, monkeypatch):
     assert error.message == f"-o {tmp_path / 'certs'}: cannot write: File exists"
     assert listing(tmp_path) == []
     monkeypatch.setattr(os, "rename", real_rename)
+
+
+def test_a_failed_new_folder_says_its_own_error_even_if_the_clean_up_fails(tmp_path, monkeypatch):
+    """Someone removed the staging folder before the rename failed: the clean-up finds nothing to remove, and
+    the error said is still the rename's."""
+    def rename(src, dst):
+        fileio.shutil.rmtree(src)
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(os, "rename", rename)
+    error = refusal(lambda: fileio.write_files(tmp_path / "certs", {"a": b"a"}, what="-o"))
+    assert error.message == f"-o {tmp_path / 'certs'}: cannot write: Permission denied"
+    monkeypatch.undo()
+    assert listing(tmp_path) == []
+
+
+def test_a_backup_of_a_link_swapped_in_is_the_link_not_its_target(tmp_path):
+    """A file replaced in a folder is kept under a second name to put back on failure; if a link was swapped
+    in meanwhile, that name must be the link's: a hard link to its target would put that file in the folder."""
+    (tmp_path / "victim").write_bytes(b"secret")
+    (tmp_path / "ark.pem").symlink_to(tmp_path / "victim")
+    backup = fileio._keep(tmp_path / "ark.pem")
+    assert backup.is_symlink() and os.readlink(backup) == str(tmp_path / "victim")
+    assert (tmp_path / "victim").stat().st_nlink == 1
 
 
 def test_a_backup_name_is_never_one_already_taken(tmp_path, monkeypatch):

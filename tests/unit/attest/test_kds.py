@@ -319,6 +319,12 @@ def listening(backlog: int = 1, timeout: float | None = None) -> socket.socket:
     return listener
 
 
+def test_a_refused_scheme_is_named_only_when_it_is_plain_letters_and_digits():
+    """urllib lets only ftp: reach the check today; a scheme that could carry terminal escapes is never echoed."""
+    assert kds._refused_redirect("http://kds/x", "ftp").message == "http://kds/x redirected to a URL that is not http(s) (ftp:)"
+    assert kds._refused_redirect("http://kds/x", "a\x1b[2Kb").message == "http://kds/x redirected to a URL that is not http(s)"
+
+
 def test_a_redirect_to_another_scheme_is_refused(serve, tmp_path):
     """--kds-url is http(s) only, and a redirect must not open an ftp: URL (urllib follows those)."""
     listener = listening(timeout=0.2)
@@ -664,6 +670,51 @@ def test_the_old_predictable_temp_names_lead_nowhere(server, tmp_path):
     kds.Kds(server, tmp_path / "cache").cert_chain("milan")
     assert victim.read_bytes() == b"precious"
     assert (folder / "milan-vcek-cert_chain.pem").read_bytes() == FakeKds.routes["/vcek/v1/Milan/cert_chain"]
+
+
+def test_a_temp_file_removed_by_another_process_is_a_warning_not_a_crash(server, tmp_path, monkeypatch):
+    """A cache cleaner removes our temp file between its write and its rename: the rename fails, so does the
+    clean-up's unlink, and both are the cache's business only: the certificate is still answered."""
+    folder = tmp_path / "cache" / kds.service_folder(server)
+    real_fsync = os.fsync
+
+    def fsync_then_cleaner(fd):
+        real_fsync(fd)
+        for temporary in folder.glob(".*.tmp"):
+            temporary.unlink()
+    monkeypatch.setattr(os, "fsync", fsync_then_cleaner)
+    said = []
+    assert kds.Kds(server, tmp_path / "cache", progress=said.append).cert_chain("milan") == \
+        FakeKds.routes["/vcek/v1/Milan/cert_chain"]
+    assert said == [f"could not cache milan-vcek-cert_chain.pem in {tmp_path / 'cache'}: No such file or directory"]
+    assert entries(tmp_path / "cache") == []
+
+
+@pytest.mark.parametrize("entry", ["folder", "file"])
+def test_a_cache_folder_removed_while_it_is_opened_is_said_in_the_systems_words(entry, server, tmp_path, monkeypatch):
+    """The service folder exists when mkdir looks and is gone (another process) when it is opened, or is a file
+    that is gone again when it is looked at: the refusal says what the system said, never crashes."""
+    cache = tmp_path / "cache"
+    folder = cache / kds.service_folder(server)
+    folder.parent.mkdir(mode=0o700)
+    folder.mkdir(mode=0o700) if entry == "folder" else folder.write_bytes(b"")
+    real_open = os.open
+
+    def open_then_cleaner(path, flags, *args, **kwargs):
+        if path != folder.name:
+            return real_open(path, flags, *args, **kwargs)
+        if entry == "folder":
+            folder.rmdir()
+            return real_open(path, flags, *args, **kwargs)
+        try:
+            return real_open(path, flags, *args, **kwargs)
+        finally:
+            folder.unlink()
+    monkeypatch.setattr(os, "open", open_then_cleaner)
+    with pytest.raises(kds.UnsafeCacheError) as refused:
+        kds.Kds(server, cache).cert_chain("milan")
+    why = "No such file or directory" if entry == "folder" else "it is not a directory"
+    assert refused.value.message == f"KDS cache folder {folder} cannot be used: {why}"
 
 
 FILE_SIZE_LIMITED = """
