@@ -494,3 +494,70 @@ def test_a_document_given_to_define_xml_starts_as_given(mgr, conn, clean_test_dr
     document = (GOLDEN / "web-01.xml").read_text().replace("<policy>0x30000</policy>", "<policy>0x70000</policy>")
     mgr.define_xml(document.encode(), "web-01.xml")
     assert mgr.start("web-01").changed is True
+
+
+# --- a spec booting pool volumes: the check before start compares at the paths the host gave (scripts/mutation guards)
+
+
+@pytest.fixture
+def boot_volumes(test_driver):
+    """A kernel and an initrd volume in the test driver's own pool, removed afterwards; (storage, pool name)."""
+    from snpvirt.libvirt import storage
+
+    pool = test_driver.storagePoolLookupByName("default-pool")
+    made = [pool.createXML(f"<volume><name>{name}</name><capacity>1048576</capacity>"
+                           "<target><format type='raw'/></target></volume>") for name in ("drift-vmlinuz", "drift-initrd")]
+    with storage.connect("test:///default") as store:
+        yield store, "default-pool"
+    for volume in made:
+        volume.delete()
+
+
+def test_a_spec_booting_pool_volumes_starts_on_the_host_paths_it_was_defined_with(conn, clean_test_driver, boot_volumes):
+    """The recorded spec names volumes, the definition their host paths: the comparison reads the paths the
+    definition was made with, so the domain starts (a comparison at no path would refuse every such start)."""
+    from snpvirt.host import readiness
+
+    store, pool = boot_volumes
+    mgr = Manager(conn, gate=lambda: readiness.gate_report(conn), resolve_sev=lambda s: sevparams.resolve(s, []),
+                  storage=store)
+    raw = {**_base("drift-30"), "disks": [], "snp": {"cbitpos": 51, "reduced_phys_bits": 1, "kernel_hashes": False},
+           "boot": {"kernel": {"pool": pool, "volume": "drift-vmlinuz"}, "initrd": {"pool": pool, "volume": "drift-initrd"},
+                    "cmdline": "console=ttyS0"}}
+    assert mgr.apply([SpecInput("drift-30", specs.parse_spec(raw))], start=False)[0].ok
+    assert mgr.status("drift-30")["launch"]["kernel"]["path"] == "/default-pool/drift-vmlinuz"
+    assert mgr.start("drift-30").changed is True and conn.state("drift-30") == "running"
+    mgr.destroy("drift-30")
+    edit_outside(clean_test_driver, "drift-30", _set("os/cmdline", text="console=ttyS0 init=/bin/sh"))
+    with pytest.raises(ConflictError, match=r"\(cmdline: 'console=ttyS0 init=/bin/sh', snpvirt defined 'console=ttyS0'\)"):
+        mgr.start("drift-30")
+
+
+def test_import_of_a_running_domain_that_needs_no_fix_requires_no_restart(mgr, conn, clean_test_driver):
+    """What runs is what is imported: a running domain defined as SEV-SNP already is not reported as running
+    an older definition (a restart the user would make for nothing)."""
+    root = etree.fromstring((GOLDEN / "web-01.xml").read_text().replace("<name>web-01</name>", "<name>drift-31</name>").encode())
+    root.remove(root.find("metadata"))
+    clean_test_driver.defineXML(etree.tostring(root, encoding="unicode")).create()
+    record = conn.lookup("drift-31")
+    outcome = mgr.import_domain(record.xml.encode(), record, fix=True, check=False, sev=None, firmware=None)
+    assert (outcome.ok, outcome.changed, outcome.details["changes"], outcome.details["restart_required"]) == (True, True, [], False)
+    again = mgr.import_domain(conn.lookup("drift-31").xml.encode(), conn.lookup("drift-31"), fix=True, check=False,
+                              sev=None, firmware=None)
+    assert (again.action, again.details["restart_required"]) == ("unchanged", False)
+
+
+def test_a_definition_that_lost_only_snpvirts_record_while_starting_runs_as_defined(conn, clean_test_driver):
+    """What runs is checked for its SEV-SNP settings: another tool's redefinition between the check and libvirt's
+    create that drops snpvirt's metadata but keeps every SEV-SNP setting leaves a guest that runs as SEV-SNP,
+    started, not destroyed (there is no recorded spec left to compare with)."""
+    make_manager(conn).apply([spec(name="race-02")], start=False)
+    real_start = conn.start
+
+    def start_after_another_tool_defines(name):
+        edit_outside(clean_test_driver, name, lambda root: root.remove(root.find("metadata")))
+        real_start(name)
+
+    conn.start = start_after_another_tool_defines
+    assert make_manager(conn).start("race-02").changed is True
+    assert conn.state("race-02") == "running"

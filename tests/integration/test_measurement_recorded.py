@@ -13,10 +13,11 @@ from snpvirt.launch import inputs as launch
 from snpvirt.domain import spec as specs
 from snpvirt.cli.app import run
 from snpvirt.libvirt.connection import Connection
-from snpvirt.errors import ExitCode
+from snpvirt.errors import ConflictError, ExitCode
 from snpvirt.manager import SpecInput
 from tests.conftest import vector
 from tests.integration.test_manager import make_manager
+from tests.integration.test_manager_drift import edit_outside
 
 FW = "measurement/ovmf/ovmf_AmdSev_suffix.bin"
 
@@ -137,3 +138,53 @@ def test_a_kernel_without_hashes_is_measured_without_it_and_still_recorded(mgr, 
     assert status["kernel_hashes"] is False and status["launch"]["kernel"]["sha256"]  # digest kept in the record
     # Measured as the firmware alone: the reference's no-kernel Genoa 4-vCPU vector.
     assert status["expected_measurement"].startswith("7f8dbe5139660d9d")
+
+
+# --- signed ID blocks after define: compared where they can be made, never refused for lack of the files ---
+
+
+def id_key_spec(tmp_path, name, files, author=True):
+    author_key = {"author_key": vector("measurement/idblock-virtee-sev/test_auth_key.pem")} if author else {}
+    return spec_file(tmp_path, name, files, id_key=vector("measurement/idblock-virtee-sev/test_id_key.pem"),
+                     image_id="01" * 16, **author_key)
+
+
+def test_a_domain_with_signed_id_blocks_is_unchanged_and_starts(mgr, files, tmp_path):
+    """apply compares the blocks it signs again (a fresh signature is no change); start has no launch files to
+    sign with, so the definition's own blocks are not compared: neither refuses an untouched domain."""
+    path = id_key_spec(tmp_path, "meas-07", files)
+    assert mgr.apply([SpecInput(str(path), specs.load_spec(path))], start=False)[0].ok
+    again = mgr.apply([SpecInput(str(path), specs.load_spec(path))], start=False)[0]
+    assert (again.ok, again.action, again.changed, again.details["diff"]) == (True, "unchanged", False, [])
+    assert mgr.start("meas-07").changed is True
+    with Connection("test:///default") as conn:
+        assert conn.state("meas-07") == "running"
+
+
+def test_a_changed_kernel_file_is_an_update_that_signs_the_id_block_again(mgr, files, tmp_path):
+    """The ID block holds the expected measurement: a kernel file changed since define makes the defined block
+    one the firmware would refuse. One manager compares before and after (nothing remembered across)."""
+    path = id_key_spec(tmp_path, "meas-08", files)
+    mgr.apply([SpecInput(str(path), specs.load_spec(path))], start=False)
+    assert mgr.apply([SpecInput(str(path), specs.load_spec(path))], check=True)[0].action == "unchanged"
+    with open(files["kernel"], "ab") as kernel:
+        kernel.write(b"\0")
+    plan = mgr.apply([SpecInput(str(path), specs.load_spec(path))], check=True)[0]
+    assert plan.action == "update" and [c["key"] for c in plan.details["diff"]] == ["definition.launch_security.idBlock"]
+
+
+def test_start_refuses_a_domain_whose_signed_id_blocks_were_removed(mgr, files, tmp_path, clean_test_driver):
+    """Without its blocks the launch no longer enforces the spec's measurement: a change, though start cannot
+    sign blocks itself to compare with."""
+    path = id_key_spec(tmp_path, "meas-09", files, author=False)
+    mgr.apply([SpecInput(str(path), specs.load_spec(path))], start=False)
+
+    def remove_blocks(root):  # every SNP rule still passes: only the comparison sees it
+        for tag in ("idBlock", "idAuth"):
+            root.find("launchSecurity").remove(root.find(f"launchSecurity/{tag}"))
+    edit_outside(clean_test_driver, "meas-09", remove_blocks)
+    with pytest.raises(ConflictError) as refused:
+        mgr.start("meas-09")
+    assert ("(launch_security.idAuth: None, snpvirt defined \"(an ID authentication block signed with the spec's id_key)\"; "
+            "launch_security.idBlock: None, snpvirt defined \"(an ID block signed with the spec's id_key)\")") in refused.value.message
+
