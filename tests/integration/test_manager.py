@@ -73,6 +73,8 @@ def test_state_lives_in_the_domain(mgr):
     assert status["launch"]["firmware"]["reason"] == "not found on this machine"
     assert status["launch"]["cmdline"] == "console=ttyS0" and status["launch"]["policy"] == "0x30000"
     assert status["defined_at"] and status["updated_at"] and status["policy_flags"] == ["smt"]
+    # No cloud-init: said so (a seed's volume and digest are checked on a daemon, tests/integration/test_apply_volumes.py).
+    assert status["cloud_init_seed"] is None
     # Another connection (as another tool would) sees the same truth.
     with Connection("test:///default") as other:
         assert make_manager(other).status("mgr-01")["spec_digest"] == status["spec_digest"]

@@ -188,3 +188,20 @@ def test_start_refuses_a_domain_whose_signed_id_blocks_were_removed(mgr, files, 
     assert ("(launch_security.idAuth: None, snpvirt defined \"(an ID authentication block signed with the spec's id_key)\"; "
             "launch_security.idBlock: None, snpvirt defined \"(an ID block signed with the spec's id_key)\")") in refused.value.message
 
+
+def test_recording_through_the_library_reports_each_domain_as_every_verb_does(mgr, files, tmp_path):
+    """Manager.record_measurement is the library's `measure --record`: its outcome names the domain, the
+    action and the domain's state, in the shape of every other verb's result (Outcome.as_dict)."""
+    from snpvirt.domain.launchrecord import LaunchInputs
+
+    remote = {"firmware": "/srv/remote/OVMF.amdsev.fd", "kernel": "/srv/remote/vmlinuz", "initrd": "/srv/remote/initrd.img"}
+    path = spec_file(tmp_path, "meas-10", remote)
+    mgr.apply([SpecInput(str(path), specs.load_spec(path))], start=False)
+    local = specs.load_spec(path, [f"firmware={files['firmware']}", f"boot.kernel={files['kernel']}",
+                                   f"boot.initrd={files['initrd']}"])
+    expected = launch.record(local).expected
+    first = mgr.record_measurement("meas-10", LaunchInputs.of_spec(local), expected)
+    assert first.as_dict() == {"name": "meas-10", "ok": True, "changed": True, "action": "record", "state": "shutoff"}
+    again = mgr.record_measurement("meas-10", LaunchInputs.of_spec(local), expected)
+    assert again.as_dict() == {"name": "meas-10", "ok": True, "changed": False, "action": "record", "state": "shutoff"}
+    assert mgr.status("meas-10")["expected_measurement"] == expected.value
