@@ -106,9 +106,11 @@ class Guards:
 
 
 def _with_defined_boot_paths(spec: VmSpec, existing: etree._Element) -> VmSpec:
-    """A recorded spec's boot volumes are the host's paths the definition holds: the host resolved them at define."""
+    """A recorded spec's boot volumes are the host paths snpvirt recorded with the launch inputs at define (the
+    host resolved them then), not the paths the definition holds now: another tool may have changed those."""
     unresolved = spec.boot.unresolved
     if not unresolved:
         return spec
-    paths = {kind: existing.findtext(f"os/{kind}") or f"(volume {kind}: no path defined)" for kind in unresolved}
+    recorded = metadata.read(existing).launch  # volumes are left unresolved only in a spec snpvirt recorded
+    paths = {kind: (recorded.get(kind) or {}).get("path") or f"(volume {kind}: no path recorded)" for kind in unresolved}
     return dataclasses.replace(spec, boot=dataclasses.replace(spec.boot, **paths))

@@ -514,8 +514,8 @@ def boot_volumes(test_driver):
 
 
 def test_a_spec_booting_pool_volumes_starts_on_the_host_paths_it_was_defined_with(conn, clean_test_driver, boot_volumes):
-    """The recorded spec names volumes, the definition their host paths: the comparison reads the paths the
-    definition was made with, so the domain starts (a comparison at no path would refuse every such start)."""
+    """The recorded spec names volumes, the definition their host paths: the comparison reads the paths snpvirt
+    recorded at define, so the domain starts, and a boot path another tool changed since is refused."""
     from snpvirt.host import readiness
 
     store, pool = boot_volumes
@@ -528,8 +528,16 @@ def test_a_spec_booting_pool_volumes_starts_on_the_host_paths_it_was_defined_wit
     assert mgr.status("drift-30")["launch"]["kernel"]["path"] == "/default-pool/drift-vmlinuz"
     assert mgr.start("drift-30").changed is True and conn.state("drift-30") == "running"
     mgr.destroy("drift-30")
-    edit_outside(clean_test_driver, "drift-30", _set("os/cmdline", text="console=ttyS0 init=/bin/sh"))
-    with pytest.raises(ConflictError, match=r"\(cmdline: 'console=ttyS0 init=/bin/sh', snpvirt defined 'console=ttyS0'\)"):
+    edit_outside(clean_test_driver, "drift-30", _set("os/kernel", text="/boot/other"))
+    with pytest.raises(ConflictError, match=r"\(kernel: '/boot/other', snpvirt defined '/default-pool/drift-vmlinuz'\)"):
+        mgr.start("drift-30")
+    assert conn.state("drift-30") == "shutoff"
+
+    def lose_the_recorded_kernel(root):  # snpvirt's record of the launch rewritten by hand, without the kernel
+        launch = root.find(f"metadata/{{{domxml.METADATA_NS}}}domain/{{{domxml.METADATA_NS}}}launch")
+        launch.remove(launch.find(f"{{{domxml.METADATA_NS}}}kernel"))
+    edit_outside(clean_test_driver, "drift-30", lose_the_recorded_kernel)
+    with pytest.raises(ConflictError, match=r"\(kernel: '/boot/other', snpvirt defined '\(volume kernel: no path recorded\)'\)"):
         mgr.start("drift-30")
 
 
