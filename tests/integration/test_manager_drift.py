@@ -569,3 +569,95 @@ def test_a_definition_that_lost_only_snpvirts_record_while_starting_runs_as_defi
     conn.start = start_after_another_tool_defines
     assert make_manager(conn).start("race-02").changed is True
     assert conn.state("race-02") == "running"
+
+
+# --- apply's own decisions around an existing domain (scripts/mutation apply) -----------------------------------
+
+
+def test_an_update_gives_an_interface_the_spec_s_mac_and_a_new_one_its_own(mgr, conn):
+    """The MAC libvirt gave is kept only for an interface the spec leaves without one: a MAC the spec names
+    wins, and an interface the update adds gets a MAC of its own (there is no earlier one to keep)."""
+    mgr.apply([spec(name="drift-32", networks=[{"network": "default"}])])
+    given = domxml.parse(conn.lookup("drift-32").xml).find("devices/interface/mac").get("address")
+    updated = mgr.apply([spec(name="drift-32", networks=[{"network": "default", "mac": "52:54:00:aa:bb:cc"},
+                                                        {"network": "default"}])])[0]
+    assert updated.ok and updated.action == "update", updated.error
+    macs = [i.find("mac").get("address") for i in domxml.parse(conn.lookup("drift-32").xml).iterfind("devices/interface")]
+    assert macs[0] == "52:54:00:aa:bb:cc" and len(macs) == 2 and macs[1] not in (given, macs[0])
+
+
+def test_restart_starts_the_new_definition_whatever_the_old_one_broke(mgr, conn, clean_test_driver):
+    """--restart after an update starts the definition apply just defined (and checked); the definition it
+    replaced (here edited outside to allow debugging) is no reason to refuse."""
+    mgr.apply([spec(name="drift-33")])
+    edit_outside(clean_test_driver, "drift-33", debug_policy)
+    done = mgr.apply([spec(name="drift-33", vcpus=4)], restart=True)[0]
+    assert (done.ok, done.state, done.details.get("restarted")) == (True, "running", True), done.error
+    live = domxml.parse(conn.lookup("drift-33").live_xml)
+    assert (live.findtext("vcpu"), int(live.findtext("launchSecurity/policy"), 16)) == ("4", 0x30000)
+
+
+def test_apply_never_forces_a_guest_off(clean_test_driver):
+    """state = "shutoff" asks the guest to shut down and waits; a guest that does not react is left running
+    and reported as timed out (forcing it off could lose its data), never destroyed."""
+    from tests.integration.test_manager import IgnoresShutdown
+
+    with IgnoresShutdown("test:///default") as conn:
+        m = make_manager(conn)
+        m.apply([spec(name="drift-34")])
+        m.shutdown_timeout_s = 0.2
+        outcome = m.apply([spec(name="drift-34", state="shutoff")])[0]
+        assert (outcome.ok, outcome.error.kind) == (False, "timeout") and "--force" in outcome.error.hint
+        assert conn.state("drift-34") == "running"
+
+
+def test_the_create_race_lost_replans_and_starts_what_the_other_client_defined(clean_test_driver):
+    """The re-plan is carried out, not only planned: the domain the other client defined is started."""
+    with AnotherClientFirst("test:///default") as conn:
+        conn.races = ("define",)
+        outcome = make_manager(conn).apply([spec(name="drift-35")])[0]
+        assert (outcome.ok, outcome.action, outcome.state, outcome.details.get("started")) == (True, "unchanged", "running", True)
+        assert conn.state("drift-35") == "running"
+
+
+def test_the_create_race_lost_to_an_unmanaged_domain_is_a_conflict(clean_test_driver):
+    """The other client's domain is not snpvirt's: the re-plan refuses it as any plan would, and leaves it alone."""
+
+    class AnotherToolFirst(AnotherClientFirst):
+        def define(self, xml):
+            root = domxml.parse(xml)
+            root.remove(root.find("metadata"))
+            self._as_another_client(lambda other: other.defineXML(etree.tostring(root, encoding="unicode")))
+            return Connection.define(self, xml)
+
+    with AnotherToolFirst("test:///default") as conn:
+        outcome = make_manager(conn).apply([spec(name="drift-36")])[0]
+        assert (outcome.name, outcome.ok, outcome.action, outcome.error.kind) == ("drift-36", False, "conflict", "conflict")
+        assert "is not managed by snpvirt" in outcome.error.message
+        assert conn.state("drift-36") == "shutoff"
+
+
+def test_a_create_race_lost_again_and_again_gives_up(clean_test_driver):
+    """Each lost race re-plans; a domain that another client keeps defining and undefining is given up on after
+    RACE_RETRIES re-plans (never an endless loop), as a conflict that says what happened."""
+    from snpvirt.orchestration.apply import RACE_RETRIES
+
+    class Flapping(AnotherClientFirst):
+        defines = 0
+
+        def define(self, xml):
+            self.defines += 1
+            return super().define(xml)
+
+        def lookup(self, name):  # the other client undefines it right after each look
+            found = super().lookup(name)
+            if found is not None:
+                self._as_another_client(lambda other: other.lookupByName(name).undefine())
+            return found
+
+    with Flapping("test:///default") as conn:
+        conn.races = ("define",)
+        outcome = make_manager(conn).apply([spec(name="drift-37")], start=False)[0]
+        assert (outcome.ok, outcome.error.kind) == (False, "conflict")
+        assert "was defined by another client at the same time" in outcome.error.message
+        assert conn.defines == 1 + RACE_RETRIES
