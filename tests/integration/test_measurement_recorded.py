@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 
 import pytest
 from lxml import etree
@@ -12,9 +13,11 @@ from snpvirt.domain import sevparams
 from snpvirt.launch import inputs as launch
 from snpvirt.domain import spec as specs
 from snpvirt.cli.app import run
+from snpvirt.host import readiness
+from snpvirt.libvirt import storage
 from snpvirt.libvirt.connection import Connection
 from snpvirt.errors import ConflictError, ExitCode
-from snpvirt.manager import SpecInput
+from snpvirt.manager import Manager, SpecInput
 from tests.conftest import vector
 from tests.integration.test_manager import make_manager
 from tests.integration.test_manager_drift import edit_outside
@@ -205,3 +208,42 @@ def test_recording_through_the_library_reports_each_domain_as_every_verb_does(mg
     again = mgr.record_measurement("meas-10", LaunchInputs.of_spec(local), expected)
     assert again.as_dict() == {"name": "meas-10", "ok": True, "changed": False, "action": "record", "state": "shutoff"}
     assert mgr.status("meas-10")["expected_measurement"] == expected.value
+
+
+class VolumesServedHere(storage.Storage):
+    """The test driver's storage: its volumes hold no bytes (it has no streams), so a volume's download gives
+    the bytes `served` holds for it, as a remote host's volume arrives (a daemon's real streams:
+    tests/integration/test_apply_volumes.py)."""
+
+    def __init__(self, conn, served):
+        super().__init__(conn)
+        self.served = served
+
+    def download(self, pool, name, dest, max_bytes, progress=None):
+        Path(dest).write_bytes(self.served[name])
+        return len(self.served[name])
+
+
+def test_a_kernel_volume_changed_on_the_host_is_an_update_that_signs_the_id_block_again(files, tmp_path, clean_test_driver):
+    """A kernel in a pool volume has no path readable here: its digest is the volume's bytes, read through
+    libvirt. The ID block signed at define holds the measurement of those bytes; new bytes in the volume make
+    it one the firmware would refuse, so apply re-signs it (an update), and only then."""
+    volume = clean_test_driver.storagePoolLookupByName("default-pool").createXML(
+        "<volume><name>meas-vmlinuz</name><capacity>1048576</capacity><target><format type='raw'/></target></volume>")
+    try:
+        path = id_key_spec(tmp_path, "meas-11", files)
+        path.write_text(path.read_text().replace(f'kernel = "{files["kernel"]}"',
+                                                 'kernel = { pool = "default-pool", volume = "meas-vmlinuz" }'))
+        served = {"meas-vmlinuz": Path(files["kernel"]).read_bytes()}
+        with Connection("test:///default") as conn:
+            mgr = Manager(conn, gate=lambda: readiness.gate_report(conn), resolve_sev=lambda s: sevparams.resolve(s, []),
+                          storage=VolumesServedHere(conn, served))
+            assert mgr.apply([SpecInput(str(path), specs.load_spec(path))], start=False)[0].ok
+            assert mgr.status("meas-11")["launch"]["kernel"]["sha256"] == \
+                "c8f5d0341d54d951a71b136e6e2afcb14d11ed8489a7ae126a8fee0df6ecf193"
+            assert mgr.apply([SpecInput(str(path), specs.load_spec(path))], check=True)[0].action == "unchanged"
+            served["meas-vmlinuz"] += b"\0"
+            plan = mgr.apply([SpecInput(str(path), specs.load_spec(path))], check=True)[0]
+            assert plan.action == "update" and "definition.launch_security.idBlock" in [c["key"] for c in plan.details["diff"]]
+    finally:
+        volume.delete()
