@@ -264,6 +264,20 @@ def test_list_shows_only_managed_domains(mgr):
     assert (row["vcpus"], row["memory_mib"], row["policy"], row["kernel_hashes"], row["state"]) == (2, 2048, "0x30000", True, "running")
 
 
+class StoppedFirst(Connection):
+    """The real test driver, its domains listed stopped ones first (libvirt promises no order)."""
+
+    def domains(self):
+        return sorted(super().domains(), key=lambda record: record.state != "shutoff")
+
+
+def test_list_shows_every_running_domain_whatever_the_order_libvirt_gives(clean_test_driver):
+    with StoppedFirst("test:///default") as conn:
+        m = make_manager(conn)
+        m.apply([spec(name="mgr-08", state="shutoff"), spec(name="mgr-09")])
+        assert "mgr-09" in [r["name"] for r in m.list()] and "mgr-08" not in [r["name"] for r in m.list()]
+
+
 @pytest.mark.parametrize("name,firmware,ok,changes", [
     ("virt-install-x86_64-launch-security-sev-snp.xml", None, True, 2),
     ("virt-install-amd-sev.xml", SNP_FIRMWARE, True, 3),  # its OVMF_CODE.fd is no SNP build: replaced
