@@ -83,7 +83,7 @@ class Defining:
         metadata.find(root).set("xml_digest", digest)
         return self._define_document(root, "define", digest, check)
 
-    def _define_document(self, root: etree._Element, action: str, digest: str, check: bool = False) -> Outcome:
+    def _define_document(self, root: etree._Element, action: str, digest: str, check: bool) -> Outcome:
         name = root.findtext("name")
         existing = self.hv.lookup(name)
         if existing is not None:

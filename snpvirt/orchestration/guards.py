@@ -18,6 +18,10 @@ from snpvirt.launch import inputs as launch
 from snpvirt.models import DomainRecord, VmSpec
 from snpvirt.orchestration.base import Hypervisor, drift_text, is_active, snp_errors
 
+# The parts of <launchSecurity> that snpvirt signs at define (snp.id_key): made from the launch files, which
+# are not always readable where a domain is compared (at start, they need not be).
+_SIGNED_BLOCKS = {"launch_security.idBlock": "an ID block", "launch_security.idAuth": "an ID authentication block"}
+
 
 class Guards:
     """Part of Manager: that a domain is snpvirt's, and that a definition still launches as the SEV-SNP guest snpvirt defined."""
@@ -70,8 +74,8 @@ class Guards:
         """What the spec renders, in the canonical projection. cbitpos/reducedPhysBits that the spec leaves to
         the host are the host's to fill in: left out of the comparison, so nothing asks the host here (taking
         them from the existing definition would only compare that definition with itself). Signed ID blocks
-        need the launch record; without it they are left out. Boot volumes are compared at the host paths
-        `existing` was defined with."""
+        need the launch record; without it they are not compared (`existing`'s stand in). Boot volumes are
+        compared at the host paths `existing` was defined with."""
         cbitpos, reduced = spec.snp.cbitpos, spec.snp.reduced_phys_bits
         sev = SevParams(cbitpos if cbitpos is not None else 0, reduced if reduced is not None else 0, "comparison")
         spec = _with_defined_boot_paths(spec, existing)
@@ -79,9 +83,14 @@ class Guards:
         # for define, with stamps, come between the comparisons of an update).
         xml = self._compared_copies.render(spec, (sev, launch_record), lambda s: render.render_xml(s, sev, None, launch_record))
         projection = drift.project(domxml.parse(xml))
-        left_out = {"launch_security.cbitpos": cbitpos is None, "launch_security.reducedPhysBits": reduced is None,
-                    "launch_security.idBlock": spec.snp.id_key and launch_record is None,
-                    "launch_security.idAuth": spec.snp.id_key and launch_record is None}
+        if spec.snp.id_key and launch_record is None:
+            # Left out by standing in the definition's own blocks: a key missing here would be compared as
+            # a block to remove (drift.differences), refusing every start of such a domain. Blocks removed
+            # since are still a change: the launch would no longer enforce the spec's measurement.
+            defined = drift.project(existing)
+            projection.update({key: defined.get(key) or f"({what} signed with the spec's id_key)"
+                               for key, what in _SIGNED_BLOCKS.items()})
+        left_out = {"launch_security.cbitpos": cbitpos is None, "launch_security.reducedPhysBits": reduced is None}
         return {key: value for key, value in projection.items() if not left_out.get(key)}
 
     def _restart_required(self, record: DomainRecord, persistent: etree._Element) -> bool:
@@ -97,9 +106,11 @@ class Guards:
 
 
 def _with_defined_boot_paths(spec: VmSpec, existing: etree._Element) -> VmSpec:
-    """A recorded spec's boot volumes are the host's paths the definition holds: the host resolved them at define."""
+    """A recorded spec's boot volumes are the host paths snpvirt recorded with the launch inputs at define (the
+    host resolved them then), not the paths the definition holds now: another tool may have changed those."""
     unresolved = spec.boot.unresolved
     if not unresolved:
         return spec
-    paths = {kind: existing.findtext(f"os/{kind}") or f"(volume {kind}: no path defined)" for kind in unresolved}
+    recorded = metadata.read(existing).launch  # volumes are left unresolved only in a spec snpvirt recorded
+    paths = {kind: (recorded.get(kind) or {}).get("path") or f"(volume {kind}: no path recorded)" for kind in unresolved}
     return dataclasses.replace(spec, boot=dataclasses.replace(spec.boot, **paths))

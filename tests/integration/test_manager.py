@@ -73,6 +73,8 @@ def test_state_lives_in_the_domain(mgr):
     assert status["launch"]["firmware"]["reason"] == "not found on this machine"
     assert status["launch"]["cmdline"] == "console=ttyS0" and status["launch"]["policy"] == "0x30000"
     assert status["defined_at"] and status["updated_at"] and status["policy_flags"] == ["smt"]
+    # No cloud-init: said so (a seed's volume and digest are checked on a daemon, tests/integration/test_apply_volumes.py).
+    assert status["cloud_init_seed"] is None
     # Another connection (as another tool would) sees the same truth.
     with Connection("test:///default") as other:
         assert make_manager(other).status("mgr-01")["spec_digest"] == status["spec_digest"]
@@ -93,7 +95,19 @@ def test_unmanaged_same_name_domain_is_a_conflict_and_untouched(mgr, conn, clean
     before = conn.lookup("mgr-01").xml
     outcome = mgr.apply([spec()])[0]
     assert not outcome.ok and isinstance(outcome.error, ConflictError) and outcome.error.exit_code == ExitCode.CONFLICT
+    assert outcome.action == "conflict", "another domain holds the name: not a fault of the spec"
     assert conn.lookup("mgr-01").xml == before
+
+
+def test_a_spec_that_cannot_be_planned_here_is_invalid_and_named(mgr, conn):
+    """A spec whose pool volumes this connection cannot reach is the spec's problem (action `invalid`), not a
+    conflict with another domain; the others in the call are still applied."""
+    volumes = spec(name="mgr-40", boot={"kernel": {"pool": "default", "volume": "vmlinuz"}, "cmdline": "console=ttyS0"},
+                   snp={"cbitpos": 51, "reduced_phys_bits": 1, "kernel_hashes": False})
+    refused, other = mgr.apply([volumes, spec(name="mgr-41")])
+    assert (refused.name, refused.ok, refused.action, refused.error.kind) == ("mgr-40", False, "invalid", "bad_input")
+    assert "offers no storage" in refused.error.message and conn.lookup("mgr-40") is None
+    assert other.ok and conn.state("mgr-41") == "running"
 
 
 def test_other_uuid_is_a_conflict(mgr):
@@ -248,6 +262,20 @@ def test_list_shows_only_managed_domains(mgr):
     assert rows["mgr-07"]["state"] == "shutoff"
     row = rows["mgr-06"]
     assert (row["vcpus"], row["memory_mib"], row["policy"], row["kernel_hashes"], row["state"]) == (2, 2048, "0x30000", True, "running")
+
+
+class StoppedFirst(Connection):
+    """The real test driver, its domains listed stopped ones first (libvirt promises no order)."""
+
+    def domains(self):
+        return sorted(super().domains(), key=lambda record: record.state != "shutoff")
+
+
+def test_list_shows_every_running_domain_whatever_the_order_libvirt_gives(clean_test_driver):
+    with StoppedFirst("test:///default") as conn:
+        m = make_manager(conn)
+        m.apply([spec(name="mgr-08", state="shutoff"), spec(name="mgr-09")])
+        assert "mgr-09" in [r["name"] for r in m.list()] and "mgr-08" not in [r["name"] for r in m.list()]
 
 
 @pytest.mark.parametrize("name,firmware,ok,changes", [
@@ -442,6 +470,7 @@ def test_restart_applies_a_new_definition_only_when_asked(mgr, conn):
     assert mgr.status("mgr-01")["restart_required"] is True, "--check changes nothing"
     done = mgr.apply([spec(vcpus=4)], restart=True)[0]
     assert (done.ok, done.changed, done.state, done.details["restarted"]) == (True, True, "running", True)
+    assert done.details["restart_required"] is False, "it runs the new definition now"
     assert mgr.status("mgr-01")["restart_required"] is False and mgr.status("mgr-01")["vcpus"] == 4
     again = mgr.apply([spec(vcpus=4)], restart=True)[0]
     assert (again.changed, again.details["will_restart"]) == (False, False)

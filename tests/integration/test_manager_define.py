@@ -6,12 +6,13 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from lxml import etree
 
 from snpvirt.domain import metadata
 from snpvirt.domain import xml as domxml
-from snpvirt.errors import BadInputError, ConflictError
+from snpvirt.errors import BadInputError, ConflictError, SnpvirtError
 from tests.conftest import GOLDEN, vector
-from tests.integration.test_manager import make_manager
+from tests.integration.test_manager import make_manager, spec
 from tests.unit.fakehost import SNP_FIRMWARE, installed_firmware
 
 WEB = (GOLDEN / "web-01.xml").read_text()
@@ -163,3 +164,149 @@ def test_importing_a_managed_domain_by_name_changes_nothing(mgr, conn):
     assert (outcome.ok, outcome.name, outcome.action, outcome.changed, outcome.state) == (True, "web-01", "unchanged",
                                                                                           False, "shutoff")
     assert outcome.details == {"managed": True, "restart_required": False}
+
+
+# --- what define and import do to a domain that exists, and what they report (scripts/mutation define) ---------
+
+
+def test_the_same_document_again_puts_back_what_another_tool_changed(mgr, conn, clean_test_driver):
+    """The recorded digest says the document is the same, but libvirt holds another definition now: the
+    document given is defined again, not reported unchanged."""
+    from tests.integration.test_manager_drift import _set, edit_outside
+
+    mgr.define_xml(WEB.encode(), "web.xml")
+    edit_outside(clean_test_driver, "web-01", _set("vcpu", text="2"))
+    again = mgr.define_xml(WEB.encode(), "web.xml")
+    assert (again.action, again.changed) == ("update", True)
+    assert domxml.parse(conn.lookup("web-01").xml).findtext("vcpu") == "4"
+
+
+def test_an_update_of_a_running_domain_reports_it_running(mgr, conn):
+    mgr.define_xml(WEB.encode(), "web.xml")
+    mgr.start("web-01")
+    edited = WEB.replace("<vcpu placement='static'>4</vcpu>", "<vcpu placement='static'>2</vcpu>")
+    done = mgr.define_xml(edited.encode(), "web.xml")
+    assert (done.action, done.changed, done.state) == ("update", True, "running"), "a redefinition stops nothing"
+    assert conn.state("web-01") == "running"
+
+
+def rolled_back(define):
+    """Run `define(manager, conn)` on a connection whose next define comes back without <launchSecurity> (as an
+    SNP-unaware libvirt keeps it); the domain as it was before, and as it is after."""
+    from tests.integration.test_manager_drift import MangledDefine, without
+
+    with MangledDefine("test:///default") as conn:
+        manager = make_manager(conn)
+        return define(manager, conn, without("launchSecurity"))
+
+
+@pytest.mark.parametrize("running", [False, True], ids=["stopped", "running"])
+def test_a_failed_update_by_define_puts_the_previous_definition_back(clean_test_driver, running):
+    """Never an undefine, which would delete the user's domain."""
+    def update(manager, conn, mangle):
+        manager.define_xml(WEB.encode(), "web.xml")
+        if running:
+            manager.start("web-01")
+        before = conn.lookup("web-01")
+        conn.mangle = mangle
+        with pytest.raises(SnpvirtError, match="the change was rolled back"):
+            manager.define_xml(WEB.replace("<vcpu placement='static'>4</vcpu>", "<vcpu placement='static'>2</vcpu>").encode(),
+                               "web.xml")
+        return before, conn.lookup("web-01")
+
+    before, after = rolled_back(update)
+    assert after is not None and (after.uuid, after.state, after.xml) == (before.uuid, before.state, before.xml)
+
+
+def test_a_failed_import_by_name_puts_the_previous_definition_back(clean_test_driver):
+    def reimport(manager, conn, mangle):
+        clean_test_driver.defineXML(without_snpvirt(WEB))
+        before = conn.lookup("web-01")
+        conn.mangle = mangle
+        outcome = None
+        with pytest.raises(SnpvirtError, match="the change was rolled back"):
+            outcome = manager.import_domain(before.xml.encode(), before, fix=True, check=False, sev=None, firmware=None)
+        assert outcome is None
+        return before, conn.lookup("web-01")
+
+    before, after = rolled_back(reimport)
+    assert after is not None and (after.uuid, after.xml) == (before.uuid, before.xml), "still the user's, unmanaged"
+
+
+def test_an_import_by_name_reports_the_domain_s_state_whether_it_succeeds_or_not(mgr, conn, clean_test_driver):
+    clean_test_driver.defineXML(without_snpvirt(WEB).replace("<policy>0x30000</policy>", "<policy>0xb0000</policy>")).create()
+    record = conn.lookup("web-01")
+    refused = importing(mgr, record.xml.encode(), from_domain=record, fix=False)
+    assert (refused.ok, refused.action, refused.state) == (False, "import", "running")
+    assert refused.error.hint == "run again with --fix"
+    clean_test_driver.lookupByName("web-01").destroy()
+    clean_test_driver.lookupByName("web-01").undefine()
+    clean_test_driver.defineXML(without_snpvirt(WEB)).create()
+    record = conn.lookup("web-01")
+    done = importing(mgr, record.xml.encode(), from_domain=record)
+    assert (done.ok, done.action, done.changed, done.state) == (True, "import", True, "running")
+
+
+def test_import_with_allow_debug_judges_the_document_as_a_debug_guest(mgr, conn):
+    """--allow-debug is the rules' to apply on both sides of the fix: a debug policy is then no broken rule."""
+    debug = without_snpvirt(WEB).replace("<policy>0x30000</policy>", "<policy>0xb0000</policy>").encode()
+    mgr.allow_debug = True
+    done = importing(mgr, debug)
+    assert (done.ok, done.details["broken_rules"], done.details["changes"]) == (True, [], [])
+    assert conn.lookup("web-01") is not None
+
+
+def test_import_fills_in_the_host_s_sev_parameters(mgr, conn):
+    """--fix with the host's cbitpos/reducedPhysBits (host caps or the connection): they go into the added
+    <launchSecurity>, not left to libvirt."""
+    from snpvirt.domain.sevparams import SevParams
+
+    root = domxml.parse(without_snpvirt(WEB))
+    root.remove(root.find("launchSecurity"))
+    done = importing(mgr, etree.tostring(root), sev=SevParams(47, 5, "host caps"))
+    assert done.ok, done.error
+    stored = domxml.parse(conn.lookup("web-01").xml)
+    assert (stored.findtext("launchSecurity/cbitpos"), stored.findtext("launchSecurity/reducedPhysBits")) == ("47", "5")
+
+
+def test_a_document_without_a_trailing_newline_shows_no_change_where_there_is_none(mgr):
+    """The diff compares like with like: a file without a final newline is not shown as gaining one."""
+    document = without_snpvirt(WEB).rstrip("\n").encode()
+    plan = importing(mgr, document, check=True)
+    assert (plan.ok, plan.details["changes"], plan.details["xml_diff"]) == (True, [], "")
+
+
+def test_a_document_without_a_name_is_named_unnamed(mgr):
+    root = domxml.parse(without_snpvirt(WEB))
+    root.remove(root.find("name"))
+    outcome = importing(mgr, etree.tostring(root))
+    assert (outcome.ok, outcome.name) == (False, "(unnamed)")
+
+
+def test_rules_fix_cannot_repair_give_their_own_hint(mgr, conn):
+    """--fix was given and changed nothing that helps: "run again with --fix" would send the user in a circle."""
+    document = without_snpvirt(WEB).replace("<policy>0x30000</policy>", "<policy>0xb0000</policy>").encode()
+    outcome = importing(mgr, document)
+    errors = [f for f in outcome.details["remaining"] if f["severity"] == "error"]
+    assert (outcome.ok, outcome.details["changes"]) == (False, [])
+    assert outcome.error.hint == errors[0]["hint"] != "run again with --fix"
+
+
+def test_the_firmware_named_with_fix_is_taken_and_earlier_warnings_are_kept(mgr, conn):
+    """--firmware PATH is the user's word that PATH is an SEV-SNP build: import --fix takes it though this host
+    knows nothing of it (with a warning that says so), and the manager's earlier warnings stay."""
+    mgr.apply([spec(name="def-01")])
+    assert [w.rule_id for w in mgr.warnings] == ["gate.simulated"]
+    document = without_snpvirt(WEB).replace("/usr/share/ovmf/OVMF.amdsev.fd", "/opt/firmware/custom.fd").encode()
+    done = importing(mgr, document, firmware="/opt/firmware/custom.fd")
+    assert done.ok, done.error
+    assert domxml.parse(conn.lookup("web-01").xml).findtext("os/loader") == "/opt/firmware/custom.fd"
+    assert mgr.warnings[0].rule_id == "gate.simulated" and len(mgr.warnings) > 1
+
+
+def test_a_firmware_known_not_to_be_snp_is_refused_as_such(mgr, conn, tmp_path):
+    """The host's descriptors say this firmware offers no SEV-SNP: said as a fact, not as unknown."""
+    document = without_snpvirt(WEB).replace("/usr/share/ovmf/OVMF.amdsev.fd", "/usr/share/OVMF/OVMF.sev.fd").encode()
+    outcome = importing(mgr, document, installed=installed_firmware(tmp_path))
+    assert not outcome.ok and outcome.error.message.startswith("firmware /usr/share/OVMF/OVMF.sev.fd is not an SEV-SNP build (")
+    assert conn.lookup("web-01") is None

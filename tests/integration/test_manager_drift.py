@@ -494,3 +494,170 @@ def test_a_document_given_to_define_xml_starts_as_given(mgr, conn, clean_test_dr
     document = (GOLDEN / "web-01.xml").read_text().replace("<policy>0x30000</policy>", "<policy>0x70000</policy>")
     mgr.define_xml(document.encode(), "web-01.xml")
     assert mgr.start("web-01").changed is True
+
+
+# --- a spec booting pool volumes: the check before start compares at the paths the host gave (scripts/mutation guards)
+
+
+@pytest.fixture
+def boot_volumes(test_driver):
+    """A kernel and an initrd volume in the test driver's own pool, removed afterwards; (storage, pool name)."""
+    from snpvirt.libvirt import storage
+
+    pool = test_driver.storagePoolLookupByName("default-pool")
+    made = [pool.createXML(f"<volume><name>{name}</name><capacity>1048576</capacity>"
+                           "<target><format type='raw'/></target></volume>") for name in ("drift-vmlinuz", "drift-initrd")]
+    with storage.connect("test:///default") as store:
+        yield store, "default-pool"
+    for volume in made:
+        volume.delete()
+
+
+def test_a_spec_booting_pool_volumes_starts_on_the_host_paths_it_was_defined_with(conn, clean_test_driver, boot_volumes):
+    """The recorded spec names volumes, the definition their host paths: the comparison reads the paths snpvirt
+    recorded at define, so the domain starts, and a boot path another tool changed since is refused."""
+    from snpvirt.host import readiness
+
+    store, pool = boot_volumes
+    mgr = Manager(conn, gate=lambda: readiness.gate_report(conn), resolve_sev=lambda s: sevparams.resolve(s, []),
+                  storage=store)
+    raw = {**_base("drift-30"), "disks": [], "snp": {"cbitpos": 51, "reduced_phys_bits": 1, "kernel_hashes": False},
+           "boot": {"kernel": {"pool": pool, "volume": "drift-vmlinuz"}, "initrd": {"pool": pool, "volume": "drift-initrd"},
+                    "cmdline": "console=ttyS0"}}
+    assert mgr.apply([SpecInput("drift-30", specs.parse_spec(raw))], start=False)[0].ok
+    assert mgr.status("drift-30")["launch"]["kernel"]["path"] == "/default-pool/drift-vmlinuz"
+    assert mgr.start("drift-30").changed is True and conn.state("drift-30") == "running"
+    mgr.destroy("drift-30")
+    edit_outside(clean_test_driver, "drift-30", _set("os/kernel", text="/boot/other"))
+    with pytest.raises(ConflictError, match=r"\(kernel: '/boot/other', snpvirt defined '/default-pool/drift-vmlinuz'\)"):
+        mgr.start("drift-30")
+    assert conn.state("drift-30") == "shutoff"
+
+    def lose_the_recorded_kernel(root):  # snpvirt's record of the launch rewritten by hand, without the kernel
+        launch = root.find(f"metadata/{{{domxml.METADATA_NS}}}domain/{{{domxml.METADATA_NS}}}launch")
+        launch.remove(launch.find(f"{{{domxml.METADATA_NS}}}kernel"))
+    edit_outside(clean_test_driver, "drift-30", lose_the_recorded_kernel)
+    with pytest.raises(ConflictError, match=r"\(kernel: '/boot/other', snpvirt defined '\(volume kernel: no path recorded\)'\)"):
+        mgr.start("drift-30")
+
+
+def test_import_of_a_running_domain_that_needs_no_fix_requires_no_restart(mgr, conn, clean_test_driver):
+    """What runs is what is imported: a running domain defined as SEV-SNP already is not reported as running
+    an older definition (a restart the user would make for nothing)."""
+    root = etree.fromstring((GOLDEN / "web-01.xml").read_text().replace("<name>web-01</name>", "<name>drift-31</name>").encode())
+    root.remove(root.find("metadata"))
+    clean_test_driver.defineXML(etree.tostring(root, encoding="unicode")).create()
+    record = conn.lookup("drift-31")
+    outcome = mgr.import_domain(record.xml.encode(), record, fix=True, check=False, sev=None, firmware=None)
+    assert (outcome.ok, outcome.changed, outcome.details["changes"], outcome.details["restart_required"]) == (True, True, [], False)
+    again = mgr.import_domain(conn.lookup("drift-31").xml.encode(), conn.lookup("drift-31"), fix=True, check=False,
+                              sev=None, firmware=None)
+    assert (again.action, again.details["restart_required"]) == ("unchanged", False)
+
+
+def test_a_definition_that_lost_only_snpvirts_record_while_starting_runs_as_defined(conn, clean_test_driver):
+    """What runs is checked for its SEV-SNP settings: another tool's redefinition between the check and libvirt's
+    create that drops snpvirt's metadata but keeps every SEV-SNP setting leaves a guest that runs as SEV-SNP,
+    started, not destroyed (there is no recorded spec left to compare with)."""
+    make_manager(conn).apply([spec(name="race-02")], start=False)
+    real_start = conn.start
+
+    def start_after_another_tool_defines(name):
+        edit_outside(clean_test_driver, name, lambda root: root.remove(root.find("metadata")))
+        real_start(name)
+
+    conn.start = start_after_another_tool_defines
+    assert make_manager(conn).start("race-02").changed is True
+    assert conn.state("race-02") == "running"
+
+
+# --- apply's own decisions around an existing domain (scripts/mutation apply) -----------------------------------
+
+
+def test_an_update_gives_an_interface_the_spec_s_mac_and_a_new_one_its_own(mgr, conn):
+    """The MAC libvirt gave is kept only for an interface the spec leaves without one: a MAC the spec names
+    wins, and an interface the update adds gets a MAC of its own (there is no earlier one to keep)."""
+    mgr.apply([spec(name="drift-32", networks=[{"network": "default"}])])
+    given = domxml.parse(conn.lookup("drift-32").xml).find("devices/interface/mac").get("address")
+    updated = mgr.apply([spec(name="drift-32", networks=[{"network": "default", "mac": "52:54:00:aa:bb:cc"},
+                                                        {"network": "default"}])])[0]
+    assert updated.ok and updated.action == "update", updated.error
+    macs = [i.find("mac").get("address") for i in domxml.parse(conn.lookup("drift-32").xml).iterfind("devices/interface")]
+    assert macs[0] == "52:54:00:aa:bb:cc" and len(macs) == 2 and macs[1] not in (given, macs[0])
+
+
+def test_restart_starts_the_new_definition_whatever_the_old_one_broke(mgr, conn, clean_test_driver):
+    """--restart after an update starts the definition apply just defined (and checked); the definition it
+    replaced (here edited outside to allow debugging) is no reason to refuse."""
+    mgr.apply([spec(name="drift-33")])
+    edit_outside(clean_test_driver, "drift-33", debug_policy)
+    done = mgr.apply([spec(name="drift-33", vcpus=4)], restart=True)[0]
+    assert (done.ok, done.state, done.details.get("restarted")) == (True, "running", True), done.error
+    live = domxml.parse(conn.lookup("drift-33").live_xml)
+    assert (live.findtext("vcpu"), int(live.findtext("launchSecurity/policy"), 16)) == ("4", 0x30000)
+
+
+def test_apply_never_forces_a_guest_off(clean_test_driver):
+    """state = "shutoff" asks the guest to shut down and waits; a guest that does not react is left running
+    and reported as timed out (forcing it off could lose its data), never destroyed."""
+    from tests.integration.test_manager import IgnoresShutdown
+
+    with IgnoresShutdown("test:///default") as conn:
+        m = make_manager(conn)
+        m.apply([spec(name="drift-34")])
+        m.shutdown_timeout_s = 0.2
+        outcome = m.apply([spec(name="drift-34", state="shutoff")])[0]
+        assert (outcome.ok, outcome.error.kind) == (False, "timeout") and "--force" in outcome.error.hint
+        assert conn.state("drift-34") == "running"
+
+
+def test_the_create_race_lost_replans_and_starts_what_the_other_client_defined(clean_test_driver):
+    """The re-plan is carried out, not only planned: the domain the other client defined is started."""
+    with AnotherClientFirst("test:///default") as conn:
+        conn.races = ("define",)
+        outcome = make_manager(conn).apply([spec(name="drift-35")])[0]
+        assert (outcome.ok, outcome.action, outcome.state, outcome.details.get("started")) == (True, "unchanged", "running", True)
+        assert conn.state("drift-35") == "running"
+
+
+def test_the_create_race_lost_to_an_unmanaged_domain_is_a_conflict(clean_test_driver):
+    """The other client's domain is not snpvirt's: the re-plan refuses it as any plan would, and leaves it alone."""
+
+    class AnotherToolFirst(AnotherClientFirst):
+        def define(self, xml):
+            root = domxml.parse(xml)
+            root.remove(root.find("metadata"))
+            self._as_another_client(lambda other: other.defineXML(etree.tostring(root, encoding="unicode")))
+            return Connection.define(self, xml)
+
+    with AnotherToolFirst("test:///default") as conn:
+        outcome = make_manager(conn).apply([spec(name="drift-36")])[0]
+        assert (outcome.name, outcome.ok, outcome.action, outcome.error.kind) == ("drift-36", False, "conflict", "conflict")
+        assert "is not managed by snpvirt" in outcome.error.message
+        assert conn.state("drift-36") == "shutoff"
+
+
+def test_a_create_race_lost_again_and_again_gives_up(clean_test_driver):
+    """Each lost race re-plans; a domain that another client keeps defining and undefining is given up on after
+    RACE_RETRIES re-plans (never an endless loop), as a conflict that says what happened."""
+    from snpvirt.orchestration.apply import RACE_RETRIES
+
+    class Flapping(AnotherClientFirst):
+        defines = 0
+
+        def define(self, xml):
+            self.defines += 1
+            return super().define(xml)
+
+        def lookup(self, name):  # the other client undefines it right after each look
+            found = super().lookup(name)
+            if found is not None:
+                self._as_another_client(lambda other: other.lookupByName(name).undefine())
+            return found
+
+    with Flapping("test:///default") as conn:
+        conn.races = ("define",)
+        outcome = make_manager(conn).apply([spec(name="drift-37")], start=False)[0]
+        assert (outcome.ok, outcome.error.kind) == (False, "conflict")
+        assert "was defined by another client at the same time" in outcome.error.message
+        assert conn.defines == 1 + RACE_RETRIES

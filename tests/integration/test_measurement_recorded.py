@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 
 import pytest
 from lxml import etree
@@ -12,11 +13,14 @@ from snpvirt.domain import sevparams
 from snpvirt.launch import inputs as launch
 from snpvirt.domain import spec as specs
 from snpvirt.cli.app import run
+from snpvirt.host import readiness
+from snpvirt.libvirt import storage
 from snpvirt.libvirt.connection import Connection
-from snpvirt.errors import ExitCode
-from snpvirt.manager import SpecInput
+from snpvirt.errors import ConflictError, ExitCode
+from snpvirt.manager import Manager, SpecInput
 from tests.conftest import vector
 from tests.integration.test_manager import make_manager
+from tests.integration.test_manager_drift import edit_outside
 
 FW = "measurement/ovmf/ovmf_AmdSev_suffix.bin"
 
@@ -137,3 +141,110 @@ def test_a_kernel_without_hashes_is_measured_without_it_and_still_recorded(mgr, 
     assert status["kernel_hashes"] is False and status["launch"]["kernel"]["sha256"]  # digest kept in the record
     # Measured as the firmware alone: the reference's no-kernel Genoa 4-vCPU vector.
     assert status["expected_measurement"].startswith("7f8dbe5139660d9d")
+
+
+# --- signed ID blocks after define: compared where they can be made, never refused for lack of the files ---
+
+
+def id_key_spec(tmp_path, name, files, author=True):
+    author_key = {"author_key": vector("measurement/idblock-virtee-sev/test_auth_key.pem")} if author else {}
+    return spec_file(tmp_path, name, files, id_key=vector("measurement/idblock-virtee-sev/test_id_key.pem"),
+                     image_id="01" * 16, **author_key)
+
+
+def test_a_domain_with_signed_id_blocks_is_unchanged_and_starts(mgr, files, tmp_path):
+    """apply compares the blocks it signs again (a fresh signature is no change); start has no launch files to
+    sign with, so the definition's own blocks are not compared: neither refuses an untouched domain."""
+    path = id_key_spec(tmp_path, "meas-07", files)
+    assert mgr.apply([SpecInput(str(path), specs.load_spec(path))], start=False)[0].ok
+    again = mgr.apply([SpecInput(str(path), specs.load_spec(path))], start=False)[0]
+    assert (again.ok, again.action, again.changed, again.details["diff"]) == (True, "unchanged", False, [])
+    assert mgr.start("meas-07").changed is True
+    with Connection("test:///default") as conn:
+        assert conn.state("meas-07") == "running"
+
+
+def test_a_changed_kernel_file_is_an_update_that_signs_the_id_block_again(mgr, files, tmp_path):
+    """The ID block holds the expected measurement: a kernel file changed since define makes the defined block
+    one the firmware would refuse. One manager compares before and after (nothing remembered across)."""
+    path = id_key_spec(tmp_path, "meas-08", files)
+    mgr.apply([SpecInput(str(path), specs.load_spec(path))], start=False)
+    # start=False: only the comparisons of the two plans, nothing else compared in between.
+    assert mgr.apply([SpecInput(str(path), specs.load_spec(path))], check=True, start=False)[0].action == "unchanged"
+    with open(files["kernel"], "ab") as kernel:
+        kernel.write(b"\0")
+    plan = mgr.apply([SpecInput(str(path), specs.load_spec(path))], check=True, start=False)[0]
+    assert plan.action == "update" and [c["key"] for c in plan.details["diff"]] == ["definition.launch_security.idBlock"]
+
+
+def test_start_refuses_a_domain_whose_signed_id_blocks_were_removed(mgr, files, tmp_path, clean_test_driver):
+    """Without its blocks the launch no longer enforces the spec's measurement: a change, though start cannot
+    sign blocks itself to compare with."""
+    path = id_key_spec(tmp_path, "meas-09", files, author=False)
+    mgr.apply([SpecInput(str(path), specs.load_spec(path))], start=False)
+
+    def remove_blocks(root):  # every SNP rule still passes: only the comparison sees it
+        for tag in ("idBlock", "idAuth"):
+            root.find("launchSecurity").remove(root.find(f"launchSecurity/{tag}"))
+    edit_outside(clean_test_driver, "meas-09", remove_blocks)
+    with pytest.raises(ConflictError) as refused:
+        mgr.start("meas-09")
+    assert ("(launch_security.idAuth: None, snpvirt defined \"(an ID authentication block signed with the spec's id_key)\"; "
+            "launch_security.idBlock: None, snpvirt defined \"(an ID block signed with the spec's id_key)\")") in refused.value.message
+
+
+def test_recording_through_the_library_reports_each_domain_as_every_verb_does(mgr, files, tmp_path):
+    """Manager.record_measurement is the library's `measure --record`: its outcome names the domain, the
+    action and the domain's state, in the shape of every other verb's result (Outcome.as_dict)."""
+    from snpvirt.domain.launchrecord import LaunchInputs
+
+    remote = {"firmware": "/srv/remote/OVMF.amdsev.fd", "kernel": "/srv/remote/vmlinuz", "initrd": "/srv/remote/initrd.img"}
+    path = spec_file(tmp_path, "meas-10", remote)
+    mgr.apply([SpecInput(str(path), specs.load_spec(path))], start=False)
+    local = specs.load_spec(path, [f"firmware={files['firmware']}", f"boot.kernel={files['kernel']}",
+                                   f"boot.initrd={files['initrd']}"])
+    expected = launch.record(local).expected
+    first = mgr.record_measurement("meas-10", LaunchInputs.of_spec(local), expected)
+    assert first.as_dict() == {"name": "meas-10", "ok": True, "changed": True, "action": "record", "state": "shutoff"}
+    again = mgr.record_measurement("meas-10", LaunchInputs.of_spec(local), expected)
+    assert again.as_dict() == {"name": "meas-10", "ok": True, "changed": False, "action": "record", "state": "shutoff"}
+    assert mgr.status("meas-10")["expected_measurement"] == expected.value
+
+
+class VolumesServedHere(storage.Storage):
+    """The test driver's storage: its volumes hold no bytes (it has no streams), so a volume's download gives
+    the bytes `served` holds for it, as a remote host's volume arrives (a daemon's real streams:
+    tests/integration/test_apply_volumes.py)."""
+
+    def __init__(self, conn, served):
+        super().__init__(conn)
+        self.served = served
+
+    def download(self, pool, name, dest, max_bytes, progress=None):
+        Path(dest).write_bytes(self.served[name])
+        return len(self.served[name])
+
+
+def test_a_kernel_volume_changed_on_the_host_is_an_update_that_signs_the_id_block_again(files, tmp_path, clean_test_driver):
+    """A kernel in a pool volume has no path readable here: its digest is the volume's bytes, read through
+    libvirt. The ID block signed at define holds the measurement of those bytes; new bytes in the volume make
+    it one the firmware would refuse, so apply re-signs it (an update), and only then."""
+    volume = clean_test_driver.storagePoolLookupByName("default-pool").createXML(
+        "<volume><name>meas-vmlinuz</name><capacity>1048576</capacity><target><format type='raw'/></target></volume>")
+    try:
+        path = id_key_spec(tmp_path, "meas-11", files)
+        path.write_text(path.read_text().replace(f'kernel = "{files["kernel"]}"',
+                                                 'kernel = { pool = "default-pool", volume = "meas-vmlinuz" }'))
+        served = {"meas-vmlinuz": Path(files["kernel"]).read_bytes()}
+        with Connection("test:///default") as conn:
+            mgr = Manager(conn, gate=lambda: readiness.gate_report(conn), resolve_sev=lambda s: sevparams.resolve(s, []),
+                          storage=VolumesServedHere(conn, served))
+            assert mgr.apply([SpecInput(str(path), specs.load_spec(path))], start=False)[0].ok
+            assert mgr.status("meas-11")["launch"]["kernel"]["sha256"] == \
+                "c8f5d0341d54d951a71b136e6e2afcb14d11ed8489a7ae126a8fee0df6ecf193"
+            assert mgr.apply([SpecInput(str(path), specs.load_spec(path))], check=True)[0].action == "unchanged"
+            served["meas-vmlinuz"] += b"\0"
+            plan = mgr.apply([SpecInput(str(path), specs.load_spec(path))], check=True)[0]
+            assert plan.action == "update" and "definition.launch_security.idBlock" in [c["key"] for c in plan.details["diff"]]
+    finally:
+        volume.delete()
