@@ -369,8 +369,11 @@ def test_watch_sees_lifecycle_events(mgr, clean_test_driver):
             clean_test_driver.defineXML(PROBE_XML)
             return any(e.domain == "watch-probe" for e in seen)
         wait_for(probe_seen, 10, "no event for the probe domain")
-        mgr.apply([spec(name="mgr-08"), spec(name="mgr-09")])
-        mgr.destroy("mgr-08")
+        # What the events report must have happened: checked in libvirt first, so a broken apply or destroy
+        # fails here at once instead of after waiting out the deadline for events that cannot come.
+        assert all(o.ok for o in mgr.apply([spec(name="mgr-08"), spec(name="mgr-09")]))
+        assert clean_test_driver.lookupByName("mgr-08").isActive()
+        assert mgr.destroy("mgr-08").changed and not clean_test_driver.lookupByName("mgr-08").isActive()
         watched = lambda: [e for e in seen if e.domain == "mgr-08"]  # noqa: E731
         wait_for(lambda: len(watched()) >= 3, 10, "not 3 events for mgr-08")
     finally:
