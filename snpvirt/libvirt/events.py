@@ -2,6 +2,8 @@
 
 The default event implementation must be registered before the connection is opened; the loop
 runs in a daemon thread; keepalive notices a dead daemon; after a loss, reconnect with backoff.
+A process forked after the loop started gets no events: libvirt's GLib loop stays owned by the parent's
+loop thread, which the child does not have (so fork before connecting, or exec).
 """
 
 from __future__ import annotations

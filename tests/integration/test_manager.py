@@ -360,6 +360,7 @@ def wait_for(condition, timeout, what):
         time.sleep(0.05)
 
 
+@pytest.mark.event_loop
 def test_watch_sees_lifecycle_events(mgr, clean_test_driver):
     seen, stop = [], threading.Event()
     thread = threading.Thread(target=events.watch, args=("test:///default", {"mgr-08", "watch-probe"}, seen.append, print, stop))
