@@ -145,7 +145,33 @@ def test_without_a_captured_host_the_gate_does_not_apply_on_the_test_driver(conn
     assert readiness.gate_report(conn) is None
     mgr = gated(conn)
     assert mgr.apply([spec_input()])[0].changed
-    assert [w.rule_id for w in mgr.warnings] == ["gate.simulated"]
+    assert [(w.rule_id, w.severity, w.message, w.hint) for w in mgr.warnings] == [(
+        "gate.simulated", "warning",
+        "libvirt's test driver is a simulated hypervisor: the SEV-SNP readiness gate does not apply",
+        "use a qemu:// URI for real guests")]
+
+
+def test_a_refusal_names_what_is_not_ready_and_where_to_see_the_fixes(conn, unready_host):
+    with pytest.raises(HostNotReadyError) as refused:
+        gated(conn, unready_host.root, genoa_domcaps()).apply([spec_input()])
+    assert refused.value.message.startswith("host not ready for SEV-SNP, nothing was changed: not ready: ")
+    assert refused.value.hint == "see the fixes: snpvirt host check --connect test:///default"
+
+
+class NoUri:
+    """A real hypervisor whose connection has no URI to name (the default one): the hint says where one goes."""
+
+    uri = None
+    simulated = False
+
+
+def test_a_real_hypervisor_without_host_facts_is_refused_with_a_hint_for_any_uri():
+    mgr = Manager(NoUri(), gate=lambda: None, resolve_sev=lambda s: sevparams.resolve(s, []))
+    with pytest.raises(HostNotReadyError) as refused:
+        mgr.ensure_ready()
+    assert (refused.value.message, refused.value.hint) == (
+        "host not ready for SEV-SNP, nothing was changed: no host facts to check",
+        "see the fixes: snpvirt host check --connect <uri>")
 
 
 def test_a_captured_host_must_be_a_directory(conn, tmp_path):

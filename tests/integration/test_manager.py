@@ -161,8 +161,10 @@ def test_verbs_are_idempotent(mgr, conn):
     mgr.start("mgr-01")
     assert [mgr.destroy("mgr-01").changed, mgr.destroy("mgr-01").changed] == [True, False]
     assert [mgr.undefine("mgr-01").changed, mgr.undefine("mgr-01").changed] == [True, False]
-    with pytest.raises(NotFoundError):
+    with pytest.raises(NotFoundError) as missing:
         mgr.start("mgr-01")
+    assert (missing.value.message, missing.value.hint) == (
+        "no domain named mgr-01 on test:///default", "list them with: snpvirt list --all")
 
 
 def test_undefine_refuses_a_running_domain_as_a_conflict(mgr, conn):
@@ -248,9 +250,27 @@ def test_stop_times_out_and_force_destroys(clean_test_driver):
         assert forced.details == {"forced": True} and forced.state == "shutoff"
 
 
+def test_the_manager_uses_the_image_cache_it_is_given(conn):
+    """Where apply finds the verified copy of a pulled boot file (image pull's cache), so that a kernel volume
+    the host swapped is measured from the bytes the pull verified: the behaviour is tested through a daemon
+    (tests/integration/test_image_pull.py, which uploads images; the test driver's pools cannot)."""
+    def cache(sha256):
+        return None
+
+    assert Manager(conn, gate=lambda: None, resolve_sev=lambda s: sevparams.resolve(s, []), image_cache=cache).image_cache is cache
+
+
+def test_a_graceful_shutdown_is_given_a_minute_unless_told_otherwise(mgr):
+    """apply's shutdown of a domain whose spec says shutoff (and --restart) waits this long by default,
+    as the README says of --timeout; the CLI sets it from --timeout."""
+    assert mgr.shutdown_timeout_s == 60.0
+
+
 def test_verbs_refuse_unmanaged_domains(mgr, clean_test_driver):
-    with pytest.raises(ConflictError, match="not managed by snpvirt"):
+    with pytest.raises(ConflictError) as unmanaged:
         mgr.start("test")  # the test driver's built-in domain
+    assert (unmanaged.value.message, unmanaged.value.hint) == (
+        "domain test is not managed by snpvirt", "bring it under management first: snpvirt import test")
 
 
 def test_list_shows_only_managed_domains(mgr):

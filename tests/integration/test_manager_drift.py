@@ -88,8 +88,7 @@ def test_a_definition_edited_to_lose_snp_is_refused_by_start_and_restored_by_app
 
 
 def test_a_debug_definition_starts_only_with_allow_debug(conn, clean_test_driver):
-    debug = make_manager(conn)
-    debug.allow_debug = True
+    debug = Manager(conn, gate=lambda: None, resolve_sev=lambda s: sevparams.resolve(s, []), allow_debug=True)
     debug.apply([SpecInput("d", specs.parse_spec({**_base("drift-02"), "snp": {"cbitpos": 51, "reduced_phys_bits": 1, "policy": "0xb0000"}}, allow_debug=True))],
                 start=False)
     with pytest.raises(ConflictError, match="snp.policy_debug"):

@@ -4,8 +4,10 @@ snpvirt are summed up in one refusal."""
 
 from __future__ import annotations
 
+import datetime
+
 from snpvirt.errors import ConflictError
-from snpvirt.orchestration.base import Outcome, drift_text, snp_errors
+from snpvirt.orchestration.base import Outcome, drift_text, snp_errors, utc_now
 from tests.conftest import GOLDEN
 
 WEB = (GOLDEN / "web-01.xml").read_text()
@@ -41,3 +43,10 @@ def test_drift_is_summed_up_in_three_changes_and_a_count():
     assert drift_text(changes[:3]) == three
     assert drift_text(changes) == three + " (and 1 more)"
     assert drift_text(changes + [{"key": "e", "from": "x", "to": None}]) == three + " (and 2 more)"
+
+
+def test_the_time_a_definition_is_stamped_with_is_utc_to_the_second():
+    """defined_at/updated_at in a domain's metadata: comparable across hosts in different time zones."""
+    stamp = utc_now()
+    parsed = datetime.datetime.fromisoformat(stamp)
+    assert stamp.endswith("+00:00") and parsed.utcoffset() == datetime.timedelta(0) and parsed.microsecond == 0
