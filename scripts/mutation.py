@@ -133,7 +133,10 @@ def mutmut_config(module: str, tests: list[str]) -> str:
         # tests that need libvirt's event loop: mutmut forks each mutant's run from a process that ran the
         # loop, and libvirt's GLib loop stays the parent's thread's, so a child gets no event (each such test
         # failed after its deadline, a kill that said nothing about the mutant).
-        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "mutation_reload", "-m", "not daemon and not event_loop"]',
+        # A mutant that makes a test wait for ever (a semaphore never released) fails at 30 s, not at the
+        # suite's 120: no test of a module in MODULES takes more than a few seconds.
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "mutation_reload", "-m", "not daemon and not event_loop",'
+        ' "--timeout", "30"]',
         'also_copy = ["templates", "examples", "mutation_reload.py"]',
         # Fork from the process that ran the tests once: every import is warm, ~9 mutants/s on 2 cores.
         'process_isolation = "fork"',
