@@ -685,3 +685,19 @@ def test_a_recorded_boot_volume_path_edited_into_text_is_no_path(conn, clean_tes
                                             r"'\(volume kernel: no path recorded\)'\)"):
         mgr.start("drift-40")
 
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_apply_checks_what_it_started_a_definition_changed_before_create_is_destroyed(conn, clean_test_driver, restart):
+    """apply's start (and --restart's) is the same two calls as `start`: another tool's definition between the
+    check and libvirt's create never runs as the guest snpvirt defined (here it lost SEV-SNP)."""
+    make_manager(conn).apply([spec(name="race-03")], start=restart)  # running: --restart starts it on 4 vCPUs
+    real_start = conn.start
+
+    def start_after_another_tool_defines(name):
+        edit_outside(clean_test_driver, name, strip_snp_behind_a_comment)
+        real_start(name)
+
+    conn.start = start_after_another_tool_defines
+    outcome = make_manager(conn).apply([spec(name="race-03", vcpus=4 if restart else 2)], restart=restart)[0]
+    assert not outcome.ok and "changed while snpvirt started it" in outcome.error.message, outcome
+    assert conn.state("race-03") == "shutoff"
