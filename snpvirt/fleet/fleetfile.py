@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote_to_bytes, urlsplit
 
 from snpvirt import fileio
 from snpvirt.domain import spec as specs
@@ -119,15 +119,28 @@ def _runs_local_program(uri: str) -> bool:
 
 
 def _params(uri: str) -> dict[str, str]:
-    """The URI's parameters, names unescaped and without case as libvirt reads them (virURIParseParams)."""
+    """The URI's parameters, names unescaped and without case as libvirt reads them (virURIParseParams).
+    Split at every ';' and '&' (libvirt splits at ';' only where no '&' follows: every name it sees is one here)."""
     pairs = (item.partition("=") for item in urlsplit(uri).query.replace(";", "&").split("&") if item)
-    return {unquote(name).strip().lower(): unquote(value).strip() for name, _, value in pairs}
+    return {_unescaped(name).strip().lower(): _unescaped(value).strip() for name, _, value in pairs}
 
 
-def skips_tls_verification(uri: str) -> bool:
-    """no_verify=1: libvirt connects without checking who answers (the host's TLS certificate; over SSH,
-    its host key)."""
-    return _params(uri).get("no_verify", "0") not in ("", "0")
+def _unescaped(text: str) -> str:
+    """A parameter's name or value as libvirt's C code reads it: unescaped, and ending at the first NUL, so
+    'command%00x' is the parameter 'command' (libvirt runs it) and 'no_verify%00x=1' is no_verify."""
+    return unquote_to_bytes(text).partition(b"\0")[0].decode("utf-8", "replace")
+
+
+def identity_unchecked(uri: str) -> str | None:
+    """The parameter with which libvirt connects without checking who answers, or None: no_verify=1 (the
+    host's TLS certificate; over ssh, its host key: StrictHostKeyChecking=no), known_hosts_verify=ignore (the
+    host key, over libssh and libssh2, which read that parameter and not no_verify)."""
+    params = _params(uri)
+    if params.get("no_verify", "0") not in ("", "0"):
+        return f"no_verify={params['no_verify']}"
+    if params.get("known_hosts_verify", "").lower() == "ignore":
+        return "known_hosts_verify=ignore"
+    return None
 
 
 def _seconds(path: str, value: float) -> float:

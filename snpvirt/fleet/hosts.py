@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from snpvirt.errors import SnpvirtError
-from snpvirt.fleet.fleetfile import Fleet, HostEntry, skips_tls_verification
+from snpvirt.fleet.fleetfile import Fleet, HostEntry, identity_unchecked
 from snpvirt.fleet.observe import HostView, observe_host, unreachable
 
 Progress = Callable[[str, str], None]  # (host, what happens now)
@@ -34,12 +34,13 @@ def reach_all(fleet: Fleet, opener: Callable[[HostEntry], Any], progress: Progre
 
 def _reach(entry: HostEntry, fleet: str, opener: Callable[[HostEntry], Any], progress: Progress) -> HostSession:
     session = _open_and_observe(entry, fleet, opener, progress)
-    if skips_tls_verification(entry.uri):
+    unchecked = identity_unchecked(entry.uri)
+    if unchecked:
         session.view.warnings.append({"id": "uri.no_verify", "severity": "warning", "message":
-                                      f"{entry.name}: its uri says no_verify=1: libvirt does not check who answers (TLS "
+                                      f"{entry.name}: its uri says {unchecked}: libvirt does not check who answers (TLS "
                                       "certificate, SSH host key), so anyone between here and it can pose as it",
-                                      "hint": f"drop no_verify from the uri of {entry.name}; trust its CA "
-                                              "certificate or its SSH host key instead"})
+                                      "hint": f"drop {unchecked.partition('=')[0]} from the uri of {entry.name}; trust its "
+                                              "CA certificate or its SSH host key instead"})
     return session
 
 

@@ -258,6 +258,8 @@ class Applying:
                 if plan.xml is None:  # starting the existing definition: it must still be the SEV-SNP one
                     self._refuse_to_start(plan.existing)
                 out.details["started"] = self._start_once(plan.spec.name)
+                if out.details["started"]:  # another tool may have defined it since the check, as for `start`
+                    self._destroy_if_started_otherwise(plan.spec.name)
                 out.changed, out.state = out.changed or out.details["started"], "running"
             elif will_stop:
                 out.state, out.changed = self._shut_down(plan.spec.name), True
@@ -305,6 +307,7 @@ class Applying:
                 self._refuse_to_start(plan.existing)
             out.state, out.changed = self._shut_down(plan.spec.name), True
             self.hv.start(plan.spec.name)
+            self._destroy_if_started_otherwise(plan.spec.name)
             out.state = "running"
             out.details.update(restarted=True, restart_required=False)
 

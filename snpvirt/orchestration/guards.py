@@ -3,6 +3,7 @@ a domain is snpvirt's, and that a definition still launches as the SEV-SNP guest
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 from typing import Any
 
@@ -13,7 +14,7 @@ from snpvirt.domain import spec as specs
 from snpvirt.domain import xml as domxml
 from snpvirt.domain.copies import CopyRenderer
 from snpvirt.domain.sevparams import SevParams
-from snpvirt.errors import ConflictError, NotFoundError, SnpvirtError
+from snpvirt.errors import BadInputError, ConflictError, NotFoundError, SnpvirtError
 from snpvirt.launch import inputs as launch
 from snpvirt.models import DomainRecord, VmSpec
 from snpvirt.orchestration.base import Hypervisor, drift_text, is_active, snp_errors
@@ -74,8 +75,8 @@ class Guards:
         """What the spec renders, in the canonical projection. cbitpos/reducedPhysBits that the spec leaves to
         the host are the host's to fill in: left out of the comparison, so nothing asks the host here (taking
         them from the existing definition would only compare that definition with itself). Signed ID blocks
-        need the launch record; without it they are not compared (`existing`'s stand in). Boot volumes are
-        compared at the host paths `existing` was defined with."""
+        need the launch record; without it `existing`'s stand in if they are the blocks snpvirt signed and
+        recorded (_signed_as_recorded). Boot volumes are compared at the host paths recorded at define."""
         cbitpos, reduced = spec.snp.cbitpos, spec.snp.reduced_phys_bits
         sev = SevParams(cbitpos if cbitpos is not None else 0, reduced if reduced is not None else 0, "comparison")
         spec = _with_defined_boot_paths(spec, existing)
@@ -84,10 +85,11 @@ class Guards:
         xml = self._compared_copies.render(spec, (sev, launch_record), lambda s: render.render_xml(s, sev, None, launch_record))
         projection = drift.project(domxml.parse(xml))
         if spec.snp.id_key and launch_record is None:
-            # Left out by standing in the definition's own blocks: a key missing here would be compared as
-            # a block to remove (drift.differences), refusing every start of such a domain. Blocks removed
-            # since are still a change: the launch would no longer enforce the spec's measurement.
+            # The definition's own blocks stand in when they are those snpvirt signed (a key missing here would
+            # be compared as a block to remove, refusing every start of such a domain). Blocks removed since,
+            # or swapped for others (another key, another measurement: an older kernel's), are a change.
             defined = drift.project(existing)
+            defined = defined if _signed_as_recorded(spec, metadata.read(existing), defined) else {}
             projection.update({key: defined.get(key) or f"({what} signed with the spec's id_key)"
                                for key, what in _SIGNED_BLOCKS.items()})
         left_out = {"launch_security.cbitpos": cbitpos is None, "launch_security.reducedPhysBits": reduced is None}
@@ -112,5 +114,35 @@ def _with_defined_boot_paths(spec: VmSpec, existing: etree._Element) -> VmSpec:
     if not unresolved:
         return spec
     recorded = metadata.read(existing).launch  # volumes are left unresolved only in a spec snpvirt recorded
-    paths = {kind: (recorded.get(kind) or {}).get("path") or f"(volume {kind}: no path recorded)" for kind in unresolved}
+    # An element another tool left without attributes reads as its text (or None): then no path is recorded.
+    paths = {kind: (recorded.get(kind) if isinstance(recorded.get(kind), dict) else {}).get("path")
+             or f"(volume {kind}: no path recorded)" for kind in unresolved}
     return dataclasses.replace(spec, boot=dataclasses.replace(spec.boot, **paths))
+
+
+def _signed_as_recorded(spec: VmSpec, info: metadata.ManagedInfo | None, defined: dict[str, Any]) -> bool:
+    """Whether the definition's <idBlock>/<idAuth> (in its projection `defined`, read as they are compared) are
+    the blocks snpvirt signed at define and recorded in `info`, as far as that can be told without the launch
+    files: the ID block rebuilt byte for byte from the spec and the recorded measurement, an <idAuth> carrying
+    the recorded ID (and author) key. The signature is the firmware's to check at launch; this checks what was
+    signed, and with which key."""
+    from snpvirt.launch import idblock  # cryptography: imported only for a domain with signed ID blocks
+
+    measured, signed = (info.launch.get(tag) if info is not None else None for tag in ("measurement", "id_block"))
+    block_text, auth_text = defined.get("launch_security.idBlock"), defined.get("launch_security.idAuth")
+    if not (isinstance(measured, dict) and isinstance(signed, dict) and isinstance(block_text, str)
+            and isinstance(auth_text, str)):
+        return False
+    snp = spec.snp
+    try:
+        block = idblock.id_block(bytes.fromhex(measured.get("value") or ""), snp.policy,
+                                 bytes.fromhex(snp.family_id) if snp.family_id else bytes(16),
+                                 bytes.fromhex(snp.image_id) if snp.image_id else bytes(16), snp.guest_svn)
+        # drift shows a 4096-byte idAuth as "keys:" and its base64 with the signatures zeroed: the keys are there
+        id_key, author_key = idblock.launched_key_digests(auth_text.removeprefix("keys:"),
+                                                          defined.get("launch_security.@authorKey") == "yes")
+        keys = [base64.b64decode(signed.get(name) or "", validate=True) for name in ("id_key_digest", "author_key_digest")]
+        return (base64.b64decode(block_text, validate=True) == block and id_key == keys[0]
+                and (not signed.get("author_key_digest") or author_key == keys[1]))
+    except (ValueError, BadInputError):  # edited into anything: not what snpvirt signed
+        return False

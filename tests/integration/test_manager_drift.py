@@ -660,3 +660,43 @@ def test_a_create_race_lost_again_and_again_gives_up(clean_test_driver):
         assert (outcome.ok, outcome.error.kind) == (False, "conflict")
         assert "was defined by another client at the same time" in outcome.error.message
         assert conn.defines == 1 + RACE_RETRIES
+
+
+def test_a_recorded_boot_volume_path_edited_into_text_is_no_path(conn, clean_test_driver, boot_volumes):
+    """snpvirt's record is part of the definition, which another tool may edit: a launch element left without
+    attributes reads as its text, and the comparison takes that as no path recorded (a refusal), not a crash."""
+    from snpvirt.domain.xml import METADATA_NS
+    from snpvirt.host import readiness
+
+    store, pool = boot_volumes
+    mgr = Manager(conn, gate=lambda: readiness.gate_report(conn), resolve_sev=lambda s: sevparams.resolve(s, []),
+                  storage=store)
+    raw = {**_base("drift-40"), "disks": [], "snp": {"cbitpos": 51, "reduced_phys_bits": 1, "kernel_hashes": False},
+           "boot": {"kernel": {"pool": pool, "volume": "drift-vmlinuz"}, "cmdline": "console=ttyS0"}}
+    assert mgr.apply([SpecInput("drift-40", specs.parse_spec(raw))], start=False)[0].ok
+
+    def kernel_as_text(root):
+        kernel = root.find(f"metadata/{{{METADATA_NS}}}domain/{{{METADATA_NS}}}launch/{{{METADATA_NS}}}kernel")
+        kernel.attrib.clear()
+        kernel.text = "/default-pool/drift-vmlinuz"
+    edit_outside(clean_test_driver, "drift-40", kernel_as_text)
+    with pytest.raises(ConflictError, match=r"\(kernel: '/default-pool/drift-vmlinuz', snpvirt defined "
+                                            r"'\(volume kernel: no path recorded\)'\)"):
+        mgr.start("drift-40")
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_apply_checks_what_it_started_a_definition_changed_before_create_is_destroyed(conn, clean_test_driver, restart):
+    """apply's start (and --restart's) is the same two calls as `start`: another tool's definition between the
+    check and libvirt's create never runs as the guest snpvirt defined (here it lost SEV-SNP)."""
+    make_manager(conn).apply([spec(name="race-03")], start=restart)  # running: --restart starts it on 4 vCPUs
+    real_start = conn.start
+
+    def start_after_another_tool_defines(name):
+        edit_outside(clean_test_driver, name, strip_snp_behind_a_comment)
+        real_start(name)
+
+    conn.start = start_after_another_tool_defines
+    outcome = make_manager(conn).apply([spec(name="race-03", vcpus=4 if restart else 2)], restart=restart)[0]
+    assert not outcome.ok and "changed while snpvirt started it" in outcome.error.message, outcome
+    assert conn.state("race-03") == "shutoff"

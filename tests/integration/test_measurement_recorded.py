@@ -248,3 +248,43 @@ def test_a_kernel_volume_changed_on_the_host_is_an_update_that_signs_the_id_bloc
             assert plan.action == "update" and "definition.launch_security.idBlock" in [c["key"] for c in plan.details["diff"]]
     finally:
         volume.delete()
+
+
+@pytest.mark.parametrize("swap, refused", [
+    ("another ID key", True),  # another tool's own blocks for the same launch
+    ("another measurement", True),  # the same key over another launch: an older kernel's block, a rollback
+    ("another image id", True),  # what the report would show the verifier
+    ("signed again alike", False),  # a fresh signature of the same block with the same key: no change
+])
+def test_start_refuses_a_domain_whose_signed_id_blocks_were_swapped(mgr, files, tmp_path, clean_test_driver,
+                                                                     swap, refused):
+    """Blocks another tool put in place of snpvirt's pass every SNP rule, and start has no launch files to sign
+    with: the definition's own blocks stand in only when they are what snpvirt recorded (the ID block made
+    from the recorded measurement and the spec, the recorded ID key)."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from snpvirt.launch import idblock
+
+    path = id_key_spec(tmp_path, "meas-20", files, author=False)
+    vm = specs.load_spec(path)
+    mgr.apply([SpecInput(str(path), vm)], start=False)
+    measured = bytes.fromhex(mgr.status("meas-20")["expected_measurement"])
+    key = idblock.load_private_key(vector("measurement/idblock-virtee-sev/test_id_key.pem"), "ID key")
+    image_id = bytes.fromhex("01" * 16)
+    blocks = {"another ID key": lambda: idblock.build(measured, vm.snp.policy, ec.generate_private_key(ec.SECP384R1()),
+                                                      image_id=image_id),
+              "another measurement": lambda: idblock.build(bytes(48), vm.snp.policy, key, image_id=image_id),
+              "another image id": lambda: idblock.build(measured, vm.snp.policy, key),
+              "signed again alike": lambda: idblock.build(measured, vm.snp.policy, key, image_id=image_id)}[swap]()
+
+    def swap_blocks(root):
+        root.find("launchSecurity/idBlock").text = base64.b64encode(blocks.id_block).decode()
+        root.find("launchSecurity/idAuth").text = base64.b64encode(blocks.id_auth).decode()
+    edit_outside(clean_test_driver, "meas-20", swap_blocks)
+    if not refused:
+        assert mgr.start("meas-20").changed is True
+        return
+    with pytest.raises(ConflictError, match=r"changed outside snpvirt \(launch_security\.id(Auth|Block): "):
+        mgr.start("meas-20")
+    with Connection("test:///default") as conn:
+        assert conn.state("meas-20") == "shutoff"
