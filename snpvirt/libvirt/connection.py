@@ -277,6 +277,14 @@ class Connection:
         except libvirt.libvirtError as exc:
             raise translate(exc, f"state of {name}", self.uri) from None
 
+    def live_xml(self, name: str) -> str | None:
+        """What runs now (None when the domain is not active): one call, for the check after a start."""
+        try:
+            dom = self._handle(name)
+            return dom.XMLDesc(0) if dom.isActive() else None
+        except libvirt.libvirtError as exc:
+            raise translate(exc, f"read the running definition of {name}", self.uri) from None
+
     def start(self, name: str) -> None:
         try:
             self._handle(name).create()

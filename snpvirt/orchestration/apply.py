@@ -259,7 +259,7 @@ class Applying:
                     self._refuse_to_start(plan.existing)
                 out.details["started"] = self._start_once(plan.spec.name)
                 if out.details["started"]:  # another tool may have defined it since the check, as for `start`
-                    self._destroy_if_started_otherwise(plan.spec.name)
+                    self._check_started(plan)
                 out.changed, out.state = out.changed or out.details["started"], "running"
             elif will_stop:
                 out.state, out.changed = self._shut_down(plan.spec.name), True
@@ -310,6 +310,17 @@ class Applying:
             self._destroy_if_started_otherwise(plan.spec.name)
             out.state = "running"
             out.details.update(restarted=True, restart_required=False)
+
+    def _check_started(self, plan: _Plan) -> None:
+        """What started must be what was checked. A domain this apply defined was checked in libvirt's copy after
+        the define (its SNP projection, `asked_snp`): when the running definition has that same projection it
+        is the guest snpvirt defined, for one read of the live XML; anything else (or a definition that existed
+        before) gets the start verb's full check, which destroys a guest that did not start as defined."""
+        if plan.asked_snp is not None:
+            live = self.hv.live_xml(plan.spec.name)
+            if live is not None and self._not_kept(plan.asked_snp, live) is None:
+                return
+        self._destroy_if_started_otherwise(plan.spec.name)
 
     def _start_once(self, name: str) -> bool:
         """Start; True when this call started it. A domain another client started meanwhile is running,

@@ -685,6 +685,24 @@ def test_a_recorded_boot_volume_path_edited_into_text_is_no_path(conn, clean_tes
         mgr.start("drift-40")
 
 
+def test_a_domain_apply_creates_is_checked_again_once_it_runs(conn, clean_test_driver):
+    """The define was checked in libvirt's copy; another tool's definition between that check and libvirt's
+    create must not run as the guest snpvirt defined either (apply compares what runs with what it checked)."""
+    real_start = conn.start
+
+    def start_after_another_tool_defines(name):
+        edit_outside(clean_test_driver, name, strip_snp_behind_a_comment)
+        real_start(name)
+
+    conn.start = start_after_another_tool_defines
+    outcome = make_manager(conn).apply([spec(name="race-04")])[0]
+    assert not outcome.ok and "changed while snpvirt started it" in outcome.error.message, outcome
+    assert conn.state("race-04") == "shutoff"
+    conn.start = real_start
+    fresh = make_manager(conn).apply([spec(name="race-05")])[0]  # nobody in between: it runs, checked in one read
+    assert fresh.ok and fresh.state == "running" and conn.state("race-05") == "running"
+
+
 @pytest.mark.parametrize("restart", [False, True])
 def test_apply_checks_what_it_started_a_definition_changed_before_create_is_destroyed(conn, clean_test_driver, restart):
     """apply's start (and --restart's) is the same two calls as `start`: another tool's definition between the
