@@ -175,8 +175,10 @@ def test_a_real_hypervisor_without_host_facts_is_refused_with_a_hint_for_any_uri
 
 
 def test_a_captured_host_must_be_a_directory(conn, tmp_path):
-    with pytest.raises(BadInputError, match="is not a directory"):
+    with pytest.raises(BadInputError) as refused:
         readiness.gate_report(conn, sysroot=tmp_path / "missing")
+    assert (refused.value.message, refused.value.hint) == (
+        f"--sysroot {tmp_path / 'missing'} is not a directory", "give the folder that holds the captured sys/, proc/, dev/")
 
 
 class AsIfReal(Connection):
@@ -196,5 +198,17 @@ def test_a_real_hypervisor_never_goes_without_the_gate(clean_test_driver):
 
 def test_a_captured_host_never_stands_in_for_a_real_hypervisor(clean_test_driver, ready_host):
     with AsIfReal("test:///default") as real:
-        with pytest.raises(BadInputError, match="--sysroot describes a captured host"):
+        with pytest.raises(BadInputError) as refused:
             readiness.gate_report(real, sysroot=ready_host.root, domcaps_file=genoa_domcaps())
+    assert (refused.value.message, refused.value.hint) == (
+        "--sysroot describes a captured host; test:///default is a real hypervisor, and the readiness gate checks "
+        "that host's own facts", "drop --sysroot (it is for libvirt's test driver, e.g. --connect test:///default)")
+
+
+def test_a_real_hypervisor_is_judged_on_what_its_own_libvirt_reports(clean_test_driver):
+    """No captured host: the gate reads the connected libvirt (versions, domain capabilities), which here
+    offers no SEV, so the host is not ready."""
+    with AsIfReal("test:///default") as real:
+        report = readiness.gate_report(real)
+    statuses = {c.check_id: c.status for c in report.checks}
+    assert not report.ready and statuses["libvirt.version"] == "pass" and statuses["domcaps.sev_snp"] == "fail"

@@ -266,6 +266,23 @@ def test_a_graceful_shutdown_is_given_a_minute_unless_told_otherwise(mgr):
     assert mgr.shutdown_timeout_s == 60.0
 
 
+class DefaultUri:
+    """A connection to libvirt's default URI (none given), holding no domains."""
+
+    uri = None
+    simulated = True
+
+    def lookup(self, name):
+        return None
+
+
+def test_a_missing_domain_on_the_default_uri_says_so():
+    manager = Manager(DefaultUri(), gate=lambda: None, resolve_sev=lambda s: sevparams.resolve(s, []))
+    with pytest.raises(NotFoundError) as missing:
+        manager.status("web-01")
+    assert missing.value.message == "no domain named web-01 on the default URI"
+
+
 def test_verbs_refuse_unmanaged_domains(mgr, clean_test_driver):
     with pytest.raises(ConflictError) as unmanaged:
         mgr.start("test")  # the test driver's built-in domain

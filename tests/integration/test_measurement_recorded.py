@@ -288,3 +288,32 @@ def test_start_refuses_a_domain_whose_signed_id_blocks_were_swapped(mgr, files, 
         mgr.start("meas-20")
     with Connection("test:///default") as conn:
         assert conn.state("meas-20") == "shutoff"
+
+
+def _launch_child(root, tag):
+    ns = "{https://snpvirt.dev/xmlns/domain/1}"
+    return root.find(f"metadata/{ns}domain/{ns}launch/{ns}{tag}")
+
+
+@pytest.mark.parametrize("edit", ["measurement value not hex", "id_block record removed", "ID key digest not base64"])
+def test_start_refuses_signed_blocks_when_snpvirts_own_record_of_them_was_mangled(mgr, files, tmp_path,
+                                                                                   clean_test_driver, edit):
+    """The definition's blocks stand in only when they match what snpvirt recorded; a record another tool
+    mangled (or removed) cannot vouch for them: start refuses, whatever the blocks are."""
+    path = id_key_spec(tmp_path, "meas-21", files, author=False)
+    mgr.apply([SpecInput(str(path), specs.load_spec(path))], start=False)
+
+    def mangle(root):
+        if edit == "measurement value not hex":
+            _launch_child(root, "measurement").set("value", "not hex")
+        elif edit == "id_block record removed":
+            record = _launch_child(root, "id_block")
+            record.getparent().remove(record)
+        else:
+            _launch_child(root, "id_block").set("id_key_digest", "not base64!")
+    edit_outside(clean_test_driver, "meas-21", mangle)
+    with pytest.raises(ConflictError, match=r"changed outside snpvirt \(launch_security\.id(Auth|Block): "):
+        mgr.start("meas-21")
+    with Connection("test:///default") as conn:
+        assert conn.state("meas-21") == "shutoff"
+
