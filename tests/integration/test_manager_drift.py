@@ -71,6 +71,8 @@ def test_a_definition_edited_to_lose_snp_is_refused_by_start_and_restored_by_app
 
     plan = mgr.apply([spec(name="drift-01")], check=True)[0]
     assert (plan.action, plan.changed) == ("update", True), "a drifted definition is never 'unchanged'"
+    broken = "snp.launch_security" if edit is strip_snp_behind_a_comment else "snp.policy_debug"
+    assert {"key": "(definition)", "from": f"breaks {broken}", "to": "as the spec renders it"} in plan.details["diff"]
     assert [d for d in plan.details["diff"] if d["key"].startswith("definition.launch_security")]
 
     with pytest.raises(ConflictError, match="snpvirt does not start it") as refused:
@@ -93,6 +95,9 @@ def test_a_debug_definition_starts_only_with_allow_debug(conn, clean_test_driver
                 start=False)
     with pytest.raises(ConflictError, match="snp.policy_debug"):
         make_manager(conn).start("drift-02")
+    again = debug.apply([SpecInput("d", specs.parse_spec({**_base("drift-02"), "snp": {"cbitpos": 51, "reduced_phys_bits": 1, "policy": "0xb0000"}}, allow_debug=True))],
+                        start=False, check=True)[0]
+    assert (again.action, again.changed) == ("unchanged", False), "with --allow-debug a debug definition is not broken"
     assert debug.start("drift-02").changed is True
 
 
@@ -485,6 +490,11 @@ def test_an_unreadable_recorded_spec_refuses_the_start(mgr, conn, clean_test_dri
     message = refused.value.message
     assert message.startswith("drift-22's SEV-SNP settings were changed outside snpvirt ((recorded spec): '")
     assert message.endswith("', snpvirt defined 'a spec snpvirt can read'); snpvirt does not start it")
+    # apply of the same spec: the definition is unchanged, and the start it needs is refused alike, plan and run.
+    for check in (True, False):
+        refused = mgr.apply([spec(name="drift-22")], check=check)[0]
+        assert (refused.ok, refused.action, refused.error.message) == (False, "unchanged", message)
+    assert conn.state("drift-22") == "shutoff"
 
 
 def test_a_document_given_to_define_xml_starts_as_given(mgr, conn, clean_test_driver):
@@ -660,3 +670,41 @@ def test_a_create_race_lost_again_and_again_gives_up(clean_test_driver):
         assert (outcome.ok, outcome.error.kind) == (False, "conflict")
         assert "was defined by another client at the same time" in outcome.error.message
         assert conn.defines == 1 + RACE_RETRIES
+
+
+def _in_fleet(name: str, fleet: str | None) -> SpecInput:
+    given = spec(name=name)
+    return SpecInput(given.label, dataclasses.replace(given.spec, fleet=fleet))
+
+
+def test_a_domain_of_another_fleet_or_of_none_is_refused_and_where_it_belongs_is_said(mgr, conn):
+    """A fleet never takes a single-host apply's domain, nor the reverse; the refusal says who owns it and
+    where to manage it (an upgrade script keys on these words)."""
+    assert mgr.apply([_in_fleet("drift-40", "web")], start=False)[0].ok
+    refused = mgr.apply([spec(name="drift-40")])[0]
+    assert (refused.action, refused.error.kind, refused.error.message, refused.error.hint) == (
+        "conflict", "conflict", "domain drift-40 belongs to fleet web; it is left untouched",
+        "choose another name, or manage it where it belongs (the fleet file of web: snpvirt fleet apply FILE)")
+    assert mgr.apply([spec(name="drift-41")], start=False)[0].ok
+    refused = mgr.apply([_in_fleet("drift-41", "web")])[0]
+    assert (refused.action, refused.error.message, refused.error.hint) == (
+        "conflict", "domain drift-41 belongs to no fleet; it is left untouched",
+        "choose another name, or manage it where it belongs (snpvirt apply SPEC -c URI), "
+        "or undefine it first: snpvirt undefine drift-41")
+    assert (conn.state("drift-40"), conn.state("drift-41")) == ("shutoff", "shutoff"), "left untouched"
+
+
+def test_a_domain_apply_may_not_change_is_refused_with_how_to_go_on(mgr, conn, clean_test_driver):
+    root = etree.fromstring((GOLDEN / "web-01.xml").read_text().replace("<name>web-01</name>", "<name>drift-42</name>").encode())
+    root.remove(root.find("metadata"))
+    clean_test_driver.defineXML(etree.tostring(root, encoding="unicode"))
+    refused = mgr.apply([spec(name="drift-42")])[0]
+    assert (refused.error.message, refused.error.hint) == (
+        "a domain named drift-42 exists and is not managed by snpvirt; it is left untouched",
+        "choose another name, or bring it under management: snpvirt import drift-42")
+    mgr.apply([spec(name="drift-43")], start=False)
+    uuid = conn.lookup("drift-43").uuid
+    refused = mgr.apply([spec(name="drift-43", uuid="00000000-1111-2222-3333-444444444444")])[0]
+    assert (refused.action, refused.error.message, refused.error.hint) == (
+        "conflict", f"domain drift-43 exists with UUID {uuid}, the spec says 00000000-1111-2222-3333-444444444444",
+        "remove uuid from the spec or fix it; snpvirt never replaces another domain")
