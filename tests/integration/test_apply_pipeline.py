@@ -249,3 +249,17 @@ def test_renamed_copies_of_one_spec_are_rendered_once(conn):
     m = manager(conn, lambda: None)
     assert all(o.ok for o in m.apply([spec_input(f"copy-{i}") for i in range(4)], start=False))
     assert m._copies.copies_made == 3, "the first copy is rendered, the others filled in"
+
+
+def test_new_domains_are_planned_from_one_list_of_names_not_a_lookup_each(conn, monkeypatch):
+    """A batch of new domains costs one round trip for the names libvirt holds, not one lookup per spec."""
+    looked_up: list[str] = []
+    lookup = conn.lookup
+
+    def recording(name):
+        looked_up.append(name)
+        return lookup(name)
+
+    monkeypatch.setattr(conn, "lookup", recording)
+    outcomes = manager(conn, lambda: None).apply(batch("new"), check=True)
+    assert all(o.action == "create" for o in outcomes) and looked_up == []
