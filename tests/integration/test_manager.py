@@ -253,7 +253,7 @@ def test_stop_times_out_and_force_destroys(clean_test_driver):
 def test_the_manager_uses_the_image_cache_it_is_given(conn):
     """Where apply finds the verified copy of a pulled boot file (image pull's cache), so that a kernel volume
     the host swapped is measured from the bytes the pull verified: the behaviour is tested through a daemon
-    (tests/integration/test_image_pull.py, which uploads images; the test driver's pools cannot)."""
+    (tests/integration/test_image_pull.py) and in-process (test_manager_drift.py, HeldContent)."""
     def cache(sha256):
         return None
 

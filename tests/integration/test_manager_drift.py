@@ -7,7 +7,10 @@ domain's own XML, snpvirt's metadata left in place.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import re
+from pathlib import Path
 
 import libvirt
 import pytest
@@ -18,7 +21,10 @@ from snpvirt.domain import xml as domxml
 from snpvirt.domain import rules as snp_rules
 from snpvirt.domain import spec as specs
 from snpvirt.libvirt.connection import Connection
-from snpvirt.errors import ConflictError, ExitCode
+from snpvirt import imagepool
+from snpvirt.errors import BadInputError, ConflictError, ExitCode
+from snpvirt.libvirt.storage import Storage
+from snpvirt.orchestration import volumes as pool_volumes
 from snpvirt.manager import Manager, SpecInput
 from tests.conftest import EXAMPLES, GOLDEN
 from tests.integration.test_manager import make_manager, spec
@@ -71,6 +77,8 @@ def test_a_definition_edited_to_lose_snp_is_refused_by_start_and_restored_by_app
 
     plan = mgr.apply([spec(name="drift-01")], check=True)[0]
     assert (plan.action, plan.changed) == ("update", True), "a drifted definition is never 'unchanged'"
+    broken = "snp.launch_security" if edit is strip_snp_behind_a_comment else "snp.policy_debug"
+    assert {"key": "(definition)", "from": f"breaks {broken}", "to": "as the spec renders it"} in plan.details["diff"]
     assert [d for d in plan.details["diff"] if d["key"].startswith("definition.launch_security")]
 
     with pytest.raises(ConflictError, match="snpvirt does not start it") as refused:
@@ -93,6 +101,9 @@ def test_a_debug_definition_starts_only_with_allow_debug(conn, clean_test_driver
                 start=False)
     with pytest.raises(ConflictError, match="snp.policy_debug"):
         make_manager(conn).start("drift-02")
+    again = debug.apply([SpecInput("d", specs.parse_spec({**_base("drift-02"), "snp": {"cbitpos": 51, "reduced_phys_bits": 1, "policy": "0xb0000"}}, allow_debug=True))],
+                        start=False, check=True)[0]
+    assert (again.action, again.changed) == ("unchanged", False), "with --allow-debug a debug definition is not broken"
     assert debug.start("drift-02").changed is True
 
 
@@ -485,6 +496,11 @@ def test_an_unreadable_recorded_spec_refuses_the_start(mgr, conn, clean_test_dri
     message = refused.value.message
     assert message.startswith("drift-22's SEV-SNP settings were changed outside snpvirt ((recorded spec): '")
     assert message.endswith("', snpvirt defined 'a spec snpvirt can read'); snpvirt does not start it")
+    # apply of the same spec: the definition is unchanged, and the start it needs is refused alike, plan and run.
+    for check in (True, False):
+        refused = mgr.apply([spec(name="drift-22")], check=check)[0]
+        assert (refused.ok, refused.action, refused.error.message) == (False, "unchanged", message)
+    assert conn.state("drift-22") == "shutoff"
 
 
 def test_a_document_given_to_define_xml_starts_as_given(mgr, conn, clean_test_driver):
@@ -718,3 +734,173 @@ def test_apply_checks_what_it_started_a_definition_changed_before_create_is_dest
     outcome = make_manager(conn).apply([spec(name="race-03", vcpus=4 if restart else 2)], restart=restart)[0]
     assert not outcome.ok and "changed while snpvirt started it" in outcome.error.message, outcome
     assert conn.state("race-03") == "shutoff"
+
+
+def _in_fleet(name: str, fleet: str | None) -> SpecInput:
+    given = spec(name=name)
+    return SpecInput(given.label, dataclasses.replace(given.spec, fleet=fleet))
+
+
+def test_a_domain_of_another_fleet_or_of_none_is_refused_and_where_it_belongs_is_said(mgr, conn):
+    """A fleet never takes a single-host apply's domain, nor the reverse; the refusal says who owns it and
+    where to manage it (an upgrade script keys on these words)."""
+    assert mgr.apply([_in_fleet("drift-40", "web")], start=False)[0].ok
+    refused = mgr.apply([spec(name="drift-40")])[0]
+    assert (refused.action, refused.error.kind, refused.error.message, refused.error.hint) == (
+        "conflict", "conflict", "domain drift-40 belongs to fleet web; it is left untouched",
+        "choose another name, or manage it where it belongs (the fleet file of web: snpvirt fleet apply FILE)")
+    assert mgr.apply([spec(name="drift-41")], start=False)[0].ok
+    refused = mgr.apply([_in_fleet("drift-41", "web")])[0]
+    assert (refused.action, refused.error.message, refused.error.hint) == (
+        "conflict", "domain drift-41 belongs to no fleet; it is left untouched",
+        "choose another name, or manage it where it belongs (snpvirt apply SPEC -c URI), "
+        "or undefine it first: snpvirt undefine drift-41")
+    assert (conn.state("drift-40"), conn.state("drift-41")) == ("shutoff", "shutoff"), "left untouched"
+
+
+def test_a_domain_apply_may_not_change_is_refused_with_how_to_go_on(mgr, conn, clean_test_driver):
+    root = etree.fromstring((GOLDEN / "web-01.xml").read_text().replace("<name>web-01</name>", "<name>drift-42</name>").encode())
+    root.remove(root.find("metadata"))
+    clean_test_driver.defineXML(etree.tostring(root, encoding="unicode"))
+    refused = mgr.apply([spec(name="drift-42")])[0]
+    assert (refused.error.message, refused.error.hint) == (
+        "a domain named drift-42 exists and is not managed by snpvirt; it is left untouched",
+        "choose another name, or bring it under management: snpvirt import drift-42")
+    mgr.apply([spec(name="drift-43")], start=False)
+    uuid = conn.lookup("drift-43").uuid
+    refused = mgr.apply([spec(name="drift-43", uuid="00000000-1111-2222-3333-444444444444")])[0]
+    assert (refused.action, refused.error.message, refused.error.hint) == (
+        "conflict", f"domain drift-43 exists with UUID {uuid}, the spec says 00000000-1111-2222-3333-444444444444",
+        "remove uuid from the spec or fix it; snpvirt never replaces another domain")
+
+
+# --- pool disks, the cloud-init seed and the image cache on the test driver's pool (scripts/mutation apply) --------
+
+
+class HeldContent(Storage):
+    """The test driver's own pools, with the bytes of what is uploaded held here: libvirt's test driver simulates
+    volumes but moves no content (virStorageVolUpload and Download are not supported); every other call is
+    libvirt's. Real transfers are tested on a daemon (test_apply_volumes.py, test_image_pull.py)."""
+
+    def __init__(self, conn: Connection) -> None:
+        super().__init__(conn)
+        self.content: dict[tuple[str, str], bytes] = {}
+
+    def upload(self, pool, name, src_path, fmt, progress=None):
+        data = Path(src_path).read_bytes()
+        info = self.create_volume(pool, name, len(data), "raw")
+        self.content[(pool, name)] = data
+        return info
+
+    def download(self, pool, name, dest, max_bytes, progress=None):
+        data = self.content[(pool, name)]
+        if len(data) > max_bytes:
+            raise BadInputError(f"{name} is larger than {max_bytes} bytes", "")
+        Path(dest).write_bytes(data)
+        return len(data)
+
+    def delete(self, pool, name):
+        super().delete(pool, name)
+        self.content.pop((pool, name), None)
+
+
+POOL = "default-pool"
+
+
+@pytest.fixture
+def pool_store(conn, test_driver):
+    """HeldContent over the test driver; the volumes named vols-* are removed afterwards."""
+    yield HeldContent(conn)
+    for volume in test_driver.storagePoolLookupByName(POOL).listAllVolumes():
+        if volume.name().startswith("vols-"):
+            volume.delete()
+
+
+def pool_manager(conn, store, **options) -> Manager:
+    return Manager(conn, gate=lambda: None, resolve_sev=lambda s: sevparams.resolve(s, []), storage=store, **options)
+
+
+def pool_spec(name: str, **changes) -> SpecInput:
+    return SpecInput(name, specs.parse_spec({**_base(name), "disks": [{"pool": POOL, "volume": f"{name}.qcow2", "size_gib": 1}],
+                                             **changes}))
+
+
+def test_a_pool_disk_is_planned_created_and_made_again_when_it_is_gone(conn, test_driver, pool_store):
+    """apply --check lists the volume to create; the run creates it before the define; a disk volume deleted
+    since is a change of an otherwise unchanged domain (made again, empty), never a reason to redefine it."""
+    m = pool_manager(conn, pool_store)
+    create = [{"pool": POOL, "volume": "vols-01.qcow2", "action": "create", "backing": None, "size_bytes": 1 << 30}]
+    plan = m.apply([pool_spec("vols-01")], check=True)[0]
+    assert (plan.changed, plan.details["volumes"]) == (True, create) and pool_store.volume(POOL, "vols-01.qcow2") is None
+    assert m.apply([pool_spec("vols-01")])[0].ok and pool_store.volume(POOL, "vols-01.qcow2").capacity == 1 << 30
+    again = m.apply([pool_spec("vols-01")], check=True)[0]
+    assert (again.action, again.changed, again.details["volumes"]) == ("unchanged", False, [])
+    pool_store.delete(POOL, "vols-01.qcow2")
+    plan = m.apply([pool_spec("vols-01")], check=True)[0]
+    assert (plan.action, plan.changed, plan.details["volumes"]) == ("unchanged", True, create)
+    done = m.apply([pool_spec("vols-01")])[0]
+    assert (done.ok, done.action, done.changed) == (True, "unchanged", True) and pool_store.volume(POOL, "vols-01.qcow2")
+
+
+def test_a_failed_create_removes_the_disk_volume_it_made(conn, test_driver, pool_store):
+    with MangledDefine("test:///default") as mangled:
+        mangled.mangle = without("launchSecurity")
+        failed = pool_manager(mangled, pool_store).apply([pool_spec("vols-02")])[0]
+        assert not failed.ok and mangled.lookup("vols-02") is None
+    assert pool_store.volume(POOL, "vols-02.qcow2") is None, "nothing is left half made"
+
+
+def test_a_seed_is_stored_recorded_and_replaced_when_its_user_data_changes(conn, pool_store, tmp_path):
+    """The seed's digest is in the definition's metadata; the same spec with another user_data file is an
+    update that says so (seed.sha256 from the stored seed to the new one) and replaces the volume."""
+    user_data = tmp_path / "user-data"
+    user_data.write_text("#cloud-config\nhostname: first\n")
+    seeded = pool_spec("vols-03", disks=[], cloud_init={"pool": POOL, "user_data": str(user_data)})
+    m = pool_manager(conn, pool_store)
+    plan = m.apply([seeded], check=True)[0]
+    [volume] = plan.details["volumes"]
+    first = volume["seed_sha256"]
+    assert volume == {"pool": POOL, "volume": "vols-03-cidata.iso", "action": "create", "seed_sha256": first}
+    assert m.apply([seeded])[0].ok
+    assert m.status("vols-03")["cloud_init_seed"] == {"pool": POOL, "volume": "vols-03-cidata.iso", "sha256": first}
+    assert hashlib.sha256(pool_store.content[(POOL, "vols-03-cidata.iso")]).hexdigest() == first
+    assert m.apply([seeded], check=True)[0].changed is False
+
+    user_data.write_text("#cloud-config\nhostname: second\n")
+    plan = m.apply([seeded], check=True)[0]
+    [volume] = plan.details["volumes"]
+    second = volume["seed_sha256"]
+    assert second != first and volume["action"] == "replace"
+    assert (plan.action, plan.details["diff"]) == ("update", [{"key": "seed.sha256", "from": first, "to": second}])
+    assert m.apply([seeded])[0].ok
+    assert m.status("vols-03")["cloud_init_seed"]["sha256"] == second
+    assert hashlib.sha256(pool_store.content[(POOL, "vols-03-cidata.iso")]).hexdigest() == second
+    assert m.apply([seeded], check=True)[0].action == "unchanged"
+
+
+def test_a_pulled_kernel_is_measured_from_the_image_cache_the_manager_is_given(conn, pool_store, tmp_path):
+    """A kernel volume that image pull's manifest vouches for is measured from the verified copy in the cache
+    (the host may have swapped the volume's bytes), for a new domain and for an update alike."""
+    kernel = b"a verified kernel"
+    verified = tmp_path / "verified-kernel"
+    verified.write_bytes(kernel)
+    digest = hashlib.sha256(kernel).hexdigest()
+    swapped = tmp_path / "swapped"
+    swapped.write_bytes(b"x" * len(kernel))  # the size the manifest records: the cache's copy is measured
+    pool_store.upload(POOL, "vols-vmlinuz", swapped, "raw")
+    manifest = tmp_path / "manifest"
+    manifest.write_text(json.dumps({"manifest_version": imagepool.MANIFEST_VERSION,
+                                    "files": [{"volume": "vols-vmlinuz", "size_bytes": len(kernel), "sha256": digest}]}))
+    pool_store.upload(POOL, "vols-image" + pool_volumes.MANIFEST_SUFFIX, manifest, "raw")
+    asked = []
+
+    def cache(sha256):
+        asked.append(sha256)
+        return verified if sha256 == digest else None
+
+    m = pool_manager(conn, pool_store, image_cache=cache)
+    booting = {"disks": [], "boot": {"kernel": {"pool": POOL, "volume": "vols-vmlinuz"}, "cmdline": "console=ttyS0"}}
+    assert m.apply([pool_spec("vols-04", **booting)], start=False)[0].ok
+    assert m.status("vols-04")["launch"]["kernel"]["sha256"] == digest and asked == [digest]
+    assert m.apply([pool_spec("vols-04", vcpus=4, **booting)], start=False)[0].ok
+    assert m.status("vols-04")["launch"]["kernel"]["sha256"] == digest and asked == [digest] * 2

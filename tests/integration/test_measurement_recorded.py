@@ -317,3 +317,30 @@ def test_start_refuses_signed_blocks_when_snpvirts_own_record_of_them_was_mangle
     with Connection("test:///default") as conn:
         assert conn.state("meas-21") == "shutoff"
 
+
+def test_an_id_key_spec_is_signed_once_per_plan_and_its_blocks_stand_in_when_its_files_are_gone(mgr, files, tmp_path,
+                                                                                              monkeypatch):
+    """An update of a spec whose ID block snpvirt signs defines the blocks signed for it (measuring the launch
+    files and signing once per plan, not again to render); where the files are no longer readable, the blocks
+    the domain holds stand in for the ones that cannot be signed here: the plan shows no change."""
+    keys = {"id_key": vector("measurement/idblock-virtee-sev/test_id_key.pem"),
+            "author_key": vector("measurement/idblock-virtee-sev/test_auth_key.pem")}
+    path = spec_file(tmp_path, "meas-10", files, **keys)
+    assert mgr.apply([SpecInput(str(path), specs.load_spec(path))], start=False)[0].ok
+    signed = []
+    record = launch.record
+
+    def counted(*args, **kwargs):
+        signed.append(args[0].name)
+        return record(*args, **kwargs)
+
+    monkeypatch.setattr(launch, "record", counted)
+    path.write_text(path.read_text().replace("memory_mib = 2048", "memory_mib = 4096"))
+    updated = SpecInput(str(path), specs.load_spec(path))
+    done = mgr.apply([updated], start=False)[0]
+    assert (done.ok, done.action) == (True, "update") and mgr.status("meas-10")["memory_mib"] == 4096
+    assert signed == ["meas-10"]
+    for file in files.values():
+        Path(file).unlink()
+    plan = mgr.apply([updated], check=True, start=False)[0]
+    assert (plan.ok, plan.action, plan.changed) == (True, "unchanged", False)
