@@ -164,6 +164,45 @@ def test_a_domain_with_signed_id_blocks_is_unchanged_and_starts(mgr, files, tmp_
         assert conn.state("meas-07") == "running"
 
 
+@pytest.mark.parametrize("variant", ["family id and guest SVN", "no image id"])
+def test_signed_blocks_of_every_id_block_field_start_as_recorded(mgr, files, tmp_path, variant):
+    """Start rebuilds the ID block from the spec and the recorded measurement to know the definition's blocks
+    are snpvirt's: every field the spec puts in it (family id, image id or none, guest SVN) must go in as
+    signed, or an untouched domain could never start."""
+    key = vector("measurement/idblock-virtee-sev/test_id_key.pem")
+    author = vector("measurement/idblock-virtee-sev/test_auth_key.pem")
+    if variant == "no image id":
+        path = spec_file(tmp_path, "meas-22", files, id_key=key, author_key=author)
+    else:
+        path = spec_file(tmp_path, "meas-22", files, id_key=key, author_key=author, image_id="01" * 16, family_id="02" * 16)
+        path.write_text(path.read_text() + "guest_svn = 3\n")
+    assert mgr.apply([SpecInput(str(path), specs.load_spec(path))], start=False)[0].ok
+    assert mgr.start("meas-22").changed is True
+    with Connection("test:///default") as conn:
+        assert conn.state("meas-22") == "running"
+
+
+def test_start_refuses_signed_blocks_carrying_another_author_key(mgr, files, tmp_path, clean_test_driver):
+    """The ID key and the block are snpvirt's, but the author key in <idAuth> is another's: not what was signed."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from snpvirt.launch import idblock
+
+    path = id_key_spec(tmp_path, "meas-23", files, author=True)
+    vm = specs.load_spec(path)
+    mgr.apply([SpecInput(str(path), vm)], start=False)
+    measured = bytes.fromhex(mgr.status("meas-23")["expected_measurement"])
+    key = idblock.load_private_key(vector("measurement/idblock-virtee-sev/test_id_key.pem"), "ID key")
+    blocks = idblock.build(measured, vm.snp.policy, key, ec.generate_private_key(ec.SECP384R1()), image_id=bytes.fromhex("01" * 16))
+
+    def swap_blocks(root):
+        root.find("launchSecurity/idBlock").text = base64.b64encode(blocks.id_block).decode()
+        root.find("launchSecurity/idAuth").text = base64.b64encode(blocks.id_auth).decode()
+    edit_outside(clean_test_driver, "meas-23", swap_blocks)
+    with pytest.raises(ConflictError, match=r"changed outside snpvirt"):
+        mgr.start("meas-23")
+
+
 def test_a_changed_kernel_file_is_an_update_that_signs_the_id_block_again(mgr, files, tmp_path):
     """The ID block holds the expected measurement: a kernel file changed since define makes the defined block
     one the firmware would refuse. One manager compares before and after (nothing remembered across)."""
