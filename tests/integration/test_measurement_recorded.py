@@ -334,7 +334,8 @@ def _launch_child(root, tag):
     return root.find(f"metadata/{ns}domain/{ns}launch/{ns}{tag}")
 
 
-@pytest.mark.parametrize("edit", ["measurement value not hex", "id_block record removed", "ID key digest not base64"])
+@pytest.mark.parametrize("edit", ["measurement value not hex", "id_block record removed", "ID key digest not base64",
+                                  "ID key digest with a stray character"])
 def test_start_refuses_signed_blocks_when_snpvirts_own_record_of_them_was_mangled(mgr, files, tmp_path,
                                                                                    clean_test_driver, edit):
     """The definition's blocks stand in only when they match what snpvirt recorded; a record another tool
@@ -348,8 +349,11 @@ def test_start_refuses_signed_blocks_when_snpvirts_own_record_of_them_was_mangle
         elif edit == "id_block record removed":
             record = _launch_child(root, "id_block")
             record.getparent().remove(record)
-        else:
+        elif edit == "ID key digest not base64":
             _launch_child(root, "id_block").set("id_key_digest", "not base64!")
+        else:  # the right digest, and a character base64 does not have: lenient decoding would still match
+            record = _launch_child(root, "id_block")
+            record.set("id_key_digest", record.get("id_key_digest") + "!")
     edit_outside(clean_test_driver, "meas-21", mangle)
     with pytest.raises(ConflictError, match=r"changed outside snpvirt \(launch_security\.id(Auth|Block): "):
         mgr.start("meas-21")
