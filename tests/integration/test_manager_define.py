@@ -310,3 +310,49 @@ def test_a_firmware_known_not_to_be_snp_is_refused_as_such(mgr, conn, tmp_path):
     outcome = importing(mgr, document, installed=installed_firmware(tmp_path))
     assert not outcome.ok and outcome.error.message.startswith("firmware /usr/share/OVMF/OVMF.sev.fd is not an SEV-SNP build (")
     assert conn.lookup("web-01") is None
+
+
+# --- the check after define: what a rollback and a lost race say (scripts/mutation define) ----------------------
+
+SNP_UNAWARE_HINT = "this libvirt does not keep these SEV-SNP settings: use libvirt >= 10.5 on this host"
+
+
+def test_a_definition_libvirt_kept_without_snp_is_rolled_back_and_says_which_libvirt_keeps_it(clean_test_driver):
+    def create(manager, conn, mangle):
+        conn.mangle = mangle
+        with pytest.raises(SnpvirtError) as failed:
+            manager.define_xml(WEB.encode(), "web.xml")
+        return failed.value, conn.lookup("web-01")
+
+    error, after = rolled_back(create)
+    assert error.message.startswith("libvirt's definition of web-01 does not keep what it was given (")
+    assert error.message.endswith("); the change was rolled back") and "launch_security" in error.message
+    assert error.hint == SNP_UNAWARE_HINT and after is None, "a new domain is removed"
+
+
+def test_a_definition_libvirt_returns_as_broken_xml_is_rolled_back(clean_test_driver):
+    """libvirt's copy cannot be read back: nothing says it kept the SEV-SNP settings, so it is not kept."""
+    from tests.integration.test_manager_drift import MangledDefine
+
+    with MangledDefine("test:///default") as conn:
+        conn.mangle = lambda xml: xml[:xml.index("</domain>")]
+        with pytest.raises(SnpvirtError) as failed:
+            make_manager(conn).define_xml(WEB.encode(), "web.xml")
+        assert failed.value.message.startswith("libvirt's definition of web-01 is not well-formed XML (")
+        assert failed.value.message.endswith("); the change was rolled back")
+        assert failed.value.hint == "see the libvirt log of this host"
+        assert conn.lookup("web-01") is None
+
+
+def test_a_define_that_loses_the_race_to_another_client_says_to_run_it_again(clean_test_driver):
+    """Another client defined the same name between snpvirt's look and its define: a conflict that says what
+    happened and that a second run will see that domain; the other client's domain is left as it is."""
+    from tests.integration.test_manager_drift import AnotherClientFirst
+
+    with AnotherClientFirst("test:///default") as conn:
+        conn.races = ("define",)
+        with pytest.raises(ConflictError) as lost:
+            make_manager(conn).define_xml(WEB.encode(), "web.xml")
+        assert (lost.value.message, lost.value.hint) == ("domain web-01 was defined by another client at the same time",
+                                                         "run the command again: it will see that domain")
+        assert [d.name() for d in clean_test_driver.listAllDomains()].count("web-01") == 1

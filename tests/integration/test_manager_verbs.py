@@ -217,3 +217,16 @@ def test_a_guest_undefined_while_stopping_is_reported_and_not_waited_for(clean_t
             "name": "verbs-12", "ok": False, "changed": False, "action": "stop", "state": None}
         assert outcome.error.kind == "not_found" and "verbs-12" in outcome.error.message
         assert clock.sleeps == [], "nothing left to wait for"
+
+
+# --- destroy: its outcomes --------------------------------------------------------------------------------
+
+def test_destroy_says_it_stopped_the_guest_and_then_that_it_was_already_off(mgr, conn):
+    """What `destroy --json` carries: a script reads `changed` to know whether it pulled the plug, and `state`."""
+    mgr.apply([spec(name="verbs-13")])
+    assert mgr.destroy("verbs-13").as_dict() == {"name": "verbs-13", "ok": True, "changed": True, "action": "destroy",
+                                                 "state": "shutoff"}
+    assert conn.state("verbs-13") == "shutoff"
+    assert mgr.destroy("verbs-13").as_dict() == {"name": "verbs-13", "ok": True, "changed": False, "action": "destroy",
+                                                 "state": "shutoff"}
+    assert conn.lookup("verbs-13") is not None, "destroy stops a guest, it never removes its definition"

@@ -30,6 +30,47 @@ def local_names(element: etree._Element) -> list[str]:
     return [etree.QName(child).localname for child in element]
 
 
+
+# --- read: what snpvirt recorded, as every verb reads it back ----------------------------------------
+
+
+def test_read_gives_back_every_part_of_the_record():
+    root = managed("""<snpvirt:launch><snpvirt:kernel path='/boot/k' sha256='aa'/><!-- virsh edit keeps comments -->
+        <snpvirt:cmdline>console=ttyS0</snpvirt:cmdline><?pi kept?><snpvirt:vcpus count='4'/></snpvirt:launch>
+        <snpvirt:timestamps defined='2026-01-01' updated='2026-02-02'/>
+        <snpvirt:seed pool='default' volume='x-seed.iso' sha256='bb'/>""")
+    element = metadata.find(root)
+    element.set("fleet", "web")
+    element.set("xml_digest", "sha256:cd")
+    assert metadata.read(root) == metadata.ManagedInfo(
+        version="1", origin="spec", spec={"name": "x"}, digest="sha256:ab",
+        launch={"kernel": {"path": "/boot/k", "sha256": "aa"}, "cmdline": "console=ttyS0", "vcpus": {"count": "4"}},
+        defined_at="2026-01-01", updated_at="2026-02-02", xml_digest="sha256:cd",
+        seed={"pool": "default", "volume": "x-seed.iso", "sha256": "bb"}, fleet="web")
+
+
+def test_read_of_a_bare_record_says_what_is_missing():
+    """An element without attributes or children (edited down by hand): managed, with nothing recorded."""
+    root = etree.fromstring(f"<domain><metadata><snpvirt:domain xmlns:snpvirt='{METADATA_NS}' digest='sha256:ef'/>"
+                            "</metadata></domain>")
+    assert metadata.read(root) == metadata.ManagedInfo(version="", origin="spec", spec=None, digest="sha256:ef")
+    assert metadata.read(etree.fromstring("<domain><metadata/></domain>")) is None, "not managed by snpvirt"
+
+
+@pytest.mark.parametrize("spec_element", [
+    "<snpvirt:spec format='json'>[1, 2]</snpvirt:spec>",
+    "<snpvirt:spec format='json'>{not json</snpvirt:spec>",
+    "<snpvirt:spec format='json'>" + "[" * 100_000 + "]" * 100_000 + "</snpvirt:spec>",
+    "<snpvirt:spec format='toml'>{\"name\": \"x\"}</snpvirt:spec>",
+    "<snpvirt:spec>{\"name\": \"x\"}</snpvirt:spec>",
+    "<snpvirt:spec format='json'/>",
+], ids=["not-a-table", "not-json", "nested-past-the-limit", "other-format", "no-format", "empty"])
+def test_a_spec_edited_into_anything_but_a_json_table_reads_as_none(spec_element):
+    root = etree.fromstring(f"<domain><metadata><snpvirt:domain xmlns:snpvirt='{METADATA_NS}' origin='spec'>{spec_element}"
+                            "</snpvirt:domain></metadata></domain>", etree.XMLParser(huge_tree=True))
+    info = metadata.read(root)
+    assert info is not None and info.spec is None
+
 # --- add_import_record: where the element goes, what it says ------------------------------------------
 
 

@@ -12,6 +12,7 @@ from snpvirt.host import readiness
 from snpvirt.host import checks as host
 from snpvirt.cli.app import app, run
 from snpvirt.errors import BadInputError, ExitCode
+from snpvirt.libvirt.connection import Connection
 from snpvirt.models import HostSevCaps, LibvirtFacts
 from tests.unit.fakehost import MILAN, RYZEN, FakeHost, cpuid_sample, edited_domcaps, genoa_domcaps
 from tests.conftest import EXAMPLES, unreadable_even_for_root, vector
@@ -412,6 +413,46 @@ def test_an_unreadable_smt_state_says_which_file(milan):
     report = assess(milan, policy=0x30000)
     assert report.by_id("policy.smt").message == "/sys/devices/system/cpu/smt/active does not exist"
 
+
+
+# --- the lifecycle gate's host (readiness.gate_report): a captured one only for libvirt's test driver ---
+
+class CapturedHypervisor(CapturedConnection):
+    """The captured Genoa host's libvirt as the gate sees a real hypervisor: not a simulation, qemu:///system."""
+
+    simulated = False
+    actual_uri = "qemu:///system"
+
+
+def test_the_gate_judges_a_real_hypervisor_by_what_it_reports():
+    report = readiness.gate_report(CapturedHypervisor())
+    assert (report.host["uri"], report.host["sysroot"]) == ("qemu:///system", "/"), "this host's own files"
+    assert report.by_id("libvirt.version").message == "libvirt 11.3.0"
+    assert report.by_id("domcaps.sev_snp").message == "qemu:///system: <launchSecurity> lists sev-snp"
+
+
+def test_the_gate_judges_the_captured_host_given_for_libvirts_test_driver(milan):
+    with Connection("test:///default") as conn:
+        assert readiness.gate_report(conn) is None, "no captured host: a simulation has no host to judge"
+        report = readiness.gate_report(conn, sysroot=milan.root, domcaps_file=genoa_domcaps())
+        assert report.ready, report.summary
+        assert (report.host["uri"], report.host["sysroot"]) == ("test:///default", str(milan.root))
+        assert report.by_id("domcaps.sev").facts["source"] == f"--host-caps {genoa_domcaps()}"
+        assert report.by_id("libvirt.version").message.startswith("libvirt "), "the test driver's libvirt, connected"
+        own = readiness.gate_report(conn, sysroot=milan.root)
+        assert "domcaps.sev_snp" in own.failed(), "without --host-caps the test driver's domcaps speak: no SEV"
+
+
+def test_a_captured_host_is_refused_for_a_real_hypervisor_and_must_be_a_folder(milan, tmp_path):
+    with pytest.raises(BadInputError) as real:
+        readiness.gate_report(CapturedHypervisor(), sysroot=milan.root, domcaps_file=genoa_domcaps())
+    assert (real.value.message, real.value.hint) == (
+        "--sysroot describes a captured host; qemu:///system is a real hypervisor, and the readiness gate checks "
+        "that host's own facts", "drop --sysroot (it is for libvirt's test driver, e.g. --connect test:///default)")
+    with Connection("test:///default") as conn, pytest.raises(BadInputError) as missing:
+        readiness.gate_report(conn, sysroot=tmp_path / "missing")
+    assert (missing.value.message, missing.value.hint) == (
+        f"--sysroot {tmp_path / 'missing'} is not a directory", "give the folder that holds the captured sys/, proc/, dev/")
 
 # --- every check's words, for a ready host and for each broken fact: what an operator acts on ---------
 
