@@ -715,8 +715,12 @@ def test_a_domain_apply_creates_is_checked_again_once_it_runs(conn, clean_test_d
     assert not outcome.ok and "changed while snpvirt started it" in outcome.error.message, outcome
     assert conn.state("race-04") == "shutoff"
     conn.start = real_start
+    lookups = []
+    real_lookup = conn.lookup
+    conn.lookup = lambda name: lookups.append(name) or real_lookup(name)
     fresh = make_manager(conn).apply([spec(name="race-05")])[0]  # nobody in between: it runs, checked in one read
     assert fresh.ok and fresh.state == "running" and conn.state("race-05") == "running"
+    assert lookups == [], "what runs was compared with what the define checked: no second lookup and render"
 
 
 @pytest.mark.parametrize("restart", [False, True])
