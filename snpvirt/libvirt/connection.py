@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
@@ -31,6 +32,7 @@ STATE_NAMES = {getattr(libvirt, f"VIR_DOMAIN_{name.upper()}"): name for name in 
 QEMU_LOG_DIR = "/var/log/libvirt/qemu"
 _ACTIVE = {libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED, libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_SHUTDOWN,
            libvirt.VIR_DOMAIN_PMSUSPENDED}  # the states in which a live definition runs
+_LIVE_ROOT = re.compile(r"\s*<domain\b[^>]*?\sid=['\"]")  # the root start tag of a running domain's live XML
 # How long opening a connection may take. libvirt's own open has no deadline: against a daemon that accepts
 # the socket but never answers (stopped, swapping, wedged) it blocks forever, keepalive or not.
 DEFAULT_CONNECT_TIMEOUT_S = 30.0
@@ -278,10 +280,12 @@ class Connection:
             raise translate(exc, f"state of {name}", self.uri) from None
 
     def live_xml(self, name: str) -> str | None:
-        """What runs now (None when the domain is not active): one call, for the check after a start."""
+        """What runs now (None when the domain is not active): one call, for the check after a start. libvirt
+        gives an active domain's live XML its run id (`<domain … id='7'>`) and an inactive one's XML none, so
+        the document itself says which it is, without a second round trip (isActive) to the host."""
         try:
-            dom = self._handle(name)
-            return dom.XMLDesc(0) if dom.isActive() else None
+            xml = self._handle(name).XMLDesc(0)
+            return xml if _LIVE_ROOT.match(xml) else None
         except libvirt.libvirtError as exc:
             raise translate(exc, f"read the running definition of {name}", self.uri) from None
 
@@ -289,10 +293,24 @@ class Connection:
         try:
             self._handle(name).create()
         except libvirt.libvirtError as exc:
-            detail = (exc.get_error_message() or str(exc)).strip()
-            log = self._qemu_log_tail(name)
-            hint = explain.explain(detail, log) or f"libvirt error code {exc.get_error_code()}; see the QEMU log of {name}"
-            raise StartFailedError(f"start {name}: {detail}", hint) from None
+            raise self._start_failed(name, exc) from None
+
+    def start_definition(self, name: str, xml: str) -> None:
+        """Start the defined domain `name` on exactly `xml`, in one call. libvirt's createXML, given a document
+        with the domain's own name and UUID, makes it the live definition and keeps the persistent one (put
+        back at shutdown): what another client defines between the caller's check of `xml` and this call
+        cannot run instead. Not for a domain that may have a managed-save image (createXML boots afresh and
+        leaves the image for a later start): the caller uses it only for a domain it has just created."""
+        try:
+            self._handles[name] = self._conn.createXML(xml, 0)
+        except libvirt.libvirtError as exc:
+            raise self._start_failed(name, exc) from None
+
+    def _start_failed(self, name: str, exc: libvirt.libvirtError) -> StartFailedError:
+        detail = (exc.get_error_message() or str(exc)).strip()
+        log = self._qemu_log_tail(name)
+        hint = explain.explain(detail, log) or f"libvirt error code {exc.get_error_code()}; see the QEMU log of {name}"
+        return StartFailedError(f"start {name}: {detail}", hint)
 
     def shutdown(self, name: str) -> None:
         self._call(name, "shut down", lambda dom: dom.shutdown())

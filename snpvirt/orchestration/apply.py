@@ -248,8 +248,9 @@ class Applying:
         try:
             if volume_changes:  # the disks and the seed the definition points at, before it is defined
                 out.changed = pool_volumes.carry_out(plan.volumes, self.storage)
+            defined = None
             if plan.xml is not None:
-                self._define_volumes_undone_on_failure(plan)
+                defined = self._define_volumes_undone_on_failure(plan)
                 out.changed, out.state = True, existing_state or "shutoff"
             if plan.autostart is not None:
                 self.hv.set_autostart(plan.spec.name, plan.autostart)
@@ -257,8 +258,11 @@ class Applying:
             if will_start:
                 if plan.xml is None:  # starting the existing definition: it must still be the SEV-SNP one
                     self._refuse_to_start(plan.existing)
-                out.details["started"] = self._start_once(plan.spec.name)
-                if out.details["started"]:  # another tool may have defined it since the check, as for `start`
+                # A domain this run created starts on libvirt's copy that the define checked, in one call; any
+                # other start is checked once it runs (another tool may have defined it since the check).
+                checked_copy = defined.xml if defined is not None and plan.existing is None else None
+                out.details["started"] = self._start_once(plan.spec.name, checked_copy)
+                if out.details["started"] and checked_copy is None:
                     self._check_started(plan)
                 out.changed, out.state = out.changed or out.details["started"], "running"
             elif will_stop:
@@ -275,10 +279,10 @@ class Applying:
             return out.fail(err)
         return out
 
-    def _define_volumes_undone_on_failure(self, plan: _Plan) -> None:
+    def _define_volumes_undone_on_failure(self, plan: _Plan) -> DomainRecord:
         """Define; when that fails, the volumes this run created go too (an existing one is never touched)."""
         try:
-            self._define_checked(plan.xml, plan.existing, plan.asked_snp)
+            return self._define_checked(plan.xml, plan.existing, plan.asked_snp)
         except BaseException:
             pool_volumes.undo(plan.volumes, self.storage)
             raise
@@ -312,7 +316,7 @@ class Applying:
             out.details.update(restarted=True, restart_required=False)
 
     def _check_started(self, plan: _Plan) -> None:
-        """What started must be what was checked. A domain this apply defined was checked in libvirt's copy after
+        """What started must be what was checked. A domain this apply updated was checked in libvirt's copy after
         the define (its SNP projection, `asked_snp`): when the running definition has that same projection it
         is the guest snpvirt defined, for one read of the live XML; anything else (or a definition that existed
         before) gets the start verb's full check, which destroys a guest that did not start as defined."""
@@ -322,11 +326,14 @@ class Applying:
                 return
         self._destroy_if_started_otherwise(plan.spec.name)
 
-    def _start_once(self, name: str) -> bool:
-        """Start; True when this call started it. A domain another client started meanwhile is running,
-        which is what was asked: not an error."""
+    def _start_once(self, name: str, checked_copy: str | None = None) -> bool:
+        """Start (on exactly `checked_copy`, when given: Hypervisor.start_definition); True when this call
+        started it. A domain another client started meanwhile is running, which is what was asked: not an error."""
         try:
-            self.hv.start(name)
+            if checked_copy is None:
+                self.hv.start(name)
+            else:
+                self.hv.start_definition(name, checked_copy)
         except SnpvirtError:
             if is_active(self.hv.state(name)):
                 return False

@@ -365,9 +365,16 @@ class AnotherClientFirst(Connection):
         return super().define(xml)
 
     def start(self, name):
+        self._start_first(name)
+        super().start(name)  # "domain is already running"
+
+    def start_definition(self, name, xml):
+        self._start_first(name)
+        super().start_definition(name, xml)  # "domain is already active"
+
+    def _start_first(self, name):
         if "start" in self.races:
             self._as_another_client(lambda other: other.lookupByName(name).create())
-        super().start(name)  # "domain is already running"
 
     @staticmethod
     def _as_another_client(call):
@@ -701,26 +708,42 @@ def test_a_recorded_boot_volume_path_edited_into_text_is_no_path(conn, clean_tes
         mgr.start("drift-40")
 
 
-def test_a_domain_apply_creates_is_checked_again_once_it_runs(conn, clean_test_driver):
-    """The define was checked in libvirt's copy; another tool's definition between that check and libvirt's
-    create must not run as the guest snpvirt defined either (apply compares what runs with what it checked)."""
-    real_start = conn.start
+def test_a_domain_apply_creates_runs_the_copy_the_define_checked_whatever_is_defined_meanwhile(conn, clean_test_driver):
+    """The define was checked in libvirt's copy; another tool's definition between that check and the start
+    must not run as the guest snpvirt defined. apply starts a domain it created on exactly that checked copy
+    (one createXML call): what runs is snpvirt's SEV-SNP guest, and the other tool's definition waits for the
+    next boot (which `start` refuses), without a second read of what runs."""
+    real_start = conn.start_definition
+    reads = []
 
-    def start_after_another_tool_defines(name):
+    def start_after_another_tool_defines(name, xml):
         edit_outside(clean_test_driver, name, strip_snp_behind_a_comment)
-        real_start(name)
+        real_start(name, xml)
 
-    conn.start = start_after_another_tool_defines
+    conn.start_definition = start_after_another_tool_defines
+    conn.live_xml = lambda name: reads.append(name)
+    conn.lookup = lambda name: reads.append(name)
     outcome = make_manager(conn).apply([spec(name="race-04")])[0]
-    assert not outcome.ok and "changed while snpvirt started it" in outcome.error.message, outcome
-    assert conn.state("race-04") == "shutoff"
-    conn.start = real_start
-    lookups = []
-    real_lookup = conn.lookup
-    conn.lookup = lambda name: lookups.append(name) or real_lookup(name)
-    fresh = make_manager(conn).apply([spec(name="race-05")])[0]  # nobody in between: it runs, checked in one read
-    assert fresh.ok and fresh.state == "running" and conn.state("race-05") == "running"
-    assert lookups == [], "what runs was compared with what the define checked: no second lookup and render"
+    assert outcome.ok and outcome.state == "running" and outcome.details["started"] is True, outcome.error
+    assert reads == [], "the copy that started is the one the define checked: nothing to read again"
+    dom = clean_test_driver.lookupByName("race-04")
+    assert dom.isActive() and dom.isPersistent()
+    assert domxml.parse(dom.XMLDesc(0)).find("launchSecurity").get("type") == "sev-snp", "what runs is snpvirt's"
+    assert domxml.parse(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)).find("launchSecurity") is None, "the next boot's"
+    del conn.lookup, conn.live_xml
+    make_manager(conn).destroy("race-04")
+    with pytest.raises(ConflictError, match="snpvirt does not start it"):
+        make_manager(conn).start("race-04")
+
+
+def test_live_xml_is_what_runs_and_none_once_the_domain_stopped(conn, clean_test_driver):
+    """The check after start reads what runs in one call: an active domain's live XML (with its run id), and
+    None for a domain that is not running (libvirt then answers with the persistent definition)."""
+    assert make_manager(conn).apply([spec(name="race-06")])[0].ok
+    live = conn.live_xml("race-06")
+    assert live is not None and domxml.parse(live).get("id") == str(clean_test_driver.lookupByName("race-06").ID())
+    conn.destroy("race-06")
+    assert conn.live_xml("race-06") is None
 
 
 @pytest.mark.parametrize("restart", [False, True])
