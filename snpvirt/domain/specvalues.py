@@ -59,12 +59,16 @@ def _fail(path: str, message: str, hint: str) -> BadInputError:
     return BadInputError(f"{path}: {message}", hint)
 
 
+def shown_number(value: int | float) -> int | float | str:
+    """A number as an error message shows it. TOML hex literals have no length limit, and str() refuses an
+    int past 4300 decimal digits (a ValueError): those are described by their size."""
+    return value if isinstance(value, float) or value.bit_length() <= 64 else f"a {value.bit_length()}-bit number"
+
+
 def _in_range(lo: int, hi: int) -> Callable[[str, Any], Any]:
     def check(path: str, value: int) -> int:
         if not lo <= value <= hi:
-            # TOML hex literals have no length limit, and str() refuses past 4300 digits: describe those.
-            shown = value if value.bit_length() <= 64 else f"a {value.bit_length()}-bit number"
-            raise _fail(path, f"{shown} is out of range {lo}..{hi}", f"set {path} to a value from {lo} to {hi}")
+            raise _fail(path, f"{shown_number(value)} is out of range {lo}..{hi}", f"set {path} to a value from {lo} to {hi}")
         return value
     return check
 

@@ -145,7 +145,8 @@ def identity_unchecked(uri: str) -> str | None:
 
 def _seconds(path: str, value: float) -> float:
     if not 0 < value <= 3600:
-        raise BadInputError(f"{path}: {value!r} is out of range (more than 0, at most 3600 seconds)", f"set {path} to e.g. 15")
+        raise BadInputError(f"{path}: {values.shown_number(value)} is out of range (more than 0, at most 3600 seconds)",
+                            f"set {path} to e.g. 15")
     return float(value)
 
 

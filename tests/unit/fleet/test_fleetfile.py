@@ -52,6 +52,10 @@ def test_count_expands_names_relative_specs_and_owns_them(tmp_path, monkeypatch)
     (('[fleet]\nname = "prod"\n', '[fleet]\n'), "missing required key 'fleet.name'"),
     (("root@h1", "root:hunter2@h1"), "hosts[0].uri: the URI holds a password"),
     (('name = "prod"', 'name = "prod"\nconnect_timeout_s = nan'), "fleet.connect_timeout_s: nan is out of range"),
+    # Past 4300 decimal digits str() of an int raises: the message gives the number's size instead.
+    (('name = "prod"', 'name = "prod"\nconnect_timeout_s = 0x' + "f" * 4000),
+     "fleet.connect_timeout_s: a 16000-bit number is out of range"),
+    (('name = "prod"', 'name = "prod"\nper_host = 0x' + "f" * 4000), "fleet.per_host: a 16000-bit number is out of range"),
 ])
 def test_one_clear_error_naming_the_key(tmp_path, change, named):
     with pytest.raises(BadInputError) as caught:
