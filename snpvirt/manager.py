@@ -47,7 +47,7 @@ class Manager(Applying, Defining, Verbs, Reading, Guards):
         self.shutdown_timeout_s = 60.0  # how long apply waits for a graceful shutdown (state = "shutoff", --restart)
         self._restarting = threading.Lock()  # --restart: one domain of this host at a time
         self.libvirt_workers = LIBVIRT_WORKERS  # apply's operations at once on the connection (a fleet's per_host)
-        self._copies = CopyRenderer()  # a fleet's renamed copies of one spec: rendered once
+        self._copies = CopyRenderer(self._shape_asked_snp)  # a fleet's renamed copies of one spec: rendered once
         self._compared_copies = CopyRenderer()  # and once for the comparison with what a host holds
 
     # --- the readiness gate ----------------------------------------------------------------------

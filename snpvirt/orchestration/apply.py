@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable
 
 from lxml import etree
 
-from snpvirt.domain import drift, metadata, render
+from snpvirt.domain import copies, drift, metadata, render
 from snpvirt.domain.copies import CopyRenderer
 from snpvirt.domain import xml as domxml
 from snpvirt.domain.sevparams import SevParams
@@ -164,13 +164,29 @@ class Applying:
         if record is not None:  # signed ID blocks, made for this spec already
             plan.xml = fresh(plan.spec)
         else:
-            plan.xml = self._copies.render(plan.spec, (defined_at, now, seed_sha256, plan.volumes.digests), fresh)
+            plan.xml, plan.asked_snp = self._copies.render_checked(
+                plan.spec, (defined_at, now, seed_sha256, plan.volumes.digests), fresh)
         return plan
+
+    def _shape_asked_snp(self, shape_xml: str) -> dict[str, Any] | None:
+        """The check of a fleet's copies of one spec, made once on the shape (the document with placeholders for
+        the name, UUID and MACs, domain/copies.py) and standing for each copy filled in from it: the SNP rules
+        passed, and the SNP projection that libvirt's copy of each is compared with after its define.
+
+        A copy is the shape's document with the placeholders replaced by values that no escaping changes, so
+        where no value of the shape's SNP projection holds a placeholder, each copy's projection is the shape's.
+        The SNP rules read only parts that projection holds (as define.py's check of libvirt's copy relies on
+        too): each copy passes them as the shape did. tests/unit/domain/test_copies.py checks both over
+        generated specs. Otherwise (None) each copy is checked on its own."""
+        _, root = render.check_rendered(copies.PLACEHOLDER, shape_xml, self.allow_debug)
+        asked = drift.project(root, snp_only=True)
+        return None if copies.holds_identity_placeholder(asked) else asked
 
     def _check_rendered(self, plan: _Plan) -> None:
         """Raise BadInputError unless the plan's document passes libvirt's schema and every SNP rule, as
         render.render checks it; keep its SNP projection for the check after define. On a worker thread,
-        the parse and the schema check run without the GIL, beside the main thread's next render."""
+        the parse and the schema check run without the GIL, beside the main thread's next render. A fleet's copy
+        filled in from a checked shape has its projection already (_shape_asked_snp)."""
         if plan.xml is not None and plan.asked_snp is None:
             _, root = render.check_rendered(plan.spec.name, plan.xml, self.allow_debug)
             plan.asked_snp = drift.project(root, snp_only=True)

@@ -10,11 +10,13 @@ from lxml import etree
 
 from snpvirt.libvirt import events
 from snpvirt.host import readiness
-from snpvirt.domain import sevparams
+from snpvirt.domain import render, sevparams
+from snpvirt.domain.copies import PLACEHOLDER
 from snpvirt.domain import spec as specs
 from snpvirt.libvirt.connection import Connection
 from snpvirt.errors import (BadInputError, ConflictError, ExitCode, NotFoundError, OperationTimeoutError, SnpvirtError,
                             StartFailedError)
+from snpvirt.fleet.fleetfile import _owned
 from snpvirt.manager import Manager, SpecInput
 from tests.conftest import GOLDEN, vector
 from tests.unit.fakehost import SNP_FIRMWARE, installed_firmware
@@ -154,6 +156,28 @@ def test_a_definition_that_fails_validation_is_rolled_back(clean_test_driver):
         outcome = make_manager(conn).apply([spec(name="mgr-04")])[0]
         assert not outcome.ok and "rolled back" in outcome.error.message and outcome.details["defined"] is False
         assert conn.lookup("mgr-04") is None
+
+
+def fleet_copies(prefix: str, count: int) -> list[SpecInput]:
+    """A fleet's `count = N` copies of one spec, as fleet/fleetfile.py makes them."""
+    one = spec(name=prefix).spec
+    return [SpecInput(f"{prefix}-{n}", _owned(one, f"{prefix}-{n}", "web", None)) for n in range(1, count + 1)]
+
+
+def test_a_fleets_copies_are_checked_once_per_shape_and_each_in_libvirts_copy(clean_test_driver, monkeypatch):
+    """The SNP rules run on the shape and on the first copy, not on every copy filled in from the shape;
+    libvirt's copy of each is still checked after its define (here it drops launch security: each is rolled back)."""
+    checked = []
+    real_check = render.check_rendered
+    monkeypatch.setattr(render, "check_rendered", lambda name, *a, **k: checked.append(name) or real_check(name, *a, **k))
+    with Connection("test:///default") as conn:
+        outcomes = make_manager(conn).apply(fleet_copies("mgr-cp", 4))
+        assert [o.ok for o in outcomes] == [True] * 4 and [conn.state(f"mgr-cp-{n}") for n in range(1, 5)] == ["running"] * 4
+    assert checked == [PLACEHOLDER, "mgr-cp-1"], "the shape as the first copy is rendered, then that copy on its own"
+    with DroppingDefinition("test:///default") as conn:
+        outcomes = make_manager(conn).apply(fleet_copies("mgr-dc", 4))
+        assert [("rolled back" in o.error.message, o.details["defined"]) for o in outcomes] == [(True, False)] * 4
+        assert not conn.domain_names() & {f"mgr-dc-{n}" for n in range(1, 5)}
 
 
 def test_verbs_are_idempotent(mgr, conn):

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from types import SimpleNamespace
 
 from hypothesis import given
 
-from snpvirt.domain import render, sevparams
+from snpvirt.domain import drift, render, sevparams
 from snpvirt.domain import spec as specs
-from snpvirt.domain.copies import PLACEHOLDER, CopyRenderer
+from snpvirt.domain.copies import (MAC_PLACEHOLDERS, PLACEHOLDER, UUID_PLACEHOLDER, CopyRenderer,
+                                   holds_identity_placeholder)
+from snpvirt.orchestration.apply import Applying
 from snpvirt.fleet.fleetfile import _owned
 from snpvirt.launch import inputs as launch
 from snpvirt.models import Stamp
@@ -130,3 +133,75 @@ def test_two_specs_written_differently_are_not_copies_of_each_other():
     renderer.render(terse, (NOW,), fresh)
     xml = renderer.render(spelt_out, (NOW,), fresh)
     assert '"memory_backing":"memfd"' in xml and xml == fresh(spelt_out)
+
+
+# --- one check of a shape stands for each copy filled in from it (orchestration/apply.py _shape_asked_snp) ------
+
+def shape_check(xml: str):
+    """apply's own check of a shape (the Manager's allow_debug off)."""
+    return Applying._shape_asked_snp(SimpleNamespace(allow_debug=False), xml)
+
+
+def own_check(xml: str, name: str):
+    """What checking a copy's document on its own gives: the SNP rules pass, and its SNP projection."""
+    _, root = render.check_rendered(name, xml)
+    return drift.project(root, snp_only=True)
+
+
+def assert_the_shapes_check_is_each_copys(spec, stamped: bool = True) -> int:
+    """Every copy filled in carries the shape's check, and it is the check the copy's own document gets."""
+    renderer, stood_in = CopyRenderer(shape_check), 0
+    for defined in (False, True):
+        for copy in copies(spec, defined=defined):
+            xml, checked = renderer.render_checked(copy, (NOW,), lambda s: fresh(s, stamped))
+            assert xml == fresh(copy, stamped), copy.name
+            if checked is not None:
+                assert checked == own_check(xml, copy.name), copy.name
+                stood_in += 1
+    return stood_in
+
+
+def test_the_examples_copies_are_checked_once_per_shape():
+    for name in ("web-01", "db-01"):
+        assert assert_the_shapes_check_is_each_copys(example(name)) == 4, "each filled-in copy, never a first one"
+
+
+@SETTINGS
+@given(raw=valid_specs())
+def test_every_valid_specs_shape_check_is_its_copies_own_check(raw):
+    assert_the_shapes_check_is_each_copys(specs.parse_spec(raw), stamped=False)
+
+
+def test_a_shape_whose_snp_settings_hold_the_name_does_not_stand_in():
+    """A template that put the name into an SEV-SNP setting (here the kernel command line) gives each copy its
+    own projection: the shape's, with a placeholder in it, must not stand in for theirs."""
+    vm = example("web-01")
+
+    def name_in_cmdline(spec):
+        return fresh(spec).replace("</cmdline>", f" hostname={spec.name}</cmdline>")
+
+    assert "</cmdline>" in fresh(vm)
+    renderer = CopyRenderer(shape_check)
+    results = [renderer.render_checked(copy, (NOW,), name_in_cmdline) for copy in copies(vm)]
+    assert renderer.copies_made == 2 and [checked for _, checked in results] == [None] * 3
+
+
+def test_a_shape_that_breaks_a_rule_does_not_stand_in():
+    """Copies of a spec whose document breaks an SNP rule are each checked on their own, so each fails with
+    its own name."""
+    vm = example("web-01")
+
+    def with_smm(spec):
+        return fresh(spec).replace("<features>", "<features><smm state='on'/>")
+
+    assert "<features>" in fresh(vm)
+    renderer = CopyRenderer(shape_check)
+    results = [renderer.render_checked(copy, (NOW,), with_smm) for copy in copies(vm)]
+    assert renderer.copies_made == 2 and [checked for _, checked in results] == [None] * 3
+
+
+def test_identity_placeholders_are_found_anywhere_in_a_projection():
+    assert not holds_identity_placeholder({"kernel": "/boot/vmlinuz", "vcpus": 2, "qemu.passthrough": [["-x", None]]})
+    for value in (PLACEHOLDER, UUID_PLACEHOLDER, MAC_PLACEHOLDERS[7], MAC_PLACEHOLDERS[7].upper()):
+        for projection in ({"cmdline": f"a {value} b"}, {value: 1}, {"qemu.passthrough": [("-x", (value,))]}):
+            assert holds_identity_placeholder(projection), projection
