@@ -48,7 +48,7 @@ MANAGER_TESTS = ["tests/integration/test_manager.py", "tests/integration/test_ma
                  "tests/integration/test_import_measure.py",
                  "tests/integration/test_gate.py", "tests/integration/test_apply_pipeline.py",
                  "tests/integration/test_measurement_recorded.py", "tests/integration/test_attest_end_to_end.py",
-                 "tests/unit/test_orchestration.py"]
+                 "tests/unit/test_orchestration.py", "tests/unit/domain/test_copies.py"]
 MODULES: dict[str, list[str]] = {
     **{module: MANAGER_TESTS for module in ["snpvirt/manager.py", *(f"snpvirt/orchestration/{part}.py" for part in
                                                                   ("base", "guards", "apply", "define", "verbs", "reading"))]},
@@ -77,6 +77,8 @@ MODULES: dict[str, list[str]] = {
     "snpvirt/fleet/placement.py": ["tests/unit/fleet/test_placement.py"],
     # imagepool (its only caller) is tested through daemons (test_image_pull): real gpgv, in-process, here.
     "snpvirt/image/verify.py": ["tests/unit/image/test_verify.py"],
+    # A fleet's copies: filled in from a shape, whose one check stands in for each copy's (apply._shape_asked_snp).
+    "snpvirt/domain/copies.py": ["tests/unit/domain/test_copies.py", "tests/integration/test_manager.py"],
 }
 
 # What a mutant's tests did -> whether it counts as killed. A timeout is a kill: the tests noticed.

@@ -264,21 +264,22 @@ class Applying:
         try:
             if volume_changes:  # the disks and the seed the definition points at, before it is defined
                 out.changed = pool_volumes.carry_out(plan.volumes, self.storage)
-            defined = None
+            # A domain this run creates starts on libvirt's copy that its define checked, in one call (updates: an
+            # existing domain may hold a managed-save image, which createXML would leave for a later start).
+            checked_copy = None
             if plan.xml is not None:
                 defined = self._define_volumes_undone_on_failure(plan)
                 out.changed, out.state = True, existing_state or "shutoff"
+                if plan.existing is None:
+                    checked_copy = defined.xml
             if plan.autostart is not None:
                 self.hv.set_autostart(plan.spec.name, plan.autostart)
                 out.changed = True
             if will_start:
                 if plan.xml is None:  # starting the existing definition: it must still be the SEV-SNP one
                     self._refuse_to_start(plan.existing)
-                # A domain this run created starts on libvirt's copy that the define checked, in one call; any
-                # other start is checked once it runs (another tool may have defined it since the check).
-                checked_copy = defined.xml if defined is not None and plan.existing is None else None
                 out.details["started"] = self._start_once(plan.spec.name, checked_copy)
-                if out.details["started"] and checked_copy is None:
+                if out.details["started"] and checked_copy is None:  # another tool may have defined it since the check
                     self._check_started(plan)
                 out.changed, out.state = out.changed or out.details["started"], "running"
             elif will_stop:

@@ -158,9 +158,9 @@ def test_a_definition_that_fails_validation_is_rolled_back(clean_test_driver):
         assert conn.lookup("mgr-04") is None
 
 
-def fleet_copies(prefix: str, count: int) -> list[SpecInput]:
+def fleet_copies(prefix: str, count: int, allow_debug: bool = False, **changes) -> list[SpecInput]:
     """A fleet's `count = N` copies of one spec, as fleet/fleetfile.py makes them."""
-    one = spec(name=prefix).spec
+    one = specs.parse_spec({**BASE, "name": prefix, **changes}, allow_debug)
     return [SpecInput(f"{prefix}-{n}", _owned(one, f"{prefix}-{n}", "web", None)) for n in range(1, count + 1)]
 
 
@@ -178,6 +178,47 @@ def test_a_fleets_copies_are_checked_once_per_shape_and_each_in_libvirts_copy(cl
         outcomes = make_manager(conn).apply(fleet_copies("mgr-dc", 4))
         assert [("rolled back" in o.error.message, o.details["defined"]) for o in outcomes] == [(True, False)] * 4
         assert not conn.domain_names() & {f"mgr-dc-{n}" for n in range(1, 5)}
+
+
+def test_a_debug_fleets_copies_allowed_debugging_are_checked_once_per_shape_too(clean_test_driver, monkeypatch):
+    """The shape is checked as its copies are: with the manager's allow_debug (a debug policy passes there)."""
+    checked = []
+    real_check = render.check_rendered
+    monkeypatch.setattr(render, "check_rendered", lambda name, *a, **k: checked.append(name) or real_check(name, *a, **k))
+    with Connection("test:///default") as conn:
+        m = Manager(conn, gate=lambda: readiness.gate_report(conn), resolve_sev=lambda s: sevparams.resolve(s, []),
+                    allow_debug=True)
+        debug = {**BASE["snp"], "policy": {"debug": True}}
+        assert [o.ok for o in m.apply(fleet_copies("mgr-dbg", 3, allow_debug=True, snp=debug))] == [True] * 3
+    assert checked == [PLACEHOLDER, "mgr-dbg-1"], "the shape stood in for the two later copies"
+
+
+class RecordsStarts(Connection):
+    """Which of libvirt's start calls apply made, per domain."""
+
+    def __init__(self, uri):
+        super().__init__(uri)
+        self.starts = []
+
+    def start(self, name):
+        self.starts.append(("create", name))
+        super().start(name)
+
+    def start_definition(self, name, xml):
+        self.starts.append(("createXML", name))
+        super().start_definition(name, xml)
+
+
+def test_a_created_domain_starts_on_its_checked_copy_an_updated_one_with_create(clean_test_driver):
+    """createXML for a domain apply has just created; create for an existing one, which may hold a managed-save
+    image that createXML would boot past and leave behind for a later start to restore over newer disks."""
+    with RecordsStarts("test:///default") as conn:
+        m = make_manager(conn)
+        assert m.apply([spec(name="mgr-41")])[0].ok
+        assert m.apply([spec(name="mgr-42")], start=False)[0].ok
+        assert m.apply([spec(name="mgr-42", vcpus=4)])[0].action == "update"
+        assert conn.starts == [("createXML", "mgr-41"), ("create", "mgr-42")]
+        assert [conn.state(n) for n in ("mgr-41", "mgr-42")] == ["running", "running"]
 
 
 def test_verbs_are_idempotent(mgr, conn):

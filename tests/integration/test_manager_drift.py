@@ -736,6 +736,31 @@ def test_a_domain_apply_creates_runs_the_copy_the_define_checked_whatever_is_def
         make_manager(conn).start("race-04")
 
 
+def test_an_update_apply_starts_is_checked_in_one_read_and_destroyed_if_another_definition_ran(conn, clean_test_driver):
+    """An updated domain starts with libvirt's create (it may hold a managed-save image), so what runs is compared
+    with what the define checked: in one read of the live XML when it is that (no look-up and render), and a
+    definition another tool made in between is destroyed."""
+    assert make_manager(conn).apply([spec(name="race-07")], start=False)[0].ok
+    lookups = []
+    real_lookup = conn.lookup
+    conn.lookup = lambda name: lookups.append(name) or real_lookup(name)
+    updated = make_manager(conn).apply([spec(name="race-07", vcpus=4)])[0]
+    assert (updated.ok, updated.action, updated.state) == (True, "update", "running"), updated.error
+    assert lookups == ["race-07"], "the plan's look-up only: what runs was compared with what the define checked"
+    del conn.lookup
+    conn.destroy("race-07")
+    real_start = conn.start
+
+    def start_after_another_tool_defines(name):
+        edit_outside(clean_test_driver, name, strip_snp_behind_a_comment)
+        real_start(name)
+
+    conn.start = start_after_another_tool_defines
+    swapped = make_manager(conn).apply([spec(name="race-07", vcpus=2)])[0]
+    assert not swapped.ok and "changed while snpvirt started it" in swapped.error.message, swapped
+    assert conn.state("race-07") == "shutoff"
+
+
 def test_live_xml_is_what_runs_and_none_once_the_domain_stopped(conn, clean_test_driver):
     """The check after start reads what runs in one call: an active domain's live XML (with its run id), and
     None for a domain that is not running (libvirt then answers with the persistent definition)."""

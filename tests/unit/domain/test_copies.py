@@ -8,6 +8,7 @@ import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 from hypothesis import given
 
 from snpvirt.domain import drift, render, sevparams
@@ -79,10 +80,17 @@ def test_a_template_that_uses_the_name_otherwise_makes_no_copies(monkeypatch):
     def shouting(spec):
         return fresh(spec).replace("</name>", f" {spec.name.upper()}</name>")
 
+    renders = []
+
+    def counted(spec):
+        renders.append(spec.name)
+        return shouting(spec)
+
     renderer = CopyRenderer()
     for copy in copies(vm):
-        assert renderer.render(copy, (NOW,), shouting) == shouting(copy)
+        assert renderer.render(copy, (NOW,), counted) == shouting(copy)
     assert renderer.copies_made == 0
+    assert renders == [PLACEHOLDER, "web-01-1", "web-01-2", "web-01-3"], "the shape is tried once, then each afresh"
 
 
 def test_a_spec_that_contains_the_placeholder_is_rendered_afresh():
@@ -205,3 +213,42 @@ def test_identity_placeholders_are_found_anywhere_in_a_projection():
     for value in (PLACEHOLDER, UUID_PLACEHOLDER, MAC_PLACEHOLDERS[7], MAC_PLACEHOLDERS[7].upper()):
         for projection in ({"cmdline": f"a {value} b"}, {value: 1}, {"qemu.passthrough": [("-x", (value,))]}):
             assert holds_identity_placeholder(projection), projection
+
+
+def _as_copy(spec, **changes):
+    """A copy of `spec` with identity values the spec checks would refuse (a VmSpec made by hand, as a
+    library caller could): the name recorded in its source too, so only the values themselves differ."""
+    copy = dataclasses.replace(spec, **changes)
+    return dataclasses.replace(copy, source={**copy.source, "name": copy.name})
+
+
+@pytest.mark.parametrize("changes", [{"name": "web&01"}, {"uuid": "00000000-0000-4000-8000-00000000000&"},
+                                     {"name": "web-01-9", "uuid": "0000<0000"}])
+def test_a_copy_whose_identity_escaping_would_change_is_rendered_afresh(changes):
+    """Names, UUIDs and MACs are filled in as they are: one that XML or JSON escaping changes is rendered afresh,
+    even after a copy of the same shape was made (the first copy's comparison cannot speak for it)."""
+    first, second = copies(example("web-01"), 2, defined=True)
+    odd = _as_copy(second, **changes)
+    renderer = CopyRenderer(shape_check)
+    renderer.render_checked(first, (NOW,), fresh)
+    assert renderer.render_checked(second, (NOW,), fresh)[1] is not None, "the shape stands in for a plain copy"
+    xml, checked = renderer.render_checked(odd, (NOW,), fresh)
+    assert (xml, checked) == (fresh(odd), None)
+
+
+def test_a_spec_whose_source_records_another_name_is_rendered_afresh():
+    vm = example("web-01")
+    renamed = dataclasses.replace(vm, name="web-02")  # its source (and so its metadata) still says web-01
+    renderer = CopyRenderer(shape_check)
+    assert renderer.render_checked(renamed, (NOW,), fresh) == (fresh(renamed), None)
+    assert renderer.copies_made == 0
+
+
+@pytest.mark.parametrize(("interfaces", "made"), [(len(MAC_PLACEHOLDERS), 2), (len(MAC_PLACEHOLDERS) + 1, 0)])
+def test_copies_are_made_up_to_one_mac_placeholder_per_interface(interfaces, made):
+    networks = [{"network": "default", "mac": f"52:54:00:00:{i // 256:02x}:{i % 256:02x}"} for i in range(interfaces)]
+    vm = specs.parse_spec({**BASE, "networks": networks})
+    renderer = CopyRenderer()
+    for copy in copies(vm):
+        assert renderer.render(copy, (NOW,), lambda s: fresh(s, False)) == fresh(copy, False)
+    assert renderer.copies_made == made
