@@ -279,7 +279,9 @@ class Applying:
                 if plan.xml is None:  # starting the existing definition: it must still be the SEV-SNP one
                     self._refuse_to_start(plan.existing)
                 out.details["started"] = self._start_once(plan.spec.name, checked_copy)
-                if out.details["started"] and checked_copy is None:  # another tool may have defined it since the check
+                # Any start but this run's own on the checked copy is checked once it runs: another tool may have
+                # defined it since the check, or started it first on whatever it defined meanwhile.
+                if not out.details["started"] or checked_copy is None:
                     self._check_started(plan)
                 out.changed, out.state = out.changed or out.details["started"], "running"
             elif will_stop:
@@ -345,12 +347,15 @@ class Applying:
 
     def _start_once(self, name: str, checked_copy: str | None = None) -> bool:
         """Start (on exactly `checked_copy`, when given: Hypervisor.start_definition); True when this call
-        started it. A domain another client started meanwhile is running, which is what was asked: not an error."""
+        started it. A domain another client started meanwhile is running, which is what was asked: not an error
+        (the caller checks what it runs). A ConflictError (undefined meanwhile: nothing of it runs) is raised."""
         try:
             if checked_copy is None:
                 self.hv.start(name)
             else:
                 self.hv.start_definition(name, checked_copy)
+        except ConflictError:
+            raise
         except SnpvirtError:
             if is_active(self.hv.state(name)):
                 return False

@@ -400,6 +400,46 @@ def test_a_domain_another_client_started_meanwhile_is_running_as_asked(clean_tes
         assert (started.ok, started.state, started.details["started"]) == (True, "running", False), started.error
 
 
+class AnotherClientBetweenDefineAndStart(Connection):
+    """Another client acts on the domain apply has just created, just before apply's start: `meanwhile(raw, name)`."""
+
+    meanwhile = None
+
+    def start_definition(self, name, xml):
+        other = libvirt.open("test:///default")
+        try:
+            self.meanwhile(other, name)
+        finally:
+            other.close()
+        super().start_definition(name, xml)
+
+
+def redefine_without_snp_and_start(raw, name):
+    edit_outside(raw, name, strip_snp_behind_a_comment)
+    raw.lookupByName(name).create()
+
+
+def test_a_guest_another_client_started_first_on_its_own_definition_is_not_reported_as_snpvirts(clean_test_driver):
+    """apply's start loses the race to another client that started the domain on a definition without SEV-SNP:
+    what runs is checked as after any start, and it is destroyed rather than reported as the guest snpvirt defined."""
+    with AnotherClientBetweenDefineAndStart("test:///default") as conn:
+        conn.meanwhile = redefine_without_snp_and_start
+        outcome = make_manager(conn).apply([spec(name="race-07")])[0]
+        assert not outcome.ok and "started without the SEV-SNP settings" in outcome.error.message, outcome
+        assert not clean_test_driver.lookupByName("race-07").isActive()
+
+
+def test_a_domain_another_client_undefined_before_the_start_does_not_run_as_a_transient_domain(clean_test_driver):
+    """createXML of a name libvirt no longer holds makes a transient domain: it is destroyed, and apply fails
+    instead of reporting a created domain that nothing defines (it would vanish at its first shutdown)."""
+    with AnotherClientBetweenDefineAndStart("test:///default") as conn:
+        conn.meanwhile = lambda raw, name: raw.lookupByName(name).undefine()
+        outcome = make_manager(conn).apply([spec(name="race-08")])[0]
+        assert not outcome.ok and isinstance(outcome.error, ConflictError), outcome
+        assert "another client undefined race-08" in outcome.error.message
+        assert "race-08" not in {d.name() for d in clean_test_driver.listAllDomains()}
+
+
 START_REFUSED = ["policy", "host-data", "kernel-hashes", "vcpus", "cmdline", "kernel", "cpu-model"]
 
 
