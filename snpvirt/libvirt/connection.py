@@ -12,7 +12,7 @@ import libvirt
 
 from snpvirt import fileio, policy
 from snpvirt.libvirt import explain
-from snpvirt.errors import (BadInputError, ConflictError, ConnectionFailedError, HostNotReadyError, NotFoundError,
+from snpvirt.errors import (BadInputError, ConnectionFailedError, HostNotReadyError, NotFoundError,
                             OperationTimeoutError, SnpvirtError, StartFailedError)
 from snpvirt.models import DomainRecord, LibvirtFacts
 
@@ -250,6 +250,13 @@ class Connection:
         except libvirt.libvirtError as exc:
             raise translate(exc, "list domains", self.uri) from None
 
+    def transient_names(self) -> set[str]:
+        """The domains libvirt holds without a persistent definition (they vanish at their first shutdown)."""
+        try:
+            return {dom.name() for dom in self._conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_TRANSIENT)}
+        except libvirt.libvirtError as exc:
+            raise translate(exc, "list transient domains", self.uri) from None
+
     def lookup(self, name: str) -> DomainRecord | None:
         try:
             return self._record(self._conn.lookupByName(name))
@@ -300,21 +307,13 @@ class Connection:
         with the domain's own name and UUID, makes it the live definition and keeps the persistent one (put
         back at shutdown): what another client defines between the caller's check of `xml` and this call
         cannot run instead. Not for a domain that may have a managed-save image (createXML boots afresh and
-        leaves the image for a later start): the caller uses it only for a domain it has just created. When another
-        client undefined it in between, createXML makes a transient domain of `xml`, defined nowhere: it is
-        destroyed again (ConflictError) rather than reported as the domain the caller defined."""
+        leaves the image for a later start): the caller uses it only for a domain it has just created. When
+        another client undefined it in between, createXML makes a transient domain of `xml`: the caller looks
+        for those afterwards, once for all it started (transient_names)."""
         try:
-            dom = self._handles[name] = self._conn.createXML(xml, 0)
+            self._handles[name] = self._conn.createXML(xml, 0)
         except libvirt.libvirtError as exc:
             raise self._start_failed(name, exc) from None
-        try:
-            if dom.isPersistent():
-                return
-            dom.destroy()
-        except libvirt.libvirtError as exc:
-            raise translate(exc, f"start {name}", self.uri) from None
-        raise ConflictError(f"start {name}: another client undefined {name} while snpvirt started it; snpvirt destroyed "
-                            "the transient domain libvirt made of it", "run the command again: it defines the domain anew")
 
     def _start_failed(self, name: str, exc: libvirt.libvirtError) -> StartFailedError:
         detail = (exc.get_error_message() or str(exc)).strip()

@@ -22,7 +22,7 @@ from snpvirt.domain import rules as snp_rules
 from snpvirt.domain import spec as specs
 from snpvirt.libvirt.connection import Connection
 from snpvirt import imagepool
-from snpvirt.errors import BadInputError, ConflictError, ExitCode
+from snpvirt.errors import BadInputError, ConflictError, ConnectionFailedError, ExitCode
 from snpvirt.libvirt.storage import Storage
 from snpvirt.orchestration import volumes as pool_volumes
 from snpvirt.manager import Manager, SpecInput
@@ -438,6 +438,42 @@ def test_a_domain_another_client_undefined_before_the_start_does_not_run_as_a_tr
         assert not outcome.ok and isinstance(outcome.error, ConflictError), outcome
         assert "another client undefined race-08" in outcome.error.message
         assert "race-08" not in {d.name() for d in clean_test_driver.listAllDomains()}
+
+
+class ListingFails(Connection):
+    """A connection that breaks after the work is done, when apply looks for transient domains."""
+
+    def transient_names(self):
+        raise ConnectionFailedError("list transient domains: the connection is closed", "check the host")
+
+
+def test_a_transient_look_that_fails_after_the_work_leaves_what_was_done_reported(clean_test_driver):
+    """The look for transient domains comes after the work: a connection that breaks then does not turn the
+    domains apply created and started into failures (a rerun looks again)."""
+    with ListingFails("test:///default") as conn:
+        outcomes = make_manager(conn).apply([spec(name="race-09"), spec(name="race-10")])
+        assert [(o.ok, o.action, o.state) for o in outcomes] == [(True, "create", "running")] * 2
+
+
+def test_only_the_domains_left_transient_fail_and_nothing_is_looked_for_without_a_create(clean_test_driver):
+    """One look for all the domains started: the one another client undefined fails alone, and a run that
+    created nothing (or only planned) does not look at all."""
+    looks = []
+
+    class Counted(AnotherClientBetweenDefineAndStart):
+        def transient_names(self):
+            looks.append(1)
+            return super().transient_names()
+
+    with Counted("test:///default") as conn:
+        conn.meanwhile = lambda raw, name: name == "race-12" and raw.lookupByName(name).undefine()
+        outcomes = make_manager(conn).apply([spec(name="race-11"), spec(name="race-12"), spec(name="race-13")])
+        assert [(o.name, o.ok) for o in outcomes] == [("race-11", True), ("race-12", False), ("race-13", True)]
+        assert (outcomes[1].state, outcomes[1].changed, outcomes[1].details["defined"]) == ("absent", False, False)
+        assert looks == [1]
+        make_manager(conn).apply([spec(name="race-11")])  # unchanged, running
+        make_manager(conn).apply([spec(name="race-14")], check=True)
+        assert looks == [1]
 
 
 START_REFUSED = ["policy", "host-data", "kernel-hashes", "vcpus", "cmdline", "kernel", "cpu-model"]
