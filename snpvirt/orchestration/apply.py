@@ -266,7 +266,10 @@ class Applying:
             f"another client undefined {outcome.name} after snpvirt created it, so nothing defines it any more; "
             + ("snpvirt destroyed the domain it started" if started_here
                else "another client started it, and snpvirt leaves what runs under that name alone"),
-            "run the command again: it defines the domain anew"))
+            "run the command again: it defines the domain anew" if started_here else
+            # a rerun would find the running domain and leave it as it is, defined by nothing
+            f"stop what runs as {outcome.name} (snpvirt stop {outcome.name}: nothing defines it, so it vanishes), "
+            "then run the command again: it defines the domain anew"))
 
     def _plan_item(self, item: SpecInput, seen: set[str], existing_names: set[str]) -> _Plan | Outcome:
         if item.error is not None:

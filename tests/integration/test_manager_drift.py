@@ -473,6 +473,8 @@ def test_a_created_domain_another_client_started_and_undefined_is_not_reported_a
             assert "another client undefined race-15" in outcome.error.message
             assert (outcome.details["started"], outcome.details["defined"]) == (False, False)
             assert clean_test_driver.lookupByName("race-15").isActive(), "a guest snpvirt did not start is left alone"
+            assert "snpvirt stop race-15" in outcome.error.hint, "a rerun leaves the running domain as it is, defined by nothing: the hint says to stop it first"
+            assert make_manager(conn).apply([spec(name="race-15")])[0].action == "unchanged"
         finally:
             destroy_left_running(clean_test_driver, "race-15")
 
@@ -520,8 +522,8 @@ class ListingFails(Connection):
 
 
 def test_a_transient_look_that_fails_after_the_work_leaves_what_was_done_reported(clean_test_driver):
-    """The look for transient domains comes after the work: a connection that breaks then does not turn the
-    domains apply created and started into failures (a rerun looks again)."""
+    """The look for the domains still defined comes after the work: a connection that breaks then does not turn
+    the domains apply created and started into failures (a rerun does not look again: it finds them running)."""
     with ListingFails("test:///default") as conn:
         outcomes = make_manager(conn).apply([spec(name="race-09"), spec(name="race-10")])
         assert [(o.ok, o.action, o.state) for o in outcomes] == [(True, "create", "running")] * 2
