@@ -234,16 +234,16 @@ class Applying:
         """A domain this run created and reports running must still be defined when the run ends. Another client
         may have undefined it between the define and the start (createXML then makes a transient domain, which
         vanishes at its first shutdown), or since (a running domain undefined is transient too, and may be gone
-        by now), whoever started it. One listing for all of them: a call per domain would cost each create a
-        round trip."""
+        by now, its name perhaps defined again by another client: the UUIDs tell), whoever started it. One listing
+        for all of them: a call per domain would cost each create a round trip."""
         running = [o for o in outcomes if o.ok and o.action == "create" and o.state == "running"]
         if not running:
             return
         try:
-            defined = self.hv.persistent_names()
+            defined = self.hv.persistent_domains()
         except SnpvirtError:
             return  # the connection broke once the work was done: the outcomes say what was done
-        for outcome in (o for o in running if o.name not in defined):
+        for outcome in (o for o in running if defined.get(o.name) != o.created_uuid):
             self._undefined_meanwhile(outcome)
 
     def _undefined_meanwhile(self, outcome: Outcome) -> None:
@@ -315,7 +315,7 @@ class Applying:
                 defined = self._define_volumes_undone_on_failure(plan)
                 out.changed, out.state = True, existing_state or "shutoff"
                 if plan.existing is None:
-                    checked_copy = defined.xml
+                    checked_copy, out.created_uuid = defined.xml, defined.uuid
             if plan.autostart is not None:
                 self.hv.set_autostart(plan.spec.name, plan.autostart)
                 out.changed = True

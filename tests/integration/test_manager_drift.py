@@ -514,10 +514,34 @@ def test_the_end_of_run_destroy_never_hits_another_clients_domain_under_the_name
             destroy_left_running(clean_test_driver, "race-17")
 
 
+def define_another_guest_under_the_name(raw, name):
+    """Another client ends and undefines the domain apply has just started and defines and starts its own, without
+    SEV-SNP, as `name` (libvirt gives it another UUID)."""
+    dom = raw.lookupByName(name)
+    root = etree.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).encode())
+    dom.destroy()
+    dom.undefine()
+    root.remove(root.find("uuid"))
+    root.remove(root.find("launchSecurity"))
+    raw.defineXML(etree.tostring(root, encoding="unicode")).create()
+
+
+def test_a_name_another_client_defined_again_after_the_start_is_not_reported_as_the_domain_created(clean_test_driver):
+    """The one look compares UUIDs, not only names: a guest without SEV-SNP that another client defined under the
+    name after apply's start is not reported as the domain apply created and started; it is not apply's to destroy."""
+    with AnotherClientBetweenDefineAndStart("test:///default") as conn:
+        conn.meanwhile = lambda raw, name: None
+        conn.afterwards = define_another_guest_under_the_name
+        outcome = make_manager(conn).apply([spec(name="race-18")])[0]
+        assert not outcome.ok and isinstance(outcome.error, ConflictError), outcome
+        assert "another client undefined race-18" in outcome.error.message
+        assert clean_test_driver.lookupByName("race-18").isActive(), "another client's guest was destroyed"
+
+
 class ListingFails(Connection):
     """A connection that breaks after the work is done, when apply looks for the domains still defined."""
 
-    def persistent_names(self):
+    def persistent_domains(self):
         raise ConnectionFailedError("list persistent domains: the connection is closed", "check the host")
 
 
@@ -535,9 +559,9 @@ def test_only_the_domains_left_transient_fail_and_nothing_is_looked_for_without_
     looks = []
 
     class Counted(AnotherClientBetweenDefineAndStart):
-        def persistent_names(self):
+        def persistent_domains(self):
             looks.append(1)
-            return super().persistent_names()
+            return super().persistent_domains()
 
     with Counted("test:///default") as conn:
         conn.meanwhile = lambda raw, name: name == "race-12" and raw.lookupByName(name).undefine()
