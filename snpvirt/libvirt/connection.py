@@ -250,12 +250,14 @@ class Connection:
         except libvirt.libvirtError as exc:
             raise translate(exc, "list domains", self.uri) from None
 
-    def transient_names(self) -> set[str]:
-        """The domains libvirt holds without a persistent definition (they vanish at their first shutdown)."""
+    def persistent_domains(self) -> dict[str, str]:
+        """Name -> UUID of the domains libvirt holds a persistent definition of (not the transient ones, which
+        vanish at their first shutdown, nor the ones gone). One call: a handle's name and UUID are local."""
         try:
-            return {dom.name() for dom in self._conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_TRANSIENT)}
+            return {dom.name(): dom.UUIDString()
+                    for dom in self._conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_PERSISTENT)}
         except libvirt.libvirtError as exc:
-            raise translate(exc, "list transient domains", self.uri) from None
+            raise translate(exc, "list persistent domains", self.uri) from None
 
     def lookup(self, name: str) -> DomainRecord | None:
         try:
@@ -309,7 +311,7 @@ class Connection:
         cannot run instead. Not for a domain that may have a managed-save image (createXML boots afresh and
         leaves the image for a later start): the caller uses it only for a domain it has just created. When
         another client undefined it in between, createXML makes a transient domain of `xml`: the caller looks
-        for those afterwards, once for all it started (transient_names)."""
+        afterwards, once for all it started, for those no longer defined (persistent_domains)."""
         try:
             self._handles[name] = self._conn.createXML(xml, 0)
         except libvirt.libvirtError as exc:

@@ -16,7 +16,7 @@ from snpvirt.domain import copies, drift, metadata, render
 from snpvirt.domain.copies import CopyRenderer
 from snpvirt.domain import xml as domxml
 from snpvirt.domain.sevparams import SevParams
-from snpvirt.errors import BadInputError, ConflictError, SnpvirtError
+from snpvirt.errors import BadInputError, ConflictError, NotFoundError, SnpvirtError
 from snpvirt.launch import inputs as launch
 from snpvirt.models import DomainRecord, Stamp, VmSpec
 from snpvirt.orchestration import volumes as pool_volumes
@@ -227,32 +227,49 @@ class Applying:
                 results.append(future)
         outcomes = [r.result() if isinstance(r, Future) else r for r in results]
         if not check:
-            self._none_left_transient(outcomes)
+            self._created_still_defined(outcomes)
         return outcomes
 
-    def _none_left_transient(self, outcomes: list[Outcome]) -> None:
-        """A domain created and started here that libvirt now holds as transient was undefined by another client
-        between the define and the start (createXML then makes a transient domain) or since: it would vanish at
-        its first shutdown, so it is not reported as the domain defined here. It is destroyed and its outcome
-        fails. One look for all of them: a call per domain would cost each create a round trip."""
-        started = [o for o in outcomes if o.ok and o.action == "create" and o.details.get("started")]
-        if not started:
+    def _created_still_defined(self, outcomes: list[Outcome]) -> None:
+        """A domain this run created and reports running must still be defined when the run ends. Another client
+        may have undefined it between the define and the start (createXML then makes a transient domain, which
+        vanishes at its first shutdown), or since (a running domain undefined is transient too, and may be gone
+        by now, its name perhaps defined again by another client: the UUIDs tell), whoever started it. One listing
+        for all of them: a call per domain would cost each create a round trip."""
+        running = [o for o in outcomes if o.ok and o.action == "create" and o.state == "running"]
+        if not running:
             return
         try:
-            transient = self.hv.transient_names()
+            defined = self.hv.persistent_domains()
         except SnpvirtError:
             return  # the connection broke once the work was done: the outcomes say what was done
-        for outcome in (o for o in started if o.name in transient):
+        for outcome in (o for o in running if defined.get(o.name) != o.created_uuid):
+            self._undefined_meanwhile(outcome)
+
+    def _undefined_meanwhile(self, outcome: Outcome) -> None:
+        """Fail a created domain that nothing defines any more. What this run started is destroyed: the
+        connection's handle from the start holds its UUID, so a domain another client made under the name since
+        is never the one destroyed (NotFoundError: it is gone). One another client started is left to it."""
+        started_here = outcome.details.get("started")
+        if started_here:
             try:
                 self.hv.destroy(outcome.name)
+            except NotFoundError:
+                pass  # shut down or destroyed already, or its name taken by another client's domain
             except SnpvirtError as err:
                 outcome.fail(err)
-                continue
-            outcome.state, outcome.changed = "absent", False
-            outcome.details.update(defined=False, started=False)
-            outcome.fail(ConflictError(f"another client undefined {outcome.name} while snpvirt started it; snpvirt "
-                                       "destroyed the transient domain libvirt made of it",
-                                       "run the command again: it defines the domain anew"))
+                return
+            outcome.state = "absent"
+        outcome.changed = False
+        outcome.details.update(defined=False, started=False)
+        outcome.fail(ConflictError(
+            f"another client undefined {outcome.name} after snpvirt created it, so nothing defines it any more; "
+            + ("snpvirt destroyed the domain it started" if started_here
+               else "another client started it, and snpvirt leaves what runs under that name alone"),
+            "run the command again: it defines the domain anew" if started_here else
+            # a rerun would find the running domain and leave it as it is, defined by nothing
+            f"stop what runs as {outcome.name} (snpvirt stop {outcome.name}: nothing defines it, so it vanishes), "
+            "then run the command again: it defines the domain anew"))
 
     def _plan_item(self, item: SpecInput, seen: set[str], existing_names: set[str]) -> _Plan | Outcome:
         if item.error is not None:
@@ -298,7 +315,7 @@ class Applying:
                 defined = self._define_volumes_undone_on_failure(plan)
                 out.changed, out.state = True, existing_state or "shutoff"
                 if plan.existing is None:
-                    checked_copy = defined.xml
+                    checked_copy, out.created_uuid = defined.xml, defined.uuid
             if plan.autostart is not None:
                 self.hv.set_autostart(plan.spec.name, plan.autostart)
                 out.changed = True

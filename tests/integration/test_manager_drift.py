@@ -401,17 +401,25 @@ def test_a_domain_another_client_started_meanwhile_is_running_as_asked(clean_tes
 
 
 class AnotherClientBetweenDefineAndStart(Connection):
-    """Another client acts on the domain apply has just created, just before apply's start: `meanwhile(raw, name)`."""
+    """Another client acts on the domain apply has just created, just before apply's start: `meanwhile(raw, name)`;
+    and, when given, right after apply's start: `afterwards(raw, name)`."""
 
     meanwhile = None
+    afterwards = None
 
     def start_definition(self, name, xml):
+        self._as_another_client(self.meanwhile, name)
+        super().start_definition(name, xml)
+        if self.afterwards is not None:
+            self._as_another_client(self.afterwards, name)
+
+    @staticmethod
+    def _as_another_client(call, name):
         other = libvirt.open("test:///default")
         try:
-            self.meanwhile(other, name)
+            call(other, name)
         finally:
             other.close()
-        super().start_definition(name, xml)
 
 
 def redefine_without_snp_and_start(raw, name):
@@ -440,16 +448,106 @@ def test_a_domain_another_client_undefined_before_the_start_does_not_run_as_a_tr
         assert "race-08" not in {d.name() for d in clean_test_driver.listAllDomains()}
 
 
-class ListingFails(Connection):
-    """A connection that breaks after the work is done, when apply looks for transient domains."""
+def destroy_left_running(raw, name):
+    """A transient domain cannot be undefined, so clean_test_driver cannot remove it: destroying it does."""
+    for dom in raw.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_TRANSIENT):
+        if dom.name() == name:
+            dom.destroy()
 
-    def transient_names(self):
-        raise ConnectionFailedError("list transient domains: the connection is closed", "check the host")
+
+def start_and_undefine(raw, name):
+    dom = raw.lookupByName(name)
+    dom.create()
+    dom.undefine()
+
+
+def test_a_created_domain_another_client_started_and_undefined_is_not_reported_as_created(clean_test_driver):
+    """apply's start loses the race to another client that starts the domain as defined (it passes the check of
+    what runs) and undefines it: it runs transient, nothing defines it, so apply fails instead of reporting it
+    created; snpvirt did not start it and leaves it running."""
+    with AnotherClientBetweenDefineAndStart("test:///default") as conn:
+        conn.meanwhile = start_and_undefine
+        try:
+            outcome = make_manager(conn).apply([spec(name="race-15")])[0]
+            assert not outcome.ok and isinstance(outcome.error, ConflictError), outcome
+            assert "another client undefined race-15" in outcome.error.message
+            assert (outcome.details["started"], outcome.details["defined"]) == (False, False)
+            assert clean_test_driver.lookupByName("race-15").isActive(), "a guest snpvirt did not start is left alone"
+            assert "snpvirt stop race-15" in outcome.error.hint, "a rerun leaves the running domain as it is, defined by nothing: the hint says to stop it first"
+            assert make_manager(conn).apply([spec(name="race-15")])[0].action == "unchanged"
+        finally:
+            destroy_left_running(clean_test_driver, "race-15")
+
+
+def test_a_domain_undefined_before_the_start_and_gone_by_the_end_is_not_reported_as_created(clean_test_driver):
+    """The transient domain apply's start made is gone (shut down, destroyed) before the run's one look: a domain
+    libvirt does not hold at all is not reported as created and running either."""
+    with AnotherClientBetweenDefineAndStart("test:///default") as conn:
+        conn.meanwhile = lambda raw, name: raw.lookupByName(name).undefine()
+        conn.afterwards = lambda raw, name: raw.lookupByName(name).destroy()
+        outcome = make_manager(conn).apply([spec(name="race-16")])[0]
+        assert not outcome.ok and isinstance(outcome.error, ConflictError), outcome
+        assert (outcome.state, outcome.details["defined"]) == ("absent", False)
+
+
+def start_another_guest_under_the_name(raw, name):
+    """Another client ends the transient domain apply's start made and starts its own, without SEV-SNP, as `name`."""
+    dom = raw.lookupByName(name)
+    root = etree.fromstring(dom.XMLDesc(0).encode())
+    dom.destroy()
+    root.remove(root.find("uuid"))
+    root.remove(root.find("launchSecurity"))
+    raw.createXML(etree.tostring(root, encoding="unicode"), 0)
+
+
+def test_the_end_of_run_destroy_never_hits_another_clients_domain_under_the_name(clean_test_driver):
+    """The one look is by name; the destroy that follows acts on the domain apply started (its UUID), so another
+    client's guest that took the name since keeps running, and apply still fails as a conflict."""
+    with AnotherClientBetweenDefineAndStart("test:///default") as conn:
+        conn.meanwhile = lambda raw, name: raw.lookupByName(name).undefine()
+        conn.afterwards = start_another_guest_under_the_name
+        try:
+            outcome = make_manager(conn).apply([spec(name="race-17")])[0]
+            assert not outcome.ok and isinstance(outcome.error, ConflictError), outcome
+            assert clean_test_driver.lookupByName("race-17").isActive(), "another client's guest was destroyed"
+        finally:
+            destroy_left_running(clean_test_driver, "race-17")
+
+
+def define_another_guest_under_the_name(raw, name):
+    """Another client ends and undefines the domain apply has just started and defines and starts its own, without
+    SEV-SNP, as `name` (libvirt gives it another UUID)."""
+    dom = raw.lookupByName(name)
+    root = etree.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).encode())
+    dom.destroy()
+    dom.undefine()
+    root.remove(root.find("uuid"))
+    root.remove(root.find("launchSecurity"))
+    raw.defineXML(etree.tostring(root, encoding="unicode")).create()
+
+
+def test_a_name_another_client_defined_again_after_the_start_is_not_reported_as_the_domain_created(clean_test_driver):
+    """The one look compares UUIDs, not only names: a guest without SEV-SNP that another client defined under the
+    name after apply's start is not reported as the domain apply created and started; it is not apply's to destroy."""
+    with AnotherClientBetweenDefineAndStart("test:///default") as conn:
+        conn.meanwhile = lambda raw, name: None
+        conn.afterwards = define_another_guest_under_the_name
+        outcome = make_manager(conn).apply([spec(name="race-18")])[0]
+        assert not outcome.ok and isinstance(outcome.error, ConflictError), outcome
+        assert "another client undefined race-18" in outcome.error.message
+        assert clean_test_driver.lookupByName("race-18").isActive(), "another client's guest was destroyed"
+
+
+class ListingFails(Connection):
+    """A connection that breaks after the work is done, when apply looks for the domains still defined."""
+
+    def persistent_domains(self):
+        raise ConnectionFailedError("list persistent domains: the connection is closed", "check the host")
 
 
 def test_a_transient_look_that_fails_after_the_work_leaves_what_was_done_reported(clean_test_driver):
-    """The look for transient domains comes after the work: a connection that breaks then does not turn the
-    domains apply created and started into failures (a rerun looks again)."""
+    """The look for the domains still defined comes after the work: a connection that breaks then does not turn
+    the domains apply created and started into failures (a rerun does not look again: it finds them running)."""
     with ListingFails("test:///default") as conn:
         outcomes = make_manager(conn).apply([spec(name="race-09"), spec(name="race-10")])
         assert [(o.ok, o.action, o.state) for o in outcomes] == [(True, "create", "running")] * 2
@@ -461,9 +559,9 @@ def test_only_the_domains_left_transient_fail_and_nothing_is_looked_for_without_
     looks = []
 
     class Counted(AnotherClientBetweenDefineAndStart):
-        def transient_names(self):
+        def persistent_domains(self):
             looks.append(1)
-            return super().transient_names()
+            return super().persistent_domains()
 
     with Counted("test:///default") as conn:
         conn.meanwhile = lambda raw, name: name == "race-12" and raw.lookupByName(name).undefine()

@@ -18,7 +18,7 @@ from tests.integration.fleet.conftest import write_fleet, write_spec
 
 PER_HOST = 2
 # The libvirt operations of a Hypervisor (orchestration/base.py) that change or read a domain.
-OPERATIONS = ("lookup", "define", "state", "start", "start_definition", "live_xml", "transient_names", "shutdown",
+OPERATIONS = ("lookup", "define", "state", "start", "start_definition", "live_xml", "persistent_domains", "shutdown",
               "destroy", "undefine", "autostart", "set_autostart", "set_metadata")
 CROWD_WAIT_S = 0.05  # how long a call waits for company: widens the window, never asserted on
 
