@@ -379,8 +379,8 @@ class Applying:
             out.details.update(restarted=True, restart_required=False)
 
     def _check_started(self, plan: _Plan) -> None:
-        """What started must be what was checked. A domain this apply updated was checked in libvirt's copy after
-        the define (its SNP projection, `asked_snp`): when the running definition has that same projection it
+        """What started must be what was checked. A domain this apply defined (an update, or a new domain another
+        client started first) was checked in libvirt's copy after the define (its SNP projection, `asked_snp`): when the running definition has that same projection it
         is the guest snpvirt defined, for one read of the live XML; anything else (or a definition that existed
         before) gets the start verb's full check, which destroys a guest that did not start as defined."""
         if plan.asked_snp is not None:

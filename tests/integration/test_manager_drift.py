@@ -444,8 +444,30 @@ def test_a_domain_another_client_undefined_before_the_start_does_not_run_as_a_tr
         conn.meanwhile = lambda raw, name: raw.lookupByName(name).undefine()
         outcome = make_manager(conn).apply([spec(name="race-08")])[0]
         assert not outcome.ok and isinstance(outcome.error, ConflictError), outcome
-        assert "another client undefined race-08" in outcome.error.message
+        assert (outcome.error.message, outcome.error.hint) == (
+            "another client undefined race-08 after snpvirt created it, so nothing defines it any more; snpvirt "
+            "destroyed the domain it started", "run the command again: it defines the domain anew")
+        assert (outcome.state, outcome.changed, outcome.details["started"], outcome.details["defined"]) == (
+            "absent", False, False, False)
         assert "race-08" not in {d.name() for d in clean_test_driver.listAllDomains()}
+
+
+class DestroyFails(AnotherClientBetweenDefineAndStart):
+    def destroy(self, name):
+        raise ConnectionFailedError(f"destroy {name}: the connection is closed", "check the host")
+
+
+def test_a_transient_domain_that_cannot_be_destroyed_fails_with_the_reason(clean_test_driver):
+    """The destroy of the transient domain fails (the connection broke): the outcome says so, with that error, and
+    still running, as it is."""
+    with DestroyFails("test:///default") as conn:
+        conn.meanwhile = lambda raw, name: raw.lookupByName(name).undefine()
+        try:
+            outcome = make_manager(conn).apply([spec(name="race-19")])[0]
+            assert (outcome.ok, outcome.state, outcome.error.kind, outcome.error.message) == (
+                False, "running", "connection", "destroy race-19: the connection is closed")
+        finally:
+            destroy_left_running(clean_test_driver, "race-19")
 
 
 def destroy_left_running(raw, name):
@@ -473,7 +495,11 @@ def test_a_created_domain_another_client_started_and_undefined_is_not_reported_a
             assert "another client undefined race-15" in outcome.error.message
             assert (outcome.details["started"], outcome.details["defined"]) == (False, False)
             assert clean_test_driver.lookupByName("race-15").isActive(), "a guest snpvirt did not start is left alone"
-            assert "snpvirt stop race-15" in outcome.error.hint, "a rerun leaves the running domain as it is, defined by nothing: the hint says to stop it first"
+            assert (outcome.error.message, outcome.error.hint) == (
+                "another client undefined race-15 after snpvirt created it, so nothing defines it any more; another "
+                "client started it, and snpvirt leaves what runs under that name alone",
+                "stop what runs as race-15 (snpvirt stop race-15: nothing defines it, so it vanishes), then run the "
+                "command again: it defines the domain anew"), "a rerun leaves the running domain as it is: stop it first"
             assert make_manager(conn).apply([spec(name="race-15")])[0].action == "unchanged"
         finally:
             destroy_left_running(clean_test_driver, "race-15")
