@@ -80,8 +80,12 @@ def start_event_loop() -> None:
 # flood a pause after each would put `watch` further behind (800 events: 800 pauses, and growing for as long
 # as the flood lasts). The loop pauses again once no event came for EVENT_QUIET_S (measured by
 # tests/integration/test_lifecycle_daemon.py in pauses); the first event after a quiet spell waits up to one pause.
+# That needs QUIET_ITERATIONS quiet iterations before each pause: an event takes up to three (a wake-up, the
+# read, the delivery), and a pause between them made a lone event wait two pauses. A spin still pauses after
+# every third iteration (30 wake-ups a second, not 500).
 LOOP_PAUSE_S = 0.1
 EVENT_QUIET_S = 0.05
+QUIET_ITERATIONS = 3
 _last_event = [-EVENT_QUIET_S]  # time.monotonic() of the last event delivered (set on the loop thread)
 
 
@@ -90,9 +94,12 @@ def _pause() -> None:
 
 
 def _run_loop() -> None:
+    quiet = 0  # quiet iterations since the last pause
     while not _loop_stop.is_set():
         libvirt.virEventRunDefaultImpl()
-        if time.monotonic() - _last_event[0] > EVENT_QUIET_S:
+        quiet = quiet + 1 if time.monotonic() - _last_event[0] > EVENT_QUIET_S else 0
+        if quiet >= QUIET_ITERATIONS:
+            quiet = 0
             _pause()
 
 

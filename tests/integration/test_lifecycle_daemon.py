@@ -348,3 +348,50 @@ def test_watch_keeps_up_with_an_event_flood(libvirtd, held, monkeypatch):
         watcher.join(10)
     assert len(seen) == 2 * flood and {e.event for e in seen} == {"defined", "undefined"}
     assert delivered_with < flood // 4, f"{delivered_with} pauses while delivering {2 * flood} events"
+
+
+def test_an_event_after_a_quiet_spell_waits_at_most_one_pause(libvirtd, held, monkeypatch):
+    """A remote event takes more than one iteration (one reads it, the next delivers it). Pausing after each
+    quiet iteration put a second pause between the two: an event that came as a pause began waited two
+    pauses (200 ms), not the one events.py promises. Counted in pauses: the define is made during a pause,
+    and no other pause may start before its event is delivered."""
+    import threading
+
+    from snpvirt.libvirt import events
+
+    pauses = [0]
+    pausing = threading.Event()
+    pause = events._pause
+    monkeypatch.setattr(events, "_pause", lambda: (pauses.__setitem__(0, pauses[0] + 1), pausing.set(), pause()))
+    delivered: list = []
+    got = threading.Event()
+    stop = threading.Event()
+
+    def on_event(event):
+        delivered.append(pauses[0])
+        got.set()
+
+    watcher = threading.Thread(target=events.watch, args=(libvirtd.test_uri, set(), on_event, lambda _s: None, stop),
+                               daemon=True)
+    watcher.start()
+    xml = "<domain type='test'><name>{}</name><memory>1024</memory><os><type>hvm</type></os></domain>"
+    waited = []
+    try:
+        for i in range(6):
+            quiet = pauses[0] + 3
+            while pauses[0] < quiet:  # a quiet spell, seen as pauses (the loop pauses only when quiet)
+                stop.wait(0.01)
+            pausing.clear()
+            assert pausing.wait(30), "the loop did not pause"
+            got.clear()
+            before = pauses[0]
+            dom = held.defineXML(xml.format(f"quiet-{i}"))  # during the pause that just began
+            assert got.wait(30), "no event"
+            waited.append(delivered[-1] - before)
+            got.clear()
+            dom.undefine()
+            assert got.wait(30), "no event"
+    finally:
+        stop.set()
+        watcher.join(10)
+    assert max(waited) == 0, f"pauses begun before each event was delivered: {waited}"
