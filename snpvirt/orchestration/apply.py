@@ -110,8 +110,9 @@ class Applying:
         # Desired state is what the spec renders compared with what libvirt holds, not the digest snpvirt
         # wrote earlier: another tool may have redefined the domain since, metadata and all.
         record = self._id_block_record(spec, volumes.digests)
-        desired = self._desired_projection(spec, root, record)
-        drifted = drift.differences(desired, drift.project(root))
+        defined = drift.project(root)
+        desired = self._desired_projection(spec, root, defined, record)
+        drifted = drift.differences(desired, defined)
         broken = snp_errors(root, self.allow_debug)
         same_spec = info.digest == "sha256:" + hashlib.sha256(render.spec_json(spec).encode()).hexdigest()
         diff = metadata.spec_diff(info.spec, spec.source) if not same_spec else \
@@ -178,9 +179,13 @@ class Applying:
         The SNP rules read only parts that projection holds (as define.py's check of libvirt's copy relies on
         too): each copy passes them as the shape did. tests/unit/domain/test_copies.py checks both over
         generated specs. Otherwise (None) each copy is checked on its own."""
-        _, root = render.check_rendered(copies.PLACEHOLDER, shape_xml, self.allow_debug)
-        asked = drift.project(root, snp_only=True)
+        asked = self._checked_snp_projection(copies.PLACEHOLDER, shape_xml)
         return None if copies.holds_identity_placeholder(asked) else asked
+
+    def _checked_snp_projection(self, name: str, xml: str) -> dict[str, Any]:
+        """The SNP projection of a rendered document that passes every SNP rule (BadInputError otherwise)."""
+        _, root = render.check_rendered(name, xml, self.allow_debug)
+        return drift.project(root, snp_only=True)
 
     def _check_rendered(self, plan: _Plan) -> None:
         """Raise BadInputError unless the plan's document passes libvirt's schema and every SNP rule, as
@@ -188,8 +193,7 @@ class Applying:
         the parse and the schema check run without the GIL, beside the main thread's next render. A fleet's copy
         filled in from a checked shape has its projection already (_shape_asked_snp)."""
         if plan.xml is not None and plan.asked_snp is None:
-            _, root = render.check_rendered(plan.spec.name, plan.xml, self.allow_debug)
-            plan.asked_snp = drift.project(root, snp_only=True)
+            plan.asked_snp = self._checked_snp_projection(plan.spec.name, plan.xml)
 
     def apply(self, inputs: Iterable[SpecInput], check: bool = False, start: bool = True,
               restart: bool = False) -> list[Outcome]:

@@ -67,16 +67,18 @@ class Guards:
             spec = specs.parse_spec(info.spec, allow_debug=True)  # the debug bit is the rules' to judge
         except SnpvirtError as err:
             return [{"key": "(recorded spec)", "from": err.message, "to": "a spec snpvirt can read"}]
-        desired = self._desired_projection(spec, root, launch_record=None)
-        return [c for c in drift.differences(desired, drift.project(root)) if drift.is_snp_setting(c["key"])]
+        defined = drift.project(root)
+        desired = self._desired_projection(spec, root, defined, launch_record=None)
+        return [c for c in drift.differences(desired, defined) if drift.is_snp_setting(c["key"])]
 
-    def _desired_projection(self, spec: VmSpec, existing: etree._Element,
+    def _desired_projection(self, spec: VmSpec, existing: etree._Element, defined: dict[str, Any],
                             launch_record: launch.LaunchRecord | None) -> dict[str, Any]:
         """What the spec renders, in the canonical projection. cbitpos/reducedPhysBits that the spec leaves to
         the host are the host's to fill in: left out of the comparison, so nothing asks the host here (taking
         them from the existing definition would only compare that definition with itself). Signed ID blocks
         need the launch record; without it `existing`'s stand in if they are the blocks snpvirt signed and
-        recorded (_signed_as_recorded). Boot volumes are compared at the host paths recorded at define."""
+        recorded (_signed_as_recorded). Boot volumes are compared at the host paths recorded at define.
+        `defined`: the projection of `existing`, which the caller compares with and so has already."""
         cbitpos, reduced = spec.snp.cbitpos, spec.snp.reduced_phys_bits
         sev = SevParams(cbitpos if cbitpos is not None else 0, reduced if reduced is not None else 0, "comparison")
         spec = _with_defined_boot_paths(spec, existing)
@@ -88,9 +90,8 @@ class Guards:
             # The definition's own blocks stand in when they are those snpvirt signed (a key missing here would
             # be compared as a block to remove, refusing every start of such a domain). Blocks removed since,
             # or swapped for others (another key, another measurement: an older kernel's), are a change.
-            defined = drift.project(existing)
-            defined = defined if _signed_as_recorded(spec, metadata.read(existing), defined) else {}
-            projection.update({key: defined.get(key) or f"({what} signed with the spec's id_key)"
+            own = defined if _signed_as_recorded(spec, metadata.read(existing), defined) else {}
+            projection.update({key: own.get(key) or f"({what} signed with the spec's id_key)"
                                for key, what in _SIGNED_BLOCKS.items()})
         left_out = {"launch_security.cbitpos": cbitpos is None, "launch_security.reducedPhysBits": reduced is None}
         return {key: value for key, value in projection.items() if not left_out.get(key)}

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from hypothesis import given
@@ -147,7 +146,9 @@ def test_two_specs_written_differently_are_not_copies_of_each_other():
 
 def shape_check(xml: str):
     """apply's own check of a shape (the Manager's allow_debug off)."""
-    return Applying._shape_asked_snp(SimpleNamespace(allow_debug=False), xml)
+    applying = Applying()  # the Manager's part on its own: the shape check reads only allow_debug
+    applying.allow_debug = False
+    return applying._shape_asked_snp(xml)
 
 
 def own_check(xml: str, name: str):
